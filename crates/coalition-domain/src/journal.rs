@@ -1,0 +1,194 @@
+//! Journal entries, postings and lots: the append-only record of every business transaction.
+
+use crate::account::{AccountKey, Asset};
+use crate::ids::{MemberId, MerchantId, MerchantTransactionId};
+
+/// What business transaction an entry books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A merchant awarded points to a member.
+    Earn,
+    /// A member redeemed points at a merchant.
+    Burn,
+    /// The operator merged one member id into another: the wallet and its lots moved.
+    MemberMerge,
+}
+
+impl EntryKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            EntryKind::Earn => "earn",
+            EntryKind::Burn => "burn",
+            EntryKind::MemberMerge => "member_merge",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "earn" => Some(EntryKind::Earn),
+            "burn" => Some(EntryKind::Burn),
+            "member_merge" => Some(EntryKind::MemberMerge),
+            _ => None,
+        }
+    }
+}
+
+/// One leg of an entry: a signed amount of one asset added to one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting {
+    pub account: AccountKey,
+    pub asset: Asset,
+    pub amount: i64,
+}
+
+/// Where a merchant-submitted entry came from. Operator entries (a member merge) have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantOrigin {
+    pub merchant_id: MerchantId,
+    pub merchant_transaction_id: MerchantTransactionId,
+    pub store_id: String,
+    pub terminal_id: String,
+    pub occurred_at_ms: i64,
+    /// SHA-256 of the signed body bytes: what an idempotent retry is compared against.
+    pub body_hash: [u8; 32],
+}
+
+/// One committed journal entry. Immutable once committed: a mistake is corrected by a new entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Gap-free, starting at 1.
+    pub sequence: u64,
+    pub kind: EntryKind,
+    /// The server's acceptance time; settlement periods are cut by it.
+    pub accepted_at_ms: i64,
+    pub origin: Option<MerchantOrigin>,
+    /// The member whose wallet the entry moves, after alias resolution.
+    pub member_id: MemberId,
+    pub points: i64,
+    /// The purchase amount the earn was for, in minor units of the settlement currency.
+    pub spend_minor: Option<i64>,
+    /// The member's wallet balance after this entry.
+    pub member_points_after: i64,
+    /// A note for operator entries; empty for merchant entries.
+    pub memo: String,
+    pub postings: Vec<Posting>,
+    pub previous_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Why an entry is not balanced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalanceError {
+    #[error("entry {sequence} has {count} postings; an entry needs at least two")]
+    TooFewPostings { sequence: u64, count: usize },
+    #[error("entry {sequence} does not balance in {asset}: postings sum to {sum}")]
+    Unbalanced {
+        sequence: u64,
+        asset: &'static str,
+        sum: i128,
+    },
+}
+
+impl Entry {
+    /// Checks the double-entry invariant: at least two postings, and for each asset the
+    /// postings sum to exactly zero. Called when an entry is made and when it is read back.
+    pub fn check_balanced(&self) -> Result<(), BalanceError> {
+        check_postings_balance(self.sequence, &self.postings)
+    }
+
+    pub fn merchant_id(&self) -> Option<&MerchantId> {
+        self.origin.as_ref().map(|origin| &origin.merchant_id)
+    }
+}
+
+/// The double-entry check on a list of postings, summing in i128 so that no sum can overflow.
+pub fn check_postings_balance(sequence: u64, postings: &[Posting]) -> Result<(), BalanceError> {
+    if postings.len() < 2 {
+        return Err(BalanceError::TooFewPostings {
+            sequence,
+            count: postings.len(),
+        });
+    }
+    let mut sums: Vec<(Asset, i128)> = Vec::with_capacity(1);
+    for posting in postings {
+        match sums.iter_mut().find(|(asset, _)| *asset == posting.asset) {
+            Some((_, sum)) => *sum += i128::from(posting.amount),
+            None => sums.push((posting.asset, i128::from(posting.amount))),
+        }
+    }
+    for (asset, sum) in sums {
+        if sum != 0 {
+            return Err(BalanceError::Unbalanced {
+                sequence,
+                asset: asset.code(),
+                sum,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A lot is identified by the entry that created it and its index within that entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LotId {
+    pub entry_sequence: u64,
+    pub index: u32,
+}
+
+/// A lot as created: the points one earn put into one wallet, and who issued them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotRecord {
+    pub lot_id: LotId,
+    pub member_id: MemberId,
+    pub issuer: MerchantId,
+    pub points: i64,
+    pub earned_at_ms: i64,
+}
+
+/// Points taken out of a lot by an entry (a burn, or a merge moving the lot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotConsumption {
+    pub entry_sequence: u64,
+    pub lot_id: LotId,
+    pub points: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posting(amount: i64) -> Posting {
+        Posting {
+            account: AccountKey::MemberWallet(MemberId::new("m").unwrap()),
+            asset: Asset::Points,
+            amount,
+        }
+    }
+
+    #[test]
+    fn balance_check_boundaries() {
+        assert_eq!(
+            check_postings_balance(1, &[posting(5), posting(-5)]),
+            Ok(())
+        );
+        assert_eq!(
+            check_postings_balance(1, &[posting(5)]),
+            Err(BalanceError::TooFewPostings {
+                sequence: 1,
+                count: 1
+            })
+        );
+        assert_eq!(
+            check_postings_balance(2, &[posting(5), posting(-4)]),
+            Err(BalanceError::Unbalanced {
+                sequence: 2,
+                asset: "PTS",
+                sum: 1
+            })
+        );
+        // Sums are taken in i128, so extreme amounts cannot wrap into a false balance.
+        assert!(
+            check_postings_balance(3, &[posting(i64::MAX), posting(i64::MAX), posting(2)]).is_err()
+        );
+    }
+}

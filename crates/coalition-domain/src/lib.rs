@@ -1,0 +1,31 @@
+//! The clearing core of Coalition: identifiers, amounts, accounts, journal entries, the hash
+//! chain, signature checks and the ledger state machine that turns a verified submission into
+//! one balanced journal entry.
+//!
+//! This crate is pure: it never reads a clock, draws a random number, touches a database or
+//! the network. Time and identifiers come in as arguments, so the same inputs always give the
+//! same journal, and the engine, the tests and a simulator can all drive it alike.
+
+pub mod account;
+pub mod chain;
+pub mod ids;
+pub mod journal;
+pub mod ledger;
+pub mod limits;
+pub mod registry;
+pub mod rejection;
+pub mod signing;
+pub mod submission;
+
+pub use account::{AccountId, AccountKey, Asset};
+pub use chain::ChainHead;
+pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
+pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
+pub use ledger::{
+    AliasRecord, ApplyError, Changes, Ledger, MemberError, MemberRecord, Outcome, Receipt,
+    body_hash,
+};
+pub use limits::Limits;
+pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
+pub use rejection::{Rejection, RejectionReason};
+pub use submission::{RawSubmission, Submission, TransactionKind};

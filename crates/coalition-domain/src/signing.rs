@@ -1,0 +1,124 @@
+//! Signed submissions. A partner signs `domain prefix || body bytes` with ed25519, and the
+//! server checks that signature with `verify_strict` before it parses anything in the body.
+//! Because the signed bytes are the bytes sent, no canonical re-encoding is ever needed.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+/// Prefix of every signed transaction body. The prefix separates the signature domains, so
+/// a signature made for one purpose (a query, a future message kind) never verifies for another.
+pub const SUBMISSION_DOMAIN: &[u8] = b"coalition.v1.submission\0";
+
+/// Prefix of every signed query.
+pub const QUERY_DOMAIN: &[u8] = b"coalition.v1.query\0";
+
+/// Why a public key cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicKeyError {
+    #[error("a public key is 32 bytes, this one is {len}")]
+    WrongLength { len: usize },
+    #[error("the bytes are not a valid ed25519 point")]
+    NotAPoint,
+    #[error("the key is a weak (small-order) key, which cannot bind a signature to a message")]
+    Weak,
+}
+
+/// Parses a public key for registration, refusing malformed and weak keys.
+pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, PublicKeyError> {
+    let array: &[u8; 32] = bytes
+        .try_into()
+        .map_err(|_| PublicKeyError::WrongLength { len: bytes.len() })?;
+    let key = VerifyingKey::from_bytes(array).map_err(|_| PublicKeyError::NotAPoint)?;
+    if key.is_weak() {
+        return Err(PublicKeyError::Weak);
+    }
+    Ok(key)
+}
+
+/// The exact bytes that are signed: the domain prefix followed by the body.
+pub fn signed_message(domain: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(domain.len() + body.len());
+    message.extend_from_slice(domain);
+    message.extend_from_slice(body);
+    message
+}
+
+/// Why a signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureFault {
+    /// Not 64 bytes.
+    Malformed,
+    /// 64 bytes that do not verify strictly.
+    Invalid,
+}
+
+/// Parses a 64-byte signature.
+pub fn parse_signature(bytes: &[u8]) -> Result<Signature, SignatureFault> {
+    let array: &[u8; 64] = bytes.try_into().map_err(|_| SignatureFault::Malformed)?;
+    Ok(Signature::from_bytes(array))
+}
+
+/// Verifies `signature` over `domain || body` with the strict rules (no malleable signatures,
+/// no small-order components).
+pub fn verify(
+    key: &VerifyingKey,
+    domain: &[u8],
+    body: &[u8],
+    signature: &Signature,
+) -> Result<(), SignatureFault> {
+    key.verify_strict(&signed_message(domain, body), signature)
+        .map_err(|_| SignatureFault::Invalid)
+}
+
+/// Signs `domain || body`: what a partner's signer does. Used by the client helpers, the
+/// demo, the benchmark and the tests.
+pub fn sign(key: &SigningKey, domain: &[u8], body: &[u8]) -> [u8; 64] {
+    key.sign(&signed_message(domain, body)).to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_its_domain_body_and_key() {
+        let signer = key(7);
+        let body = b"transaction body";
+        let signature = parse_signature(&sign(&signer, SUBMISSION_DOMAIN, body)).unwrap();
+        let public = signer.verifying_key();
+        assert_eq!(verify(&public, SUBMISSION_DOMAIN, body, &signature), Ok(()));
+        assert_eq!(
+            verify(&public, QUERY_DOMAIN, body, &signature),
+            Err(SignatureFault::Invalid)
+        );
+        assert_eq!(
+            verify(&public, SUBMISSION_DOMAIN, b"transaction bodY", &signature),
+            Err(SignatureFault::Invalid)
+        );
+        assert_eq!(
+            verify(&key(8).verifying_key(), SUBMISSION_DOMAIN, body, &signature),
+            Err(SignatureFault::Invalid)
+        );
+        assert_eq!(
+            parse_signature(&[0; 63]).err(),
+            Some(SignatureFault::Malformed)
+        );
+    }
+
+    #[test]
+    fn weak_and_malformed_keys_are_refused() {
+        // The identity point is of small order: a weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(parse_public_key(&identity), Err(PublicKeyError::Weak));
+        assert_eq!(
+            parse_public_key(&[1; 31]),
+            Err(PublicKeyError::WrongLength { len: 31 })
+        );
+        let good = key(3).verifying_key();
+        assert_eq!(parse_public_key(good.as_bytes()), Ok(good));
+    }
+}

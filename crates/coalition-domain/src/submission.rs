@@ -1,0 +1,218 @@
+//! A merchant's transaction as the core sees it, after the signature was verified and the
+//! wire format decoded. `Submission::check` is the only way to build one.
+
+use crate::ids::{MemberId, MerchantId, MerchantTransactionId, check_identifier};
+use crate::limits::Limits;
+use crate::rejection::{Rejection, RejectionReason};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionKind {
+    Earn,
+    Burn,
+}
+
+/// The decoded body as it arrived: nothing in it has been checked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSubmission {
+    pub merchant_id: String,
+    pub merchant_transaction_id: String,
+    pub kind: Option<TransactionKind>,
+    pub member_id: String,
+    pub points: i64,
+    pub spend_minor: Option<i64>,
+    pub occurred_at_ms: i64,
+    pub store_id: String,
+    pub terminal_id: String,
+}
+
+/// A checked submission, ready for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub merchant_id: MerchantId,
+    pub merchant_transaction_id: MerchantTransactionId,
+    pub kind: TransactionKind,
+    pub member_id: MemberId,
+    pub points: i64,
+    pub spend_minor: Option<i64>,
+    pub occurred_at_ms: i64,
+    pub store_id: String,
+    pub terminal_id: String,
+    /// SHA-256 of the signed body bytes.
+    pub body_hash: [u8; 32],
+}
+
+impl Submission {
+    /// Checks a decoded body against the envelope's merchant, the limits and the server's
+    /// clock, in the precedence order of the rejection codes.
+    pub fn check(
+        raw: RawSubmission,
+        envelope_merchant_id: &str,
+        body_hash: [u8; 32],
+        now_ms: i64,
+        limits: &Limits,
+    ) -> Result<Submission, Rejection> {
+        if raw.merchant_id != envelope_merchant_id {
+            return Err(Rejection::new(
+                RejectionReason::BodyMerchantMismatch,
+                format!(
+                    "the body names merchant {:?} but the envelope is from {envelope_merchant_id:?}",
+                    raw.merchant_id
+                ),
+            ));
+        }
+        let merchant_id = MerchantId::new(raw.merchant_id).map_err(|error| {
+            Rejection::new(
+                RejectionReason::BodyMerchantMismatch,
+                format!("merchant id {error}"),
+            )
+        })?;
+        let merchant_transaction_id = MerchantTransactionId::new(raw.merchant_transaction_id)
+            .map_err(|error| {
+                Rejection::new(
+                    RejectionReason::TransactionIdInvalid,
+                    format!("merchant transaction id {error}"),
+                )
+            })?;
+        let kind = raw.kind.ok_or_else(|| {
+            Rejection::new(
+                RejectionReason::KindUnspecified,
+                "the body must say whether it is an earn or a burn",
+            )
+        })?;
+        let member_id = MemberId::new(raw.member_id).map_err(|error| {
+            Rejection::new(
+                RejectionReason::MemberIdInvalid,
+                format!("member id {error}"),
+            )
+        })?;
+        if raw.points <= 0 || raw.points > limits.points_per_transaction_max {
+            return Err(Rejection::new(
+                RejectionReason::PointsInvalid,
+                format!(
+                    "points must be from 1 to {}, got {}",
+                    limits.points_per_transaction_max, raw.points
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("store id", &raw.store_id),
+            ("terminal id", &raw.terminal_id),
+        ] {
+            check_identifier(value).map_err(|error| {
+                Rejection::new(RejectionReason::DetailsInvalid, format!("{field} {error}"))
+            })?;
+        }
+        if let Some(spend_minor) = raw.spend_minor
+            && spend_minor < 0
+        {
+            return Err(Rejection::new(
+                RejectionReason::DetailsInvalid,
+                format!("the spend amount cannot be negative, got {spend_minor}"),
+            ));
+        }
+        if raw.occurred_at_ms > now_ms.saturating_add(limits.future_skew_max_ms) {
+            return Err(Rejection::new(
+                RejectionReason::OccurredAtInFuture,
+                format!(
+                    "occurred_at is {} ms ahead of the server clock; at most {} ms is allowed",
+                    raw.occurred_at_ms - now_ms,
+                    limits.future_skew_max_ms
+                ),
+            ));
+        }
+        if raw.occurred_at_ms < now_ms.saturating_sub(limits.offline_window_ms) {
+            return Err(Rejection::new(
+                RejectionReason::OccurredAtBeyondOfflineWindow,
+                format!(
+                    "occurred_at is {} ms in the past; the offline window is {} ms",
+                    now_ms - raw.occurred_at_ms,
+                    limits.offline_window_ms
+                ),
+            ));
+        }
+        Ok(Submission {
+            merchant_id,
+            merchant_transaction_id,
+            kind,
+            member_id,
+            points: raw.points,
+            spend_minor: raw.spend_minor,
+            occurred_at_ms: raw.occurred_at_ms,
+            store_id: raw.store_id,
+            terminal_id: raw.terminal_id,
+            body_hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000_000;
+
+    fn raw() -> RawSubmission {
+        RawSubmission {
+            merchant_id: "tenant".into(),
+            merchant_transaction_id: "t-1".into(),
+            kind: Some(TransactionKind::Earn),
+            member_id: "m-1".into(),
+            points: 100,
+            spend_minor: Some(18_000),
+            occurred_at_ms: NOW,
+            store_id: "store-1".into(),
+            terminal_id: "pos-1".into(),
+        }
+    }
+
+    fn check(change: impl FnOnce(&mut RawSubmission), expected: Option<RejectionReason>) {
+        let mut body = raw();
+        change(&mut body);
+        let result = Submission::check(body, "tenant", [0; 32], NOW, &Limits::default());
+        assert_eq!(result.err().map(|rejection| rejection.reason), expected);
+    }
+
+    #[test]
+    fn body_checks_at_their_boundaries() {
+        let limits = Limits::default();
+        check(|_| {}, None);
+        check(
+            |b| b.merchant_id = "other".into(),
+            Some(RejectionReason::BodyMerchantMismatch),
+        );
+        check(
+            |b| b.merchant_transaction_id = String::new(),
+            Some(RejectionReason::TransactionIdInvalid),
+        );
+        check(|b| b.kind = None, Some(RejectionReason::KindUnspecified));
+        check(
+            |b| b.member_id = "a b".into(),
+            Some(RejectionReason::MemberIdInvalid),
+        );
+        check(|b| b.points = 0, Some(RejectionReason::PointsInvalid));
+        check(|b| b.points = -5, Some(RejectionReason::PointsInvalid));
+        check(|b| b.points = limits.points_per_transaction_max, None);
+        check(
+            |b| b.points = limits.points_per_transaction_max + 1,
+            Some(RejectionReason::PointsInvalid),
+        );
+        check(
+            |b| b.store_id = String::new(),
+            Some(RejectionReason::DetailsInvalid),
+        );
+        check(
+            |b| b.spend_minor = Some(-1),
+            Some(RejectionReason::DetailsInvalid),
+        );
+        check(|b| b.occurred_at_ms = NOW + limits.future_skew_max_ms, None);
+        check(
+            |b| b.occurred_at_ms = NOW + limits.future_skew_max_ms + 1,
+            Some(RejectionReason::OccurredAtInFuture),
+        );
+        check(|b| b.occurred_at_ms = NOW - limits.offline_window_ms, None);
+        check(
+            |b| b.occurred_at_ms = NOW - limits.offline_window_ms - 1,
+            Some(RejectionReason::OccurredAtBeyondOfflineWindow),
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Property tests of the ledger state machine: for any sequence of enrolments, earns, burns
+//! and member merges, every entry balances per asset, the chain verifies, lots sum to the
+//! wallets, no wallet goes negative, and replaying the journal rebuilds the same state.
+
+use coalition_domain::chain::{ChainHead, verify_chain};
+use coalition_domain::ledger::{ApplyError, Outcome};
+use coalition_domain::{
+    Asset, Changes, Entry, Ledger, MemberId, MerchantId, RejectionReason, Submission,
+    TransactionKind,
+};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Enroll(u8),
+    Earn {
+        merchant: u8,
+        member: u8,
+        points: i64,
+        occurred: i64,
+        retry_of: Option<u8>,
+    },
+    Burn {
+        merchant: u8,
+        member: u8,
+        points: i64,
+    },
+    Merge {
+        alias: u8,
+        target: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..6).prop_map(Step::Enroll),
+        (
+            0u8..3,
+            0u8..6,
+            1i64..500,
+            0i64..1000,
+            proptest::option::of(0u8..20)
+        )
+            .prop_map(
+                |(merchant, member, points, occurred, retry_of)| Step::Earn {
+                    merchant,
+                    member,
+                    points,
+                    occurred,
+                    retry_of
+                }
+            ),
+        (0u8..3, 0u8..6, 1i64..700).prop_map(|(merchant, member, points)| Step::Burn {
+            merchant,
+            member,
+            points
+        }),
+        (0u8..6, 0u8..6).prop_map(|(alias, target)| Step::Merge { alias, target }),
+    ]
+}
+
+fn member(index: u8) -> MemberId {
+    MemberId::new(format!("m-{index}")).unwrap()
+}
+
+fn submission(
+    merchant: u8,
+    member_index: u8,
+    kind: TransactionKind,
+    points: i64,
+    id: String,
+    occurred: i64,
+) -> Submission {
+    Submission {
+        merchant_id: MerchantId::new(format!("merchant-{merchant}")).unwrap(),
+        merchant_transaction_id: coalition_domain::MerchantTransactionId::new(id.clone()).unwrap(),
+        kind,
+        member_id: member(member_index),
+        points,
+        spend_minor: None,
+        occurred_at_ms: occurred,
+        store_id: "s".into(),
+        terminal_id: "t".into(),
+        body_hash: coalition_domain::body_hash(format!("{id}/{points}/{member_index}").as_bytes()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_sequence_keeps_the_books(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut ledger = Ledger::default();
+        let mut changes = Changes::default();
+        let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
+        for (time, step) in steps.into_iter().enumerate() {
+            let now = time as i64;
+            match step {
+                Step::Enroll(index) => {
+                    let _ = ledger.enroll_member(member(index), None, now, &mut changes);
+                }
+                Step::Earn { merchant, member: index, points, occurred, retry_of } => {
+                    // Sometimes repeat an earlier earn exactly: it must come back as a duplicate.
+                    if let Some(retry) = retry_of.and_then(|r| earned.get(usize::from(r)).cloned()) {
+                        let (merchant, index, points, id, occurred) = retry;
+                        let before = ledger.head();
+                        let outcome = ledger.apply(&submission(merchant, index, TransactionKind::Earn, points, id, occurred), now, &mut changes);
+                        prop_assert!(matches!(outcome, Ok(Outcome::Duplicate(_))), "{outcome:?}");
+                        prop_assert_eq!(ledger.head(), before);
+                        continue;
+                    }
+                    let id = format!("earn-{time}");
+                    let before_points = ledger.member_points(&member(index));
+                    match ledger.apply(&submission(merchant, index, TransactionKind::Earn, points, id.clone(), occurred), now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert_eq!(receipt.member_points_after, before_points + points);
+                            earned.push((merchant, index, points, id, occurred));
+                        }
+                        Err(ApplyError::Rejected(rejection)) => prop_assert_eq!(rejection.reason, RejectionReason::MemberUnknown),
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Burn { merchant, member: index, points } => {
+                    let before_points = ledger.member_points(&member(index));
+                    let before_head = ledger.head();
+                    match ledger.apply(&submission(merchant, index, TransactionKind::Burn, points, format!("burn-{time}"), 0), now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert!(points <= before_points);
+                            prop_assert_eq!(receipt.member_points_after, before_points - points);
+                        }
+                        Err(ApplyError::Rejected(rejection)) => {
+                            prop_assert!(matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::PointsInsufficient));
+                            if rejection.reason == RejectionReason::PointsInsufficient {
+                                prop_assert!(points > before_points);
+                            }
+                            prop_assert_eq!(ledger.head(), before_head);
+                        }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Merge { alias, target } => {
+                    let total_before = ledger.member_points(&member(alias)) + ledger.member_points(&member(target));
+                    let same = ledger.resolve_member(&member(alias)) == ledger.resolve_member(&member(target));
+                    if ledger.alias_member(member(alias), member(target), now, &mut changes).is_ok() && !same {
+                        prop_assert_eq!(ledger.member_points(&member(target)), total_before);
+                        prop_assert_eq!(ledger.member_points(&member(alias)), total_before);
+                    }
+                }
+            }
+            prop_assert_eq!(ledger.check_invariants(), Ok(()));
+        }
+
+        // Every entry balances and the chain verifies from genesis.
+        for entry in &changes.entries {
+            prop_assert_eq!(entry.check_balanced(), Ok(()));
+        }
+        let head = verify_chain(ChainHead::GENESIS, changes.entries.iter()).unwrap();
+        prop_assert_eq!(head, ledger.head());
+
+        // Replaying the journal rebuilds the same balances.
+        let mut replayed = Ledger::default();
+        for (id, key) in &changes.accounts {
+            replayed.restore_account(*id, key.clone());
+        }
+        for record in &changes.members {
+            replayed.restore_member(record.member_id.clone());
+        }
+        for record in &changes.aliases {
+            replayed.restore_alias(record.alias.clone(), record.target.clone());
+        }
+        for entry in changes.entries.clone() {
+            replayed.replay(entry).unwrap();
+        }
+        replayed.finish_restore();
+        prop_assert_eq!(replayed.head(), ledger.head());
+        prop_assert_eq!(replayed.check_invariants(), Ok(()));
+        for (key, id) in ledger.accounts() {
+            prop_assert_eq!(replayed.balance_of(id, Asset::Points), ledger.balance_of(id, Asset::Points), "{}", key);
+        }
+        prop_assert_eq!(replayed.outstanding_by_issuer(), ledger.outstanding_by_issuer());
+    }
+}
+
+#[test]
+fn an_altered_entry_breaks_the_chain() {
+    let mut ledger = Ledger::default();
+    let mut changes = Changes::default();
+    ledger
+        .enroll_member(member(1), None, 0, &mut changes)
+        .unwrap();
+    for index in 0..3 {
+        ledger
+            .apply(
+                &submission(0, 1, TransactionKind::Earn, 10, format!("e{index}"), 0),
+                1,
+                &mut changes,
+            )
+            .unwrap();
+    }
+    let mut entries: Vec<Entry> = changes.entries.clone();
+    assert!(verify_chain(ChainHead::GENESIS, entries.iter()).is_ok());
+    entries[1].points = 11;
+    assert!(verify_chain(ChainHead::GENESIS, entries.iter()).is_err());
+}
