@@ -97,6 +97,8 @@ pub struct Changes {
     pub entries: Vec<Entry>,
     pub lots: Vec<LotRecord>,
     pub lot_consumptions: Vec<LotConsumption>,
+    /// The account of every posting of `entries`, in the same order as the postings.
+    pub posting_account_ids: Vec<AccountId>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
 }
 
@@ -636,6 +638,7 @@ impl Ledger {
         if let Some(changes) = changes {
             for (posting, account) in entry.postings.iter().zip(account_ids) {
                 changes.touched_balances.insert((account, posting.asset));
+                changes.posting_account_ids.push(account);
             }
             changes.lots.extend(lots);
             changes.lot_consumptions.extend(consumptions);

@@ -1,1 +1,67 @@
+//! Storage for Coalition: the only crate that sees sqlx. It owns the schemas (one set of
+//! migrations per backend), the batch write of a writer's group commit, the recovery load
+//! that rebuilds the ledger by replaying the journal, and the read queries.
+//!
+//! Two backends: SQLite, the embedded default (WAL, `synchronous = FULL`, `BEGIN IMMEDIATE`
+//! write transactions), and PostgreSQL for production. Writes use few, large statements per
+//! batch (multi-row `VALUES` on SQLite, `UNNEST` arrays on PostgreSQL) because statement count,
+//! not row count, bounds throughput.
 
+mod batch;
+mod connect;
+mod load;
+mod query;
+
+pub use connect::{Backend, ConnectOptions};
+pub use load::{CheckReport, LoadedState};
+pub use query::{AccountBalance, HistoryPage};
+
+use sqlx::{PgPool, SqlitePool};
+
+/// Errors from the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("SQLite is not in synchronous=FULL mode (found {0}); acknowledged writes would not survive a power loss")]
+    NotDurable(i64),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// A connection pool to one of the two backends.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code against whichever pool this storage has. The body is type-checked once
+/// per backend, so it may only use what both drivers support.
+macro_rules! with_pool {
+    ($storage:expr, $pool:ident => $body:expr) => {
+        match $storage {
+            $crate::Storage::Sqlite($pool) => $body,
+            $crate::Storage::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+impl Storage {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Storage::Sqlite(_) => Backend::Sqlite,
+            Storage::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to return.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}

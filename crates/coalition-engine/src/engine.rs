@@ -1,0 +1,365 @@
+//! The engine handle shared by the gRPC services and the CLI.
+
+use std::sync::{Arc, RwLock};
+
+use coalition_domain::ledger::Outcome;
+use coalition_domain::registry::RegistryError;
+use coalition_domain::signing::{self, SignatureFault};
+use coalition_domain::{
+    KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
+    MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
+};
+use coalition_storage::{Storage, StorageError};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::writer::{Command, Writer};
+
+/// Limits of the writing path.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// The most submissions one writer batch (one database transaction) holds.
+    pub batch_len_max: usize,
+    /// How many commands may wait for the writer before callers wait in turn.
+    pub writer_queue_len_max: usize,
+    pub limits: Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            batch_len_max: 4096,
+            writer_queue_len_max: 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Failures of the engine itself, as opposed to business rejections.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the database did not commit the batch: {0}")]
+    StorageUnavailable(String),
+    #[error("a ledger invariant was violated; the batch was aborted: {0}")]
+    InvariantViolated(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why an administrative command was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<StorageError> for AdminError {
+    fn from(error: StorageError) -> Self {
+        AdminError::Engine(EngineError::StorageUnavailable(error.to_string()))
+    }
+}
+
+/// A signed envelope as received: nothing in it has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub merchant_id: String,
+    pub key_id: String,
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// What a submission returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    pub receipt: Receipt,
+    /// True when the same body was accepted before and this is its original result.
+    pub duplicate: bool,
+}
+
+/// A merchant to register.
+#[derive(Debug, Clone)]
+pub struct NewMerchant {
+    pub merchant_id: MerchantId,
+    pub name: String,
+    pub category: MerchantCategory,
+    pub keys: Vec<MerchantKey>,
+}
+
+/// What an enrolment command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnrollSummary {
+    pub enrolled: u64,
+    pub already_enrolled: u64,
+    pub refused: Vec<String>,
+}
+
+struct Inner {
+    storage: Storage,
+    registry: RwLock<Registry>,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    sender: mpsc::Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Serialises registry changes so the database and memory change in the same order.
+    admin: Mutex<()>,
+}
+
+/// A cheap, cloneable handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Rebuilds state from storage and starts the writer.
+    pub async fn start(
+        storage: Storage,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StorageError> {
+        assert!(config.batch_len_max > 0, "batch_len_max must be positive");
+        assert!(config.writer_queue_len_max > 0, "writer_queue_len_max must be positive");
+        let state = storage.load().await?;
+        tracing::info!(
+            head_sequence = state.ledger.head().sequence,
+            merchants = state.registry.merchants().count(),
+            "ledger recovered"
+        );
+        let (sender, receiver) = mpsc::channel(config.writer_queue_len_max);
+        let writer = Writer {
+            ledger: state.ledger,
+            storage: storage.clone(),
+            clock: clock.clone(),
+            batch_len_max: config.batch_len_max,
+            receiver,
+            last_accepted_at_ms: i64::MIN,
+        };
+        let handle = tokio::spawn(writer.run());
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                storage,
+                registry: RwLock::new(state.registry),
+                config,
+                clock,
+                sender,
+                writer: Mutex::new(Some(handle)),
+                admin: Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// A copy of one merchant's registration.
+    pub fn merchant(&self, merchant_id: &MerchantId) -> Option<Merchant> {
+        self.registry().merchant(merchant_id).cloned()
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks the envelope's key and signature (strictly) over `domain || body`. Runs on the
+    /// caller's thread, in parallel with other callers; cheap checks first.
+    pub fn authenticate(&self, envelope: &Envelope, domain: &[u8]) -> Result<(), Rejection> {
+        let signature = signing::parse_signature(&envelope.signature).map_err(|_| {
+            Rejection::new(
+                RejectionReason::SignatureMalformed,
+                format!("a signature is 64 bytes, this one is {}", envelope.signature.len()),
+            )
+        })?;
+        let key = *self
+            .registry()
+            .authorize(&envelope.merchant_id, &envelope.key_id, self.now_ms())?;
+        signing::verify(&key, domain, &envelope.body, &signature).map_err(|fault| match fault {
+            SignatureFault::Malformed => Rejection::new(RejectionReason::SignatureMalformed, "malformed signature"),
+            SignatureFault::Invalid => Rejection::new(
+                RejectionReason::SignatureInvalid,
+                format!(
+                    "the signature does not verify with key {} of merchant {}",
+                    envelope.key_id, envelope.merchant_id
+                ),
+            ),
+        })
+    }
+
+    /// Checks a decoded body against the envelope, the limits and the clock.
+    pub fn check_submission(
+        &self,
+        raw: RawSubmission,
+        envelope: &Envelope,
+    ) -> Result<Submission, Rejection> {
+        Submission::check(
+            raw,
+            &envelope.merchant_id,
+            coalition_domain::body_hash(&envelope.body),
+            self.now_ms(),
+            &self.inner.config.limits,
+        )
+    }
+
+    async fn send(&self, command: Command) -> Result<(), EngineError> {
+        self.inner
+            .sender
+            .send(command)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Hands checked submissions to the writer and waits until their batch is committed.
+    /// Results come back in the order given.
+    pub async fn submit(
+        &self,
+        submissions: Vec<Submission>,
+    ) -> Result<Vec<Result<SubmitOutcome, Rejection>>, EngineError> {
+        if submissions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Submit { submissions, reply }).await?;
+        let results = response.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.map(|outcome| match outcome {
+                    Outcome::Applied(receipt) => SubmitOutcome {
+                        receipt,
+                        duplicate: false,
+                    },
+                    Outcome::Duplicate(receipt) => SubmitOutcome {
+                        receipt,
+                        duplicate: true,
+                    },
+                })
+            })
+            .collect())
+    }
+
+    /// Enrolls members; already enrolled ones are counted, not refused.
+    pub async fn enroll_members(
+        &self,
+        members: Vec<(MemberId, Option<String>)>,
+    ) -> Result<EnrollSummary, EngineError> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Enroll { members, reply }).await?;
+        response.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Makes `alias` stand for `target`, merging its wallet when it has points.
+    pub async fn alias_member(
+        &self,
+        alias: MemberId,
+        target: MemberId,
+    ) -> Result<Option<Receipt>, AdminError> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Alias { alias, target, reply }).await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// Registers a merchant: checked against a copy of the registry, written to the
+    /// database, then made visible to the signature checkers.
+    pub async fn register_merchant(&self, merchant: NewMerchant) -> Result<Merchant, AdminError> {
+        let _guard = self.inner.admin.lock().await;
+        let merchant = Merchant {
+            merchant_id: merchant.merchant_id,
+            name: merchant.name,
+            category: merchant.category,
+            status: MerchantStatus::Active,
+            registered_at_ms: self.now_ms(),
+            keys: merchant.keys,
+        };
+        let mut copy = self.registry().clone();
+        copy.register(merchant.clone())?;
+        self.inner.storage.insert_merchant(&merchant).await?;
+        self.replace_registry(copy);
+        Ok(merchant)
+    }
+
+    pub async fn add_merchant_key(
+        &self,
+        merchant_id: &MerchantId,
+        key: MerchantKey,
+    ) -> Result<(), AdminError> {
+        let _guard = self.inner.admin.lock().await;
+        let mut copy = self.registry().clone();
+        copy.add_key(merchant_id, key.clone())?;
+        self.inner.storage.insert_merchant_key(merchant_id, &key).await?;
+        self.replace_registry(copy);
+        Ok(())
+    }
+
+    /// Revokes a key from now on.
+    pub async fn revoke_merchant_key(
+        &self,
+        merchant_id: &MerchantId,
+        key_id: &KeyId,
+    ) -> Result<i64, AdminError> {
+        let _guard = self.inner.admin.lock().await;
+        let revoked_at_ms = self.now_ms();
+        let mut copy = self.registry().clone();
+        copy.revoke_key(merchant_id, key_id, revoked_at_ms)?;
+        self.inner
+            .storage
+            .revoke_merchant_key(merchant_id, key_id, revoked_at_ms)
+            .await?;
+        self.replace_registry(copy);
+        Ok(revoked_at_ms)
+    }
+
+    pub async fn set_merchant_status(
+        &self,
+        merchant_id: &MerchantId,
+        status: MerchantStatus,
+    ) -> Result<(), AdminError> {
+        let _guard = self.inner.admin.lock().await;
+        let mut copy = self.registry().clone();
+        copy.set_status(merchant_id, status)?;
+        self.inner.storage.set_merchant_status(merchant_id, status).await?;
+        self.replace_registry(copy);
+        Ok(())
+    }
+
+    fn replace_registry(&self, registry: Registry) {
+        *self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = registry;
+    }
+
+    /// Stops the writer after it has committed and acknowledged everything sent before.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.sender.send(Command::Shutdown).await;
+        if let Some(handle) = self.inner.writer.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The single writer. It alone mutates the ledger and appends to the journal.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use coalition_domain::ledger::{ApplyError, Outcome};
+use coalition_domain::{Changes, Ledger, MemberId, Receipt, Rejection, Submission};
+use coalition_storage::Storage;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::engine::{AdminError, EngineError, EnrollSummary};
+
+/// The result of one submission as the writer decided it.
+pub(crate) type ItemResult = Result<Outcome, Rejection>;
+
+pub(crate) enum Command {
+    Submit {
+        submissions: Vec<Submission>,
+        reply: oneshot::Sender<Result<Vec<ItemResult>, EngineError>>,
+    },
+    Enroll {
+        members: Vec<(MemberId, Option<String>)>,
+        reply: oneshot::Sender<Result<EnrollSummary, EngineError>>,
+    },
+    Alias {
+        alias: MemberId,
+        target: MemberId,
+        reply: oneshot::Sender<Result<Option<Receipt>, AdminError>>,
+    },
+    /// Finish what was received before this command, then stop.
+    Shutdown,
+}
+
+impl Command {
+    /// How many ledger operations the command carries, for batch sizing.
+    fn weight(&self) -> usize {
+        match self {
+            Command::Submit { submissions, .. } => submissions.len(),
+            Command::Enroll { members, .. } => members.len(),
+            Command::Alias { .. } | Command::Shutdown => 1,
+        }
+    }
+}
+
+/// A decided command whose reply waits for the commit.
+enum Pending {
+    Submit(oneshot::Sender<Result<Vec<ItemResult>, EngineError>>, Vec<ItemResult>),
+    Enroll(oneshot::Sender<Result<EnrollSummary, EngineError>>, EnrollSummary),
+    Alias(oneshot::Sender<Result<Option<Receipt>, AdminError>>, Result<Option<Receipt>, AdminError>),
+}
+
+impl Pending {
+    fn acknowledge(self) {
+        // A caller that went away (a dropped connection) no longer needs its reply; the
+        // transaction is committed all the same and a retry gets the original result.
+        match self {
+            Pending::Submit(reply, results) => drop(reply.send(Ok(results))),
+            Pending::Enroll(reply, summary) => drop(reply.send(Ok(summary))),
+            Pending::Alias(reply, result) => drop(reply.send(result)),
+        }
+    }
+
+    fn fail(self, error: &EngineError) {
+        match self {
+            Pending::Submit(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Enroll(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Alias(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    pub ledger: Ledger,
+    pub storage: Storage,
+    pub clock: Arc<dyn Clock>,
+    pub batch_len_max: usize,
+    pub receiver: mpsc::Receiver<Command>,
+    /// Acceptance times never go backwards, even if the wall clock does.
+    pub last_accepted_at_ms: i64,
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = self.receiver.recv().await else {
+                break;
+            };
+            let mut commands = Vec::new();
+            let mut weight = first.weight();
+            commands.push(first);
+            // Gather whatever is already waiting, up to the batch limit: under load batches
+            // grow by themselves, at rest a lone submission commits at once.
+            while weight < self.batch_len_max {
+                match self.receiver.try_recv() {
+                    Ok(command) => {
+                        weight += command.weight();
+                        commands.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(position) = commands.iter().position(|c| matches!(c, Command::Shutdown)) {
+                stopping = true;
+                commands.truncate(position);
+            }
+            if !commands.is_empty() {
+                self.process(commands).await;
+            }
+        }
+        tracing::info!("writer stopped");
+    }
+
+    async fn process(&mut self, commands: Vec<Command>) {
+        let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
+        let mut changes = Changes::default();
+        let mut pending = Vec::with_capacity(commands.len());
+        let mut invariant_violation = None;
+        let mut submissions_count = 0usize;
+        for command in commands {
+            match command {
+                Command::Submit { submissions, reply } => {
+                    submissions_count += submissions.len();
+                    let mut results = Vec::with_capacity(submissions.len());
+                    for submission in &submissions {
+                        match self.ledger.apply(submission, accepted_at_ms, &mut changes) {
+                            Ok(outcome) => results.push(Ok(outcome)),
+                            Err(ApplyError::Rejected(rejection)) => results.push(Err(rejection)),
+                            Err(ApplyError::InvariantViolated(message)) => {
+                                invariant_violation = Some(message);
+                                break;
+                            }
+                        }
+                    }
+                    pending.push(Pending::Submit(reply, results));
+                }
+                Command::Enroll { members, reply } => {
+                    let mut summary = EnrollSummary::default();
+                    for (member_id, tier) in members {
+                        match self.ledger.enroll_member(member_id, tier, accepted_at_ms, &mut changes) {
+                            Ok(true) => summary.enrolled += 1,
+                            Ok(false) => summary.already_enrolled += 1,
+                            Err(error) => summary.refused.push(error.to_string()),
+                        }
+                    }
+                    pending.push(Pending::Enroll(reply, summary));
+                }
+                Command::Alias { alias, target, reply } => {
+                    let result = self
+                        .ledger
+                        .alias_member(alias, target, accepted_at_ms, &mut changes)
+                        .map_err(AdminError::Member);
+                    pending.push(Pending::Alias(reply, result));
+                }
+                Command::Shutdown => {}
+            }
+            if invariant_violation.is_some() {
+                break;
+            }
+        }
+        if let Some(message) = invariant_violation {
+            tracing::error!(%message, "ledger invariant violated; the batch is aborted");
+            self.abort(pending, EngineError::InvariantViolated(message)).await;
+            return;
+        }
+        let started = Instant::now();
+        let balances = changes.balances(&self.ledger);
+        let written = if changes.is_empty() {
+            Ok(())
+        } else {
+            self.storage.write_changes(&changes, &balances).await
+        };
+        match written {
+            Ok(()) => {
+                self.last_accepted_at_ms = accepted_at_ms;
+                metrics::histogram!("coalition_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("coalition_batch_submissions").record(submissions_count as f64);
+                metrics::histogram!("coalition_batch_entries").record(changes.entries.len() as f64);
+                for reply in pending {
+                    reply.acknowledge();
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
+                self.abort(pending, EngineError::StorageUnavailable(error.to_string())).await;
+            }
+        }
+    }
+
+    /// Nothing of the batch is acknowledged; memory is rebuilt from what the database holds.
+    async fn abort(&mut self, pending: Vec<Pending>, error: EngineError) {
+        for reply in pending {
+            reply.fail(&error);
+        }
+        match self.storage.load().await {
+            Ok(state) => self.ledger = state.ledger,
+            Err(reload_error) => {
+                tracing::error!(error = %reload_error, "cannot rebuild the ledger after a failed batch; the writer stops");
+                self.receiver.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The group-commit write: everything one writer batch changed, in one database transaction,
+//! with one statement per table (per chunk of rows on SQLite, whose statements take at most
+//! 32766 parameters).
+
+use coalition_domain::account::{AccountId, Asset};
+use coalition_domain::ledger::Changes;
+use coalition_domain::{KeyId, Merchant, MerchantId, MerchantKey, MerchantStatus};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+
+use crate::{Storage, StorageError, with_pool};
+
+/// The most bind parameters one SQLite statement gets; SQLite's limit is 32766.
+const SQLITE_PARAMETERS_PER_STATEMENT_MAX: usize = 32_000;
+
+/// One column of rows to insert, typed so PostgreSQL can receive it as one array.
+enum Column {
+    BigInt(Vec<i64>),
+    NullableBigInt(Vec<Option<i64>>),
+    Text(Vec<String>),
+    NullableText(Vec<Option<String>>),
+    Bytes(Vec<Vec<u8>>),
+    NullableBytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self {
+            Column::BigInt(values) => values.len(),
+            Column::NullableBigInt(values) => values.len(),
+            Column::Text(values) => values.len(),
+            Column::NullableText(values) => values.len(),
+            Column::Bytes(values) => values.len(),
+            Column::NullableBytes(values) => values.len(),
+        }
+    }
+
+    fn postgres_array_type(&self) -> &'static str {
+        match self {
+            Column::BigInt(_) | Column::NullableBigInt(_) => "bigint[]",
+            Column::Text(_) | Column::NullableText(_) => "text[]",
+            Column::Bytes(_) | Column::NullableBytes(_) => "bytea[]",
+        }
+    }
+}
+
+/// Rows for one table, stored column by column.
+struct Table {
+    name: &'static str,
+    columns: Vec<(&'static str, Column)>,
+    /// Appended after the rows, for upserts.
+    on_conflict: &'static str,
+}
+
+impl Table {
+    fn rows(&self) -> usize {
+        self.columns.first().map_or(0, |(_, column)| column.len())
+    }
+
+    fn column_names(&self) -> String {
+        self.columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    }
+
+    async fn insert_postgres(
+        self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), StorageError> {
+        if self.rows() == 0 {
+            return Ok(());
+        }
+        let arrays: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(index, (_, column))| format!("${}::{}", index + 1, column.postgres_array_type()))
+            .collect();
+        // The statement is built only from the static table and column names above.
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) {}",
+            self.name,
+            self.column_names(),
+            arrays.join(", "),
+            self.on_conflict
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (_, column) in self.columns {
+            query = match column {
+                Column::BigInt(values) => query.bind(values),
+                Column::NullableBigInt(values) => query.bind(values),
+                Column::Text(values) => query.bind(values),
+                Column::NullableText(values) => query.bind(values),
+                Column::Bytes(values) => query.bind(values),
+                Column::NullableBytes(values) => query.bind(values),
+            };
+        }
+        query.execute(&mut **transaction).await?;
+        Ok(())
+    }
+
+    async fn insert_sqlite(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, Sqlite>,
+    ) -> Result<(), StorageError> {
+        let rows = self.rows();
+        let rows_per_statement = (SQLITE_PARAMETERS_PER_STATEMENT_MAX / self.columns.len()).max(1);
+        let mut start = 0;
+        while start < rows {
+            let end = (start + rows_per_statement).min(rows);
+            let mut builder: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO {} ({}) ", self.name, self.column_names()));
+            builder.push_values(start..end, |mut row, index| {
+                for (_, column) in &self.columns {
+                    match column {
+                        Column::BigInt(values) => row.push_bind(values[index]),
+                        Column::NullableBigInt(values) => row.push_bind(values[index]),
+                        Column::Text(values) => row.push_bind(values[index].clone()),
+                        Column::NullableText(values) => row.push_bind(values[index].clone()),
+                        Column::Bytes(values) => row.push_bind(values[index].clone()),
+                        Column::NullableBytes(values) => row.push_bind(values[index].clone()),
+                    };
+                }
+            });
+            builder.push(" ");
+            builder.push(self.on_conflict);
+            builder.build().execute(&mut **transaction).await?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).expect("sequences and ids stay below 2^63")
+}
+
+/// Turns a batch's changes into tables, in foreign-key order.
+fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table> {
+    let accounts = Table {
+        name: "accounts",
+        columns: vec![
+            ("account_id", Column::BigInt(changes.accounts.iter().map(|(id, _)| to_i64(id.0)).collect())),
+            ("kind", Column::Text(changes.accounts.iter().map(|(_, key)| key.kind().to_owned()).collect())),
+            ("owner", Column::Text(changes.accounts.iter().map(|(_, key)| key.owner().to_owned()).collect())),
+        ],
+        on_conflict: "",
+    };
+    let members = Table {
+        name: "members",
+        columns: vec![
+            ("member_id", Column::Text(changes.members.iter().map(|m| m.member_id.to_string()).collect())),
+            ("tier", Column::NullableText(changes.members.iter().map(|m| m.tier.clone()).collect())),
+            ("enrolled_at_ms", Column::BigInt(changes.members.iter().map(|m| m.enrolled_at_ms).collect())),
+        ],
+        on_conflict: "",
+    };
+    let aliases = Table {
+        name: "member_aliases",
+        columns: vec![
+            ("alias", Column::Text(changes.aliases.iter().map(|a| a.alias.to_string()).collect())),
+            ("target", Column::Text(changes.aliases.iter().map(|a| a.target.to_string()).collect())),
+            ("created_at_ms", Column::BigInt(changes.aliases.iter().map(|a| a.created_at_ms).collect())),
+        ],
+        on_conflict: "",
+    };
+    let entries = &changes.entries;
+    let origin_text = |pick: fn(&coalition_domain::MerchantOrigin) -> String| {
+        Column::NullableText(entries.iter().map(|e| e.origin.as_ref().map(pick)).collect())
+    };
+    let entry_table = Table {
+        name: "entries",
+        columns: vec![
+            ("sequence", Column::BigInt(entries.iter().map(|e| to_i64(e.sequence)).collect())),
+            ("kind", Column::Text(entries.iter().map(|e| e.kind.code().to_owned()).collect())),
+            ("accepted_at_ms", Column::BigInt(entries.iter().map(|e| e.accepted_at_ms).collect())),
+            ("merchant_id", origin_text(|o| o.merchant_id.to_string())),
+            ("merchant_transaction_id", origin_text(|o| o.merchant_transaction_id.to_string())),
+            ("store_id", origin_text(|o| o.store_id.clone())),
+            ("terminal_id", origin_text(|o| o.terminal_id.clone())),
+            (
+                "occurred_at_ms",
+                Column::NullableBigInt(entries.iter().map(|e| e.origin.as_ref().map(|o| o.occurred_at_ms)).collect()),
+            ),
+            (
+                "body_hash",
+                Column::NullableBytes(entries.iter().map(|e| e.origin.as_ref().map(|o| o.body_hash.to_vec())).collect()),
+            ),
+            ("member_id", Column::Text(entries.iter().map(|e| e.member_id.to_string()).collect())),
+            ("points", Column::BigInt(entries.iter().map(|e| e.points).collect())),
+            ("spend_minor", Column::NullableBigInt(entries.iter().map(|e| e.spend_minor).collect())),
+            ("member_points_after", Column::BigInt(entries.iter().map(|e| e.member_points_after).collect())),
+            ("memo", Column::Text(entries.iter().map(|e| e.memo.clone()).collect())),
+            ("previous_hash", Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect())),
+            ("hash", Column::Bytes(entries.iter().map(|e| e.hash.to_vec()).collect())),
+        ],
+        on_conflict: "",
+    };
+    let mut posting_sequence = Vec::new();
+    let mut posting_index = Vec::new();
+    let mut posting_asset = Vec::new();
+    let mut posting_amount = Vec::new();
+    for entry in entries {
+        for (index, posting) in entry.postings.iter().enumerate() {
+            posting_sequence.push(to_i64(entry.sequence));
+            posting_index.push(index as i64);
+            posting_asset.push(posting.asset.code().to_owned());
+            posting_amount.push(posting.amount);
+        }
+    }
+    assert_eq!(
+        posting_sequence.len(),
+        changes.posting_account_ids.len(),
+        "every posting has its account id"
+    );
+    let postings = Table {
+        name: "postings",
+        columns: vec![
+            ("entry_sequence", Column::BigInt(posting_sequence)),
+            ("posting_index", Column::BigInt(posting_index)),
+            ("account_id", Column::BigInt(changes.posting_account_ids.iter().map(|id| to_i64(id.0)).collect())),
+            ("asset", Column::Text(posting_asset)),
+            ("amount", Column::BigInt(posting_amount)),
+        ],
+        on_conflict: "",
+    };
+    let lots = Table {
+        name: "lots",
+        columns: vec![
+            ("entry_sequence", Column::BigInt(changes.lots.iter().map(|l| to_i64(l.lot_id.entry_sequence)).collect())),
+            ("lot_index", Column::BigInt(changes.lots.iter().map(|l| i64::from(l.lot_id.index)).collect())),
+            ("member_id", Column::Text(changes.lots.iter().map(|l| l.member_id.to_string()).collect())),
+            ("issuer", Column::Text(changes.lots.iter().map(|l| l.issuer.to_string()).collect())),
+            ("points", Column::BigInt(changes.lots.iter().map(|l| l.points).collect())),
+            ("earned_at_ms", Column::BigInt(changes.lots.iter().map(|l| l.earned_at_ms).collect())),
+        ],
+        on_conflict: "",
+    };
+    let consumptions = &changes.lot_consumptions;
+    let lot_consumptions = Table {
+        name: "lot_consumptions",
+        columns: vec![
+            ("entry_sequence", Column::BigInt(consumptions.iter().map(|c| to_i64(c.entry_sequence)).collect())),
+            ("lot_entry_sequence", Column::BigInt(consumptions.iter().map(|c| to_i64(c.lot_id.entry_sequence)).collect())),
+            ("lot_index", Column::BigInt(consumptions.iter().map(|c| i64::from(c.lot_id.index)).collect())),
+            ("points", Column::BigInt(consumptions.iter().map(|c| c.points).collect())),
+        ],
+        on_conflict: "",
+    };
+    let balance_table = Table {
+        name: "account_balances",
+        columns: vec![
+            ("account_id", Column::BigInt(balances.iter().map(|(id, _, _)| to_i64(id.0)).collect())),
+            ("asset", Column::Text(balances.iter().map(|(_, asset, _)| asset.code().to_owned()).collect())),
+            ("balance", Column::BigInt(balances.iter().map(|(_, _, balance)| *balance).collect())),
+        ],
+        on_conflict: "ON CONFLICT (account_id, asset) DO UPDATE SET balance = excluded.balance",
+    };
+    vec![accounts, members, aliases, entry_table, postings, lots, lot_consumptions, balance_table]
+}
+
+/// Builds the insert of one merchant key; a macro so it type-checks against either backend.
+macro_rules! insert_key_query {
+    ($merchant_id:expr, $key:expr) => {
+        sqlx::query(
+            "INSERT INTO merchant_keys \
+             (merchant_id, key_id, public_key, valid_from_ms, valid_until_ms, revoked_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind($merchant_id.to_string())
+        .bind($key.key_id.to_string())
+        .bind($key.public_key.as_bytes().to_vec())
+        .bind($key.valid_from_ms)
+        .bind($key.valid_until_ms)
+        .bind($key.revoked_at_ms)
+    };
+}
+
+impl Storage {
+    /// Writes one batch in one database transaction. Nothing of the batch is visible, or
+    /// survives a crash, unless all of it does.
+    pub async fn write_changes(
+        &self,
+        changes: &Changes,
+        balances: &[(AccountId, Asset, i64)],
+    ) -> Result<(), StorageError> {
+        for entry in &changes.entries {
+            // Asserted where written as well as where made: an unbalanced entry never commits.
+            entry
+                .check_balanced()
+                .map_err(|error| StorageError::Corrupt(error.to_string()))?;
+        }
+        let tables = tables(changes, balances);
+        match self {
+            Storage::Sqlite(pool) => {
+                let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+                for table in &tables {
+                    table.insert_sqlite(&mut transaction).await?;
+                }
+                transaction.commit().await?;
+            }
+            Storage::Postgres(pool) => {
+                let mut transaction = pool.begin().await?;
+                for table in tables {
+                    table.insert_postgres(&mut transaction).await?;
+                }
+                transaction.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a merchant with its keys.
+    pub async fn insert_merchant(&self, merchant: &Merchant) -> Result<(), StorageError> {
+        with_pool!(self, pool => {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO merchants (merchant_id, name, category, status, registered_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(merchant.merchant_id.to_string())
+            .bind(merchant.name.clone())
+            .bind(merchant.category.code())
+            .bind(merchant.status.code())
+            .bind(merchant.registered_at_ms)
+            .execute(&mut *transaction)
+            .await?;
+            for key in &merchant.keys {
+                insert_key_query!(&merchant.merchant_id, key).execute(&mut *transaction).await?;
+            }
+            transaction.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn insert_merchant_key(
+        &self,
+        merchant_id: &MerchantId,
+        key: &MerchantKey,
+    ) -> Result<(), StorageError> {
+        with_pool!(self, pool => {
+            insert_key_query!(merchant_id, key).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn revoke_merchant_key(
+        &self,
+        merchant_id: &MerchantId,
+        key_id: &KeyId,
+        revoked_at_ms: i64,
+    ) -> Result<(), StorageError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE merchant_keys SET revoked_at_ms = $1 WHERE merchant_id = $2 AND key_id = $3",
+            )
+            .bind(revoked_at_ms)
+            .bind(merchant_id.to_string())
+            .bind(key_id.to_string())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn set_merchant_status(
+        &self,
+        merchant_id: &MerchantId,
+        status: MerchantStatus,
+    ) -> Result<(), StorageError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE merchants SET status = $1 WHERE merchant_id = $2")
+                .bind(status.code())
+                .bind(merchant_id.to_string())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+}
+

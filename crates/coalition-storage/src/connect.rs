@@ -1,0 +1,96 @@
+//! Connecting, configuring and migrating.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr};
+
+use crate::{Storage, StorageError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `sqlite://PATH` (the file is created on first use) or `postgres://...`.
+    pub url: String,
+    /// Pool size. SQLite has one writer at a time anyway; the rest serve reads.
+    pub connections_max: u32,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "ledger",
+    include_str!("../../../migrations/sqlite/0001_ledger.sql"),
+)];
+
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "ledger",
+    include_str!("../../../migrations/postgres/0001_ledger.sql"),
+)];
+
+fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// SQLite's code for `synchronous = FULL`.
+const SQLITE_SYNCHRONOUS_FULL: i64 = 2;
+
+impl Storage {
+    /// Connects, applies pending migrations, and checks durability settings.
+    pub async fn connect(options: &ConnectOptions) -> Result<Storage, StorageError> {
+        let url = options.url.as_str();
+        if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.connections_max.max(2))
+                .connect_with(connect)
+                .await?;
+            let synchronous: i64 = sqlx::query("PRAGMA synchronous")
+                .fetch_one(&pool)
+                .await?
+                .try_get(0)?;
+            if synchronous != SQLITE_SYNCHRONOUS_FULL {
+                return Err(StorageError::NotDurable(synchronous));
+            }
+            migrator(SQLITE_MIGRATIONS).run(&pool).await?;
+            Ok(Storage::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.connections_max.max(2))
+                .connect(url)
+                .await?;
+            migrator(POSTGRES_MIGRATIONS).run(&pool).await?;
+            Ok(Storage::Postgres(pool))
+        } else {
+            Err(StorageError::UnsupportedUrl(options.url.clone()))
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Read queries for the gRPC query service. They read committed state only: what a client
+//! reads was acknowledged.
+
+use coalition_domain::account::{AccountKey, Asset};
+use coalition_domain::journal::Entry;
+use coalition_domain::{MemberId, MerchantId, MerchantTransactionId};
+use sqlx::Row;
+
+use crate::load::{assemble, entry_columns, entry_row, posting_columns, posting_row};
+use crate::{Storage, StorageError, with_pool};
+
+/// An account's balance of one asset at a moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountBalance {
+    pub account: AccountKey,
+    pub asset: Asset,
+    pub balance: i64,
+    /// The last entry included.
+    pub as_of_sequence: u64,
+}
+
+/// One page of a member's history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<Entry>,
+    /// Pass as `before_sequence` for the next page; `None` on the last page.
+    pub next_before_sequence: Option<u64>,
+}
+
+impl Storage {
+    /// The balance of an account, now (`as_of_ms` = None) or as of an acceptance time
+    /// (inclusive), summed from the postings.
+    pub async fn account_balance(
+        &self,
+        account: &AccountKey,
+        asset: Asset,
+        as_of_ms: Option<i64>,
+    ) -> Result<AccountBalance, StorageError> {
+        let as_of_ms = as_of_ms.unwrap_or(i64::MAX);
+        let (balance, last): (Option<i64>, Option<i64>) = with_pool!(self, pool => {
+            let row = sqlx::query(
+                "SELECT CAST(SUM(p.amount) AS BIGINT) AS balance, MAX(p.entry_sequence) AS last \
+                 FROM postings p \
+                 JOIN accounts a ON a.account_id = p.account_id \
+                 JOIN entries e ON e.sequence = p.entry_sequence \
+                 WHERE a.kind = $1 AND a.owner = $2 AND p.asset = $3 AND e.accepted_at_ms <= $4",
+            )
+            .bind(account.kind())
+            .bind(account.owner().to_owned())
+            .bind(asset.code())
+            .bind(as_of_ms)
+            .fetch_one(pool)
+            .await?;
+            (row.try_get("balance")?, row.try_get("last")?)
+        });
+        Ok(AccountBalance {
+            account: account.clone(),
+            asset,
+            balance: balance.unwrap_or(0),
+            as_of_sequence: last.unwrap_or(0) as u64,
+        })
+    }
+
+    /// A member's entries, newest first, optionally only those made at one merchant.
+    pub async fn member_history(
+        &self,
+        member_id: &MemberId,
+        merchant_id: Option<&MerchantId>,
+        before_sequence: Option<u64>,
+        limit: u32,
+    ) -> Result<HistoryPage, StorageError> {
+        let before = before_sequence.map_or(i64::MAX, |sequence| sequence as i64);
+        let merchant = merchant_id.map(|merchant| merchant.to_string());
+        let limit = i64::from(limit);
+        let (entry_rows, posting_rows) = with_pool!(self, pool => {
+            let entry_rows = sqlx::query(concat!(
+                "SELECT ", entry_columns!(), " FROM entries \
+                 WHERE member_id = $1 AND sequence < $2 AND (CAST($3 AS TEXT) IS NULL OR merchant_id = $3) \
+                 ORDER BY sequence DESC LIMIT $4"
+            ))
+            .bind(member_id.to_string())
+            .bind(before)
+            .bind(merchant.clone())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok(entry_row!(row)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let posting_rows = sqlx::query(concat!(
+                "SELECT ", posting_columns!(), " FROM postings p JOIN accounts a ON a.account_id = p.account_id \
+                 WHERE p.entry_sequence IN (SELECT sequence FROM entries \
+                    WHERE member_id = $1 AND sequence < $2 AND (CAST($3 AS TEXT) IS NULL OR merchant_id = $3) \
+                    ORDER BY sequence DESC LIMIT $4) \
+                 ORDER BY p.entry_sequence, p.posting_index"
+            ))
+            .bind(member_id.to_string())
+            .bind(before)
+            .bind(merchant)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok(posting_row!(row)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            (entry_rows, posting_rows)
+        });
+        let entries = assemble(entry_rows, posting_rows)?;
+        let next_before_sequence = if entries.len() as i64 == limit {
+            entries.last().map(|entry| entry.sequence)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            next_before_sequence,
+        })
+    }
+
+    /// The entry a merchant's transaction made, if any.
+    pub async fn entry_by_transaction(
+        &self,
+        merchant_id: &MerchantId,
+        merchant_transaction_id: &MerchantTransactionId,
+    ) -> Result<Option<Entry>, StorageError> {
+        let sequence: Option<i64> = with_pool!(self, pool => {
+            sqlx::query("SELECT sequence FROM entries WHERE merchant_id = $1 AND merchant_transaction_id = $2")
+                .bind(merchant_id.to_string())
+                .bind(merchant_transaction_id.to_string())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get("sequence"))
+                .transpose()?
+        });
+        match sequence {
+            Some(sequence) => Ok(self.entries_after(sequence as u64 - 1, 1).await?.pop()),
+            None => Ok(None),
+        }
+    }
+}
