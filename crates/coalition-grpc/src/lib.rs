@@ -1,1 +1,21 @@
+//! The wire: the only crate that sees protobuf types. It implements the gRPC services over the
+//! engine, converts between the wire and the domain by hand, and offers the client-side helpers
+//! a partner (and the demo, benchmark and tests) uses to sign and send transactions.
 
+/// The generated protobuf and gRPC code of `proto/coalition/v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("coalition.v1");
+
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coalition_descriptor");
+}
+
+pub mod client;
+mod convert;
+mod query;
+mod server;
+mod submission;
+mod admin;
+
+pub use server::{ServerConfig, serve};

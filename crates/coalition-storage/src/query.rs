@@ -138,3 +138,28 @@ impl Storage {
         }
     }
 }
+
+/// How many alias hops a lookup follows; matches the ledger's limit.
+const ALIAS_DEPTH_MAX: usize = coalition_domain::ledger::ALIAS_DEPTH_MAX;
+
+impl Storage {
+    /// Follows stored aliases to the member id that owns the wallet.
+    pub async fn resolve_member(&self, member_id: &MemberId) -> Result<MemberId, StorageError> {
+        let mut current = member_id.to_string();
+        for _ in 0..ALIAS_DEPTH_MAX {
+            let target: Option<String> = with_pool!(self, pool => {
+                sqlx::query("SELECT target FROM member_aliases WHERE alias = $1")
+                    .bind(current.clone())
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|row| row.try_get("target"))
+                    .transpose()?
+            });
+            match target {
+                Some(target) => current = target,
+                None => break,
+            }
+        }
+        MemberId::new(current).map_err(|error| StorageError::Corrupt(format!("alias target {error}")))
+    }
+}

@@ -1,0 +1,251 @@
+//! The operator's admin service, and the admin-token check shared with the query service.
+
+use std::sync::Arc;
+
+use coalition_domain::registry::RegistryError;
+use coalition_domain::signing;
+use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
+use coalition_engine::{AdminError, Engine, NewMerchant};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::pb;
+use crate::pb::admin_service_server::AdminService;
+use crate::server::ServerConfig;
+
+/// True when the metadata carries the configured admin token. Without a configured token no
+/// call is an admin call.
+pub fn is_admin(metadata: &MetadataMap, config: &ServerConfig) -> bool {
+    let Some(token) = config.admin_token.as_deref() else {
+        return false;
+    };
+    let Some(value) = metadata.get("authorization").and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let Some(presented) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Compare in time independent of where the first difference is.
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+fn require_admin(metadata: &MetadataMap, config: &ServerConfig) -> Result<(), Status> {
+    if is_admin(metadata, config) {
+        Ok(())
+    } else if config.admin_token.is_none() {
+        Err(Status::permission_denied(
+            "admin calls are disabled: the server has no admin_token configured",
+        ))
+    } else {
+        Err(Status::unauthenticated(
+            "admin calls need the metadata 'authorization: Bearer TOKEN' with the configured admin token",
+        ))
+    }
+}
+
+pub fn admin_status(error: AdminError) -> Status {
+    match &error {
+        AdminError::Registry(RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. }) => {
+            Status::already_exists(error.to_string())
+        }
+        AdminError::Registry(RegistryError::MerchantUnknown(_) | RegistryError::KeyUnknown { .. })
+        | AdminError::Member(MemberError::Unknown(_)) => Status::not_found(error.to_string()),
+        AdminError::Registry(RegistryError::KeyAlreadyRevoked { .. })
+        | AdminError::Member(MemberError::AlreadyAliased(_)) => Status::failed_precondition(error.to_string()),
+        AdminError::Registry(_) | AdminError::Member(_) | AdminError::Invalid { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        AdminError::Engine(engine) => convert::engine_status(engine.clone()),
+    }
+}
+
+fn invalid(field: &'static str, message: impl ToString) -> Status {
+    Status::invalid_argument(format!("invalid {field}: {}", message.to_string()))
+}
+
+pub fn merchant_id(text: String) -> Result<MerchantId, Status> {
+    MerchantId::new(text).map_err(|error| invalid("merchant_id", error))
+}
+
+fn member_id(field: &'static str, text: String) -> Result<MemberId, Status> {
+    MemberId::new(text).map_err(|error| invalid(field, error))
+}
+
+fn merchant_key(key: pb::MerchantKey, now_ms: i64) -> Result<MerchantKey, Status> {
+    Ok(MerchantKey {
+        key_id: KeyId::new(key.key_id).map_err(|error| invalid("key_id", error))?,
+        public_key: signing::parse_public_key(&key.public_key).map_err(|error| invalid("public_key", error))?,
+        valid_from_ms: if key.valid_from_unix_ms == 0 { now_ms } else { key.valid_from_unix_ms },
+        valid_until_ms: key.valid_until_unix_ms,
+        revoked_at_ms: None,
+    })
+}
+
+pub struct Admin {
+    pub engine: Engine,
+    pub config: Arc<ServerConfig>,
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn register_merchant(
+        &self,
+        request: Request<pb::RegisterMerchantRequest>,
+    ) -> Result<Response<pb::RegisterMerchantResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let now_ms = self.engine.now_ms();
+        let merchant = NewMerchant {
+            merchant_id: merchant_id(request.merchant_id)?,
+            name: request.name,
+            category: convert::merchant_category(request.category)?,
+            keys: request
+                .keys
+                .into_iter()
+                .map(|key| merchant_key(key, now_ms))
+                .collect::<Result<_, _>>()?,
+        };
+        let merchant = self.engine.register_merchant(merchant).await.map_err(admin_status)?;
+        tracing::info!(merchant_id = %merchant.merchant_id, "merchant registered");
+        Ok(Response::new(pb::RegisterMerchantResponse {
+            registered_at_unix_ms: merchant.registered_at_ms,
+        }))
+    }
+
+    async fn add_merchant_key(
+        &self,
+        request: Request<pb::AddMerchantKeyRequest>,
+    ) -> Result<Response<pb::AddMerchantKeyResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let key = request.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+        let key = merchant_key(key, self.engine.now_ms())?;
+        self.engine
+            .add_merchant_key(&merchant_id(request.merchant_id)?, key)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::AddMerchantKeyResponse {}))
+    }
+
+    async fn revoke_merchant_key(
+        &self,
+        request: Request<pb::RevokeMerchantKeyRequest>,
+    ) -> Result<Response<pb::RevokeMerchantKeyResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let key_id = KeyId::new(request.key_id).map_err(|error| invalid("key_id", error))?;
+        let revoked_at_unix_ms = self
+            .engine
+            .revoke_merchant_key(&merchant_id(request.merchant_id)?, &key_id)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::RevokeMerchantKeyResponse { revoked_at_unix_ms }))
+    }
+
+    async fn suspend_merchant(
+        &self,
+        request: Request<pb::SuspendMerchantRequest>,
+    ) -> Result<Response<pb::SuspendMerchantResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let merchant = merchant_id(request.into_inner().merchant_id)?;
+        self.engine
+            .set_merchant_status(&merchant, MerchantStatus::Suspended)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::SuspendMerchantResponse {}))
+    }
+
+    async fn reactivate_merchant(
+        &self,
+        request: Request<pb::ReactivateMerchantRequest>,
+    ) -> Result<Response<pb::ReactivateMerchantResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let merchant = merchant_id(request.into_inner().merchant_id)?;
+        self.engine
+            .set_merchant_status(&merchant, MerchantStatus::Active)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::ReactivateMerchantResponse {}))
+    }
+
+    async fn get_merchant(
+        &self,
+        request: Request<pb::GetMerchantRequest>,
+    ) -> Result<Response<pb::GetMerchantResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let id = merchant_id(request.into_inner().merchant_id)?;
+        let merchant = self
+            .engine
+            .merchant(&id)
+            .ok_or_else(|| Status::not_found(format!("merchant {id} is not registered")))?;
+        Ok(Response::new(pb::GetMerchantResponse {
+            merchant_id: merchant.merchant_id.to_string(),
+            name: merchant.name,
+            category: convert::wire_category(merchant.category) as i32,
+            suspended: merchant.status == MerchantStatus::Suspended,
+            registered_at_unix_ms: merchant.registered_at_ms,
+            keys: merchant
+                .keys
+                .iter()
+                .map(|key| pb::MerchantKey {
+                    key_id: key.key_id.to_string(),
+                    public_key: key.public_key.as_bytes().to_vec(),
+                    valid_from_unix_ms: key.valid_from_ms,
+                    valid_until_unix_ms: key.valid_until_ms,
+                    revoked_at_unix_ms: key.revoked_at_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn enroll_members(
+        &self,
+        request: Request<pb::EnrollMembersRequest>,
+    ) -> Result<Response<pb::EnrollMembersResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let members = request.into_inner().members;
+        if members.len() > self.config.batch_request_len_max {
+            return Err(Status::invalid_argument(format!(
+                "at most {} members per call, got {}",
+                self.config.batch_request_len_max,
+                members.len()
+            )));
+        }
+        let mut valid = Vec::with_capacity(members.len());
+        let mut refused = Vec::new();
+        for member in members {
+            match MemberId::new(member.member_id.clone()) {
+                Ok(id) => valid.push((id, member.tier)),
+                Err(error) => refused.push(format!("member id {:?} {error}", member.member_id)),
+            }
+        }
+        let summary = self.engine.enroll_members(valid).await.map_err(convert::engine_status)?;
+        refused.extend(summary.refused);
+        Ok(Response::new(pb::EnrollMembersResponse {
+            enrolled: summary.enrolled,
+            already_enrolled: summary.already_enrolled,
+            refused,
+        }))
+    }
+
+    async fn alias_member(
+        &self,
+        request: Request<pb::AliasMemberRequest>,
+    ) -> Result<Response<pb::AliasMemberResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let alias = member_id("alias_member_id", request.alias_member_id)?;
+        let target = member_id("target_member_id", request.target_member_id)?;
+        let receipt = self.engine.alias_member(alias, target).await.map_err(admin_status)?;
+        Ok(Response::new(pb::AliasMemberResponse {
+            merge_entry_sequence: receipt.as_ref().map(|r| r.sequence),
+            points_moved: receipt.map_or(0, |r| r.points),
+        }))
+    }
+}

@@ -1,0 +1,171 @@
+//! Hand-written conversions between the wire types and the domain.
+
+use coalition_domain::account::AccountKey;
+use coalition_domain::journal::Entry;
+use coalition_domain::{
+    MemberId, MerchantCategory, MerchantId, RawSubmission, Rejection, RejectionReason,
+    TransactionKind,
+};
+use coalition_domain::journal::EntryKind;
+use coalition_engine::{EngineError, Envelope, SubmitOutcome};
+use tonic::Status;
+
+use crate::pb;
+
+pub fn rejection_reason(reason: RejectionReason) -> pb::RejectionReason {
+    // The wire enum uses the domain's stable codes.
+    pb::RejectionReason::try_from(i32::from(reason.code()))
+        .expect("every domain rejection reason has a wire value")
+}
+
+pub fn envelope(envelope: pb::Envelope) -> Envelope {
+    Envelope {
+        merchant_id: envelope.merchant_id,
+        key_id: envelope.key_id,
+        body: envelope.body,
+        signature: envelope.signature,
+    }
+}
+
+pub fn raw_submission(body: pb::TransactionBody) -> RawSubmission {
+    let kind = match pb::TransactionKind::try_from(body.kind) {
+        Ok(pb::TransactionKind::Earn) => Some(TransactionKind::Earn),
+        Ok(pb::TransactionKind::Burn) => Some(TransactionKind::Burn),
+        Ok(pb::TransactionKind::Unspecified) | Err(_) => None,
+    };
+    RawSubmission {
+        merchant_id: body.merchant_id,
+        merchant_transaction_id: body.merchant_transaction_id,
+        kind,
+        member_id: body.member_id,
+        points: body.points,
+        spend_minor: body.spend_minor,
+        occurred_at_ms: body.occurred_at_unix_ms,
+        store_id: body.store_id,
+        terminal_id: body.terminal_id,
+    }
+}
+
+fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
+    match kind {
+        EntryKind::Earn => pb::TransactionKind::Earn,
+        EntryKind::Burn => pb::TransactionKind::Burn,
+        EntryKind::MemberMerge => pb::TransactionKind::Unspecified,
+    }
+}
+
+pub fn accepted(outcome: &SubmitOutcome, merchant_transaction_id: String) -> pb::SubmissionResult {
+    let receipt = &outcome.receipt;
+    pb::SubmissionResult {
+        merchant_transaction_id,
+        outcome: Some(pb::submission_result::Outcome::Accepted(pb::Accepted {
+            entry_sequence: receipt.sequence,
+            accepted_at_unix_ms: receipt.accepted_at_ms,
+            kind: wire_kind(receipt.kind) as i32,
+            member_id: receipt.member_id.to_string(),
+            points: receipt.points,
+            member_points_balance: receipt.member_points_after,
+            duplicate: outcome.duplicate,
+        })),
+    }
+}
+
+pub fn rejected(rejection: &Rejection, merchant_transaction_id: String) -> pb::SubmissionResult {
+    pb::SubmissionResult {
+        merchant_transaction_id,
+        outcome: Some(pb::submission_result::Outcome::Rejected(pb::Rejected {
+            reason: rejection_reason(rejection.reason) as i32,
+            message: rejection.message.clone(),
+        })),
+    }
+}
+
+pub fn engine_status(error: EngineError) -> Status {
+    match error {
+        EngineError::StorageUnavailable(_) | EngineError::ShuttingDown => {
+            Status::unavailable(format!("{error}; nothing was applied, retry with the same body"))
+        }
+        EngineError::InvariantViolated(_) => Status::internal(format!("{error}; nothing was applied")),
+    }
+}
+
+pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
+    match kind {
+        AccountKey::MemberWallet(_) => pb::AccountKind::MemberWallet,
+        AccountKey::MerchantIssued(_) => pb::AccountKind::MerchantIssued,
+        AccountKey::MerchantRedeemed(_) => pb::AccountKind::MerchantRedeemed,
+    }
+}
+
+pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
+    let invalid = |message: String| Status::invalid_argument(message);
+    match pb::AccountKind::try_from(kind) {
+        Ok(pb::AccountKind::MemberWallet) => MemberId::new(owner_id)
+            .map(AccountKey::MemberWallet)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantIssued) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantIssued)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantRedeemed) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantRedeemed)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::Unspecified) | Err(_) => {
+            Err(invalid("account_kind must be set".to_owned()))
+        }
+    }
+}
+
+pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
+    let origin = entry.origin.as_ref();
+    pb::JournalEntry {
+        sequence: entry.sequence,
+        kind: entry.kind.code().to_owned(),
+        accepted_at_unix_ms: entry.accepted_at_ms,
+        merchant_id: origin.map(|o| o.merchant_id.to_string()).unwrap_or_default(),
+        merchant_transaction_id: origin
+            .map(|o| o.merchant_transaction_id.to_string())
+            .unwrap_or_default(),
+        store_id: origin.map(|o| o.store_id.clone()).unwrap_or_default(),
+        terminal_id: origin.map(|o| o.terminal_id.clone()).unwrap_or_default(),
+        occurred_at_unix_ms: origin.map(|o| o.occurred_at_ms).unwrap_or_default(),
+        member_id: entry.member_id.to_string(),
+        points: entry.points,
+        spend_minor: entry.spend_minor,
+        member_points_balance: entry.member_points_after,
+        memo: entry.memo.clone(),
+        postings: entry
+            .postings
+            .iter()
+            .map(|posting| pb::Posting {
+                account_kind: account_kind(&posting.account) as i32,
+                owner_id: posting.account.owner().to_owned(),
+                asset: posting.asset.code().to_owned(),
+                amount: posting.amount,
+            })
+            .collect(),
+        hash: entry.hash.to_vec(),
+    }
+}
+
+pub fn merchant_category(category: i32) -> Result<MerchantCategory, Status> {
+    match pb::MerchantCategory::try_from(category) {
+        Ok(pb::MerchantCategory::MallTenant) => Ok(MerchantCategory::MallTenant),
+        Ok(pb::MerchantCategory::Cinema) => Ok(MerchantCategory::Cinema),
+        Ok(pb::MerchantCategory::Restaurant) => Ok(MerchantCategory::Restaurant),
+        Ok(pb::MerchantCategory::Parking) => Ok(MerchantCategory::Parking),
+        Ok(pb::MerchantCategory::Other) => Ok(MerchantCategory::Other),
+        Ok(pb::MerchantCategory::Unspecified) | Err(_) => {
+            Err(Status::invalid_argument("category must be set"))
+        }
+    }
+}
+
+pub fn wire_category(category: MerchantCategory) -> pb::MerchantCategory {
+    match category {
+        MerchantCategory::MallTenant => pb::MerchantCategory::MallTenant,
+        MerchantCategory::Cinema => pb::MerchantCategory::Cinema,
+        MerchantCategory::Restaurant => pb::MerchantCategory::Restaurant,
+        MerchantCategory::Parking => pb::MerchantCategory::Parking,
+        MerchantCategory::Other => pb::MerchantCategory::Other,
+    }
+}

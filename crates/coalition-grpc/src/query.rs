@@ -1,0 +1,193 @@
+//! The query service. Reads come from committed state in the database, so a client never
+//! reads something that was not acknowledged.
+
+use std::sync::Arc;
+
+use coalition_domain::account::{AccountKey, Asset};
+use coalition_domain::signing::QUERY_DOMAIN;
+use coalition_domain::{MemberId, MerchantId, MerchantTransactionId};
+use coalition_engine::{Engine, Envelope};
+use coalition_storage::StorageError;
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::admin::{is_admin, merchant_id};
+use crate::convert;
+use crate::pb;
+use crate::pb::query_service_server::QueryService;
+use crate::server::ServerConfig;
+
+/// The page length when a query asks for none.
+const HISTORY_PAGE_LEN_DEFAULT: u32 = 50;
+
+pub struct Queries {
+    pub engine: Engine,
+    pub config: Arc<ServerConfig>,
+}
+
+/// Who is reading.
+enum Reader {
+    Admin,
+    Merchant(MerchantId),
+}
+
+fn storage_status(error: StorageError) -> Status {
+    tracing::error!(%error, "query failed");
+    Status::unavailable(format!("the database did not answer: {error}"))
+}
+
+impl Queries {
+    /// Authorises a query and decodes it. The admin token reads everything; otherwise the
+    /// query bytes must carry a merchant's valid signature, which is checked before the bytes
+    /// are parsed, and the signed query must be fresh and name the signing merchant.
+    fn authorize<Q: Message + Default>(
+        &self,
+        metadata: &MetadataMap,
+        query: &[u8],
+        signature: Option<pb::QuerySignature>,
+        merchant_and_time: impl Fn(&Q) -> (&str, i64),
+    ) -> Result<(Reader, Q), Status> {
+        let decode = |bytes: &[u8]| {
+            Q::decode(bytes).map_err(|error| Status::invalid_argument(format!("the query bytes do not decode: {error}")))
+        };
+        if is_admin(metadata, &self.config) {
+            return Ok((Reader::Admin, decode(query)?));
+        }
+        let signature = signature.ok_or_else(|| {
+            Status::unauthenticated("a query needs a merchant signature or the admin token")
+        })?;
+        let envelope = Envelope {
+            merchant_id: signature.merchant_id,
+            key_id: signature.key_id,
+            body: query.to_vec(),
+            signature: signature.signature,
+        };
+        self.engine
+            .authenticate(&envelope, QUERY_DOMAIN)
+            .map_err(|rejection| Status::unauthenticated(rejection.to_string()))?;
+        let decoded = decode(query)?;
+        let (named_merchant, issued_at_ms) = merchant_and_time(&decoded);
+        if named_merchant != envelope.merchant_id {
+            return Err(Status::permission_denied(format!(
+                "the query names merchant {named_merchant:?} but was signed by {:?}",
+                envelope.merchant_id
+            )));
+        }
+        let now_ms = self.engine.now_ms();
+        if (now_ms - issued_at_ms).abs() > self.config.query_freshness_ms {
+            return Err(Status::unauthenticated(format!(
+                "the query was issued {} ms from the server clock; at most {} ms is allowed",
+                now_ms - issued_at_ms,
+                self.config.query_freshness_ms
+            )));
+        }
+        Ok((Reader::Merchant(merchant_id(envelope.merchant_id)?), decoded))
+    }
+
+    async fn resolve_member(&self, member_id: String) -> Result<MemberId, Status> {
+        let member = MemberId::new(member_id).map_err(|error| Status::invalid_argument(format!("member_id {error}")))?;
+        self.engine.storage().resolve_member(&member).await.map_err(storage_status)
+    }
+}
+
+#[tonic::async_trait]
+impl QueryService for Queries {
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::BalanceQuery| {
+            (q.merchant_id.as_str(), q.issued_at_unix_ms)
+        })?;
+        let mut account = convert::account_key(query.account_kind, query.owner_id)?;
+        if let AccountKey::MemberWallet(member) = &account {
+            account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
+        }
+        if let Reader::Merchant(merchant) = &reader {
+            let allowed = match &account {
+                AccountKey::MemberWallet(_) => true,
+                AccountKey::MerchantIssued(owner) | AccountKey::MerchantRedeemed(owner) => owner == merchant,
+            };
+            if !allowed {
+                return Err(Status::permission_denied(format!(
+                    "merchant {merchant} may not read account {account}"
+                )));
+            }
+        }
+        let balance = self
+            .engine
+            .storage()
+            .account_balance(&account, Asset::Points, query.as_of_unix_ms)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            points: balance.balance,
+            as_of_entry_sequence: balance.as_of_sequence,
+        }))
+    }
+
+    async fn get_member_history(
+        &self,
+        request: Request<pb::GetMemberHistoryRequest>,
+    ) -> Result<Response<pb::GetMemberHistoryResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::MemberHistoryQuery| {
+            (q.merchant_id.as_str(), q.issued_at_unix_ms)
+        })?;
+        let member = self.resolve_member(query.member_id).await?;
+        let page_len = match query.page_len {
+            0 => HISTORY_PAGE_LEN_DEFAULT,
+            asked => asked.min(self.config.history_page_len_max),
+        };
+        let merchant_filter = match &reader {
+            Reader::Admin => None,
+            Reader::Merchant(merchant) => Some(merchant),
+        };
+        let storage = self.engine.storage();
+        let page = storage
+            .member_history(&member, merchant_filter, query.before_sequence, page_len)
+            .await
+            .map_err(storage_status)?;
+        let balance = storage
+            .account_balance(&AccountKey::MemberWallet(member), Asset::Points, None)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::GetMemberHistoryResponse {
+            entries: page.entries.iter().map(convert::journal_entry).collect(),
+            next_before_sequence: page.next_before_sequence,
+            member_points_balance: balance.balance,
+        }))
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::TransactionQuery| {
+            (q.merchant_id.as_str(), q.issued_at_unix_ms)
+        })?;
+        let owner = merchant_id(query.transaction_merchant_id)?;
+        if let Reader::Merchant(merchant) = &reader
+            && *merchant != owner
+        {
+            return Err(Status::permission_denied(format!(
+                "merchant {merchant} may only read its own transactions"
+            )));
+        }
+        let transaction_id = MerchantTransactionId::new(query.merchant_transaction_id)
+            .map_err(|error| Status::invalid_argument(format!("merchant_transaction_id {error}")))?;
+        let entry = self
+            .engine
+            .storage()
+            .entry_by_transaction(&owner, &transaction_id)
+            .await
+            .map_err(storage_status)?
+            .ok_or_else(|| Status::not_found(format!("merchant {owner} has no transaction {transaction_id}")))?;
+        Ok(Response::new(pb::GetTransactionResponse {
+            entry: Some(convert::journal_entry(&entry)),
+        }))
+    }
+}

@@ -1,0 +1,179 @@
+//! Assembling and running the gRPC server: the three services, health, reflection (v1 and
+//! v1alpha), a bound on concurrent connections, and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use coalition_engine::Engine;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::admin::Admin;
+use crate::pb;
+use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::query_service_server::QueryServiceServer;
+use crate::pb::submission_service_server::SubmissionServiceServer;
+use crate::query::Queries;
+use crate::submission::Submissions;
+
+/// Limits and credentials of the gRPC server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The operator's admin token; without one, admin calls are refused.
+    pub admin_token: Option<String>,
+    /// The most envelopes in one SubmitBatch call (and members in one EnrollMembers call).
+    pub batch_request_len_max: usize,
+    /// The largest gRPC message accepted, in bytes.
+    pub message_size_max_bytes: usize,
+    /// The most open client connections; further ones wait in the listen backlog.
+    pub connections_max: usize,
+    /// The most submissions of one stream being processed at once.
+    pub stream_in_flight_max: usize,
+    /// The most entries in one history page.
+    pub history_page_len_max: u32,
+    /// How far a signed query's issued_at may be from the server clock.
+    pub query_freshness_ms: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            batch_request_len_max: 10_000,
+            message_size_max_bytes: 16 * 1024 * 1024,
+            connections_max: 1024,
+            stream_in_flight_max: 1024,
+            history_page_len_max: 500,
+            query_freshness_ms: 5 * 60_000,
+        }
+    }
+}
+
+/// A connection that holds one of the `connections_max` permits while it is open.
+struct CountedConnection {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for CountedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for CountedConnection {
+    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for CountedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections only while fewer than `connections_max` are open.
+fn counted_incoming(listener: TcpListener, connections_max: usize) -> ReceiverStream<io::Result<CountedConnection>> {
+    let (sender, receiver) = mpsc::channel(16);
+    let permits = Arc::new(Semaphore::new(connections_max));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let accepted = listener.accept().await;
+            let item = accepted.map(|(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                CountedConnection { stream, _permit: permit }
+            });
+            if sender.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets calls
+/// in flight finish (their batches commit and are acknowledged), and returns.
+pub async fn serve(
+    engine: Engine,
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let config = Arc::new(config);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SubmissionServiceServer<Submissions>>()
+        .await;
+    health_reporter.set_serving::<QueryServiceServer<Queries>>().await;
+    health_reporter.set_serving::<AdminServiceServer<Admin>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor set is valid");
+    let size = config.message_size_max_bytes;
+    let submissions = SubmissionServiceServer::new(Submissions {
+        engine: engine.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(size)
+    .max_encoding_message_size(size);
+    let queries = QueryServiceServer::new(Queries {
+        engine: engine.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(size)
+    .max_encoding_message_size(size);
+    let admin = AdminServiceServer::new(Admin {
+        engine,
+        config: config.clone(),
+    })
+    .max_decoding_message_size(size)
+    .max_encoding_message_size(size);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(submissions)
+        .add_service(queries)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(counted_incoming(listener, config.connections_max), shutdown)
+        .await
+}
