@@ -18,7 +18,8 @@ impl Clock for SystemClock {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("the system clock is after 1970");
-        i64::try_from(since_epoch.as_millis()).expect("milliseconds fit in i64 until year 292 million")
+        i64::try_from(since_epoch.as_millis())
+            .expect("milliseconds fit in i64 until year 292 million")
     }
 }
 

@@ -55,7 +55,10 @@ pub enum AdminError {
     #[error(transparent)]
     Member(#[from] MemberError),
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -131,7 +134,10 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StorageError> {
         assert!(config.batch_len_max > 0, "batch_len_max must be positive");
-        assert!(config.writer_queue_len_max > 0, "writer_queue_len_max must be positive");
+        assert!(
+            config.writer_queue_len_max > 0,
+            "writer_queue_len_max must be positive"
+        );
         let state = storage.load().await?;
         tracing::info!(
             head_sequence = state.ledger.head().sequence,
@@ -191,14 +197,20 @@ impl Engine {
         let signature = signing::parse_signature(&envelope.signature).map_err(|_| {
             Rejection::new(
                 RejectionReason::SignatureMalformed,
-                format!("a signature is 64 bytes, this one is {}", envelope.signature.len()),
+                format!(
+                    "a signature is 64 bytes, this one is {}",
+                    envelope.signature.len()
+                ),
             )
         })?;
-        let key = *self
-            .registry()
-            .authorize(&envelope.merchant_id, &envelope.key_id, self.now_ms())?;
+        let key =
+            *self
+                .registry()
+                .authorize(&envelope.merchant_id, &envelope.key_id, self.now_ms())?;
         signing::verify(&key, domain, &envelope.body, &signature).map_err(|fault| match fault {
-            SignatureFault::Malformed => Rejection::new(RejectionReason::SignatureMalformed, "malformed signature"),
+            SignatureFault::Malformed => {
+                Rejection::new(RejectionReason::SignatureMalformed, "malformed signature")
+            }
             SignatureFault::Invalid => Rejection::new(
                 RejectionReason::SignatureInvalid,
                 format!(
@@ -278,7 +290,12 @@ impl Engine {
         target: MemberId,
     ) -> Result<Option<Receipt>, AdminError> {
         let (reply, response) = oneshot::channel();
-        self.send(Command::Alias { alias, target, reply }).await?;
+        self.send(Command::Alias {
+            alias,
+            target,
+            reply,
+        })
+        .await?;
         response
             .await
             .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
@@ -311,7 +328,10 @@ impl Engine {
         let _guard = self.inner.admin.lock().await;
         let mut copy = self.registry().clone();
         copy.add_key(merchant_id, key.clone())?;
-        self.inner.storage.insert_merchant_key(merchant_id, &key).await?;
+        self.inner
+            .storage
+            .insert_merchant_key(merchant_id, &key)
+            .await?;
         self.replace_registry(copy);
         Ok(())
     }
@@ -342,7 +362,10 @@ impl Engine {
         let _guard = self.inner.admin.lock().await;
         let mut copy = self.registry().clone();
         copy.set_status(merchant_id, status)?;
-        self.inner.storage.set_merchant_status(merchant_id, status).await?;
+        self.inner
+            .storage
+            .set_merchant_status(merchant_id, status)
+            .await?;
         self.replace_registry(copy);
         Ok(())
     }

@@ -13,6 +13,6 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    AdminError, EnrollSummary, Engine, EngineConfig, EngineError, Envelope, NewMerchant,
+    AdminError, Engine, EngineConfig, EngineError, EnrollSummary, Envelope, NewMerchant,
     SubmitOutcome,
 };

@@ -45,9 +45,18 @@ impl Command {
 
 /// A decided command whose reply waits for the commit.
 enum Pending {
-    Submit(oneshot::Sender<Result<Vec<ItemResult>, EngineError>>, Vec<ItemResult>),
-    Enroll(oneshot::Sender<Result<EnrollSummary, EngineError>>, EnrollSummary),
-    Alias(oneshot::Sender<Result<Option<Receipt>, AdminError>>, Result<Option<Receipt>, AdminError>),
+    Submit(
+        oneshot::Sender<Result<Vec<ItemResult>, EngineError>>,
+        Vec<ItemResult>,
+    ),
+    Enroll(
+        oneshot::Sender<Result<EnrollSummary, EngineError>>,
+        EnrollSummary,
+    ),
+    Alias(
+        oneshot::Sender<Result<Option<Receipt>, AdminError>>,
+        Result<Option<Receipt>, AdminError>,
+    ),
 }
 
 impl Pending {
@@ -138,7 +147,12 @@ impl Writer {
                 Command::Enroll { members, reply } => {
                     let mut summary = EnrollSummary::default();
                     for (member_id, tier) in members {
-                        match self.ledger.enroll_member(member_id, tier, accepted_at_ms, &mut changes) {
+                        match self.ledger.enroll_member(
+                            member_id,
+                            tier,
+                            accepted_at_ms,
+                            &mut changes,
+                        ) {
                             Ok(true) => summary.enrolled += 1,
                             Ok(false) => summary.already_enrolled += 1,
                             Err(error) => summary.refused.push(error.to_string()),
@@ -146,7 +160,11 @@ impl Writer {
                     }
                     pending.push(Pending::Enroll(reply, summary));
                 }
-                Command::Alias { alias, target, reply } => {
+                Command::Alias {
+                    alias,
+                    target,
+                    reply,
+                } => {
                     let result = self
                         .ledger
                         .alias_member(alias, target, accepted_at_ms, &mut changes)
@@ -161,7 +179,8 @@ impl Writer {
         }
         if let Some(message) = invariant_violation {
             tracing::error!(%message, "ledger invariant violated; the batch is aborted");
-            self.abort(pending, EngineError::InvariantViolated(message)).await;
+            self.abort(pending, EngineError::InvariantViolated(message))
+                .await;
             return;
         }
         let started = Instant::now();
@@ -174,7 +193,8 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.last_accepted_at_ms = accepted_at_ms;
-                metrics::histogram!("coalition_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("coalition_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("coalition_batch_submissions").record(submissions_count as f64);
                 metrics::histogram!("coalition_batch_entries").record(changes.entries.len() as f64);
                 for reply in pending {
@@ -183,7 +203,8 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
-                self.abort(pending, EngineError::StorageUnavailable(error.to_string())).await;
+                self.abort(pending, EngineError::StorageUnavailable(error.to_string()))
+                    .await;
             }
         }
     }

@@ -20,7 +20,10 @@ pub fn is_admin(metadata: &MetadataMap, config: &ServerConfig) -> bool {
     let Some(token) = config.admin_token.as_deref() else {
         return false;
     };
-    let Some(value) = metadata.get("authorization").and_then(|value| value.to_str().ok()) else {
+    let Some(value) = metadata
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+    else {
         return false;
     };
     let Some(presented) = value.strip_prefix("Bearer ") else {
@@ -51,13 +54,17 @@ fn require_admin(metadata: &MetadataMap, config: &ServerConfig) -> Result<(), St
 
 pub fn admin_status(error: AdminError) -> Status {
     match &error {
-        AdminError::Registry(RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. }) => {
-            Status::already_exists(error.to_string())
-        }
-        AdminError::Registry(RegistryError::MerchantUnknown(_) | RegistryError::KeyUnknown { .. })
+        AdminError::Registry(
+            RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. },
+        ) => Status::already_exists(error.to_string()),
+        AdminError::Registry(
+            RegistryError::MerchantUnknown(_) | RegistryError::KeyUnknown { .. },
+        )
         | AdminError::Member(MemberError::Unknown(_)) => Status::not_found(error.to_string()),
         AdminError::Registry(RegistryError::KeyAlreadyRevoked { .. })
-        | AdminError::Member(MemberError::AlreadyAliased(_)) => Status::failed_precondition(error.to_string()),
+        | AdminError::Member(MemberError::AlreadyAliased(_)) => {
+            Status::failed_precondition(error.to_string())
+        }
         AdminError::Registry(_) | AdminError::Member(_) | AdminError::Invalid { .. } => {
             Status::invalid_argument(error.to_string())
         }
@@ -80,8 +87,13 @@ fn member_id(field: &'static str, text: String) -> Result<MemberId, Status> {
 fn merchant_key(key: pb::MerchantKey, now_ms: i64) -> Result<MerchantKey, Status> {
     Ok(MerchantKey {
         key_id: KeyId::new(key.key_id).map_err(|error| invalid("key_id", error))?,
-        public_key: signing::parse_public_key(&key.public_key).map_err(|error| invalid("public_key", error))?,
-        valid_from_ms: if key.valid_from_unix_ms == 0 { now_ms } else { key.valid_from_unix_ms },
+        public_key: signing::parse_public_key(&key.public_key)
+            .map_err(|error| invalid("public_key", error))?,
+        valid_from_ms: if key.valid_from_unix_ms == 0 {
+            now_ms
+        } else {
+            key.valid_from_unix_ms
+        },
         valid_until_ms: key.valid_until_unix_ms,
         revoked_at_ms: None,
     })
@@ -111,7 +123,11 @@ impl AdminService for Admin {
                 .map(|key| merchant_key(key, now_ms))
                 .collect::<Result<_, _>>()?,
         };
-        let merchant = self.engine.register_merchant(merchant).await.map_err(admin_status)?;
+        let merchant = self
+            .engine
+            .register_merchant(merchant)
+            .await
+            .map_err(admin_status)?;
         tracing::info!(merchant_id = %merchant.merchant_id, "merchant registered");
         Ok(Response::new(pb::RegisterMerchantResponse {
             registered_at_unix_ms: merchant.registered_at_ms,
@@ -124,7 +140,9 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::AddMerchantKeyResponse>, Status> {
         require_admin(request.metadata(), &self.config)?;
         let request = request.into_inner();
-        let key = request.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+        let key = request
+            .key
+            .ok_or_else(|| Status::invalid_argument("key is required"))?;
         let key = merchant_key(key, self.engine.now_ms())?;
         self.engine
             .add_merchant_key(&merchant_id(request.merchant_id)?, key)
@@ -145,7 +163,9 @@ impl AdminService for Admin {
             .revoke_merchant_key(&merchant_id(request.merchant_id)?, &key_id)
             .await
             .map_err(admin_status)?;
-        Ok(Response::new(pb::RevokeMerchantKeyResponse { revoked_at_unix_ms }))
+        Ok(Response::new(pb::RevokeMerchantKeyResponse {
+            revoked_at_unix_ms,
+        }))
     }
 
     async fn suspend_merchant(
@@ -225,7 +245,11 @@ impl AdminService for Admin {
                 Err(error) => refused.push(format!("member id {:?} {error}", member.member_id)),
             }
         }
-        let summary = self.engine.enroll_members(valid).await.map_err(convert::engine_status)?;
+        let summary = self
+            .engine
+            .enroll_members(valid)
+            .await
+            .map_err(convert::engine_status)?;
         refused.extend(summary.refused);
         Ok(Response::new(pb::EnrollMembersResponse {
             enrolled: summary.enrolled,
@@ -242,7 +266,11 @@ impl AdminService for Admin {
         let request = request.into_inner();
         let alias = member_id("alias_member_id", request.alias_member_id)?;
         let target = member_id("target_member_id", request.target_member_id)?;
-        let receipt = self.engine.alias_member(alias, target).await.map_err(admin_status)?;
+        let receipt = self
+            .engine
+            .alias_member(alias, target)
+            .await
+            .map_err(admin_status)?;
         Ok(Response::new(pb::AliasMemberResponse {
             merge_entry_sequence: receipt.as_ref().map(|r| r.sequence),
             points_moved: receipt.map_or(0, |r| r.points),

@@ -2,11 +2,11 @@
 
 use coalition_domain::account::AccountKey;
 use coalition_domain::journal::Entry;
+use coalition_domain::journal::EntryKind;
 use coalition_domain::{
     MemberId, MerchantCategory, MerchantId, RawSubmission, Rejection, RejectionReason,
     TransactionKind,
 };
-use coalition_domain::journal::EntryKind;
 use coalition_engine::{EngineError, Envelope, SubmitOutcome};
 use tonic::Status;
 
@@ -82,10 +82,12 @@ pub fn rejected(rejection: &Rejection, merchant_transaction_id: String) -> pb::S
 
 pub fn engine_status(error: EngineError) -> Status {
     match error {
-        EngineError::StorageUnavailable(_) | EngineError::ShuttingDown => {
-            Status::unavailable(format!("{error}; nothing was applied, retry with the same body"))
+        EngineError::StorageUnavailable(_) | EngineError::ShuttingDown => Status::unavailable(
+            format!("{error}; nothing was applied, retry with the same body"),
+        ),
+        EngineError::InvariantViolated(_) => {
+            Status::internal(format!("{error}; nothing was applied"))
         }
-        EngineError::InvariantViolated(_) => Status::internal(format!("{error}; nothing was applied")),
     }
 }
 
@@ -121,7 +123,9 @@ pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
         sequence: entry.sequence,
         kind: entry.kind.code().to_owned(),
         accepted_at_unix_ms: entry.accepted_at_ms,
-        merchant_id: origin.map(|o| o.merchant_id.to_string()).unwrap_or_default(),
+        merchant_id: origin
+            .map(|o| o.merchant_id.to_string())
+            .unwrap_or_default(),
         merchant_transaction_id: origin
             .map(|o| o.merchant_transaction_id.to_string())
             .unwrap_or_default(),

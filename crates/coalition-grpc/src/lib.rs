@@ -8,14 +8,15 @@ pub mod pb {
     tonic::include_proto!("coalition.v1");
 
     /// The encoded file descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coalition_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("coalition_descriptor");
 }
 
+mod admin;
 pub mod client;
 mod convert;
 mod query;
 mod server;
 mod submission;
-mod admin;
 
 pub use server::{ServerConfig, serve};

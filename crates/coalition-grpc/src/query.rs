@@ -49,7 +49,9 @@ impl Queries {
         merchant_and_time: impl Fn(&Q) -> (&str, i64),
     ) -> Result<(Reader, Q), Status> {
         let decode = |bytes: &[u8]| {
-            Q::decode(bytes).map_err(|error| Status::invalid_argument(format!("the query bytes do not decode: {error}")))
+            Q::decode(bytes).map_err(|error| {
+                Status::invalid_argument(format!("the query bytes do not decode: {error}"))
+            })
         };
         if is_admin(metadata, &self.config) {
             return Ok((Reader::Admin, decode(query)?));
@@ -82,12 +84,20 @@ impl Queries {
                 self.config.query_freshness_ms
             )));
         }
-        Ok((Reader::Merchant(merchant_id(envelope.merchant_id)?), decoded))
+        Ok((
+            Reader::Merchant(merchant_id(envelope.merchant_id)?),
+            decoded,
+        ))
     }
 
     async fn resolve_member(&self, member_id: String) -> Result<MemberId, Status> {
-        let member = MemberId::new(member_id).map_err(|error| Status::invalid_argument(format!("member_id {error}")))?;
-        self.engine.storage().resolve_member(&member).await.map_err(storage_status)
+        let member = MemberId::new(member_id)
+            .map_err(|error| Status::invalid_argument(format!("member_id {error}")))?;
+        self.engine
+            .storage()
+            .resolve_member(&member)
+            .await
+            .map_err(storage_status)
     }
 }
 
@@ -98,9 +108,12 @@ impl QueryService for Queries {
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::BalanceQuery| {
-            (q.merchant_id.as_str(), q.issued_at_unix_ms)
-        })?;
+        let (reader, query) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::BalanceQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
         let mut account = convert::account_key(query.account_kind, query.owner_id)?;
         if let AccountKey::MemberWallet(member) = &account {
             account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
@@ -108,7 +121,9 @@ impl QueryService for Queries {
         if let Reader::Merchant(merchant) = &reader {
             let allowed = match &account {
                 AccountKey::MemberWallet(_) => true,
-                AccountKey::MerchantIssued(owner) | AccountKey::MerchantRedeemed(owner) => owner == merchant,
+                AccountKey::MerchantIssued(owner) | AccountKey::MerchantRedeemed(owner) => {
+                    owner == merchant
+                }
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(
@@ -133,9 +148,12 @@ impl QueryService for Queries {
         request: Request<pb::GetMemberHistoryRequest>,
     ) -> Result<Response<pb::GetMemberHistoryResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::MemberHistoryQuery| {
-            (q.merchant_id.as_str(), q.issued_at_unix_ms)
-        })?;
+        let (reader, query) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::MemberHistoryQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
         let member = self.resolve_member(query.member_id).await?;
         let page_len = match query.page_len {
             0 => HISTORY_PAGE_LEN_DEFAULT,
@@ -166,9 +184,12 @@ impl QueryService for Queries {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let (reader, query) = self.authorize(&metadata, &request.query, request.signature, |q: &pb::TransactionQuery| {
-            (q.merchant_id.as_str(), q.issued_at_unix_ms)
-        })?;
+        let (reader, query) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::TransactionQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
         let owner = merchant_id(query.transaction_merchant_id)?;
         if let Reader::Merchant(merchant) = &reader
             && *merchant != owner
@@ -177,15 +198,21 @@ impl QueryService for Queries {
                 "merchant {merchant} may only read its own transactions"
             )));
         }
-        let transaction_id = MerchantTransactionId::new(query.merchant_transaction_id)
-            .map_err(|error| Status::invalid_argument(format!("merchant_transaction_id {error}")))?;
+        let transaction_id =
+            MerchantTransactionId::new(query.merchant_transaction_id).map_err(|error| {
+                Status::invalid_argument(format!("merchant_transaction_id {error}"))
+            })?;
         let entry = self
             .engine
             .storage()
             .entry_by_transaction(&owner, &transaction_id)
             .await
             .map_err(storage_status)?
-            .ok_or_else(|| Status::not_found(format!("merchant {owner} has no transaction {transaction_id}")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "merchant {owner} has no transaction {transaction_id}"
+                ))
+            })?;
         Ok(Response::new(pb::GetTransactionResponse {
             entry: Some(convert::journal_entry(&entry)),
         }))

@@ -70,13 +70,21 @@ impl Connected for CountedConnection {
 }
 
 impl AsyncRead for CountedConnection {
-    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(context, buffer)
     }
 }
 
 impl AsyncWrite for CountedConnection {
-    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(context, buffer)
     }
 
@@ -102,7 +110,10 @@ impl AsyncWrite for CountedConnection {
 }
 
 /// Accepts connections only while fewer than `connections_max` are open.
-fn counted_incoming(listener: TcpListener, connections_max: usize) -> ReceiverStream<io::Result<CountedConnection>> {
+fn counted_incoming(
+    listener: TcpListener,
+    connections_max: usize,
+) -> ReceiverStream<io::Result<CountedConnection>> {
     let (sender, receiver) = mpsc::channel(16);
     let permits = Arc::new(Semaphore::new(connections_max));
     tokio::spawn(async move {
@@ -113,7 +124,10 @@ fn counted_incoming(listener: TcpListener, connections_max: usize) -> ReceiverSt
             let accepted = listener.accept().await;
             let item = accepted.map(|(stream, _)| {
                 let _ = stream.set_nodelay(true);
-                CountedConnection { stream, _permit: permit }
+                CountedConnection {
+                    stream,
+                    _permit: permit,
+                }
             });
             if sender.send(item).await.is_err() {
                 break;
@@ -136,8 +150,12 @@ pub async fn serve(
     health_reporter
         .set_serving::<SubmissionServiceServer<Submissions>>()
         .await;
-    health_reporter.set_serving::<QueryServiceServer<Queries>>().await;
-    health_reporter.set_serving::<AdminServiceServer<Admin>>().await;
+    health_reporter
+        .set_serving::<QueryServiceServer<Queries>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<Admin>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -52,7 +52,10 @@ fn check_envelope(engine: &Engine, envelope: pb::Envelope) -> Checked {
 
 async fn check_all(engine: &Engine, envelopes: Vec<pb::Envelope>) -> Result<Vec<Checked>, Status> {
     if envelopes.len() < PARALLEL_CHECK_THRESHOLD {
-        return Ok(envelopes.into_iter().map(|e| check_envelope(engine, e)).collect());
+        return Ok(envelopes
+            .into_iter()
+            .map(|e| check_envelope(engine, e))
+            .collect());
     }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunk_len = envelopes.len().div_ceil(workers);
@@ -65,28 +68,43 @@ async fn check_all(engine: &Engine, envelopes: Vec<pb::Envelope>) -> Result<Vec<
         }
         let engine = engine.clone();
         chunks.push(tokio::task::spawn_blocking(move || {
-            chunk.into_iter().map(|e| check_envelope(&engine, e)).collect::<Vec<_>>()
+            chunk
+                .into_iter()
+                .map(|e| check_envelope(&engine, e))
+                .collect::<Vec<_>>()
         }));
     }
     let mut checked = Vec::new();
     for chunk in chunks {
-        checked.extend(chunk.await.map_err(|error| Status::internal(format!("checker failed: {error}")))?);
+        checked.extend(
+            chunk
+                .await
+                .map_err(|error| Status::internal(format!("checker failed: {error}")))?,
+        );
     }
     Ok(checked)
 }
 
 fn record_rejection(rejection: &Rejection) {
     metrics::counter!("coalition_submissions_total", "outcome" => "rejected").increment(1);
-    metrics::counter!("coalition_rejections_total", "reason" => rejection.reason.name()).increment(1);
+    metrics::counter!("coalition_rejections_total", "reason" => rejection.reason.name())
+        .increment(1);
 }
 
 fn record_outcome(outcome: &SubmitOutcome) {
-    let label = if outcome.duplicate { "duplicate" } else { "accepted" };
+    let label = if outcome.duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    };
     metrics::counter!("coalition_submissions_total", "outcome" => label).increment(1);
 }
 
 /// Checks and submits envelopes; one result per envelope, in order.
-async fn process(engine: &Engine, envelopes: Vec<pb::Envelope>) -> Result<Vec<pb::SubmissionResult>, Status> {
+async fn process(
+    engine: &Engine,
+    envelopes: Vec<pb::Envelope>,
+) -> Result<Vec<pb::SubmissionResult>, Status> {
     let checked = check_all(engine, envelopes).await?;
     let mut results: Vec<Option<pb::SubmissionResult>> = Vec::with_capacity(checked.len());
     let mut submissions = Vec::new();
@@ -104,7 +122,10 @@ async fn process(engine: &Engine, envelopes: Vec<pb::Envelope>) -> Result<Vec<pb
             }
         }
     }
-    let outcomes = engine.submit(submissions).await.map_err(convert::engine_status)?;
+    let outcomes = engine
+        .submit(submissions)
+        .await
+        .map_err(convert::engine_status)?;
     for ((position, transaction_id), outcome) in positions.into_iter().zip(outcomes) {
         results[position] = Some(match outcome {
             Ok(outcome) => {
@@ -129,10 +150,15 @@ fn required_envelope(envelope: Option<pb::Envelope>) -> Result<pb::Envelope, Sta
 
 #[tonic::async_trait]
 impl SubmissionService for Submissions {
-    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let envelope = required_envelope(request.into_inner().envelope)?;
         let mut results = process(&self.engine, vec![envelope]).await?;
-        Ok(Response::new(pb::SubmitResponse { result: results.pop() }))
+        Ok(Response::new(pb::SubmitResponse {
+            result: results.pop(),
+        }))
     }
 
     async fn submit_batch(
@@ -151,7 +177,8 @@ impl SubmissionService for Submissions {
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
 
-    type SubmitStreamStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamResponse, Status>> + Send + 'static>>;
+    type SubmitStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamResponse, Status>> + Send + 'static>>;
 
     async fn submit_stream(
         &self,
@@ -182,12 +209,14 @@ impl SubmissionService for Submissions {
                     let _permit = permit;
                     let response = match message.envelope {
                         None => Err(Status::invalid_argument("envelope is required")),
-                        Some(envelope) => process(&engine, vec![envelope]).await.map(|mut results| {
-                            pb::SubmitStreamResponse {
-                                client_reference: message.client_reference,
-                                result: results.pop(),
-                            }
-                        }),
+                        Some(envelope) => {
+                            process(&engine, vec![envelope]).await.map(|mut results| {
+                                pb::SubmitStreamResponse {
+                                    client_reference: message.client_reference,
+                                    result: results.pop(),
+                                }
+                            })
+                        }
                     };
                     let _ = sender.send(response).await;
                 });

@@ -57,7 +57,11 @@ impl Table {
     }
 
     fn column_names(&self) -> String {
-        self.columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     async fn insert_postgres(
@@ -105,8 +109,11 @@ impl Table {
         let mut start = 0;
         while start < rows {
             let end = (start + rows_per_statement).min(rows);
-            let mut builder: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO {} ({}) ", self.name, self.column_names()));
+            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT INTO {} ({}) ",
+                self.name,
+                self.column_names()
+            ));
             builder.push_values(start..end, |mut row, index| {
                 for (_, column) in &self.columns {
                     match column {
@@ -137,59 +144,170 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
     let accounts = Table {
         name: "accounts",
         columns: vec![
-            ("account_id", Column::BigInt(changes.accounts.iter().map(|(id, _)| to_i64(id.0)).collect())),
-            ("kind", Column::Text(changes.accounts.iter().map(|(_, key)| key.kind().to_owned()).collect())),
-            ("owner", Column::Text(changes.accounts.iter().map(|(_, key)| key.owner().to_owned()).collect())),
+            (
+                "account_id",
+                Column::BigInt(
+                    changes
+                        .accounts
+                        .iter()
+                        .map(|(id, _)| to_i64(id.0))
+                        .collect(),
+                ),
+            ),
+            (
+                "kind",
+                Column::Text(
+                    changes
+                        .accounts
+                        .iter()
+                        .map(|(_, key)| key.kind().to_owned())
+                        .collect(),
+                ),
+            ),
+            (
+                "owner",
+                Column::Text(
+                    changes
+                        .accounts
+                        .iter()
+                        .map(|(_, key)| key.owner().to_owned())
+                        .collect(),
+                ),
+            ),
         ],
         on_conflict: "",
     };
     let members = Table {
         name: "members",
         columns: vec![
-            ("member_id", Column::Text(changes.members.iter().map(|m| m.member_id.to_string()).collect())),
-            ("tier", Column::NullableText(changes.members.iter().map(|m| m.tier.clone()).collect())),
-            ("enrolled_at_ms", Column::BigInt(changes.members.iter().map(|m| m.enrolled_at_ms).collect())),
+            (
+                "member_id",
+                Column::Text(
+                    changes
+                        .members
+                        .iter()
+                        .map(|m| m.member_id.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "tier",
+                Column::NullableText(changes.members.iter().map(|m| m.tier.clone()).collect()),
+            ),
+            (
+                "enrolled_at_ms",
+                Column::BigInt(changes.members.iter().map(|m| m.enrolled_at_ms).collect()),
+            ),
         ],
         on_conflict: "",
     };
     let aliases = Table {
         name: "member_aliases",
         columns: vec![
-            ("alias", Column::Text(changes.aliases.iter().map(|a| a.alias.to_string()).collect())),
-            ("target", Column::Text(changes.aliases.iter().map(|a| a.target.to_string()).collect())),
-            ("created_at_ms", Column::BigInt(changes.aliases.iter().map(|a| a.created_at_ms).collect())),
+            (
+                "alias",
+                Column::Text(
+                    changes
+                        .aliases
+                        .iter()
+                        .map(|a| a.alias.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "target",
+                Column::Text(
+                    changes
+                        .aliases
+                        .iter()
+                        .map(|a| a.target.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "created_at_ms",
+                Column::BigInt(changes.aliases.iter().map(|a| a.created_at_ms).collect()),
+            ),
         ],
         on_conflict: "",
     };
     let entries = &changes.entries;
     let origin_text = |pick: fn(&coalition_domain::MerchantOrigin) -> String| {
-        Column::NullableText(entries.iter().map(|e| e.origin.as_ref().map(pick)).collect())
+        Column::NullableText(
+            entries
+                .iter()
+                .map(|e| e.origin.as_ref().map(pick))
+                .collect(),
+        )
     };
     let entry_table = Table {
         name: "entries",
         columns: vec![
-            ("sequence", Column::BigInt(entries.iter().map(|e| to_i64(e.sequence)).collect())),
-            ("kind", Column::Text(entries.iter().map(|e| e.kind.code().to_owned()).collect())),
-            ("accepted_at_ms", Column::BigInt(entries.iter().map(|e| e.accepted_at_ms).collect())),
+            (
+                "sequence",
+                Column::BigInt(entries.iter().map(|e| to_i64(e.sequence)).collect()),
+            ),
+            (
+                "kind",
+                Column::Text(entries.iter().map(|e| e.kind.code().to_owned()).collect()),
+            ),
+            (
+                "accepted_at_ms",
+                Column::BigInt(entries.iter().map(|e| e.accepted_at_ms).collect()),
+            ),
             ("merchant_id", origin_text(|o| o.merchant_id.to_string())),
-            ("merchant_transaction_id", origin_text(|o| o.merchant_transaction_id.to_string())),
+            (
+                "merchant_transaction_id",
+                origin_text(|o| o.merchant_transaction_id.to_string()),
+            ),
             ("store_id", origin_text(|o| o.store_id.clone())),
             ("terminal_id", origin_text(|o| o.terminal_id.clone())),
             (
                 "occurred_at_ms",
-                Column::NullableBigInt(entries.iter().map(|e| e.origin.as_ref().map(|o| o.occurred_at_ms)).collect()),
+                Column::NullableBigInt(
+                    entries
+                        .iter()
+                        .map(|e| e.origin.as_ref().map(|o| o.occurred_at_ms))
+                        .collect(),
+                ),
             ),
             (
                 "body_hash",
-                Column::NullableBytes(entries.iter().map(|e| e.origin.as_ref().map(|o| o.body_hash.to_vec())).collect()),
+                Column::NullableBytes(
+                    entries
+                        .iter()
+                        .map(|e| e.origin.as_ref().map(|o| o.body_hash.to_vec()))
+                        .collect(),
+                ),
             ),
-            ("member_id", Column::Text(entries.iter().map(|e| e.member_id.to_string()).collect())),
-            ("points", Column::BigInt(entries.iter().map(|e| e.points).collect())),
-            ("spend_minor", Column::NullableBigInt(entries.iter().map(|e| e.spend_minor).collect())),
-            ("member_points_after", Column::BigInt(entries.iter().map(|e| e.member_points_after).collect())),
-            ("memo", Column::Text(entries.iter().map(|e| e.memo.clone()).collect())),
-            ("previous_hash", Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect())),
-            ("hash", Column::Bytes(entries.iter().map(|e| e.hash.to_vec()).collect())),
+            (
+                "member_id",
+                Column::Text(entries.iter().map(|e| e.member_id.to_string()).collect()),
+            ),
+            (
+                "points",
+                Column::BigInt(entries.iter().map(|e| e.points).collect()),
+            ),
+            (
+                "spend_minor",
+                Column::NullableBigInt(entries.iter().map(|e| e.spend_minor).collect()),
+            ),
+            (
+                "member_points_after",
+                Column::BigInt(entries.iter().map(|e| e.member_points_after).collect()),
+            ),
+            (
+                "memo",
+                Column::Text(entries.iter().map(|e| e.memo.clone()).collect()),
+            ),
+            (
+                "previous_hash",
+                Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect()),
+            ),
+            (
+                "hash",
+                Column::Bytes(entries.iter().map(|e| e.hash.to_vec()).collect()),
+            ),
         ],
         on_conflict: "",
     };
@@ -215,7 +333,16 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         columns: vec![
             ("entry_sequence", Column::BigInt(posting_sequence)),
             ("posting_index", Column::BigInt(posting_index)),
-            ("account_id", Column::BigInt(changes.posting_account_ids.iter().map(|id| to_i64(id.0)).collect())),
+            (
+                "account_id",
+                Column::BigInt(
+                    changes
+                        .posting_account_ids
+                        .iter()
+                        .map(|id| to_i64(id.0))
+                        .collect(),
+                ),
+            ),
             ("asset", Column::Text(posting_asset)),
             ("amount", Column::BigInt(posting_amount)),
         ],
@@ -224,12 +351,48 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
     let lots = Table {
         name: "lots",
         columns: vec![
-            ("entry_sequence", Column::BigInt(changes.lots.iter().map(|l| to_i64(l.lot_id.entry_sequence)).collect())),
-            ("lot_index", Column::BigInt(changes.lots.iter().map(|l| i64::from(l.lot_id.index)).collect())),
-            ("member_id", Column::Text(changes.lots.iter().map(|l| l.member_id.to_string()).collect())),
-            ("issuer", Column::Text(changes.lots.iter().map(|l| l.issuer.to_string()).collect())),
-            ("points", Column::BigInt(changes.lots.iter().map(|l| l.points).collect())),
-            ("earned_at_ms", Column::BigInt(changes.lots.iter().map(|l| l.earned_at_ms).collect())),
+            (
+                "entry_sequence",
+                Column::BigInt(
+                    changes
+                        .lots
+                        .iter()
+                        .map(|l| to_i64(l.lot_id.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_index",
+                Column::BigInt(
+                    changes
+                        .lots
+                        .iter()
+                        .map(|l| i64::from(l.lot_id.index))
+                        .collect(),
+                ),
+            ),
+            (
+                "member_id",
+                Column::Text(
+                    changes
+                        .lots
+                        .iter()
+                        .map(|l| l.member_id.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "issuer",
+                Column::Text(changes.lots.iter().map(|l| l.issuer.to_string()).collect()),
+            ),
+            (
+                "points",
+                Column::BigInt(changes.lots.iter().map(|l| l.points).collect()),
+            ),
+            (
+                "earned_at_ms",
+                Column::BigInt(changes.lots.iter().map(|l| l.earned_at_ms).collect()),
+            ),
         ],
         on_conflict: "",
     };
@@ -237,23 +400,73 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
     let lot_consumptions = Table {
         name: "lot_consumptions",
         columns: vec![
-            ("entry_sequence", Column::BigInt(consumptions.iter().map(|c| to_i64(c.entry_sequence)).collect())),
-            ("lot_entry_sequence", Column::BigInt(consumptions.iter().map(|c| to_i64(c.lot_id.entry_sequence)).collect())),
-            ("lot_index", Column::BigInt(consumptions.iter().map(|c| i64::from(c.lot_id.index)).collect())),
-            ("points", Column::BigInt(consumptions.iter().map(|c| c.points).collect())),
+            (
+                "entry_sequence",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| to_i64(c.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_entry_sequence",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| to_i64(c.lot_id.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_index",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| i64::from(c.lot_id.index))
+                        .collect(),
+                ),
+            ),
+            (
+                "points",
+                Column::BigInt(consumptions.iter().map(|c| c.points).collect()),
+            ),
         ],
         on_conflict: "",
     };
     let balance_table = Table {
         name: "account_balances",
         columns: vec![
-            ("account_id", Column::BigInt(balances.iter().map(|(id, _, _)| to_i64(id.0)).collect())),
-            ("asset", Column::Text(balances.iter().map(|(_, asset, _)| asset.code().to_owned()).collect())),
-            ("balance", Column::BigInt(balances.iter().map(|(_, _, balance)| *balance).collect())),
+            (
+                "account_id",
+                Column::BigInt(balances.iter().map(|(id, _, _)| to_i64(id.0)).collect()),
+            ),
+            (
+                "asset",
+                Column::Text(
+                    balances
+                        .iter()
+                        .map(|(_, asset, _)| asset.code().to_owned())
+                        .collect(),
+                ),
+            ),
+            (
+                "balance",
+                Column::BigInt(balances.iter().map(|(_, _, balance)| *balance).collect()),
+            ),
         ],
         on_conflict: "ON CONFLICT (account_id, asset) DO UPDATE SET balance = excluded.balance",
     };
-    vec![accounts, members, aliases, entry_table, postings, lots, lot_consumptions, balance_table]
+    vec![
+        accounts,
+        members,
+        aliases,
+        entry_table,
+        postings,
+        lots,
+        lot_consumptions,
+        balance_table,
+    ]
 }
 
 /// Builds the insert of one merchant key; a macro so it type-checks against either backend.
@@ -375,4 +588,3 @@ impl Storage {
         Ok(())
     }
 }
-

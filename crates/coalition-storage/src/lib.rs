@@ -27,7 +27,9 @@ pub enum StorageError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
-    #[error("SQLite is not in synchronous=FULL mode (found {0}); acknowledged writes would not survive a power loss")]
+    #[error(
+        "SQLite is not in synchronous=FULL mode (found {0}); acknowledged writes would not survive a power loss"
+    )]
     NotDurable(i64),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),

@@ -117,9 +117,13 @@ fn hash32(bytes: Vec<u8>, what: &str, sequence: i64) -> Result<[u8; 32], Storage
 
 impl PostingRow {
     fn into_posting(self) -> Result<Posting, StorageError> {
-        let account = AccountKey::from_parts(&self.account_kind, &self.account_owner).ok_or_else(|| {
-            corrupt(format!("unknown account {}:{}", self.account_kind, self.account_owner))
-        })?;
+        let account =
+            AccountKey::from_parts(&self.account_kind, &self.account_owner).ok_or_else(|| {
+                corrupt(format!(
+                    "unknown account {}:{}",
+                    self.account_kind, self.account_owner
+                ))
+            })?;
         let asset = Asset::from_code(&self.asset)
             .ok_or_else(|| corrupt(format!("unknown asset {:?}", self.asset)))?;
         Ok(Posting {
@@ -140,8 +144,9 @@ impl EntryRow {
             (Some(merchant_id), Some(transaction_id)) => Some(MerchantOrigin {
                 merchant_id: MerchantId::new(merchant_id)
                     .map_err(|error| corrupt(format!("entry {sequence}: merchant id {error}")))?,
-                merchant_transaction_id: MerchantTransactionId::new(transaction_id)
-                    .map_err(|error| corrupt(format!("entry {sequence}: transaction id {error}")))?,
+                merchant_transaction_id: MerchantTransactionId::new(transaction_id).map_err(
+                    |error| corrupt(format!("entry {sequence}: transaction id {error}")),
+                )?,
                 store_id: self.store_id.unwrap_or_default(),
                 terminal_id: self.terminal_id.unwrap_or_default(),
                 occurred_at_ms: self.occurred_at_ms.unwrap_or_default(),
@@ -176,7 +181,8 @@ pub(crate) fn assemble(
     entry_rows: Vec<EntryRow>,
     posting_rows: Vec<PostingRow>,
 ) -> Result<Vec<Entry>, StorageError> {
-    let mut postings_by_sequence: HashMap<i64, Vec<Posting>> = HashMap::with_capacity(entry_rows.len());
+    let mut postings_by_sequence: HashMap<i64, Vec<Posting>> =
+        HashMap::with_capacity(entry_rows.len());
     for row in posting_rows {
         let sequence = row.entry_sequence;
         postings_by_sequence
@@ -187,7 +193,9 @@ pub(crate) fn assemble(
     entry_rows
         .into_iter()
         .map(|row| {
-            let postings = postings_by_sequence.remove(&row.sequence).unwrap_or_default();
+            let postings = postings_by_sequence
+                .remove(&row.sequence)
+                .unwrap_or_default();
             row.into_entry(postings)
         })
         .collect()
@@ -288,17 +296,22 @@ impl Storage {
             (merchants, keys)
         });
         let mut keys_by_merchant: HashMap<String, Vec<MerchantKey>> = HashMap::new();
-        for (merchant_id, key_id, public_key, valid_from_ms, valid_until_ms, revoked_at_ms) in key_rows {
+        for (merchant_id, key_id, public_key, valid_from_ms, valid_until_ms, revoked_at_ms) in
+            key_rows
+        {
             let public_key = signing::parse_public_key(&public_key)
                 .map_err(|error| corrupt(format!("key {key_id} of {merchant_id}: {error}")))?;
             let key_id = KeyId::new(key_id).map_err(|error| corrupt(format!("key id {error}")))?;
-            keys_by_merchant.entry(merchant_id).or_default().push(MerchantKey {
-                key_id,
-                public_key,
-                valid_from_ms,
-                valid_until_ms,
-                revoked_at_ms,
-            });
+            keys_by_merchant
+                .entry(merchant_id)
+                .or_default()
+                .push(MerchantKey {
+                    key_id,
+                    public_key,
+                    valid_from_ms,
+                    valid_until_ms,
+                    revoked_at_ms,
+                });
         }
         let mut registry = Registry::default();
         for (merchant_id, name, category, status, registered_at_ms) in merchant_rows {
@@ -356,7 +369,9 @@ impl Storage {
             ledger.restore_account(AccountId(id), key);
         }
         for member in members {
-            ledger.restore_member(MemberId::new(member).map_err(|error| corrupt(format!("member id {error}")))?);
+            ledger.restore_member(
+                MemberId::new(member).map_err(|error| corrupt(format!("member id {error}")))?,
+            );
         }
         for (alias, target) in aliases {
             ledger.restore_alias(
@@ -366,7 +381,9 @@ impl Storage {
         }
         let mut entries = 0u64;
         'replay: loop {
-            let batch = self.entries_after(ledger.head().sequence, ENTRIES_PER_READ_MAX).await?;
+            let batch = self
+                .entries_after(ledger.head().sequence, ENTRIES_PER_READ_MAX)
+                .await?;
             if batch.is_empty() {
                 break;
             }
@@ -417,7 +434,11 @@ impl Storage {
         Ok(LoadedState { ledger, registry })
     }
 
-    async fn compare_balances(&self, ledger: &Ledger, problems: &mut Vec<String>) -> Result<(), StorageError> {
+    async fn compare_balances(
+        &self,
+        ledger: &Ledger,
+        problems: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
         let stored = with_pool!(self, pool => {
             sqlx::query("SELECT account_id, asset, balance FROM account_balances")
                 .fetch_all(pool)
@@ -428,7 +449,8 @@ impl Storage {
         });
         let mut seen = 0usize;
         for (account_id, asset, balance) in stored {
-            let asset = Asset::from_code(&asset).ok_or_else(|| corrupt(format!("unknown asset {asset:?}")))?;
+            let asset = Asset::from_code(&asset)
+                .ok_or_else(|| corrupt(format!("unknown asset {asset:?}")))?;
             let recomputed = ledger.balance_of(AccountId(account_id as u64), asset);
             if recomputed != 0 || balance != 0 {
                 seen += 1;
@@ -453,7 +475,11 @@ impl Storage {
         Ok(())
     }
 
-    async fn compare_lots(&self, ledger: &Ledger, problems: &mut Vec<String>) -> Result<(), StorageError> {
+    async fn compare_lots(
+        &self,
+        ledger: &Ledger,
+        problems: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
         let rows = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT l.issuer AS issuer, CAST(SUM(l.points - COALESCE(c.consumed, 0)) AS BIGINT) AS outstanding \
@@ -484,7 +510,9 @@ impl Storage {
         }
         for (issuer, outstanding) in stored {
             if outstanding != 0 {
-                problems.push(format!("issuer {issuer}: stored lots hold {outstanding} points, replay 0"));
+                problems.push(format!(
+                    "issuer {issuer}: stored lots hold {outstanding} points, replay 0"
+                ));
             }
         }
         Ok(())

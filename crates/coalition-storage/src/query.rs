@@ -160,6 +160,7 @@ impl Storage {
                 None => break,
             }
         }
-        MemberId::new(current).map_err(|error| StorageError::Corrupt(format!("alias target {error}")))
+        MemberId::new(current)
+            .map_err(|error| StorageError::Corrupt(format!("alias target {error}")))
     }
 }

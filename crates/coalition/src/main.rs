@@ -1,1 +1,5 @@
-fn main() {}
+//! The `coalition` command: see `coalition --help`.
+
+fn main() -> anyhow::Result<()> {
+    coalition::cli::main()
+}

@@ -1,0 +1,662 @@
+//! The command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use coalition_domain::signing;
+use coalition_grpc::client::{
+    AdminServiceClient, AdminToken, MerchantSigner, QueryServiceClient, SubmissionServiceClient,
+};
+use coalition_grpc::pb;
+use coalition_storage::{ConnectOptions, Storage};
+use ed25519_dalek::SigningKey;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::runtime::RunningServer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coalition",
+    version,
+    about = "Clearing engine for coalition loyalty points"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (SQLite at ./coalition.db unless configured otherwise).
+    Serve {
+        /// A TOML configuration file; COALITION_* environment variables override it.
+        #[arg(long, env = "COALITION_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start a server on a fresh embedded database and clear a day of mall traffic through it.
+    Demo(crate::demo::DemoArgs),
+    /// Recompute balances and lots from the postings and the hash chain from the entries, and
+    /// report every difference. Exits non-zero when the books are not sound.
+    Check {
+        /// The database to check.
+        #[arg(
+            long,
+            env = "COALITION_DATABASE_URL",
+            default_value = "sqlite://coalition.db"
+        )]
+        database_url: String,
+    },
+    /// Generate an ed25519 key: the secret seed goes to a file, the public key is printed.
+    Keygen {
+        /// Where to write the secret key (hex); refused if the file exists.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the worked signing example of the README, computed afresh.
+    SignExample,
+    /// Operator administration over gRPC.
+    Admin {
+        #[command(flatten)]
+        connection: AdminConnection,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Act as a partner: sign and submit a transaction, or read a balance, over gRPC.
+    Client {
+        #[command(flatten)]
+        identity: MerchantIdentity,
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdminConnection {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// The admin token.
+    #[arg(long, env = "COALITION_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Category {
+    MallTenant,
+    Cinema,
+    Restaurant,
+    Parking,
+    Other,
+}
+
+impl Category {
+    fn wire(self) -> pb::MerchantCategory {
+        match self {
+            Category::MallTenant => pb::MerchantCategory::MallTenant,
+            Category::Cinema => pb::MerchantCategory::Cinema,
+            Category::Restaurant => pb::MerchantCategory::Restaurant,
+            Category::Parking => pb::MerchantCategory::Parking,
+            Category::Other => pb::MerchantCategory::Other,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Register a merchant with its first key.
+    RegisterMerchant {
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        category: Category,
+        #[arg(long)]
+        key_id: String,
+        /// The public key, 64 hex characters (as printed by `coalition keygen`).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Add a key to a merchant.
+    AddKey {
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        key_id: String,
+        #[arg(long)]
+        public_key: String,
+        /// Valid until, Unix milliseconds.
+        #[arg(long)]
+        valid_until_ms: Option<i64>,
+    },
+    /// Revoke a merchant's key from now on.
+    RevokeKey {
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Suspend a merchant.
+    SuspendMerchant {
+        #[arg(long)]
+        merchant: String,
+    },
+    /// Lift a merchant's suspension.
+    ReactivateMerchant {
+        #[arg(long)]
+        merchant: String,
+    },
+    /// Show a merchant and its keys.
+    ShowMerchant {
+        #[arg(long)]
+        merchant: String,
+    },
+    /// Enroll members.
+    Enroll {
+        /// Member ids.
+        #[arg(required = true)]
+        members: Vec<String>,
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Make one member id an alias of another, moving its points.
+    Alias {
+        #[arg(long)]
+        alias: String,
+        #[arg(long)]
+        target: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MerchantIdentity {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// The merchant id.
+    #[arg(long)]
+    merchant: String,
+    /// The key id.
+    #[arg(long)]
+    key_id: String,
+    /// The file with the secret key (hex), as written by `coalition keygen`.
+    #[arg(long)]
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Earn,
+    Burn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Sign and submit one earn or burn.
+    Submit {
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        points: i64,
+        #[arg(long)]
+        transaction_id: String,
+        #[arg(long, default_value = "store-1")]
+        store: String,
+        #[arg(long, default_value = "terminal-1")]
+        terminal: String,
+        /// The purchase amount in minor units.
+        #[arg(long)]
+        spend_minor: Option<i64>,
+    },
+    /// Read a member's balance with a signed query.
+    Balance {
+        #[arg(long)]
+        member: String,
+    },
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Check { database_url } => check(&database_url).await,
+        Command::Keygen { out } => keygen(&out),
+        Command::SignExample => {
+            print!("{}", sign_example());
+            Ok(())
+        }
+        Command::Admin {
+            connection,
+            command,
+        } => admin(connection, command).await,
+        Command::Client { identity, command } => client(identity, command).await,
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log_format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn serve(config_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_file, std::env::vars())?;
+    init_logging(&config);
+    if config.metrics_address != "off" {
+        let address: std::net::SocketAddr = config
+            .metrics_address
+            .parse()
+            .with_context(|| format!("metrics_address {:?}", config.metrics_address))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .set_buckets(&[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+                100.0, 1000.0, 5000.0,
+            ])?
+            .install()
+            .context("cannot start the metrics endpoint")?;
+        tracing::info!(%address, "metrics at /metrics");
+    }
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin_token configured: admin calls are refused");
+    }
+    let server = RunningServer::start(&config).await?;
+    // Print the bound address on stdout so scripts (and tests) can find a port-0 server.
+    println!("listening on {}", server.address);
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing calls in flight");
+    server.shutdown().await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can listen for SIGTERM");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Runs the ledger check and prints the report; an error when unsound.
+pub async fn check(database_url: &str) -> anyhow::Result<()> {
+    let storage = Storage::connect(&ConnectOptions {
+        url: database_url.to_owned(),
+        connections_max: 2,
+    })
+    .await?;
+    let (_, report) = storage.replay().await?;
+    storage.close().await;
+    println!(
+        "checked {} entries over {} accounts; chain head {} at entry {}",
+        report.entries,
+        report.accounts,
+        hex::encode(report.head.hash),
+        report.head.sequence
+    );
+    if report.is_sound() {
+        println!(
+            "ledger check: OK (every entry balances, the chain verifies, balances and lots match the postings)"
+        );
+        Ok(())
+    } else {
+        for problem in &report.problems {
+            println!("problem: {problem}");
+        }
+        bail!(
+            "ledger check failed with {} problems",
+            report.problems.len()
+        )
+    }
+}
+
+/// Reads a secret key file written by `keygen`.
+pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes =
+        hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{} must hold 32 bytes of hex", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A new signing key from the operating system's randomness.
+pub fn generate_key() -> anyhow::Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|error| anyhow::anyhow!("no randomness available: {error}"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let key = generate_key()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+    )?;
+    println!("secret key written to {}", out.display());
+    println!(
+        "public key: {}",
+        hex::encode(key.verifying_key().as_bytes())
+    );
+    Ok(())
+}
+
+/// The README's worked signing example: fixed key and body, so partners in any language can
+/// check that their signer produces the same bytes.
+pub fn sign_example() -> String {
+    let seed: [u8; 32] = std::array::from_fn(|index| index as u8);
+    let key = SigningKey::from_bytes(&seed);
+    let body = example_body();
+    let body_bytes = prost::Message::encode_to_vec(&body);
+    let signature = signing::sign(&key, signing::SUBMISSION_DOMAIN, &body_bytes);
+    format!(
+        "secret key seed (hex): {}\npublic key (hex):      {}\nbody (hex):            {}\nsigned message (hex): {}\nsignature (hex):       {}\n",
+        hex::encode(seed),
+        hex::encode(key.verifying_key().as_bytes()),
+        hex::encode(&body_bytes),
+        hex::encode(signing::signed_message(
+            signing::SUBMISSION_DOMAIN,
+            &body_bytes
+        )),
+        hex::encode(signature),
+    )
+}
+
+/// The body of the worked example.
+pub fn example_body() -> pb::TransactionBody {
+    pb::TransactionBody {
+        merchant_id: "tenant-001".into(),
+        merchant_transaction_id: "pos-7-000123".into(),
+        kind: pb::TransactionKind::Earn as i32,
+        member_id: "member-000042".into(),
+        points: 180,
+        spend_minor: Some(18_000),
+        occurred_at_unix_ms: 1_767_225_600_000,
+        store_id: "store-12".into(),
+        terminal_id: "pos-7".into(),
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(server.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))
+}
+
+fn public_key_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(text.trim()).context("the public key must be hex")
+}
+
+async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Result<()> {
+    let channel = connect(&connection.server).await?;
+    let mut admin =
+        AdminServiceClient::with_interceptor(channel, AdminToken::new(&connection.token)?);
+    match command {
+        AdminCommand::RegisterMerchant {
+            merchant,
+            name,
+            category,
+            key_id,
+            public_key,
+        } => {
+            let response = admin
+                .register_merchant(pb::RegisterMerchantRequest {
+                    merchant_id: merchant.clone(),
+                    name,
+                    category: category.wire() as i32,
+                    keys: vec![pb::MerchantKey {
+                        key_id,
+                        public_key: public_key_bytes(&public_key)?,
+                        ..Default::default()
+                    }],
+                })
+                .await?
+                .into_inner();
+            println!(
+                "registered {merchant} at {} ms",
+                response.registered_at_unix_ms
+            );
+        }
+        AdminCommand::AddKey {
+            merchant,
+            key_id,
+            public_key,
+            valid_until_ms,
+        } => {
+            admin
+                .add_merchant_key(pb::AddMerchantKeyRequest {
+                    merchant_id: merchant.clone(),
+                    key: Some(pb::MerchantKey {
+                        key_id: key_id.clone(),
+                        public_key: public_key_bytes(&public_key)?,
+                        valid_until_unix_ms: valid_until_ms,
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+            println!("added key {key_id} to {merchant}");
+        }
+        AdminCommand::RevokeKey { merchant, key_id } => {
+            let response = admin
+                .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+                    merchant_id: merchant.clone(),
+                    key_id: key_id.clone(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "revoked key {key_id} of {merchant} at {} ms",
+                response.revoked_at_unix_ms
+            );
+        }
+        AdminCommand::SuspendMerchant { merchant } => {
+            admin
+                .suspend_merchant(pb::SuspendMerchantRequest {
+                    merchant_id: merchant.clone(),
+                })
+                .await?;
+            println!("suspended {merchant}");
+        }
+        AdminCommand::ReactivateMerchant { merchant } => {
+            admin
+                .reactivate_merchant(pb::ReactivateMerchantRequest {
+                    merchant_id: merchant.clone(),
+                })
+                .await?;
+            println!("reactivated {merchant}");
+        }
+        AdminCommand::ShowMerchant { merchant } => {
+            let merchant = admin
+                .get_merchant(pb::GetMerchantRequest {
+                    merchant_id: merchant,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} ({}) category {:?}{}",
+                merchant.merchant_id,
+                merchant.name,
+                pb::MerchantCategory::try_from(merchant.category).unwrap_or_default(),
+                if merchant.suspended {
+                    ", suspended"
+                } else {
+                    ""
+                }
+            );
+            for key in merchant.keys {
+                println!(
+                    "  key {} {} valid from {} until {} revoked {}",
+                    key.key_id,
+                    hex::encode(&key.public_key),
+                    key.valid_from_unix_ms,
+                    key.valid_until_unix_ms
+                        .map_or("-".into(), |t| t.to_string()),
+                    key.revoked_at_unix_ms.map_or("-".into(), |t| t.to_string()),
+                );
+            }
+        }
+        AdminCommand::Enroll { members, tier } => {
+            let response = admin
+                .enroll_members(pb::EnrollMembersRequest {
+                    members: members
+                        .into_iter()
+                        .map(|member_id| pb::MemberEnrollment {
+                            member_id,
+                            tier: tier.clone(),
+                        })
+                        .collect(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "enrolled {}, already enrolled {}",
+                response.enrolled, response.already_enrolled
+            );
+            for refused in &response.refused {
+                println!("refused: {refused}");
+            }
+            if !response.refused.is_empty() {
+                bail!("{} members were refused", response.refused.len());
+            }
+        }
+        AdminCommand::Alias { alias, target } => {
+            let response = admin
+                .alias_member(pb::AliasMemberRequest {
+                    alias_member_id: alias.clone(),
+                    target_member_id: target.clone(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{alias} now stands for {target}; {} points moved",
+                response.points_moved
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::Result<()> {
+    let signer = MerchantSigner::new(
+        identity.merchant.clone(),
+        identity.key_id.clone(),
+        read_key_file(&identity.key_file)?,
+    );
+    let channel = connect(&identity.server).await?;
+    let now_ms = coalition_engine::Clock::now_ms(&coalition_engine::SystemClock);
+    match command {
+        ClientCommand::Submit {
+            kind,
+            member,
+            points,
+            transaction_id,
+            store,
+            terminal,
+            spend_minor,
+        } => {
+            let body = pb::TransactionBody {
+                merchant_id: identity.merchant,
+                merchant_transaction_id: transaction_id,
+                kind: match kind {
+                    Kind::Earn => pb::TransactionKind::Earn,
+                    Kind::Burn => pb::TransactionKind::Burn,
+                } as i32,
+                member_id: member,
+                points,
+                spend_minor,
+                occurred_at_unix_ms: now_ms,
+                store_id: store,
+                terminal_id: terminal,
+            };
+            let response = SubmissionServiceClient::new(channel)
+                .submit(pb::SubmitRequest {
+                    envelope: Some(signer.envelope(&body)),
+                })
+                .await?
+                .into_inner();
+            match response.result.and_then(|result| result.outcome) {
+                Some(pb::submission_result::Outcome::Accepted(accepted)) => println!(
+                    "accepted as entry {}{}; member {} now has {} points",
+                    accepted.entry_sequence,
+                    if accepted.duplicate {
+                        " (duplicate of an earlier submission)"
+                    } else {
+                        ""
+                    },
+                    accepted.member_id,
+                    accepted.member_points_balance
+                ),
+                Some(pb::submission_result::Outcome::Rejected(rejected)) => {
+                    let reason = pb::RejectionReason::try_from(rejected.reason).unwrap_or_default();
+                    bail!("rejected: {} ({})", rejected.message, reason.as_str_name())
+                }
+                None => bail!("the server returned no result"),
+            }
+        }
+        ClientCommand::Balance { member } => {
+            let query = pb::BalanceQuery {
+                merchant_id: identity.merchant,
+                issued_at_unix_ms: now_ms,
+                account_kind: pb::AccountKind::MemberWallet as i32,
+                owner_id: member.clone(),
+                as_of_unix_ms: None,
+            };
+            let (query, signature) = signer.sign_query(&query);
+            let response = QueryServiceClient::new(channel)
+                .get_balance(pb::GetBalanceRequest {
+                    query,
+                    signature: Some(signature),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "member {member} has {} points (as of entry {})",
+                response.points, response.as_of_entry_sequence
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Configuration: defaults, then a TOML file, then `COALITION_*` environment variables, each
+//! later source overriding the earlier. Every limit is named with its unit last; the
+//! defaults are documented in `docs/configuration.md`.
+
+use std::path::Path;
+
+use coalition_domain::Limits;
+use coalition_engine::EngineConfig;
+use coalition_grpc::ServerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `coalition serve` can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC API listens.
+    pub listen_address: String,
+    /// Where the Prometheus metrics endpoint listens; "off" disables it.
+    pub metrics_address: String,
+    /// `sqlite://PATH` (created on first run) or `postgres://...`.
+    pub database_url: String,
+    /// Database pool size.
+    pub database_connections_max: u32,
+    /// The operator's admin token; admin calls are refused when unset.
+    pub admin_token: Option<String>,
+    /// The most submissions per writer batch (one database transaction).
+    pub batch_len_max: usize,
+    /// Commands waiting for the writer before callers wait in turn.
+    pub writer_queue_len_max: usize,
+    /// The most envelopes in one SubmitBatch call.
+    pub batch_request_len_max: usize,
+    /// The largest gRPC message, in bytes.
+    pub message_size_max_bytes: usize,
+    /// The most open client connections.
+    pub connections_max: usize,
+    /// The most submissions of one stream processed at once.
+    pub stream_in_flight_max: usize,
+    /// The most entries in a history page.
+    pub history_page_len_max: u32,
+    /// How old a transaction may be when submitted (terminals that were offline).
+    pub offline_window_ms: i64,
+    /// How far in the future `occurred_at` may be (terminal clock skew).
+    pub future_skew_max_ms: i64,
+    /// The most points in one transaction.
+    pub points_per_transaction_max: i64,
+    /// How far a signed query's issued_at may be from the server clock.
+    pub query_freshness_ms: i64,
+    /// "text" or "json".
+    pub log_format: String,
+    /// A tracing filter such as "info" or "coalition=debug"; RUST_LOG overrides it.
+    pub log_filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        let server = ServerConfig::default();
+        let limits = Limits::default();
+        Self {
+            listen_address: "127.0.0.1:50051".into(),
+            metrics_address: "127.0.0.1:9464".into(),
+            database_url: "sqlite://coalition.db".into(),
+            database_connections_max: 8,
+            admin_token: None,
+            batch_len_max: engine.batch_len_max,
+            writer_queue_len_max: engine.writer_queue_len_max,
+            batch_request_len_max: server.batch_request_len_max,
+            message_size_max_bytes: server.message_size_max_bytes,
+            connections_max: server.connections_max,
+            stream_in_flight_max: server.stream_in_flight_max,
+            history_page_len_max: server.history_page_len_max,
+            offline_window_ms: limits.offline_window_ms,
+            future_skew_max_ms: limits.future_skew_max_ms,
+            points_per_transaction_max: limits.points_per_transaction_max,
+            query_freshness_ms: server.query_freshness_ms,
+            log_format: "text".into(),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The prefix of environment variables that set configuration values.
+pub const ENVIRONMENT_PREFIX: &str = "COALITION_";
+
+/// Environment variables with the prefix that are not settings.
+const ENVIRONMENT_NOT_SETTINGS: &[&str] = &["COALITION_CONFIG", "COALITION_TEST_POSTGRES_URL"];
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default())
+            .map_err(|error| ConfigError::Invalid(error.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let from_file: toml::Table = text
+                .parse()
+                .map_err(|error| ConfigError::Invalid(format!("{}: {error}", path.display())))?;
+            for (key, value) in from_file {
+                table.insert(key, value);
+            }
+        }
+        for (name, value) in environment {
+            let Some(key) = name.strip_prefix(ENVIRONMENT_PREFIX) else {
+                continue;
+            };
+            if ENVIRONMENT_NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            // Numbers stay numbers only where the setting is a number, so a token of digits
+            // is still a string.
+            let value = match table.get(&key) {
+                Some(toml::Value::Integer(_)) => {
+                    toml::Value::Integer(value.parse().map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "{name} must be a whole number, got {value:?}"
+                        ))
+                    })?)
+                }
+                _ => toml::Value::String(value),
+            };
+            table.insert(key, value);
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("batch_len_max", self.batch_len_max as i64),
+            ("writer_queue_len_max", self.writer_queue_len_max as i64),
+            ("batch_request_len_max", self.batch_request_len_max as i64),
+            ("message_size_max_bytes", self.message_size_max_bytes as i64),
+            ("connections_max", self.connections_max as i64),
+            ("stream_in_flight_max", self.stream_in_flight_max as i64),
+            ("history_page_len_max", i64::from(self.history_page_len_max)),
+            ("offline_window_ms", self.offline_window_ms),
+            (
+                "points_per_transaction_max",
+                self.points_per_transaction_max,
+            ),
+            ("query_freshness_ms", self.query_freshness_ms),
+            (
+                "database_connections_max",
+                i64::from(self.database_connections_max),
+            ),
+        ];
+        for (name, value) in positive {
+            if value <= 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be positive, got {value}"
+                )));
+            }
+        }
+        if self.future_skew_max_ms < 0 {
+            return Err(ConfigError::Invalid(
+                "future_skew_max_ms cannot be negative".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format must be \"text\" or \"json\", got {:?}",
+                self.log_format
+            )));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            batch_len_max: self.batch_len_max,
+            writer_queue_len_max: self.writer_queue_len_max,
+            limits: Limits {
+                offline_window_ms: self.offline_window_ms,
+                future_skew_max_ms: self.future_skew_max_ms,
+                points_per_transaction_max: self.points_per_transaction_max,
+            },
+        }
+    }
+
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            admin_token: self.admin_token.clone(),
+            batch_request_len_max: self.batch_request_len_max,
+            message_size_max_bytes: self.message_size_max_bytes,
+            connections_max: self.connections_max,
+            stream_in_flight_max: self.stream_in_flight_max,
+            history_page_len_max: self.history_page_len_max,
+            query_freshness_ms: self.query_freshness_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let directory =
+            std::env::temp_dir().join(format!("coalition-config-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let file = directory.join("coalition.toml");
+        std::fs::write(
+            &file,
+            "batch_len_max = 100\nlisten_address = \"0.0.0.0:1\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            environment(&[
+                ("COALITION_BATCH_LEN_MAX", "7"),
+                ("COALITION_LOG_FORMAT", "json"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.batch_len_max, 7);
+        assert_eq!(config.listen_address, "0.0.0.0:1");
+        assert_eq!(config.log_format, "json");
+        assert_eq!(
+            config.offline_window_ms,
+            Limits::default().offline_window_ms
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let error =
+            Config::load(None, environment(&[("COALITION_BATCH_LEN_MAX", "0")])).unwrap_err();
+        assert!(error.to_string().contains("batch_len_max"), "{error}");
+        let error =
+            Config::load(None, environment(&[("COALITION_NO_SUCH_SETTING", "1")])).unwrap_err();
+        assert!(error.to_string().contains("no_such_setting"), "{error}");
+        let error =
+            Config::load(None, environment(&[("COALITION_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(error.to_string().contains("admin_token"), "{error}");
+    }
+}

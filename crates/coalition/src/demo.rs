@@ -1,0 +1,507 @@
+//! `coalition demo`: a server on a fresh embedded database, the mall's partners registered
+//! with real keys, a day of mall traffic driven through the gRPC API by several concurrent
+//! clients (batch, stream and one-at-a-time), then a summary and the ledger check.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use coalition_engine::Clock;
+use coalition_grpc::client::{
+    AdminServiceClient, AdminToken, QueryServiceClient, SubmissionServiceClient,
+};
+use coalition_grpc::pb;
+use coalition_storage::{ConnectOptions, Storage};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::runtime::RunningServer;
+use crate::workload::{Day, MallDayProfile, generate};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its database; a database left by an earlier run is replaced.
+    #[arg(long, default_value = "coalition-demo")]
+    pub dir: PathBuf,
+    /// Traffic as a multiple of one mall's day (1.0 = 60,000 earns and 12,000 burns).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Concurrent gateway clients: one streams, one sends one transaction per call, the rest
+    /// send batches.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Envelopes per batch call.
+    #[arg(long, default_value_t = 200)]
+    pub batch_len: usize,
+    /// Seed of the generated day.
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Use this database instead of a fresh SQLite file in --dir (it must be empty).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Outcomes as the clients saw them.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub call_latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn record(&mut self, result: Option<pb::SubmissionResult>) {
+        match result.and_then(|result| result.outcome) {
+            Some(pb::submission_result::Outcome::Accepted(accepted)) if accepted.duplicate => {
+                self.duplicates += 1
+            }
+            Some(pb::submission_result::Outcome::Accepted(_)) => self.accepted += 1,
+            Some(pb::submission_result::Outcome::Rejected(rejected)) => {
+                let reason = pb::RejectionReason::try_from(rejected.reason).unwrap_or_default();
+                *self
+                    .rejected
+                    .entry(reason.as_str_name().to_owned())
+                    .or_default() += 1;
+            }
+            None => *self.rejected.entry("NO_RESULT".to_owned()).or_default() += 1,
+        }
+    }
+
+    fn rejected(&self, reason: pb::RejectionReason) -> u64 {
+        self.rejected
+            .get(reason.as_str_name())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Batch,
+    Stream,
+    OneAtATime,
+}
+
+/// How many one-at-a-time calls one such client keeps in flight, as a POS fleet would.
+const ONE_AT_A_TIME_IN_FLIGHT: usize = 16;
+
+fn progress(total: usize, label: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// Sends all envelopes from `clients` concurrent clients; chunks are taken in time order.
+pub async fn drive(
+    channel: Channel,
+    envelopes: Vec<pb::Envelope>,
+    clients: usize,
+    batch_len: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Tally> {
+    let chunks: VecDeque<Vec<pb::Envelope>> = envelopes
+        .chunks(batch_len.max(1))
+        .map(|chunk| chunk.to_vec())
+        .collect();
+    let queue = Arc::new(Mutex::new(chunks));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut tasks = JoinSet::new();
+    for client in 0..clients.max(1) {
+        let mode = match client {
+            0 if clients >= 3 => Mode::Stream,
+            1 if clients >= 3 => Mode::OneAtATime,
+            _ => Mode::Batch,
+        };
+        let queue = queue.clone();
+        let tally = tally.clone();
+        let channel = channel.clone();
+        let bar = bar.clone();
+        tasks.spawn(async move {
+            let mut submissions = SubmissionServiceClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+            loop {
+                let Some(chunk) = queue.lock().expect("queue lock").pop_front() else {
+                    break;
+                };
+                let count = chunk.len() as u64;
+                let started = Instant::now();
+                let results = send_chunk(&mut submissions, mode, chunk).await?;
+                let elapsed = started.elapsed();
+                let mut tally = tally.lock().expect("tally lock");
+                if matches!(mode, Mode::Batch) {
+                    tally.call_latencies.push(elapsed);
+                }
+                for result in results {
+                    tally.record(result);
+                }
+                bar.inc(count);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    bar.finish();
+    let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
+    Ok(tally)
+}
+
+async fn send_chunk(
+    client: &mut SubmissionServiceClient<Channel>,
+    mode: Mode,
+    chunk: Vec<pb::Envelope>,
+) -> anyhow::Result<Vec<Option<pb::SubmissionResult>>> {
+    match mode {
+        Mode::Batch => {
+            let response = client
+                .submit_batch(pb::SubmitBatchRequest { envelopes: chunk })
+                .await
+                .context("SubmitBatch failed")?;
+            Ok(response
+                .into_inner()
+                .results
+                .into_iter()
+                .map(Some)
+                .collect())
+        }
+        Mode::Stream => {
+            let count = chunk.len();
+            let requests =
+                chunk
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, envelope)| pb::SubmitStreamRequest {
+                        client_reference: index.to_string(),
+                        envelope: Some(envelope),
+                    });
+            let mut responses = client
+                .submit_stream(tokio_stream::iter(requests))
+                .await
+                .context("SubmitStream failed")?
+                .into_inner();
+            let mut results = vec![None; count];
+            let mut received = 0;
+            while let Some(response) = responses.message().await.context("SubmitStream failed")? {
+                let index: usize = response
+                    .client_reference
+                    .parse()
+                    .context("client reference")?;
+                results[index] = response.result;
+                received += 1;
+            }
+            if received != count {
+                bail!("the stream answered {received} of {count} submissions");
+            }
+            Ok(results)
+        }
+        Mode::OneAtATime => {
+            let mut results = Vec::with_capacity(chunk.len());
+            let mut pending = chunk.into_iter();
+            loop {
+                let mut calls = JoinSet::new();
+                for (index, envelope) in pending.by_ref().take(ONE_AT_A_TIME_IN_FLIGHT).enumerate()
+                {
+                    let mut client = client.clone();
+                    calls.spawn(async move {
+                        let response = client
+                            .submit(pb::SubmitRequest {
+                                envelope: Some(envelope),
+                            })
+                            .await;
+                        (index, response)
+                    });
+                }
+                if calls.is_empty() {
+                    break;
+                }
+                let mut round = vec![None; calls.len()];
+                while let Some(joined) = calls.join_next().await {
+                    let (index, response) = joined?;
+                    round[index] = response.context("Submit failed")?.into_inner().result;
+                }
+                results.extend(round);
+            }
+            Ok(results)
+        }
+    }
+}
+
+/// Registers the day's merchants and enrolls its members through the admin API.
+pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::with_interceptor(channel, AdminToken::new(token)?);
+    for merchant in &day.merchants {
+        admin
+            .register_merchant(pb::RegisterMerchantRequest {
+                merchant_id: merchant.signer.merchant_id.clone(),
+                name: merchant.name.clone(),
+                category: merchant.category as i32,
+                keys: vec![pb::MerchantKey {
+                    key_id: merchant.signer.key_id.clone(),
+                    public_key: merchant.signer.key.verifying_key().as_bytes().to_vec(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .with_context(|| format!("registering {}", merchant.signer.merchant_id))?;
+    }
+    for members in day.members.chunks(5_000) {
+        let response = admin
+            .enroll_members(pb::EnrollMembersRequest {
+                members: members
+                    .iter()
+                    .map(|member_id| pb::MemberEnrollment {
+                        member_id: member_id.clone(),
+                        tier: None,
+                    })
+                    .collect(),
+            })
+            .await
+            .context("enrolling members")?
+            .into_inner();
+        if !response.refused.is_empty() {
+            bail!("members refused: {:?}", response.refused);
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(sorted.len() * percent / 100).min(sorted.len() - 1)]
+}
+
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+    Ok(hex::encode(bytes))
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let database_path = args.dir.join("coalition.db");
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            for suffix in ["", "-wal", "-shm"] {
+                let path = PathBuf::from(format!("{}{suffix}", database_path.display()));
+                if path.exists() {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                }
+            }
+            format!("sqlite://{}", database_path.display())
+        }
+    };
+    let token = random_token()?;
+    let config = Config {
+        listen_address: "127.0.0.1:0".into(),
+        metrics_address: "off".into(),
+        database_url: database_url.clone(),
+        admin_token: Some(token.clone()),
+        ..Config::default()
+    };
+    let server = RunningServer::start(&config).await?;
+    println!(
+        "Coalition demo: server on {} with database {}",
+        server.endpoint(),
+        crate::runtime::redacted(&database_url)
+    );
+    let channel = Channel::from_shared(server.endpoint())?.connect().await?;
+
+    let profile = MallDayProfile::scaled(args.scale);
+    // The simulated day ended a minute ago, so all of it lies within the offline window.
+    let day_end_ms = coalition_engine::SystemClock.now_ms() - 60_000;
+    let generation = Instant::now();
+    let day = generate(&profile, args.seed, day_end_ms);
+    println!(
+        "generated and signed a mall day in {:.1} s: {} partners, {} members, {} carry-in earns, {} submissions",
+        generation.elapsed().as_secs_f64(),
+        day.merchants.len(),
+        day.members.len(),
+        day.carry_in.len(),
+        day.traffic.len()
+    );
+    register(channel.clone(), &token, &day).await?;
+    println!(
+        "registered {} merchants with their keys and enrolled {} members",
+        day.merchants.len(),
+        day.members.len()
+    );
+
+    let bar = progress(day.carry_in.len(), "carry-in", args.quiet);
+    let carry_in = drive(
+        channel.clone(),
+        day.carry_in.clone(),
+        args.clients,
+        args.batch_len,
+        &bar,
+    )
+    .await?;
+    if carry_in.accepted != day.carry_in.len() as u64 {
+        bail!(
+            "carry-in: {} of {} accepted: {:?}",
+            carry_in.accepted,
+            day.carry_in.len(),
+            carry_in.rejected
+        );
+    }
+    let bar = progress(day.traffic.len(), "mall day", args.quiet);
+    let started = Instant::now();
+    let mut tally = drive(
+        channel.clone(),
+        day.traffic.clone(),
+        args.clients,
+        args.batch_len,
+        &bar,
+    )
+    .await?;
+    let elapsed = started.elapsed();
+
+    // Read back through the query API, as a POS would: a signed balance query.
+    let cinema = day
+        .merchants
+        .iter()
+        .find(|m| m.category == pb::MerchantCategory::Cinema)
+        .context("the day has a cinema")?;
+    let member = day.members[0].clone();
+    let (query, signature) = cinema.signer.sign_query(&pb::BalanceQuery {
+        merchant_id: cinema.signer.merchant_id.clone(),
+        issued_at_unix_ms: coalition_engine::SystemClock.now_ms(),
+        account_kind: pb::AccountKind::MemberWallet as i32,
+        owner_id: member.clone(),
+        as_of_unix_ms: None,
+    });
+    let balance = QueryServiceClient::new(channel.clone())
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await?
+        .into_inner();
+
+    server.shutdown().await?;
+
+    let expected = &day.expected;
+    let submissions = day.traffic.len() as u64;
+    println!();
+    println!("== The mall day, as the clients saw it ==");
+    println!("submissions           {submissions:>8}");
+    println!(
+        "accepted              {:>8}   (planted valid: {})",
+        tally.accepted, expected.unique_valid
+    );
+    println!(
+        "duplicates            {:>8}   (planted network retries: {}; original result returned, nothing applied twice)",
+        tally.duplicates, expected.duplicates
+    );
+    for (reason, count) in &tally.rejected {
+        println!("rejected {reason:<45} {count:>6}");
+    }
+    println!(
+        "planted faults        bad signatures {}, unknown members {}, burns beyond balance {}, changed-body retries {}",
+        expected.bad_signatures,
+        expected.unknown_members,
+        expected.burns_beyond_balance,
+        expected.changed_body_retries
+    );
+    tally.call_latencies.sort();
+    println!(
+        "throughput            {:.0} submissions/s over {:.1} s with {} clients; batch call latency p50 {:.1} ms, p99 {:.1} ms",
+        submissions as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        args.clients,
+        percentile(&tally.call_latencies, 50).as_secs_f64() * 1e3,
+        percentile(&tally.call_latencies, 99).as_secs_f64() * 1e3,
+    );
+    println!(
+        "signed balance query  {member} has {} points (as of entry {}), read by {}",
+        balance.points, balance.as_of_entry_sequence, cinema.signer.merchant_id
+    );
+
+    let as_planted = tally.accepted == expected.unique_valid as u64
+        && tally.duplicates == expected.duplicates as u64
+        && tally.rejected(pb::RejectionReason::SignatureInvalid) == expected.bad_signatures as u64
+        && tally.rejected(pb::RejectionReason::MemberUnknown) == expected.unknown_members as u64
+        && tally.rejected(pb::RejectionReason::PointsInsufficient)
+            == expected.burns_beyond_balance as u64
+        && tally.rejected(pb::RejectionReason::TransactionIdConflict)
+            == expected.changed_body_retries as u64
+        && tally.rejected.values().sum::<u64>()
+            == (expected.bad_signatures
+                + expected.unknown_members
+                + expected.burns_beyond_balance
+                + expected.changed_body_retries) as u64;
+
+    println!();
+    println!("== Ledger check (recomputed from the database after shutdown) ==");
+    let storage = Storage::connect(&ConnectOptions {
+        url: database_url,
+        connections_max: 2,
+    })
+    .await?;
+    let (ledger, report) = storage.replay().await?;
+    storage.close().await;
+    println!(
+        "entries {}, accounts {}, chain head {} at entry {}",
+        report.entries,
+        report.accounts,
+        hex::encode(report.head.hash),
+        report.head.sequence
+    );
+    let mut outstanding: Vec<(String, i64)> = ledger
+        .outstanding_by_issuer()
+        .into_iter()
+        .map(|(issuer, points)| (issuer.to_string(), points))
+        .collect();
+    outstanding.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let total: i64 = outstanding.iter().map(|(_, points)| points).sum();
+    println!(
+        "outstanding points    {total} across {} issuers; largest: {}",
+        outstanding.len(),
+        outstanding
+            .iter()
+            .take(3)
+            .map(|(i, p)| format!("{i} {p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    println!("database              {}", database_path.display());
+    if !report.is_sound() {
+        bail!(
+            "ledger check FAILED with {} problems",
+            report.problems.len()
+        );
+    }
+    println!(
+        "ledger check          OK: every entry balances, the hash chain verifies, balances and lots equal the postings"
+    );
+    if !as_planted {
+        bail!("the outcomes differ from what the generator planted");
+    }
+    println!("outcomes              exactly as planted");
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Starting and stopping a whole server: storage, engine and gRPC, as `coalition serve`, the
+//! demo, the benchmark and the integration tests all do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use coalition_engine::{Clock, Engine, SystemClock};
+use coalition_storage::{ConnectOptions, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// A running server.
+pub struct RunningServer {
+    pub address: SocketAddr,
+    pub engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Connects to the database, recovers the ledger, and starts serving on
+    /// `config.listen_address` (port 0 picks a free port).
+    pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<RunningServer> {
+        let storage = Storage::connect(&ConnectOptions {
+            url: config.database_url.clone(),
+            connections_max: config.database_connections_max,
+        })
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot open the database {}: {error:#}",
+                config.database_url
+            )
+            .context(error)
+        })?;
+        let engine = Engine::start(storage, config.engine(), clock).await?;
+        let listener = TcpListener::bind(&config.listen_address).await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(coalition_grpc::serve(
+            engine.clone(),
+            config.server(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tracing::info!(%address, database = %redacted(&config.database_url), "serving");
+        Ok(RunningServer {
+            address,
+            engine,
+            stop: Some(stop),
+            server,
+        })
+    }
+
+    /// The address for clients, e.g. `http://127.0.0.1:50051`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Graceful shutdown: stop accepting, let calls in flight finish (their batch commits and
+    /// is acknowledged), stop the writer, close the database.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.server).await;
+        self.engine.shutdown().await;
+        self.engine.storage().close().await;
+        served??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
