@@ -1,1 +1,346 @@
+//! Helpers for the end-to-end tests: a fresh database per test (a SQLite file in its own
+//! folder, or a PostgreSQL database created and dropped around the test), a real server on
+//! port 0, and real gRPC clients.
+//!
+//! PostgreSQL is reached at `COALITION_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`. A PostgreSQL test fails, never skips, when the
+//! server cannot be reached.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use coalition::config::Config;
+use coalition::runtime::RunningServer;
+use coalition_engine::{Clock, ManualClock, SystemClock};
+use coalition_grpc::client::{AdminServiceClient, AdminToken, MerchantSigner, QueryServiceClient, SubmissionServiceClient};
+use coalition_grpc::pb;
+use ed25519_dalek::SigningKey;
+use sqlx::Connection;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Runs each named test function (taking a `Backend`) once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+static NEXT_DATABASE: AtomicU64 = AtomicU64::new(0);
+
+/// The PostgreSQL server the tests use.
+pub fn postgres_base_url() -> String {
+    std::env::var("COALITION_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "coalition_test_{}_{}_{}",
+        std::process::id(),
+        NEXT_DATABASE.fetch_add(1, Ordering::SeqCst),
+        nanos
+    )
+}
+
+/// A database that exists for one test and is removed after it.
+pub struct TestDatabase {
+    pub url: String,
+    pub backend: Backend,
+    sqlite_dir: Option<PathBuf>,
+    postgres_name: Option<String>,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> TestDatabase {
+        let name = unique_name();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("create a temporary folder");
+                TestDatabase {
+                    url: format!("sqlite://{}", dir.join("coalition.db").display()),
+                    backend,
+                    sqlite_dir: Some(dir),
+                    postgres_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let base = postgres_base_url();
+                let mut connection = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|error| {
+                    panic!(
+                        "PostgreSQL tests need a server at {base} (set COALITION_TEST_POSTGRES_URL; \
+                         start one with `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {error}"
+                    )
+                });
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut connection)
+                    .await
+                    .expect("create the test database");
+                let _ = connection.close().await;
+                let (prefix, _) = base.rsplit_once('/').expect("the URL names a database");
+                TestDatabase {
+                    url: format!("{prefix}/{name}"),
+                    backend,
+                    sqlite_dir: None,
+                    postgres_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.sqlite_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(name) = self.postgres_name.take() {
+            // Drop runs inside the test's runtime; a thread with its own runtime may block.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_base_url()).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                            .execute(&mut connection)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub type Admin = AdminServiceClient<InterceptedService<Channel, AdminToken>>;
+
+/// A real server on a fresh database, with a clock the test controls.
+pub struct TestServer {
+    pub server: RunningServer,
+    pub database: TestDatabase,
+    pub clock: ManualClock,
+    pub channel: Channel,
+    pub config: Config,
+}
+
+/// The configuration tests run with.
+pub fn test_config(database_url: &str) -> Config {
+    Config {
+        listen_address: "127.0.0.1:0".into(),
+        metrics_address: "off".into(),
+        database_url: database_url.to_owned(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        batch_request_len_max: 1_000,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        let database = TestDatabase::new(backend).await;
+        let config = test_config(&database.url);
+        Self::start_on(database, config).await
+    }
+
+    pub async fn start_on(database: TestDatabase, config: Config) -> TestServer {
+        let clock = ManualClock::new(SystemClock.now_ms());
+        let server = RunningServer::start_with_clock(&config, Arc::new(clock.clone()))
+            .await
+            .expect("the server starts");
+        let channel = Channel::from_shared(server.endpoint()).unwrap().connect().await.expect("connect");
+        TestServer {
+            server,
+            database,
+            clock,
+            channel,
+            config,
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(self) -> TestServer {
+        let TestServer { server, database, config, .. } = self;
+        server.shutdown().await.expect("graceful shutdown");
+        Self::start_on(database, config).await
+    }
+
+    pub fn admin(&self) -> Admin {
+        AdminServiceClient::with_interceptor(self.channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap())
+    }
+
+    pub fn submissions(&self) -> SubmissionServiceClient<Channel> {
+        SubmissionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn queries(&self) -> QueryServiceClient<Channel> {
+        QueryServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin_queries(&self) -> QueryServiceClient<InterceptedService<Channel, AdminToken>> {
+        QueryServiceClient::with_interceptor(self.channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap())
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Registers a merchant with a fresh key `key-1`.
+    pub async fn merchant(&self, merchant_id: &str, category: pb::MerchantCategory) -> MerchantSigner {
+        let key = new_key();
+        self.admin()
+            .register_merchant(pb::RegisterMerchantRequest {
+                merchant_id: merchant_id.into(),
+                name: format!("Merchant {merchant_id}"),
+                category: category as i32,
+                keys: vec![pb::MerchantKey {
+                    key_id: "key-1".into(),
+                    public_key: key.verifying_key().as_bytes().to_vec(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .expect("register the merchant");
+        MerchantSigner::new(merchant_id, "key-1", key)
+    }
+
+    pub async fn enroll(&self, members: &[&str]) {
+        let response = self
+            .admin()
+            .enroll_members(pb::EnrollMembersRequest {
+                members: members
+                    .iter()
+                    .map(|member| pb::MemberEnrollment {
+                        member_id: member.to_string(),
+                        tier: None,
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("enroll")
+            .into_inner();
+        assert!(response.refused.is_empty(), "{:?}", response.refused);
+    }
+
+    /// A transaction body happening now.
+    pub fn body(&self, signer: &MerchantSigner, kind: pb::TransactionKind, transaction_id: &str, member: &str, points: i64) -> pb::TransactionBody {
+        pb::TransactionBody {
+            merchant_id: signer.merchant_id.clone(),
+            merchant_transaction_id: transaction_id.into(),
+            kind: kind as i32,
+            member_id: member.into(),
+            points,
+            spend_minor: None,
+            occurred_at_unix_ms: self.now_ms(),
+            store_id: "store-1".into(),
+            terminal_id: "pos-1".into(),
+        }
+    }
+
+    pub async fn submit(&self, envelope: pb::Envelope) -> pb::SubmissionResult {
+        self.submissions()
+            .submit(pb::SubmitRequest { envelope: Some(envelope) })
+            .await
+            .expect("Submit answers")
+            .into_inner()
+            .result
+            .expect("a result")
+    }
+
+    pub async fn earn(&self, signer: &MerchantSigner, transaction_id: &str, member: &str, points: i64) -> pb::SubmissionResult {
+        let body = self.body(signer, pb::TransactionKind::Earn, transaction_id, member, points);
+        self.submit(signer.envelope(&body)).await
+    }
+
+    pub async fn burn(&self, signer: &MerchantSigner, transaction_id: &str, member: &str, points: i64) -> pb::SubmissionResult {
+        let body = self.body(signer, pb::TransactionKind::Burn, transaction_id, member, points);
+        self.submit(signer.envelope(&body)).await
+    }
+
+    /// A member's balance read with the admin token.
+    pub async fn balance(&self, member: &str) -> i64 {
+        let query = pb::BalanceQuery {
+            merchant_id: String::new(),
+            issued_at_unix_ms: self.now_ms(),
+            account_kind: pb::AccountKind::MemberWallet as i32,
+            owner_id: member.into(),
+            as_of_unix_ms: None,
+        };
+        self.admin_queries()
+            .get_balance(pb::GetBalanceRequest {
+                query: prost::Message::encode_to_vec(&query),
+                signature: None,
+            })
+            .await
+            .expect("GetBalance")
+            .into_inner()
+            .points
+    }
+
+    /// Runs the ledger check against the test database.
+    pub async fn check(&self) -> coalition_storage::CheckReport {
+        check_database(&self.database.url).await
+    }
+}
+
+pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
+    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
+        url: url.to_owned(),
+        connections_max: 2,
+    })
+    .await
+    .expect("connect for the check");
+    let (_, report) = storage.replay().await.expect("replay");
+    storage.close().await;
+    report
+}
+
+/// A fresh random signing key.
+pub fn new_key() -> SigningKey {
+    coalition::cli::generate_key().expect("randomness")
+}
+
+/// The accepted outcome, or a panic naming what came instead.
+pub fn accepted(result: &pb::SubmissionResult) -> &pb::Accepted {
+    match &result.outcome {
+        Some(pb::submission_result::Outcome::Accepted(accepted)) => accepted,
+        other => panic!("expected acceptance, got {other:?}"),
+    }
+}
+
+/// The rejection reason, or a panic naming what came instead.
+pub fn rejection(result: &pb::SubmissionResult) -> pb::RejectionReason {
+    match &result.outcome {
+        Some(pb::submission_result::Outcome::Rejected(rejected)) => {
+            assert!(!rejected.message.is_empty(), "a rejection explains itself");
+            pb::RejectionReason::try_from(rejected.reason).expect("a known reason")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
