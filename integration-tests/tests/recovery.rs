@@ -1,0 +1,224 @@
+//! Durability and recovery with a real server process: `kill -9` under load loses no
+//! acknowledged transaction and leaves no partial one; SIGTERM finishes the batch in flight;
+//! a tampered journal is caught by the check command and refused at startup.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coalition_domain::{MerchantId, MerchantTransactionId};
+use coalition_grpc::client::{AdminServiceClient, AdminToken, MerchantSigner, SubmissionServiceClient};
+use coalition_grpc::pb;
+use coalition_integration_tests::{ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, check_database, new_key, on_both_backends, test_config};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+const LOAD_CLIENTS: usize = 4;
+const LOAD_BATCH_LEN: usize = 50;
+
+/// Starts the real binary on `database_url` and returns it with its address.
+fn spawn_server(database_url: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
+        .arg("serve")
+        .env("COALITION_DATABASE_URL", database_url)
+        .env("COALITION_LISTEN_ADDRESS", "127.0.0.1:0")
+        .env("COALITION_METRICS_ADDRESS", "off")
+        .env("COALITION_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("COALITION_LOG_FILTER", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the server binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the address");
+    let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    (child, format!("http://{address}"))
+}
+
+struct Load {
+    acknowledged: Arc<Mutex<Vec<(String, u64)>>>,
+    tasks: JoinSet<()>,
+}
+
+/// Registers a merchant and members, then submits earns from several clients until stopped,
+/// recording every acknowledged transaction id with its entry sequence.
+async fn start_load(endpoint: &str) -> Load {
+    let channel = Channel::from_shared(endpoint.to_owned()).unwrap().connect().await.unwrap();
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap());
+    let key = new_key();
+    admin
+        .register_merchant(pb::RegisterMerchantRequest {
+            merchant_id: "tenant-1".into(),
+            name: "Tenant".into(),
+            category: pb::MerchantCategory::MallTenant as i32,
+            keys: vec![pb::MerchantKey { key_id: "key-1".into(), public_key: key.verifying_key().as_bytes().to_vec(), ..Default::default() }],
+        })
+        .await
+        .unwrap();
+    admin
+        .enroll_members(pb::EnrollMembersRequest {
+            members: (0..50).map(|n| pb::MemberEnrollment { member_id: format!("m-{n}"), tier: None }).collect(),
+        })
+        .await
+        .unwrap();
+    let signer = MerchantSigner::new("tenant-1", "key-1", key);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = JoinSet::new();
+    for client in 0..LOAD_CLIENTS {
+        let mut submissions = SubmissionServiceClient::new(channel.clone());
+        let signer = signer.clone();
+        let acknowledged = acknowledged.clone();
+        tasks.spawn(async move {
+            for round in 0.. {
+                let now = coalition_engine::Clock::now_ms(&coalition_engine::SystemClock);
+                let envelopes: Vec<pb::Envelope> = (0..LOAD_BATCH_LEN)
+                    .map(|n| {
+                        signer.envelope(&pb::TransactionBody {
+                            merchant_id: "tenant-1".into(),
+                            merchant_transaction_id: format!("c{client}-r{round}-n{n}"),
+                            kind: pb::TransactionKind::Earn as i32,
+                            member_id: format!("m-{}", n % 50),
+                            points: 10,
+                            spend_minor: None,
+                            occurred_at_unix_ms: now,
+                            store_id: "store-1".into(),
+                            terminal_id: "pos-1".into(),
+                        })
+                    })
+                    .collect();
+                let Ok(response) = submissions.submit_batch(pb::SubmitBatchRequest { envelopes }).await else {
+                    return;
+                };
+                let mut acknowledged = acknowledged.lock().unwrap();
+                for result in response.into_inner().results {
+                    let sequence = accepted(&result).entry_sequence;
+                    acknowledged.push((result.merchant_transaction_id, sequence));
+                }
+            }
+        });
+    }
+    Load { acknowledged, tasks }
+}
+
+async fn wait_for_acknowledged(load: &Load, count: usize) {
+    let started = Instant::now();
+    while load.acknowledged.lock().unwrap().len() < count {
+        assert!(started.elapsed() < Duration::from_secs(60), "the load did not get going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every acknowledged transaction is in the database with the sequence it was acknowledged
+/// with, and the books are sound.
+async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged: &[(String, u64)]) {
+    let report = check_database(database_url).await;
+    assert!(report.is_sound(), "{:?}", report.problems);
+    assert!(report.entries as usize >= acknowledged.len(), "{} entries, {} acknowledged", report.entries, acknowledged.len());
+    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions { url: database_url.into(), connections_max: 2 })
+        .await
+        .unwrap();
+    let merchant = MerchantId::new("tenant-1").unwrap();
+    for (transaction_id, sequence) in acknowledged {
+        let entry = storage
+            .entry_by_transaction(&merchant, &MerchantTransactionId::new(transaction_id.clone()).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged transaction {transaction_id} is missing"));
+        assert_eq!(entry.sequence, *sequence);
+    }
+    storage.close().await;
+}
+
+async fn kill_9_under_load_loses_no_acknowledged_transaction(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let (mut child, endpoint) = spawn_server(&database.url);
+    let mut load = start_load(&endpoint).await;
+    wait_for_acknowledged(&load, 2_000).await;
+    child.kill().expect("SIGKILL the server");
+    child.wait().unwrap();
+    while load.tasks.join_next().await.is_some() {}
+    let acknowledged = load.acknowledged.lock().unwrap().clone();
+    assert_all_acknowledged_are_committed(&database.url, &acknowledged).await;
+
+    // The server recovers and carries on from the recovered head.
+    let report = check_database(&database.url).await;
+    let config = test_config(&database.url);
+    let server = TestServer::start_on(database, config).await;
+    let signer = server.merchant("tenant-2", pb::MerchantCategory::MallTenant).await;
+    let next = server.earn(&signer, "after-crash", "m-1", 5).await;
+    assert_eq!(accepted(&next).entry_sequence, report.head.sequence + 1);
+    assert!(server.check().await.is_sound());
+}
+
+async fn sigterm_finishes_the_batch_in_flight_and_exits_cleanly(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let (mut child, endpoint) = spawn_server(&database.url);
+    let mut load = start_load(&endpoint).await;
+    wait_for_acknowledged(&load, 1_000).await;
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    while load.tasks.join_next().await.is_some() {}
+    let acknowledged = load.acknowledged.lock().unwrap().clone();
+    assert_all_acknowledged_are_committed(&database.url, &acknowledged).await;
+    let report = check_database(&database.url).await;
+    assert_eq!(report.entries as usize, acknowledged.len(), "after a graceful stop every committed entry was acknowledged");
+}
+
+/// Alters one committed entry behind the append-only guard.
+async fn tamper(database: &TestDatabase) {
+    match database.backend {
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut connection = sqlx::SqliteConnection::connect(&database.url).await.unwrap();
+            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await;
+            assert!(guarded.unwrap_err().to_string().contains("append-only"));
+            sqlx::query("DROP TRIGGER entries_append_only_update").execute(&mut connection).await.unwrap();
+            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await.unwrap();
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await;
+            assert!(guarded.unwrap_err().to_string().contains("append-only"));
+            sqlx::query("ALTER TABLE entries DISABLE TRIGGER entries_append_only").execute(&mut connection).await.unwrap();
+            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await.unwrap();
+        }
+    }
+}
+
+async fn a_tampered_journal_is_reported_and_refused_at_startup(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    server.enroll(&["m-1"]).await;
+    for index in 0..3 {
+        accepted(&server.earn(&tenant, &format!("e-{index}"), "m-1", 10).await);
+    }
+    let TestServer { server: running, database, config, .. } = server;
+    running.shutdown().await.unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
+        .args(["check", "--database-url", &database.url])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    tamper(&database).await;
+    let report = check_database(&database.url).await;
+    assert!(report.problems.iter().any(|p| p.contains("entry 2") && p.contains("hash")), "{:?}", report.problems);
+    let check = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
+        .args(["check", "--database-url", &database.url])
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("problem: entry 2"));
+    let refused = coalition::runtime::RunningServer::start(&config).await;
+    assert!(refused.is_err(), "a server must not start on a tampered journal");
+}
+
+on_both_backends!(
+    kill_9_under_load_loses_no_acknowledged_transaction,
+    sigterm_finishes_the_batch_in_flight_and_exits_cleanly,
+    a_tampered_journal_is_reported_and_refused_at_startup,
+);
