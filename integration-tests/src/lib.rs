@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use coalition::config::Config;
 use coalition::runtime::RunningServer;
 use coalition_engine::{Clock, ManualClock, SystemClock};
-use coalition_grpc::client::{AdminServiceClient, AdminToken, MerchantSigner, QueryServiceClient, SubmissionServiceClient};
+use coalition_grpc::client::{
+    AdminServiceClient, AdminToken, MerchantSigner, QueryServiceClient, SubmissionServiceClient,
+};
 use coalition_grpc::pb;
 use ed25519_dalek::SigningKey;
 use sqlx::Connection;
@@ -55,7 +57,8 @@ static NEXT_DATABASE: AtomicU64 = AtomicU64::new(0);
 
 /// The PostgreSQL server the tests use.
 pub fn postgres_base_url() -> String {
-    std::env::var("COALITION_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("COALITION_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 fn unique_name() -> String {
@@ -125,12 +128,19 @@ impl Drop for TestDatabase {
         if let Some(name) = self.postgres_name.take() {
             // Drop runs inside the test's runtime; a thread with its own runtime may block.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
                 runtime.block_on(async {
-                    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_base_url()).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                            .execute(&mut connection)
-                            .await;
+                    if let Ok(mut connection) =
+                        sqlx::PgConnection::connect(&postgres_base_url()).await
+                    {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut connection)
+                        .await;
                     }
                 });
             })
@@ -174,7 +184,11 @@ impl TestServer {
         let server = RunningServer::start_with_clock(&config, Arc::new(clock.clone()))
             .await
             .expect("the server starts");
-        let channel = Channel::from_shared(server.endpoint()).unwrap().connect().await.expect("connect");
+        let channel = Channel::from_shared(server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
         TestServer {
             server,
             database,
@@ -186,13 +200,21 @@ impl TestServer {
 
     /// Stops the server gracefully and starts a new one on the same database.
     pub async fn restart(self) -> TestServer {
-        let TestServer { server, database, config, .. } = self;
+        let TestServer {
+            server,
+            database,
+            config,
+            ..
+        } = self;
         server.shutdown().await.expect("graceful shutdown");
         Self::start_on(database, config).await
     }
 
     pub fn admin(&self) -> Admin {
-        AdminServiceClient::with_interceptor(self.channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap())
+        AdminServiceClient::with_interceptor(
+            self.channel.clone(),
+            AdminToken::new(ADMIN_TOKEN).unwrap(),
+        )
     }
 
     pub fn submissions(&self) -> SubmissionServiceClient<Channel> {
@@ -204,7 +226,10 @@ impl TestServer {
     }
 
     pub fn admin_queries(&self) -> QueryServiceClient<InterceptedService<Channel, AdminToken>> {
-        QueryServiceClient::with_interceptor(self.channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap())
+        QueryServiceClient::with_interceptor(
+            self.channel.clone(),
+            AdminToken::new(ADMIN_TOKEN).unwrap(),
+        )
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -212,7 +237,11 @@ impl TestServer {
     }
 
     /// Registers a merchant with a fresh key `key-1`.
-    pub async fn merchant(&self, merchant_id: &str, category: pb::MerchantCategory) -> MerchantSigner {
+    pub async fn merchant(
+        &self,
+        merchant_id: &str,
+        category: pb::MerchantCategory,
+    ) -> MerchantSigner {
         let key = new_key();
         self.admin()
             .register_merchant(pb::RegisterMerchantRequest {
@@ -249,7 +278,14 @@ impl TestServer {
     }
 
     /// A transaction body happening now.
-    pub fn body(&self, signer: &MerchantSigner, kind: pb::TransactionKind, transaction_id: &str, member: &str, points: i64) -> pb::TransactionBody {
+    pub fn body(
+        &self,
+        signer: &MerchantSigner,
+        kind: pb::TransactionKind,
+        transaction_id: &str,
+        member: &str,
+        points: i64,
+    ) -> pb::TransactionBody {
         pb::TransactionBody {
             merchant_id: signer.merchant_id.clone(),
             merchant_transaction_id: transaction_id.into(),
@@ -265,7 +301,9 @@ impl TestServer {
 
     pub async fn submit(&self, envelope: pb::Envelope) -> pb::SubmissionResult {
         self.submissions()
-            .submit(pb::SubmitRequest { envelope: Some(envelope) })
+            .submit(pb::SubmitRequest {
+                envelope: Some(envelope),
+            })
             .await
             .expect("Submit answers")
             .into_inner()
@@ -273,13 +311,37 @@ impl TestServer {
             .expect("a result")
     }
 
-    pub async fn earn(&self, signer: &MerchantSigner, transaction_id: &str, member: &str, points: i64) -> pb::SubmissionResult {
-        let body = self.body(signer, pb::TransactionKind::Earn, transaction_id, member, points);
+    pub async fn earn(
+        &self,
+        signer: &MerchantSigner,
+        transaction_id: &str,
+        member: &str,
+        points: i64,
+    ) -> pb::SubmissionResult {
+        let body = self.body(
+            signer,
+            pb::TransactionKind::Earn,
+            transaction_id,
+            member,
+            points,
+        );
         self.submit(signer.envelope(&body)).await
     }
 
-    pub async fn burn(&self, signer: &MerchantSigner, transaction_id: &str, member: &str, points: i64) -> pb::SubmissionResult {
-        let body = self.body(signer, pb::TransactionKind::Burn, transaction_id, member, points);
+    pub async fn burn(
+        &self,
+        signer: &MerchantSigner,
+        transaction_id: &str,
+        member: &str,
+        points: i64,
+    ) -> pb::SubmissionResult {
+        let body = self.body(
+            signer,
+            pb::TransactionKind::Burn,
+            transaction_id,
+            member,
+            points,
+        );
         self.submit(signer.envelope(&body)).await
     }
 

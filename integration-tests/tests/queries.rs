@@ -8,13 +8,19 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 
 async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
-    let cinema = server.merchant("cinema-1", pb::MerchantCategory::Cinema).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
     server.enroll(&["m-1"]).await;
     let mut times = Vec::new();
     for index in 0..7 {
         server.clock.advance(1_000);
-        let result = server.earn(&tenant, &format!("e-{index}"), "m-1", 100).await;
+        let result = server
+            .earn(&tenant, &format!("e-{index}"), "m-1", 100)
+            .await;
         times.push(accepted(&result).accepted_at_unix_ms);
     }
     server.clock.advance(1_000);
@@ -29,12 +35,27 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
         owner_id: "m-1".into(),
         as_of_unix_ms: time,
     };
-    let balance = |query: pb::BalanceQuery| pb::GetBalanceRequest { query: query.encode_to_vec(), signature: None };
-    let then = queries.get_balance(balance(as_of(Some(times[2])))).await.unwrap().into_inner();
+    let balance = |query: pb::BalanceQuery| pb::GetBalanceRequest {
+        query: query.encode_to_vec(),
+        signature: None,
+    };
+    let then = queries
+        .get_balance(balance(as_of(Some(times[2]))))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((then.points, then.as_of_entry_sequence), (300, 3));
-    let now = queries.get_balance(balance(as_of(None))).await.unwrap().into_inner();
+    let now = queries
+        .get_balance(balance(as_of(None)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((now.points, now.as_of_entry_sequence), (450, 8));
-    let before_all = queries.get_balance(balance(as_of(Some(times[0] - 1)))).await.unwrap().into_inner();
+    let before_all = queries
+        .get_balance(balance(as_of(Some(times[0] - 1))))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(before_all.points, 0);
 
     // History, newest first, three per page, for the operator.
@@ -49,13 +70,20 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
             page_len: 3,
         };
         let page = queries
-            .get_member_history(pb::GetMemberHistoryRequest { query: query.encode_to_vec(), signature: None })
+            .get_member_history(pb::GetMemberHistoryRequest {
+                query: query.encode_to_vec(),
+                signature: None,
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(page.member_points_balance, 450);
         for entry in &page.entries {
-            assert_eq!(entry.postings.iter().map(|p| p.amount).sum::<i64>(), 0, "entries balance");
+            assert_eq!(
+                entry.postings.iter().map(|p| p.amount).sum::<i64>(),
+                0,
+                "entries balance"
+            );
             assert_eq!(entry.hash.len(), 32);
         }
         sequences.extend(page.entries.iter().map(|entry| entry.sequence));
@@ -76,7 +104,10 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
     });
     let page = server
         .queries()
-        .get_member_history(pb::GetMemberHistoryRequest { query, signature: Some(signature) })
+        .get_member_history(pb::GetMemberHistoryRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -87,8 +118,12 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
 
 async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
-    let cinema = server.merchant("cinema-1", pb::MerchantCategory::Cinema).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
     server.enroll(&["m-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
     let mut queries = server.queries();
@@ -100,18 +135,30 @@ async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
         transaction_merchant_id: merchant.into(),
         merchant_transaction_id: "e-1".into(),
     };
-    let (query, signature) = tenant.sign_query(&pb::TransactionQuery { merchant_id: "tenant-1".into(), ..transaction("tenant-1") });
+    let (query, signature) = tenant.sign_query(&pb::TransactionQuery {
+        merchant_id: "tenant-1".into(),
+        ..transaction("tenant-1")
+    });
     let entry = queries
-        .get_transaction(pb::GetTransactionRequest { query, signature: Some(signature) })
+        .get_transaction(pb::GetTransactionRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap()
         .into_inner()
         .entry
         .unwrap();
-    assert_eq!((entry.sequence, entry.points, entry.member_points_balance), (1, 100, 100));
+    assert_eq!(
+        (entry.sequence, entry.points, entry.member_points_balance),
+        (1, 100, 100)
+    );
     let (query, signature) = cinema.sign_query(&transaction("tenant-1"));
     let denied = queries
-        .get_transaction(pb::GetTransactionRequest { query, signature: Some(signature) })
+        .get_transaction(pb::GetTransactionRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -126,21 +173,34 @@ async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
     };
     let (query, signature) = cinema.sign_query(&balance(pb::AccountKind::MemberWallet, "m-1"));
     let points = queries
-        .get_balance(pb::GetBalanceRequest { query, signature: Some(signature) })
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap()
         .into_inner()
         .points;
     assert_eq!(points, 100);
-    let (query, signature) = cinema.sign_query(&balance(pb::AccountKind::MerchantIssued, "tenant-1"));
+    let (query, signature) =
+        cinema.sign_query(&balance(pb::AccountKind::MerchantIssued, "tenant-1"));
     let denied = queries
-        .get_balance(pb::GetBalanceRequest { query, signature: Some(signature) })
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    let (query, signature) = tenant.sign_query(&pb::BalanceQuery { merchant_id: "tenant-1".into(), ..balance(pb::AccountKind::MerchantIssued, "tenant-1") });
+    let (query, signature) = tenant.sign_query(&pb::BalanceQuery {
+        merchant_id: "tenant-1".into(),
+        ..balance(pb::AccountKind::MerchantIssued, "tenant-1")
+    });
     let issued = queries
-        .get_balance(pb::GetBalanceRequest { query, signature: Some(signature) })
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -149,28 +209,62 @@ async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
     // A signature by one merchant over a query naming another, a stale query, a forged
     // signature, and no credentials at all are refused.
     let (query, signature) = tenant.sign_query(&balance(pb::AccountKind::MemberWallet, "m-1"));
-    let refused = queries.get_balance(pb::GetBalanceRequest { query, signature: Some(signature) }).await.unwrap_err();
+    let refused = queries
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let (query, signature) = cinema.sign_query(&pb::BalanceQuery {
         issued_at_unix_ms: server.now_ms() - 3_600_000,
         ..balance(pb::AccountKind::MemberWallet, "m-1")
     });
-    let stale = queries.get_balance(pb::GetBalanceRequest { query, signature: Some(signature) }).await.unwrap_err();
+    let stale = queries
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::Unauthenticated);
     let (query, mut signature) = cinema.sign_query(&balance(pb::AccountKind::MemberWallet, "m-1"));
     signature.signature[3] ^= 1;
-    let forged = queries.get_balance(pb::GetBalanceRequest { query: query.clone(), signature: Some(signature) }).await.unwrap_err();
+    let forged = queries
+        .get_balance(pb::GetBalanceRequest {
+            query: query.clone(),
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(forged.code(), tonic::Code::Unauthenticated);
-    assert!(forged.message().contains("signature_invalid"), "{}", forged.message());
-    let anonymous = queries.get_balance(pb::GetBalanceRequest { query, signature: None }).await.unwrap_err();
+    assert!(
+        forged.message().contains("signature_invalid"),
+        "{}",
+        forged.message()
+    );
+    let anonymous = queries
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
 }
 
 async fn admin_calls_need_the_token(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut unauthenticated = coalition_grpc::client::AdminServiceClient::new(server.channel.clone());
+    let mut unauthenticated =
+        coalition_grpc::client::AdminServiceClient::new(server.channel.clone());
     let refused = unauthenticated
-        .enroll_members(pb::EnrollMembersRequest { members: vec![pb::MemberEnrollment { member_id: "m-1".into(), tier: None }] })
+        .enroll_members(pb::EnrollMembersRequest {
+            members: vec![pb::MemberEnrollment {
+                member_id: "m-1".into(),
+                tier: None,
+            }],
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
@@ -178,7 +272,12 @@ async fn admin_calls_need_the_token(backend: Backend) {
         server.channel.clone(),
         coalition_grpc::client::AdminToken::new("not-the-admin-token-at-all").unwrap(),
     );
-    let refused = wrong.get_merchant(pb::GetMerchantRequest { merchant_id: "x".into() }).await.unwrap_err();
+    let refused = wrong
+        .get_merchant(pb::GetMerchantRequest {
+            merchant_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     // Bad admin input gets a specific error and changes nothing.
     let bad = server
@@ -193,14 +292,23 @@ async fn admin_calls_need_the_token(backend: Backend) {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("merchant_id"), "{}", bad.message());
-    server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     let twice = server
         .admin()
         .register_merchant(pb::RegisterMerchantRequest {
             merchant_id: "tenant-1".into(),
             name: "again".into(),
             category: pb::MerchantCategory::MallTenant as i32,
-            keys: vec![pb::MerchantKey { key_id: "k".into(), public_key: coalition_integration_tests::new_key().verifying_key().as_bytes().to_vec(), ..Default::default() }],
+            keys: vec![pb::MerchantKey {
+                key_id: "k".into(),
+                public_key: coalition_integration_tests::new_key()
+                    .verifying_key()
+                    .as_bytes()
+                    .to_vec(),
+                ..Default::default()
+            }],
         })
         .await
         .unwrap_err();
@@ -208,46 +316,91 @@ async fn admin_calls_need_the_token(backend: Backend) {
     let enrolled = server
         .admin()
         .enroll_members(pb::EnrollMembersRequest {
-            members: ["m-1", "m-1", "bad id"].iter().map(|m| pb::MemberEnrollment { member_id: m.to_string(), tier: None }).collect(),
+            members: ["m-1", "m-1", "bad id"]
+                .iter()
+                .map(|m| pb::MemberEnrollment {
+                    member_id: m.to_string(),
+                    tier: None,
+                })
+                .collect(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((enrolled.enrolled, enrolled.already_enrolled, enrolled.refused.len()), (1, 1, 1));
+    assert_eq!(
+        (
+            enrolled.enrolled,
+            enrolled.already_enrolled,
+            enrolled.refused.len()
+        ),
+        (1, 1, 1)
+    );
 }
 
 async fn health_and_reflection_answer(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "coalition.v1.SubmissionService".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "coalition.v1.SubmissionService".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            server.channel.clone(),
+        );
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
-    let Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = response.message_response
+    else {
         panic!("expected a service list");
     };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
-    for expected in ["coalition.v1.SubmissionService", "coalition.v1.QueryService", "coalition.v1.AdminService"] {
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in [
+        "coalition.v1.SubmissionService",
+        "coalition.v1.QueryService",
+        "coalition.v1.AdminService",
+    ] {
         assert!(names.contains(&expected.to_string()), "{names:?}");
     }
-    let mut alpha = tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
+    let mut alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            server.channel.clone(),
+        );
     let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
             "coalition.v1.TransactionBody".into(),
         )),
     };
-    let mut responses = alpha.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
     assert!(matches!(
         response.message_response,

@@ -8,9 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coalition_domain::{MerchantId, MerchantTransactionId};
-use coalition_grpc::client::{AdminServiceClient, AdminToken, MerchantSigner, SubmissionServiceClient};
+use coalition_grpc::client::{
+    AdminServiceClient, AdminToken, MerchantSigner, SubmissionServiceClient,
+};
 use coalition_grpc::pb;
-use coalition_integration_tests::{ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, check_database, new_key, on_both_backends, test_config};
+use coalition_integration_tests::{
+    ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, check_database, new_key,
+    on_both_backends, test_config,
+};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -32,8 +37,14 @@ fn spawn_server(database_url: &str) -> (Child, String) {
         .spawn()
         .expect("start the server binary");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the address");
-    let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read the address");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
     (child, format!("http://{address}"))
 }
 
@@ -45,21 +56,37 @@ struct Load {
 /// Registers a merchant and members, then submits earns from several clients until stopped,
 /// recording every acknowledged transaction id with its entry sequence.
 async fn start_load(endpoint: &str) -> Load {
-    let channel = Channel::from_shared(endpoint.to_owned()).unwrap().connect().await.unwrap();
-    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap());
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::with_interceptor(
+        channel.clone(),
+        AdminToken::new(ADMIN_TOKEN).unwrap(),
+    );
     let key = new_key();
     admin
         .register_merchant(pb::RegisterMerchantRequest {
             merchant_id: "tenant-1".into(),
             name: "Tenant".into(),
             category: pb::MerchantCategory::MallTenant as i32,
-            keys: vec![pb::MerchantKey { key_id: "key-1".into(), public_key: key.verifying_key().as_bytes().to_vec(), ..Default::default() }],
+            keys: vec![pb::MerchantKey {
+                key_id: "key-1".into(),
+                public_key: key.verifying_key().as_bytes().to_vec(),
+                ..Default::default()
+            }],
         })
         .await
         .unwrap();
     admin
         .enroll_members(pb::EnrollMembersRequest {
-            members: (0..50).map(|n| pb::MemberEnrollment { member_id: format!("m-{n}"), tier: None }).collect(),
+            members: (0..50)
+                .map(|n| pb::MemberEnrollment {
+                    member_id: format!("m-{n}"),
+                    tier: None,
+                })
+                .collect(),
         })
         .await
         .unwrap();
@@ -88,7 +115,10 @@ async fn start_load(endpoint: &str) -> Load {
                         })
                     })
                     .collect();
-                let Ok(response) = submissions.submit_batch(pb::SubmitBatchRequest { envelopes }).await else {
+                let Ok(response) = submissions
+                    .submit_batch(pb::SubmitBatchRequest { envelopes })
+                    .await
+                else {
                     return;
                 };
                 let mut acknowledged = acknowledged.lock().unwrap();
@@ -99,13 +129,19 @@ async fn start_load(endpoint: &str) -> Load {
             }
         });
     }
-    Load { acknowledged, tasks }
+    Load {
+        acknowledged,
+        tasks,
+    }
 }
 
 async fn wait_for_acknowledged(load: &Load, count: usize) {
     let started = Instant::now();
     while load.acknowledged.lock().unwrap().len() < count {
-        assert!(started.elapsed() < Duration::from_secs(60), "the load did not get going");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load did not get going"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -115,14 +151,25 @@ async fn wait_for_acknowledged(load: &Load, count: usize) {
 async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged: &[(String, u64)]) {
     let report = check_database(database_url).await;
     assert!(report.is_sound(), "{:?}", report.problems);
-    assert!(report.entries as usize >= acknowledged.len(), "{} entries, {} acknowledged", report.entries, acknowledged.len());
-    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions { url: database_url.into(), connections_max: 2 })
-        .await
-        .unwrap();
+    assert!(
+        report.entries as usize >= acknowledged.len(),
+        "{} entries, {} acknowledged",
+        report.entries,
+        acknowledged.len()
+    );
+    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
+        url: database_url.into(),
+        connections_max: 2,
+    })
+    .await
+    .unwrap();
     let merchant = MerchantId::new("tenant-1").unwrap();
     for (transaction_id, sequence) in acknowledged {
         let entry = storage
-            .entry_by_transaction(&merchant, &MerchantTransactionId::new(transaction_id.clone()).unwrap())
+            .entry_by_transaction(
+                &merchant,
+                &MerchantTransactionId::new(transaction_id.clone()).unwrap(),
+            )
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("acknowledged transaction {transaction_id} is missing"));
@@ -146,7 +193,9 @@ async fn kill_9_under_load_loses_no_acknowledged_transaction(backend: Backend) {
     let report = check_database(&database.url).await;
     let config = test_config(&database.url);
     let server = TestServer::start_on(database, config).await;
-    let signer = server.merchant("tenant-2", pb::MerchantCategory::MallTenant).await;
+    let signer = server
+        .merchant("tenant-2", pb::MerchantCategory::MallTenant)
+        .await;
     let next = server.earn(&signer, "after-crash", "m-1", 5).await;
     assert_eq!(accepted(&next).entry_sequence, report.head.sequence + 1);
     assert!(server.check().await.is_sound());
@@ -157,7 +206,11 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_cleanly(backend: Backend
     let (mut child, endpoint) = spawn_server(&database.url);
     let mut load = start_load(&endpoint).await;
     wait_for_acknowledged(&load, 1_000).await;
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
@@ -165,7 +218,11 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_cleanly(backend: Backend
     let acknowledged = load.acknowledged.lock().unwrap().clone();
     assert_all_acknowledged_are_committed(&database.url, &acknowledged).await;
     let report = check_database(&database.url).await;
-    assert_eq!(report.entries as usize, acknowledged.len(), "after a graceful stop every committed entry was acknowledged");
+    assert_eq!(
+        report.entries as usize,
+        acknowledged.len(),
+        "after a graceful stop every committed entry was acknowledged"
+    );
 }
 
 /// Alters one committed entry behind the append-only guard.
@@ -173,40 +230,76 @@ async fn tamper(database: &TestDatabase) {
     match database.backend {
         Backend::Sqlite => {
             use sqlx::Connection;
-            let mut connection = sqlx::SqliteConnection::connect(&database.url).await.unwrap();
-            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await;
+            let mut connection = sqlx::SqliteConnection::connect(&database.url)
+                .await
+                .unwrap();
+            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2")
+                .execute(&mut connection)
+                .await;
             assert!(guarded.unwrap_err().to_string().contains("append-only"));
-            sqlx::query("DROP TRIGGER entries_append_only_update").execute(&mut connection).await.unwrap();
-            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await.unwrap();
+            sqlx::query("DROP TRIGGER entries_append_only_update")
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2")
+                .execute(&mut connection)
+                .await
+                .unwrap();
         }
         Backend::Postgres => {
             use sqlx::Connection;
             let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
-            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await;
+            let guarded = sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2")
+                .execute(&mut connection)
+                .await;
             assert!(guarded.unwrap_err().to_string().contains("append-only"));
-            sqlx::query("ALTER TABLE entries DISABLE TRIGGER entries_append_only").execute(&mut connection).await.unwrap();
-            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2").execute(&mut connection).await.unwrap();
+            sqlx::query("ALTER TABLE entries DISABLE TRIGGER entries_append_only")
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE entries SET points = points + 1 WHERE sequence = 2")
+                .execute(&mut connection)
+                .await
+                .unwrap();
         }
     }
 }
 
 async fn a_tampered_journal_is_reported_and_refused_at_startup(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["m-1"]).await;
     for index in 0..3 {
         accepted(&server.earn(&tenant, &format!("e-{index}"), "m-1", 10).await);
     }
-    let TestServer { server: running, database, config, .. } = server;
+    let TestServer {
+        server: running,
+        database,
+        config,
+        ..
+    } = server;
     running.shutdown().await.unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
         .args(["check", "--database-url", &database.url])
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     tamper(&database).await;
     let report = check_database(&database.url).await;
-    assert!(report.problems.iter().any(|p| p.contains("entry 2") && p.contains("hash")), "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("entry 2") && p.contains("hash")),
+        "{:?}",
+        report.problems
+    );
     let check = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
         .args(["check", "--database-url", &database.url])
         .output()
@@ -214,7 +307,10 @@ async fn a_tampered_journal_is_reported_and_refused_at_startup(backend: Backend)
     assert!(!check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("problem: entry 2"));
     let refused = coalition::runtime::RunningServer::start(&config).await;
-    assert!(refused.is_err(), "a server must not start on a tampered journal");
+    assert!(
+        refused.is_err(),
+        "a server must not start on a tampered journal"
+    );
 }
 
 on_both_backends!(

@@ -4,11 +4,19 @@
 use coalition_domain::RejectionReason;
 use coalition_grpc::client::MerchantSigner;
 use coalition_grpc::pb;
-use coalition_integration_tests::{Backend, TestServer, accepted, new_key, on_both_backends, rejection};
+use coalition_integration_tests::{
+    Backend, TestServer, accepted, new_key, on_both_backends, rejection,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 
-async fn add_key(server: &TestServer, merchant: &str, key_id: &str, from: i64, until: Option<i64>) -> MerchantSigner {
+async fn add_key(
+    server: &TestServer,
+    merchant: &str,
+    key_id: &str,
+    from: i64,
+    until: Option<i64>,
+) -> MerchantSigner {
     let key = new_key();
     server
         .admin()
@@ -30,21 +38,37 @@ async fn add_key(server: &TestServer, merchant: &str, key_id: &str, from: i64, u
 async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backend) {
     let server = TestServer::start(backend).await;
     let now = server.now_ms();
-    let tenant = server.merchant("tenant", pb::MerchantCategory::MallTenant).await;
-    let suspended = server.merchant("suspended-shop", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant", pb::MerchantCategory::MallTenant)
+        .await;
+    let suspended = server
+        .merchant("suspended-shop", pb::MerchantCategory::MallTenant)
+        .await;
     server
         .admin()
-        .suspend_merchant(pb::SuspendMerchantRequest { merchant_id: "suspended-shop".into() })
+        .suspend_merchant(pb::SuspendMerchantRequest {
+            merchant_id: "suspended-shop".into(),
+        })
         .await
         .unwrap();
     let revoked = add_key(&server, "tenant", "old", 0, None).await;
     server
         .admin()
-        .revoke_merchant_key(pb::RevokeMerchantKeyRequest { merchant_id: "tenant".into(), key_id: "old".into() })
+        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+            merchant_id: "tenant".into(),
+            key_id: "old".into(),
+        })
         .await
         .unwrap();
     let future = add_key(&server, "tenant", "future", now + HOUR_MS, None).await;
-    let expired = add_key(&server, "tenant", "expired", now - 2 * HOUR_MS, Some(now - HOUR_MS)).await;
+    let expired = add_key(
+        &server,
+        "tenant",
+        "expired",
+        now - 2 * HOUR_MS,
+        Some(now - HOUR_MS),
+    )
+    .await;
     server.enroll(&["m-1", "m-poor"]).await;
     let first = server.earn(&tenant, "dup-1", "m-1", 10).await;
     accepted(&first);
@@ -60,32 +84,99 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
     wrong_key.key = new_key();
 
     let cases: Vec<(RejectionReason, pb::Envelope)> = vec![
-        (RejectionReason::SignatureMalformed, pb::Envelope { signature: vec![1; 10], ..signed(earn("t-1")) }),
-        (RejectionReason::MerchantUnknown, pb::Envelope { merchant_id: "nobody".into(), ..signed(earn("t-2")) }),
-        (RejectionReason::MerchantSuspended, suspended.envelope(&server.body(&suspended, pb::TransactionKind::Earn, "t-3", "m-1", 10))),
-        (RejectionReason::KeyUnknown, pb::Envelope { key_id: "key-9".into(), ..signed(earn("t-4")) }),
+        (
+            RejectionReason::SignatureMalformed,
+            pb::Envelope {
+                signature: vec![1; 10],
+                ..signed(earn("t-1"))
+            },
+        ),
+        (
+            RejectionReason::MerchantUnknown,
+            pb::Envelope {
+                merchant_id: "nobody".into(),
+                ..signed(earn("t-2"))
+            },
+        ),
+        (
+            RejectionReason::MerchantSuspended,
+            suspended.envelope(&server.body(
+                &suspended,
+                pb::TransactionKind::Earn,
+                "t-3",
+                "m-1",
+                10,
+            )),
+        ),
+        (
+            RejectionReason::KeyUnknown,
+            pb::Envelope {
+                key_id: "key-9".into(),
+                ..signed(earn("t-4"))
+            },
+        ),
         (RejectionReason::KeyRevoked, revoked.envelope(&earn("t-5"))),
-        (RejectionReason::KeyNotYetValid, future.envelope(&earn("t-6"))),
+        (
+            RejectionReason::KeyNotYetValid,
+            future.envelope(&earn("t-6")),
+        ),
         (RejectionReason::KeyExpired, expired.envelope(&earn("t-7"))),
-        (RejectionReason::SignatureInvalid, wrong_key.envelope(&earn("t-8"))),
-        (RejectionReason::BodyMalformed, tenant.envelope_for_bytes(vec![0xff, 0xff, 0xff])),
-        (RejectionReason::BodyMerchantMismatch, with_body(&|b| b.merchant_id = "suspended-shop".into())),
-        (RejectionReason::TransactionIdInvalid, with_body(&|b| b.merchant_transaction_id = "bad id!".into())),
+        (
+            RejectionReason::SignatureInvalid,
+            wrong_key.envelope(&earn("t-8")),
+        ),
+        (
+            RejectionReason::BodyMalformed,
+            tenant.envelope_for_bytes(vec![0xff, 0xff, 0xff]),
+        ),
+        (
+            RejectionReason::BodyMerchantMismatch,
+            with_body(&|b| b.merchant_id = "suspended-shop".into()),
+        ),
+        (
+            RejectionReason::TransactionIdInvalid,
+            with_body(&|b| b.merchant_transaction_id = "bad id!".into()),
+        ),
         (RejectionReason::KindUnspecified, with_body(&|b| b.kind = 0)),
-        (RejectionReason::MemberIdInvalid, with_body(&|b| b.member_id = String::new())),
+        (
+            RejectionReason::MemberIdInvalid,
+            with_body(&|b| b.member_id = String::new()),
+        ),
         (RejectionReason::PointsInvalid, with_body(&|b| b.points = 0)),
-        (RejectionReason::DetailsInvalid, with_body(&|b| b.store_id = String::new())),
-        (RejectionReason::OccurredAtInFuture, with_body(&|b| b.occurred_at_unix_ms = now + HOUR_MS)),
-        (RejectionReason::OccurredAtBeyondOfflineWindow, with_body(&|b| b.occurred_at_unix_ms = now - 73 * HOUR_MS)),
-        (RejectionReason::TransactionIdConflict, with_body(&|b| { b.merchant_transaction_id = "dup-1".into(); b.points = 11; })),
-        (RejectionReason::MemberUnknown, with_body(&|b| b.member_id = "stranger".into())),
+        (
+            RejectionReason::DetailsInvalid,
+            with_body(&|b| b.store_id = String::new()),
+        ),
+        (
+            RejectionReason::OccurredAtInFuture,
+            with_body(&|b| b.occurred_at_unix_ms = now + HOUR_MS),
+        ),
+        (
+            RejectionReason::OccurredAtBeyondOfflineWindow,
+            with_body(&|b| b.occurred_at_unix_ms = now - 73 * HOUR_MS),
+        ),
+        (
+            RejectionReason::TransactionIdConflict,
+            with_body(&|b| {
+                b.merchant_transaction_id = "dup-1".into();
+                b.points = 11;
+            }),
+        ),
+        (
+            RejectionReason::MemberUnknown,
+            with_body(&|b| b.member_id = "stranger".into()),
+        ),
         (
             RejectionReason::PointsInsufficient,
             signed(server.body(&tenant, pb::TransactionKind::Burn, "t-9", "m-poor", 5)),
         ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();
-    assert_eq!(covered, RejectionReason::ALL.to_vec(), "every reason has a case, in precedence order");
+    assert_eq!(
+        covered,
+        RejectionReason::ALL.to_vec(),
+        "every reason has a case, in precedence order"
+    );
 
     for (reason, envelope) in cases {
         let result = server.submit(envelope).await;

@@ -4,22 +4,38 @@
 use std::collections::HashSet;
 
 use coalition_grpc::pb;
-use coalition_integration_tests::{Backend, TestServer, accepted, new_key, on_both_backends, rejection};
+use coalition_integration_tests::{
+    Backend, TestServer, accepted, new_key, on_both_backends, rejection,
+};
 use tokio::task::JoinSet;
 
 async fn earn_then_burn_moves_points_and_books_balanced_entries(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
-    let cinema = server.merchant("cinema-1", pb::MerchantCategory::Cinema).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
     server.enroll(&["m-1"]).await;
 
     let earned = server.earn(&tenant, "e-1", "m-1", 500).await;
     let earned = accepted(&earned);
-    assert_eq!((earned.entry_sequence, earned.points, earned.member_points_balance), (1, 500, 500));
+    assert_eq!(
+        (
+            earned.entry_sequence,
+            earned.points,
+            earned.member_points_balance
+        ),
+        (1, 500, 500)
+    );
     assert!(!earned.duplicate);
     let burned = server.burn(&cinema, "b-1", "m-1", 200).await;
     let burned = accepted(&burned);
-    assert_eq!((burned.entry_sequence, burned.member_points_balance), (2, 300));
+    assert_eq!(
+        (burned.entry_sequence, burned.member_points_balance),
+        (2, 300)
+    );
     assert_eq!(burned.kind, pb::TransactionKind::Burn as i32);
     assert_eq!(server.balance("m-1").await, 300);
     let report = server.check().await;
@@ -29,7 +45,9 @@ async fn earn_then_burn_moves_points_and_books_balanced_entries(backend: Backend
 
 async fn a_retry_returns_the_original_result_and_a_changed_body_conflicts(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["m-1"]).await;
     let body = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 100);
     let envelope = tenant.envelope(&body);
@@ -44,25 +62,44 @@ async fn a_retry_returns_the_original_result_and_a_changed_body_conflicts(backen
     let mut changed = body.clone();
     changed.points = 101;
     let conflict = server.submit(tenant.envelope(&changed)).await;
-    assert_eq!(rejection(&conflict), pb::RejectionReason::TransactionIdConflict);
+    assert_eq!(
+        rejection(&conflict),
+        pb::RejectionReason::TransactionIdConflict
+    );
     assert_eq!(server.balance("m-1").await, 100, "nothing applied twice");
     // Another merchant may use the same transaction id: ids are per merchant.
-    let other = server.merchant("tenant-2", pb::MerchantCategory::MallTenant).await;
+    let other = server
+        .merchant("tenant-2", pb::MerchantCategory::MallTenant)
+        .await;
     accepted(&server.earn(&other, "e-1", "m-1", 1).await);
 }
 
 async fn a_batch_keeps_every_good_item_around_the_bad_ones(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["m-1", "m-2"]).await;
     let mut envelopes = Vec::new();
     for index in 0..40 {
-        let body = server.body(&tenant, pb::TransactionKind::Earn, &format!("e-{index}"), "m-1", 10);
+        let body = server.body(
+            &tenant,
+            pb::TransactionKind::Earn,
+            &format!("e-{index}"),
+            "m-1",
+            10,
+        );
         let mut envelope = tenant.envelope(&body);
         match index % 4 {
             1 => envelope.signature[0] ^= 1,
             2 => {
-                let body = server.body(&tenant, pb::TransactionKind::Burn, &format!("b-{index}"), "m-2", 1_000);
+                let body = server.body(
+                    &tenant,
+                    pb::TransactionKind::Burn,
+                    &format!("b-{index}"),
+                    "m-2",
+                    1_000,
+                );
                 envelope = tenant.envelope(&body);
             }
             _ => {}
@@ -99,17 +136,29 @@ async fn a_batch_keeps_every_good_item_around_the_bad_ones(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
-    assert!(too_many.message().contains("at most"), "{}", too_many.message());
+    assert!(
+        too_many.message().contains("at most"),
+        "{}",
+        too_many.message()
+    );
 }
 
 async fn the_stream_answers_every_request_with_its_reference(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["m-1"]).await;
     let requests: Vec<pb::SubmitStreamRequest> = (0..200)
         .map(|index| {
             let member = if index == 7 { "stranger" } else { "m-1" };
-            let body = server.body(&tenant, pb::TransactionKind::Earn, &format!("s-{index}"), member, 1);
+            let body = server.body(
+                &tenant,
+                pb::TransactionKind::Earn,
+                &format!("s-{index}"),
+                member,
+                1,
+            );
             pb::SubmitStreamRequest {
                 client_reference: format!("ref-{index}"),
                 envelope: Some(tenant.envelope(&body)),
@@ -138,20 +187,38 @@ async fn the_stream_answers_every_request_with_its_reference(backend: Backend) {
 
 async fn concurrent_burns_for_one_member_never_overdraw(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
-    let cinema = server.merchant("cinema-1", pb::MerchantCategory::Cinema).await;
-    let parking = server.merchant("parking-1", pb::MerchantCategory::Parking).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
+    let parking = server
+        .merchant("parking-1", pb::MerchantCategory::Parking)
+        .await;
     server.enroll(&["m-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 1_000).await);
     let mut burns = JoinSet::new();
     for index in 0..30 {
-        let signer = if index % 2 == 0 { cinema.clone() } else { parking.clone() };
-        let body = server.body(&signer, pb::TransactionKind::Burn, &format!("b-{index}"), "m-1", 100);
+        let signer = if index % 2 == 0 {
+            cinema.clone()
+        } else {
+            parking.clone()
+        };
+        let body = server.body(
+            &signer,
+            pb::TransactionKind::Burn,
+            &format!("b-{index}"),
+            "m-1",
+            100,
+        );
         let envelope = signer.envelope(&body);
         let mut client = server.submissions();
         burns.spawn(async move {
             client
-                .submit(pb::SubmitRequest { envelope: Some(envelope) })
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope),
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -181,7 +248,9 @@ async fn concurrent_burns_for_one_member_never_overdraw(backend: Backend) {
 
 async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["m-1"]).await;
     let new = new_key();
     let mut admin = server.admin();
@@ -197,15 +266,24 @@ async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
         .await
         .unwrap();
     admin
-        .revoke_merchant_key(pb::RevokeMerchantKeyRequest { merchant_id: "tenant-1".into(), key_id: "key-1".into() })
+        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+            merchant_id: "tenant-1".into(),
+            key_id: "key-1".into(),
+        })
         .await
         .unwrap();
-    assert_eq!(rejection(&server.earn(&tenant, "e-1", "m-1", 1).await), pb::RejectionReason::KeyRevoked);
+    assert_eq!(
+        rejection(&server.earn(&tenant, "e-1", "m-1", 1).await),
+        pb::RejectionReason::KeyRevoked
+    );
     let rotated = coalition_grpc::client::MerchantSigner::new("tenant-1", "key-2", new);
     accepted(&server.earn(&rotated, "e-2", "m-1", 1).await);
     // Revoking twice, duplicate keys and weak keys are refused with clear errors.
     let again = admin
-        .revoke_merchant_key(pb::RevokeMerchantKeyRequest { merchant_id: "tenant-1".into(), key_id: "key-1".into() })
+        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+            merchant_id: "tenant-1".into(),
+            key_id: "key-1".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
@@ -214,45 +292,81 @@ async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
     let refused = admin
         .add_merchant_key(pb::AddMerchantKeyRequest {
             merchant_id: "tenant-1".into(),
-            key: Some(pb::MerchantKey { key_id: "weak".into(), public_key: weak.to_vec(), ..Default::default() }),
+            key: Some(pb::MerchantKey {
+                key_id: "weak".into(),
+                public_key: weak.to_vec(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("weak"), "{}", refused.message());
-    admin.suspend_merchant(pb::SuspendMerchantRequest { merchant_id: "tenant-1".into() }).await.unwrap();
-    assert_eq!(rejection(&server.earn(&rotated, "e-3", "m-1", 1).await), pb::RejectionReason::MerchantSuspended);
-    admin.reactivate_merchant(pb::ReactivateMerchantRequest { merchant_id: "tenant-1".into() }).await.unwrap();
+    admin
+        .suspend_merchant(pb::SuspendMerchantRequest {
+            merchant_id: "tenant-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rejection(&server.earn(&rotated, "e-3", "m-1", 1).await),
+        pb::RejectionReason::MerchantSuspended
+    );
+    admin
+        .reactivate_merchant(pb::ReactivateMerchantRequest {
+            merchant_id: "tenant-1".into(),
+        })
+        .await
+        .unwrap();
     accepted(&server.earn(&rotated, "e-3", "m-1", 1).await);
     let shown = admin
-        .get_merchant(pb::GetMerchantRequest { merchant_id: "tenant-1".into() })
+        .get_merchant(pb::GetMerchantRequest {
+            merchant_id: "tenant-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(shown.keys.len(), 2);
-    assert!(shown.keys.iter().any(|key| key.key_id == "key-1" && key.revoked_at_unix_ms.is_some()));
+    assert!(
+        shown
+            .keys
+            .iter()
+            .any(|key| key.key_id == "key-1" && key.revoked_at_unix_ms.is_some())
+    );
     // The registry survives a restart.
     let server = server.restart().await;
-    assert_eq!(rejection(&server.earn(&tenant, "e-4", "m-1", 1).await), pb::RejectionReason::KeyRevoked);
+    assert_eq!(
+        rejection(&server.earn(&tenant, "e-4", "m-1", 1).await),
+        pb::RejectionReason::KeyRevoked
+    );
     accepted(&server.earn(&rotated, "e-4", "m-1", 1).await);
 }
 
 async fn aliases_merge_wallets_and_resolve_later_submissions(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server.merchant("tenant-1", pb::MerchantCategory::MallTenant).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
     server.enroll(&["card-1", "app-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "card-1", 300).await);
     accepted(&server.earn(&tenant, "e-2", "app-1", 200).await);
     let merged = server
         .admin()
-        .alias_member(pb::AliasMemberRequest { alias_member_id: "card-1".into(), target_member_id: "app-1".into() })
+        .alias_member(pb::AliasMemberRequest {
+            alias_member_id: "card-1".into(),
+            target_member_id: "app-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(merged.points_moved, 300);
     assert_eq!(merged.merge_entry_sequence, Some(3));
     assert_eq!(server.balance("app-1").await, 500);
-    assert_eq!(server.balance("card-1").await, 500, "the alias reads the target's wallet");
+    assert_eq!(
+        server.balance("card-1").await,
+        500,
+        "the alias reads the target's wallet"
+    );
     let burned = server.burn(&tenant, "b-1", "card-1", 450).await;
     assert_eq!(accepted(&burned).member_id, "app-1");
     assert_eq!(server.balance("app-1").await, 50);
