@@ -54,6 +54,7 @@ pub struct Tally {
     pub accepted: u64,
     pub duplicates: u64,
     pub rejected: BTreeMap<String, u64>,
+    /// Round-trip time of every call (of every chunk, for streams).
     pub call_latencies: Vec<Duration>,
 }
 
@@ -83,17 +84,30 @@ impl Tally {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Mode {
+/// How a client sends its share of the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// SubmitBatch calls of `batch_len` envelopes.
     Batch,
+    /// One SubmitStream per chunk of `batch_len` envelopes.
     Stream,
+    /// One Submit per envelope, 16 in flight per client, as a fleet of POS terminals.
     OneAtATime,
+}
+
+/// Which clients use which mode.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientMix {
+    /// One client streams, one sends one at a time, the rest send batches (the demo).
+    Gateways,
+    /// Every client uses the same mode (the benchmark).
+    All(Mode),
 }
 
 /// How many one-at-a-time calls one such client keeps in flight, as a POS fleet would.
 const ONE_AT_A_TIME_IN_FLIGHT: usize = 16;
 
-fn progress(total: usize, label: &str, quiet: bool) -> ProgressBar {
+pub fn progress(total: usize, label: &str, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
@@ -113,6 +127,7 @@ pub async fn drive(
     envelopes: Vec<pb::Envelope>,
     clients: usize,
     batch_len: usize,
+    mix: ClientMix,
     bar: &ProgressBar,
 ) -> anyhow::Result<Tally> {
     let chunks: VecDeque<Vec<pb::Envelope>> = envelopes
@@ -123,10 +138,11 @@ pub async fn drive(
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = JoinSet::new();
     for client in 0..clients.max(1) {
-        let mode = match client {
-            0 if clients >= 3 => Mode::Stream,
-            1 if clients >= 3 => Mode::OneAtATime,
-            _ => Mode::Batch,
+        let mode = match (mix, client) {
+            (ClientMix::All(mode), _) => mode,
+            (ClientMix::Gateways, 0) if clients >= 3 => Mode::Stream,
+            (ClientMix::Gateways, 1) if clients >= 3 => Mode::OneAtATime,
+            (ClientMix::Gateways, _) => Mode::Batch,
         };
         let queue = queue.clone();
         let tally = tally.clone();
@@ -141,13 +157,9 @@ pub async fn drive(
                     break;
                 };
                 let count = chunk.len() as u64;
-                let started = Instant::now();
-                let results = send_chunk(&mut submissions, mode, chunk).await?;
-                let elapsed = started.elapsed();
+                let (results, latencies) = send_chunk(&mut submissions, mode, chunk).await?;
                 let mut tally = tally.lock().expect("tally lock");
-                if matches!(mode, Mode::Batch) {
-                    tally.call_latencies.push(elapsed);
-                }
+                tally.call_latencies.extend(latencies);
                 for result in results {
                     tally.record(result);
                 }
@@ -168,19 +180,21 @@ async fn send_chunk(
     client: &mut SubmissionServiceClient<Channel>,
     mode: Mode,
     chunk: Vec<pb::Envelope>,
-) -> anyhow::Result<Vec<Option<pb::SubmissionResult>>> {
+) -> anyhow::Result<(Vec<Option<pb::SubmissionResult>>, Vec<Duration>)> {
+    let started = Instant::now();
     match mode {
         Mode::Batch => {
             let response = client
                 .submit_batch(pb::SubmitBatchRequest { envelopes: chunk })
                 .await
                 .context("SubmitBatch failed")?;
-            Ok(response
+            let results = response
                 .into_inner()
                 .results
                 .into_iter()
                 .map(Some)
-                .collect())
+                .collect();
+            Ok((results, vec![started.elapsed()]))
         }
         Mode::Stream => {
             let count = chunk.len();
@@ -210,10 +224,11 @@ async fn send_chunk(
             if received != count {
                 bail!("the stream answered {received} of {count} submissions");
             }
-            Ok(results)
+            Ok((results, vec![started.elapsed()]))
         }
         Mode::OneAtATime => {
             let mut results = Vec::with_capacity(chunk.len());
+            let mut latencies = Vec::with_capacity(chunk.len());
             let mut pending = chunk.into_iter();
             loop {
                 let mut calls = JoinSet::new();
@@ -221,12 +236,13 @@ async fn send_chunk(
                 {
                     let mut client = client.clone();
                     calls.spawn(async move {
+                        let started = Instant::now();
                         let response = client
                             .submit(pb::SubmitRequest {
                                 envelope: Some(envelope),
                             })
                             .await;
-                        (index, response)
+                        (index, response, started.elapsed())
                     });
                 }
                 if calls.is_empty() {
@@ -234,12 +250,13 @@ async fn send_chunk(
                 }
                 let mut round = vec![None; calls.len()];
                 while let Some(joined) = calls.join_next().await {
-                    let (index, response) = joined?;
+                    let (index, response, latency) = joined?;
                     round[index] = response.context("Submit failed")?.into_inner().result;
+                    latencies.push(latency);
                 }
                 results.extend(round);
             }
-            Ok(results)
+            Ok((results, latencies))
         }
     }
 }
@@ -283,14 +300,15 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+/// The value below which `percent` of the sorted durations fall.
+pub fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
     sorted[(sorted.len() * percent / 100).min(sorted.len() - 1)]
 }
 
-fn random_token() -> anyhow::Result<String> {
+pub fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
     Ok(hex::encode(bytes))
@@ -355,6 +373,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         day.carry_in.clone(),
         args.clients,
         args.batch_len,
+        ClientMix::Gateways,
         &bar,
     )
     .await?;
@@ -373,6 +392,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         day.traffic.clone(),
         args.clients,
         args.batch_len,
+        ClientMix::Gateways,
         &bar,
     )
     .await?;
@@ -427,7 +447,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     tally.call_latencies.sort();
     println!(
-        "throughput            {:.0} submissions/s over {:.1} s with {} clients; batch call latency p50 {:.1} ms, p99 {:.1} ms",
+        "throughput            {:.0} submissions/s over {:.1} s with {} clients; call latency p50 {:.1} ms, p99 {:.1} ms",
         submissions as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         args.clients,

@@ -1,1 +1,189 @@
-fn main() {}
+//! The submission benchmark: a real server on a fresh database (SQLite or PostgreSQL), the
+//! mall-day workload pre-signed, then driven over gRPC by concurrent clients. Prints sustained
+//! throughput and call latency percentiles. See docs/benchmarks.md.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use coalition::config::Config;
+use coalition::demo::{ClientMix, Mode, drive, percentile, progress, random_token, register};
+use coalition::runtime::RunningServer;
+use coalition::workload::{MallDayProfile, generate};
+use coalition_engine::{Clock, SystemClock};
+use sqlx::Connection;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure submission throughput and latency over gRPC")]
+struct Args {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    /// The PostgreSQL server; a fresh database is created on it and dropped afterwards.
+    #[arg(
+        long,
+        env = "COALITION_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Traffic as a multiple of one mall's day (72,000 submissions and 40,000 members each).
+    #[arg(long, default_value_t = 3.0)]
+    days: f64,
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Envelopes per call (per stream chunk).
+    #[arg(long, default_value_t = 500)]
+    batch_len: usize,
+    #[arg(long, value_enum, default_value = "batch")]
+    mode: Mode,
+    /// The writer's batch limit (submissions per database transaction).
+    #[arg(long, default_value_t = 4096)]
+    writer_batch_len_max: usize,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scratch = std::env::temp_dir().join(format!("coalition-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let postgres_database = format!("coalition_bench_{}", std::process::id());
+    let database_url = match args.backend {
+        Backend::Sqlite => format!("sqlite://{}", scratch.join("bench.db").display()),
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&args.postgres_url)
+                .await
+                .context("connect to PostgreSQL")?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {postgres_database}"
+            )))
+            .execute(&mut connection)
+            .await?;
+            let (prefix, _) = args
+                .postgres_url
+                .rsplit_once('/')
+                .context("the URL names a database")?;
+            format!("{prefix}/{postgres_database}")
+        }
+    };
+    let result = run(&args, &database_url).await;
+    if args.backend == Backend::Postgres {
+        let mut connection = sqlx::PgConnection::connect(&args.postgres_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {postgres_database} WITH (FORCE)"
+        )))
+        .execute(&mut connection)
+        .await?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
+    let token = random_token()?;
+    let config = Config {
+        listen_address: "127.0.0.1:0".into(),
+        metrics_address: "off".into(),
+        database_url: database_url.to_owned(),
+        admin_token: Some(token.clone()),
+        batch_len_max: args.writer_batch_len_max,
+        ..Config::default()
+    };
+    let server = RunningServer::start(&config).await?;
+    let channel = Channel::from_shared(server.endpoint())?.connect().await?;
+    let day = generate(
+        &MallDayProfile::scaled(args.days),
+        1,
+        SystemClock.now_ms() - 60_000,
+    );
+    register(channel.clone(), &token, &day).await?;
+    let bar = progress(day.carry_in.len(), "carry-in", true);
+    let started = Instant::now();
+    let carry_in = drive(
+        channel.clone(),
+        day.carry_in.clone(),
+        args.clients,
+        args.batch_len,
+        ClientMix::All(args.mode),
+        &bar,
+    )
+    .await?;
+    let carry_in_seconds = started.elapsed().as_secs_f64();
+    let bar = progress(day.traffic.len(), "mall day", true);
+    let started = Instant::now();
+    let mut tally = drive(
+        channel,
+        day.traffic.clone(),
+        args.clients,
+        args.batch_len,
+        ClientMix::All(args.mode),
+        &bar,
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    server.shutdown().await?;
+
+    tally.call_latencies.sort();
+    let millis = |percent| percentile(&tally.call_latencies, percent).as_secs_f64() * 1e3;
+    println!("machine       {}", machine());
+    println!(
+        "backend       {:?} ({})",
+        args.backend,
+        coalition::runtime::redacted(database_url)
+    );
+    println!(
+        "load          {:?} calls of {} envelopes from {} clients; writer batches up to {}",
+        args.mode,
+        if args.mode == Mode::OneAtATime {
+            1
+        } else {
+            args.batch_len
+        },
+        args.clients,
+        args.writer_batch_len_max
+    );
+    println!(
+        "carry-in      {} earns in {:.2} s = {:.0} tx/s",
+        day.carry_in.len(),
+        carry_in_seconds,
+        carry_in.accepted as f64 / carry_in_seconds
+    );
+    println!(
+        "mall day      {} submissions ({} accepted, {} duplicates, {} rejected) in {:.2} s = {:.0} tx/s",
+        day.traffic.len(),
+        tally.accepted,
+        tally.duplicates,
+        tally.rejected.values().sum::<u64>(),
+        seconds,
+        day.traffic.len() as f64 / seconds
+    );
+    println!(
+        "call latency  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} calls",
+        millis(50),
+        millis(99),
+        tally
+            .call_latencies
+            .last()
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        tally.call_latencies.len()
+    );
+    Ok(())
+}
