@@ -406,3 +406,47 @@ pub fn rejection(result: &pb::SubmissionResult) -> pb::RejectionReason {
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
+
+/// Starts the real server `binary` (tests pass `env!("CARGO_BIN_EXE_coalition-under-test")`) on `database_url` with extra `COALITION_*` settings, and
+/// returns the process with its endpoint. Its stderr (the logs) is piped when
+/// `environment` sets a log format, so tests can read it; otherwise inherited.
+pub fn spawn_server(
+    binary: &str,
+    database_url: &str,
+    environment: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let capture_logs = environment
+        .iter()
+        .any(|(name, _)| *name == "COALITION_LOG_FORMAT");
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .env("COALITION_DATABASE_URL", database_url)
+        .env("COALITION_LISTEN_ADDRESS", "127.0.0.1:0")
+        .env("COALITION_METRICS_ADDRESS", "off")
+        .env("COALITION_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("COALITION_LOG_FILTER", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(if capture_logs {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
+    for (name, value) in environment {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("start the server binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("read the address");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, format!("http://{address}"))
+}

@@ -2,8 +2,7 @@
 //! acknowledged transaction and leaves no partial one; SIGTERM finishes the batch in flight;
 //! a tampered journal is caught by the check command and refused at startup.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,39 +13,13 @@ use coalition_grpc::client::{
 use coalition_grpc::pb;
 use coalition_integration_tests::{
     ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, check_database, new_key,
-    on_both_backends, test_config,
+    on_both_backends, spawn_server, test_config,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 const LOAD_CLIENTS: usize = 4;
 const LOAD_BATCH_LEN: usize = 50;
-
-/// Starts the real binary on `database_url` and returns it with its address.
-fn spawn_server(database_url: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
-        .arg("serve")
-        .env("COALITION_DATABASE_URL", database_url)
-        .env("COALITION_LISTEN_ADDRESS", "127.0.0.1:0")
-        .env("COALITION_METRICS_ADDRESS", "off")
-        .env("COALITION_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("COALITION_LOG_FILTER", "warn")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the server binary");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the address");
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, format!("http://{address}"))
-}
 
 struct Load {
     acknowledged: Arc<Mutex<Vec<(String, u64)>>>,
@@ -180,7 +153,7 @@ async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged:
 
 async fn kill_9_under_load_loses_no_acknowledged_transaction(backend: Backend) {
     let database = TestDatabase::new(backend).await;
-    let (mut child, endpoint) = spawn_server(&database.url);
+    let (mut child, endpoint) = spawn_server(SERVER, &database.url, &[]);
     let mut load = start_load(&endpoint).await;
     wait_for_acknowledged(&load, 2_000).await;
     child.kill().expect("SIGKILL the server");
@@ -203,7 +176,7 @@ async fn kill_9_under_load_loses_no_acknowledged_transaction(backend: Backend) {
 
 async fn sigterm_finishes_the_batch_in_flight_and_exits_cleanly(backend: Backend) {
     let database = TestDatabase::new(backend).await;
-    let (mut child, endpoint) = spawn_server(&database.url);
+    let (mut child, endpoint) = spawn_server(SERVER, &database.url, &[]);
     let mut load = start_load(&endpoint).await;
     wait_for_acknowledged(&load, 1_000).await;
     let status = Command::new("kill")
@@ -312,6 +285,9 @@ async fn a_tampered_journal_is_reported_and_refused_at_startup(backend: Backend)
         "a server must not start on a tampered journal"
     );
 }
+
+/// The real server binary.
+const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
 on_both_backends!(
     kill_9_under_load_loses_no_acknowledged_transaction,
