@@ -333,6 +333,20 @@ async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
             .iter()
             .any(|key| key.key_id == "key-1" && key.revoked_at_unix_ms.is_some())
     );
+    // A body signed with one merchant's key but sent as another merchant is refused, even
+    // when both name their keys alike.
+    let other = server
+        .merchant("tenant-2", pb::MerchantCategory::MallTenant)
+        .await;
+    let mut foreign = rotated.clone();
+    foreign.merchant_id = "tenant-2".into();
+    foreign.key_id = "key-1".into();
+    let body = server.body(&foreign, pb::TransactionKind::Earn, "f-1", "m-1", 1);
+    assert_eq!(
+        rejection(&server.submit(foreign.envelope(&body)).await),
+        pb::RejectionReason::SignatureInvalid
+    );
+    accepted(&server.submit(other.envelope(&body)).await);
     // The registry survives a restart.
     let server = server.restart().await;
     assert_eq!(

@@ -1,0 +1,137 @@
+//! The command line against a running server, as the README's "Trying it by hand" does it:
+//! keygen, admin register-merchant and enroll, client submit and balance.
+
+use std::process::{Command, Output};
+
+use coalition_integration_tests::{
+    ADMIN_TOKEN, Backend, TestDatabase, on_both_backends, spawn_server,
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
+
+fn coalition(arguments: &[&str]) -> Output {
+    Command::new(SERVER)
+        .args(arguments)
+        .env("COALITION_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run the CLI")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let (mut child, endpoint) = spawn_server(SERVER, &database.url, &[]);
+    let dir = std::env::temp_dir().join(format!(
+        "coalition-cli-test-{}-{backend:?}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("tenant.key");
+    let _ = std::fs::remove_file(&key_file);
+    let key_path = key_file.to_str().unwrap();
+
+    let generated = stdout(&coalition(&["keygen", "--out", key_path]));
+    let public_key = generated
+        .lines()
+        .find_map(|line| line.strip_prefix("public key: "))
+        .unwrap()
+        .to_owned();
+    let again = coalition(&["keygen", "--out", key_path]);
+    assert!(!again.status.success(), "keygen never overwrites a key");
+
+    let admin = |arguments: &[&str]| {
+        let mut all = vec!["admin", "--server", &endpoint];
+        all.extend_from_slice(arguments);
+        coalition(&all)
+    };
+    stdout(&admin(&[
+        "register-merchant",
+        "--merchant",
+        "tenant-001",
+        "--name",
+        "Tenant",
+        "--category",
+        "mall-tenant",
+        "--key-id",
+        "key-1",
+        "--public-key",
+        &public_key,
+    ]));
+    assert!(stdout(&admin(&["enroll", "member-000042"])).contains("enrolled 1"));
+    assert!(stdout(&admin(&["show-merchant", "--merchant", "tenant-001"])).contains(&public_key));
+
+    let client = |arguments: &[&str]| {
+        let mut all = vec![
+            "client",
+            "--server",
+            &endpoint,
+            "--merchant",
+            "tenant-001",
+            "--key-id",
+            "key-1",
+            "--key-file",
+            key_path,
+        ];
+        all.extend_from_slice(arguments);
+        coalition(&all)
+    };
+    let submitted = stdout(&client(&[
+        "submit",
+        "--kind",
+        "earn",
+        "--member",
+        "member-000042",
+        "--points",
+        "180",
+        "--transaction-id",
+        "pos-7-000123",
+    ]));
+    assert!(submitted.contains("accepted as entry 1"), "{submitted}");
+    assert!(submitted.contains("180 points"), "{submitted}");
+    let overdrawn = client(&[
+        "submit",
+        "--kind",
+        "burn",
+        "--member",
+        "member-000042",
+        "--points",
+        "181",
+        "--transaction-id",
+        "pos-7-000124",
+    ]);
+    assert!(!overdrawn.status.success());
+    assert!(
+        String::from_utf8_lossy(&overdrawn.stderr).contains("REJECTION_REASON_POINTS_INSUFFICIENT")
+    );
+    let balance = stdout(&client(&["balance", "--member", "member-000042"]));
+    assert!(balance.contains("has 180 points"), "{balance}");
+
+    let wrong_token = Command::new(SERVER)
+        .args([
+            "admin",
+            "--server",
+            &endpoint,
+            "--token",
+            "wrong-token-wrong-token",
+            "enroll",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong_token.status.success());
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+on_both_backends!(the_cli_registers_enrolls_submits_and_reads);
