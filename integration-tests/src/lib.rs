@@ -383,6 +383,51 @@ pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
     report
 }
 
+/// Registers `merchant_id` with `key` as its key `key-1` and enrolls `members`, through the
+/// admin API; returns the merchant's signer.
+pub async fn register_merchant(
+    channel: &Channel,
+    merchant_id: &str,
+    category: pb::MerchantCategory,
+    key: SigningKey,
+    members: &[&str],
+) -> MerchantSigner {
+    let mut admin = AdminServiceClient::with_interceptor(
+        channel.clone(),
+        AdminToken::new(ADMIN_TOKEN).unwrap(),
+    );
+    admin
+        .register_merchant(pb::RegisterMerchantRequest {
+            merchant_id: merchant_id.into(),
+            name: format!("Merchant {merchant_id}"),
+            category: category as i32,
+            keys: vec![pb::MerchantKey {
+                key_id: "key-1".into(),
+                public_key: key.verifying_key().as_bytes().to_vec(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("register the merchant");
+    if !members.is_empty() {
+        let response = admin
+            .enroll_members(pb::EnrollMembersRequest {
+                members: members
+                    .iter()
+                    .map(|member| pb::MemberEnrollment {
+                        member_id: member.to_string(),
+                        tier: None,
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("enroll")
+            .into_inner();
+        assert!(response.refused.is_empty(), "{:?}", response.refused);
+    }
+    MerchantSigner::new(merchant_id, "key-1", key)
+}
+
 /// A fresh random signing key.
 pub fn new_key() -> SigningKey {
     coalition::cli::generate_key().expect("randomness")

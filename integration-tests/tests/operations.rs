@@ -4,12 +4,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use coalition_grpc::client::{
-    AdminServiceClient, AdminToken, MerchantSigner, SubmissionServiceClient,
-};
+use coalition_grpc::client::SubmissionServiceClient;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    ADMIN_TOKEN, Backend, TestDatabase, accepted, new_key, on_both_backends, rejection,
+    Backend, TestDatabase, accepted, new_key, on_both_backends, register_merchant, rejection,
     spawn_server,
 };
 use tonic::transport::Channel;
@@ -50,34 +48,14 @@ async fn metrics_and_json_logs_report_what_happened(backend: Backend) {
         .connect()
         .await
         .unwrap();
-    let mut admin = AdminServiceClient::with_interceptor(
-        channel.clone(),
-        AdminToken::new(ADMIN_TOKEN).unwrap(),
-    );
-    let key = new_key();
-    admin
-        .register_merchant(pb::RegisterMerchantRequest {
-            merchant_id: "tenant-1".into(),
-            name: "Tenant".into(),
-            category: pb::MerchantCategory::MallTenant as i32,
-            keys: vec![pb::MerchantKey {
-                key_id: "key-1".into(),
-                public_key: key.verifying_key().as_bytes().to_vec(),
-                ..Default::default()
-            }],
-        })
-        .await
-        .unwrap();
-    admin
-        .enroll_members(pb::EnrollMembersRequest {
-            members: vec![pb::MemberEnrollment {
-                member_id: "m-1".into(),
-                tier: None,
-            }],
-        })
-        .await
-        .unwrap();
-    let signer = MerchantSigner::new("tenant-1", "key-1", key);
+    let signer = register_merchant(
+        &channel,
+        "tenant-1",
+        pb::MerchantCategory::MallTenant,
+        new_key(),
+        &["m-1"],
+    )
+    .await;
     let body = pb::TransactionBody {
         merchant_id: "tenant-1".into(),
         merchant_transaction_id: "e-1".into(),

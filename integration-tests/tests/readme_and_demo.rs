@@ -4,9 +4,10 @@
 use std::process::Command;
 
 use coalition_domain::signing;
-use coalition_grpc::client::MerchantSigner;
 use coalition_grpc::pb;
-use coalition_integration_tests::{Backend, TestDatabase, TestServer, accepted, on_both_backends};
+use coalition_integration_tests::{
+    Backend, TestDatabase, TestServer, accepted, on_both_backends, register_merchant,
+};
 use ed25519_dalek::SigningKey;
 
 #[test]
@@ -46,27 +47,18 @@ fn the_readme_shows_the_worked_example_as_computed() {
 async fn the_readme_example_is_accepted_by_a_server(backend: Backend) {
     let server = TestServer::start(backend).await;
     let key = SigningKey::from_bytes(&std::array::from_fn(|index| index as u8));
-    server
-        .admin()
-        .register_merchant(pb::RegisterMerchantRequest {
-            merchant_id: "tenant-001".into(),
-            name: "Tenant 1".into(),
-            category: pb::MerchantCategory::MallTenant as i32,
-            keys: vec![pb::MerchantKey {
-                key_id: "key-1".into(),
-                public_key: key.verifying_key().as_bytes().to_vec(),
-                ..Default::default()
-            }],
-        })
-        .await
-        .unwrap();
-    server.enroll(&["member-000042"]).await;
+    let signer = register_merchant(
+        &server.channel,
+        "tenant-001",
+        pb::MerchantCategory::MallTenant,
+        key,
+        &["member-000042"],
+    )
+    .await;
     // The example happened on 2026-01-01; bring it within the offline window.
     let mut body = coalition::cli::example_body();
     body.occurred_at_unix_ms = server.now_ms();
-    let result = server
-        .submit(MerchantSigner::new("tenant-001", "key-1", key).envelope(&body))
-        .await;
+    let result = server.submit(signer.envelope(&body)).await;
     assert_eq!(accepted(&result).member_points_balance, 180);
 }
 

@@ -7,13 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coalition_domain::{MerchantId, MerchantTransactionId};
-use coalition_grpc::client::{
-    AdminServiceClient, AdminToken, MerchantSigner, SubmissionServiceClient,
-};
+use coalition_grpc::client::SubmissionServiceClient;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, check_database, new_key,
-    on_both_backends, spawn_server, test_config,
+    Backend, TestDatabase, TestServer, accepted, check_database, new_key, on_both_backends,
+    register_merchant, spawn_server, test_config,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -34,36 +32,16 @@ async fn start_load(endpoint: &str) -> Load {
         .connect()
         .await
         .unwrap();
-    let mut admin = AdminServiceClient::with_interceptor(
-        channel.clone(),
-        AdminToken::new(ADMIN_TOKEN).unwrap(),
-    );
-    let key = new_key();
-    admin
-        .register_merchant(pb::RegisterMerchantRequest {
-            merchant_id: "tenant-1".into(),
-            name: "Tenant".into(),
-            category: pb::MerchantCategory::MallTenant as i32,
-            keys: vec![pb::MerchantKey {
-                key_id: "key-1".into(),
-                public_key: key.verifying_key().as_bytes().to_vec(),
-                ..Default::default()
-            }],
-        })
-        .await
-        .unwrap();
-    admin
-        .enroll_members(pb::EnrollMembersRequest {
-            members: (0..50)
-                .map(|n| pb::MemberEnrollment {
-                    member_id: format!("m-{n}"),
-                    tier: None,
-                })
-                .collect(),
-        })
-        .await
-        .unwrap();
-    let signer = MerchantSigner::new("tenant-1", "key-1", key);
+    let members: Vec<String> = (0..50).map(|n| format!("m-{n}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let signer = register_merchant(
+        &channel,
+        "tenant-1",
+        pb::MerchantCategory::MallTenant,
+        new_key(),
+        &members,
+    )
+    .await;
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = JoinSet::new();
     for client in 0..LOAD_CLIENTS {
