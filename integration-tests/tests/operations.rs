@@ -117,4 +117,108 @@ async fn metrics_and_json_logs_report_what_happened(backend: Backend) {
 /// The real server binary.
 const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
-on_both_backends!(metrics_and_json_logs_report_what_happened);
+/// With `connections_max` = 1 a second connection waits until the first closes.
+async fn connections_beyond_the_limit_wait_their_turn(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let config = coalition::config::Config {
+        connections_max: 1,
+        ..coalition_integration_tests::test_config(&database.url)
+    };
+    let server = coalition_integration_tests::TestServer::start_on(database, config).await;
+    let health = |channel: Channel| async move {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    // The test server's own channel holds the one permitted connection.
+    assert!(health(server.channel.clone()).await.is_ok());
+    let endpoint = server.server.endpoint();
+    let second = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .timeout(std::time::Duration::from_millis(300))
+        .connect_lazy();
+    assert!(
+        health(second).await.is_err(),
+        "a second connection is not served while the first is open"
+    );
+    let coalition_integration_tests::TestServer {
+        server: running,
+        channel,
+        ..
+    } = server;
+    drop(channel);
+    let third = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if health(third.clone()).await.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the freed connection slot was not reused"
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// A gateway's stream that never ends does not hold a graceful shutdown beyond its grace
+/// period, and what it submitted before is committed.
+async fn shutdown_does_not_wait_forever_for_an_open_stream(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let url = database.url.clone();
+    let config = coalition::config::Config {
+        shutdown_grace_ms: 300,
+        ..coalition_integration_tests::test_config(&database.url)
+    };
+    let server = coalition_integration_tests::TestServer::start_on(database, config).await;
+    let signer = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let mut responses = server
+        .submissions()
+        .submit_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let body = server.body(&signer, pb::TransactionKind::Earn, "e-1", "m-1", 7);
+    sender
+        .send(pb::SubmitStreamRequest {
+            client_reference: "1".into(),
+            envelope: Some(signer.envelope(&body)),
+        })
+        .await
+        .unwrap();
+    let response = responses.message().await.unwrap().unwrap();
+    accepted(&response.result.unwrap());
+    let coalition_integration_tests::TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    let started = std::time::Instant::now();
+    running.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(sender);
+    let report = coalition_integration_tests::check_database(&url).await;
+    assert_eq!(report.entries, 1);
+    drop(database);
+}
+
+on_both_backends!(
+    metrics_and_json_logs_report_what_happened,
+    connections_beyond_the_limit_wait_their_turn,
+    shutdown_does_not_wait_forever_for_an_open_stream,
+);

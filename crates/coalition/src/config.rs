@@ -45,6 +45,8 @@ pub struct Config {
     pub points_per_transaction_max: i64,
     /// How far a signed query's issued_at may be from the server clock.
     pub query_freshness_ms: i64,
+    /// How long a graceful shutdown waits for open calls before closing their connections.
+    pub shutdown_grace_ms: u64,
     /// "text" or "json".
     pub log_format: String,
     /// A tracing filter such as "info" or "coalition=debug"; RUST_LOG overrides it.
@@ -73,6 +75,7 @@ impl Default for Config {
             future_skew_max_ms: limits.future_skew_max_ms,
             points_per_transaction_max: limits.points_per_transaction_max,
             query_freshness_ms: server.query_freshness_ms,
+            shutdown_grace_ms: 10_000,
             log_format: "text".into(),
             log_filter: "info".into(),
         }

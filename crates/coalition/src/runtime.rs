@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use coalition_engine::{Clock, Engine, SystemClock};
 use coalition_storage::{ConnectOptions, Storage};
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::config::Config;
 pub struct RunningServer {
     pub address: SocketAddr,
     pub engine: Engine,
+    shutdown_grace: std::time::Duration,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -36,15 +38,18 @@ impl RunningServer {
             connections_max: config.database_connections_max,
         })
         .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "cannot open the database {}: {error:#}",
-                config.database_url
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redacted(&config.database_url)
             )
-            .context(error)
         })?;
-        let engine = Engine::start(storage, config.engine(), clock).await?;
-        let listener = TcpListener::bind(&config.listen_address).await?;
+        let engine = Engine::start(storage, config.engine(), clock)
+            .await
+            .context("cannot recover the ledger")?;
+        let listener = TcpListener::bind(&config.listen_address)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(coalition_grpc::serve(
@@ -59,6 +64,7 @@ impl RunningServer {
         Ok(RunningServer {
             address,
             engine,
+            shutdown_grace: std::time::Duration::from_millis(config.shutdown_grace_ms),
             stop: Some(stop),
             server,
         })
@@ -70,15 +76,29 @@ impl RunningServer {
     }
 
     /// Graceful shutdown: stop accepting, let calls in flight finish (their batch commits and
-    /// is acknowledged), stop the writer, close the database.
+    /// is acknowledged), stop the writer, close the database. Connections still open after
+    /// `shutdown_grace_ms` (a gateway's stream that never ends) are cut; whatever their calls
+    /// had handed to the writer is still committed before the writer stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let served = (&mut self.server).await;
+        let served = match tokio::time::timeout(self.shutdown_grace, &mut self.server).await {
+            Ok(served) => Some(served),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = self.shutdown_grace.as_millis() as u64,
+                    "connections still open after the grace period; closing them"
+                );
+                self.server.abort();
+                None
+            }
+        };
         self.engine.shutdown().await;
         self.engine.storage().close().await;
-        served??;
+        if let Some(served) = served {
+            served??;
+        }
         tracing::info!("stopped");
         Ok(())
     }
