@@ -84,7 +84,7 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
         all.extend_from_slice(arguments);
         coalition(&all)
     };
-    let submitted = stdout(&client(&[
+    let earn = [
         "submit",
         "--kind",
         "earn",
@@ -94,9 +94,17 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
         "180",
         "--transaction-id",
         "pos-7-000123",
-    ]));
+        "--occurred-at-ms",
+    ];
+    let now = coalition_engine::Clock::now_ms(&coalition_engine::SystemClock).to_string();
+    let submitted = stdout(&client(&[&earn[..], &[now.as_str()]].concat()));
     assert!(submitted.contains("accepted as entry 1"), "{submitted}");
     assert!(submitted.contains("180 points"), "{submitted}");
+    let retried = stdout(&client(&[&earn[..], &[now.as_str()]].concat()));
+    assert!(
+        retried.contains("accepted as entry 1 (duplicate"),
+        "{retried}"
+    );
     let overdrawn = client(&[
         "submit",
         "--kind",

@@ -211,6 +211,10 @@ pub enum ClientCommand {
         /// The purchase amount in minor units.
         #[arg(long)]
         spend_minor: Option<i64>,
+        /// When it happened, Unix milliseconds; defaults to now. Give the same value to
+        /// retry a submission with the same body.
+        #[arg(long)]
+        occurred_at_ms: Option<i64>,
     },
     /// Read a member's balance with a signed query.
     Balance {
@@ -219,13 +223,22 @@ pub enum ClientCommand {
     },
 }
 
-/// Runs the command line; the binary's `main`.
-pub fn main() -> anyhow::Result<()> {
+/// Runs the command line; the binary's `main`. Errors are printed as one line with their
+/// causes, and the exit code is 1.
+pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(run(cli))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -596,6 +609,7 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
             store,
             terminal,
             spend_minor,
+            occurred_at_ms,
         } => {
             let body = pb::TransactionBody {
                 merchant_id: identity.merchant,
@@ -607,7 +621,7 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                 member_id: member,
                 points,
                 spend_minor,
-                occurred_at_unix_ms: now_ms,
+                occurred_at_unix_ms: occurred_at_ms.unwrap_or(now_ms),
                 store_id: store,
                 terminal_id: terminal,
             };

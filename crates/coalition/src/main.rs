@@ -1,5 +1,5 @@
 //! The `coalition` command: see `coalition --help`.
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     coalition::cli::main()
 }
