@@ -378,7 +378,7 @@ pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
     })
     .await
     .expect("connect for the check");
-    let (_, report) = storage.replay().await.expect("replay");
+    let (_, report) = storage.replay(i64::MAX).await.expect("replay");
     storage.close().await;
     report
 }

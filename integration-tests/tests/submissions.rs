@@ -398,3 +398,63 @@ on_both_backends!(
     keys_rotate_and_a_suspended_merchant_comes_back,
     aliases_merge_wallets_and_resolve_later_submissions,
 );
+
+/// The writer keeps only recent receipts in memory; an old transaction id reused with a new
+/// body is still found in the journal and refused.
+async fn an_old_transaction_id_conflicts_after_its_receipt_left_memory(backend: Backend) {
+    let database = coalition_integration_tests::TestDatabase::new(backend).await;
+    let config = coalition::config::Config {
+        offline_window_ms: 60_000,
+        future_skew_max_ms: 0,
+        ..coalition_integration_tests::test_config(&database.url)
+    };
+    let server = TestServer::start_on(database, config).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let original = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 100);
+    accepted(&server.submit(tenant.envelope(&original)).await);
+    // Two hours on, well past the receipt retention (offline window + skew + one hour); the
+    // next batch's commit makes the writer forget the old receipt.
+    server.clock.advance(2 * 3_600_000);
+    accepted(&server.earn(&tenant, "e-2", "m-1", 1).await);
+    accepted(&server.earn(&tenant, "e-3", "m-1", 1).await);
+    let reused = server.earn(&tenant, "e-1", "m-1", 5).await;
+    assert_eq!(
+        rejection(&reused),
+        pb::RejectionReason::TransactionIdConflict
+    );
+    // The very same body is now beyond the offline window.
+    let late_retry = server.submit(tenant.envelope(&original)).await;
+    assert_eq!(
+        rejection(&late_retry),
+        pb::RejectionReason::OccurredAtBeyondOfflineWindow
+    );
+    // A retry of a recent one, in the same batch as a reuse of the old id, still gets the
+    // original result, and the reuse is still refused.
+    let recent = server.body(&tenant, pb::TransactionKind::Earn, "e-2", "m-1", 1);
+    let mut reuse = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 7);
+    reuse.store_id = "store-9".into();
+    let results = server
+        .submissions()
+        .submit_batch(pb::SubmitBatchRequest {
+            envelopes: vec![tenant.envelope(&recent), tenant.envelope(&reuse)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(accepted(&results[0]).duplicate);
+    assert_eq!(
+        rejection(&results[1]),
+        pb::RejectionReason::TransactionIdConflict
+    );
+    assert_eq!(server.balance("m-1").await, 102);
+    assert!(server.check().await.is_sound());
+}
+
+mod receipts {
+    use super::*;
+    on_both_backends!(an_old_transaction_id_conflicts_after_its_receipt_left_memory);
+}

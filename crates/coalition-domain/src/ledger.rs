@@ -6,7 +6,7 @@
 //! The same `commit_entry` path serves live application and recovery (replaying committed
 //! entries), so the state after a restart is the state before it by construction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
 
@@ -26,6 +26,8 @@ pub const ALIAS_DEPTH_MAX: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub sequence: u64,
+    /// When the transaction happened at the terminal (0 for operator entries).
+    pub occurred_at_ms: i64,
     pub kind: EntryKind,
     pub accepted_at_ms: i64,
     pub body_hash: [u8; 32],
@@ -141,9 +143,17 @@ pub struct Ledger {
     balances: HashMap<(AccountId, Asset), i64>,
     members: HashMap<MemberId, MemberState>,
     aliases: HashMap<MemberId, MemberId>,
-    receipts: HashMap<(MerchantId, MerchantTransactionId), Receipt>,
+    /// Receipts of recent merchant transactions: a cache of the journal's unique index on
+    /// (merchant, transaction id). Older ones are forgotten to bound memory; the writer loads
+    /// any it lacks from storage before a batch is applied.
+    receipts: HashMap<ReceiptKey, Receipt>,
+    /// The same receipts ordered by when the transaction happened, for forgetting.
+    receipts_by_age: BTreeMap<(i64, u64), ReceiptKey>,
     head: ChainHead,
 }
+
+/// A merchant's transaction: the idempotency key.
+pub type ReceiptKey = (MerchantId, MerchantTransactionId);
 
 impl Default for ChainHead {
     fn default() -> Self {
@@ -181,6 +191,35 @@ impl Ledger {
             .get(&(merchant_id.clone(), merchant_transaction_id.clone()))
     }
 
+    /// Whether the receipt of this merchant transaction is in memory.
+    pub fn has_receipt(&self, key: &ReceiptKey) -> bool {
+        self.receipts.contains_key(key)
+    }
+
+    /// Puts a receipt read from storage back into memory, so `apply` recognises a retry or
+    /// a conflicting reuse of an old transaction id.
+    pub fn remember_receipt(&mut self, key: ReceiptKey, receipt: Receipt) {
+        self.receipts_by_age
+            .insert((receipt.occurred_at_ms, receipt.sequence), key.clone());
+        self.receipts.insert(key, receipt);
+    }
+
+    /// Forgets receipts of transactions that happened before `occurred_before_ms`; returns
+    /// how many. They stay in the journal, where the writer finds them when needed.
+    pub fn forget_receipts_before(&mut self, occurred_before_ms: i64) -> usize {
+        let kept = self.receipts_by_age.split_off(&(occurred_before_ms, 0));
+        let forgotten = std::mem::replace(&mut self.receipts_by_age, kept);
+        for key in forgotten.values() {
+            self.receipts.remove(key);
+        }
+        forgotten.len()
+    }
+
+    /// How many receipts are in memory.
+    pub fn receipts_in_memory(&self) -> usize {
+        self.receipts.len()
+    }
+
     /// Follows aliases to the member id that owns the wallet.
     pub fn resolve_member(&self, member_id: &MemberId) -> MemberId {
         let mut current = member_id;
@@ -207,6 +246,9 @@ impl Ledger {
 
     /// Applies one checked submission accepted at `accepted_at_ms`. On success the entry and
     /// its rows are appended to `changes`; on rejection nothing changes at all.
+    ///
+    /// Idempotency is decided by the receipts in memory: a caller that forgets receipts
+    /// must first `remember_receipt` every stored one of the transaction ids it applies.
     pub fn apply(
         &mut self,
         submission: &Submission,
@@ -383,6 +425,7 @@ impl Ledger {
                 .map_err(|error| MemberError::InvariantViolated(error.to_string()))?;
             receipt = Some(Receipt {
                 sequence,
+                occurred_at_ms: at_ms,
                 kind: EntryKind::MemberMerge,
                 accepted_at_ms: at_ms,
                 body_hash: [0; 32],
@@ -612,13 +655,14 @@ impl Ledger {
             state.lots.insert(position, lot);
         }
         if let Some(origin) = &entry.origin {
-            self.receipts.insert(
+            self.remember_receipt(
                 (
                     origin.merchant_id.clone(),
                     origin.merchant_transaction_id.clone(),
                 ),
                 Receipt {
                     sequence: entry.sequence,
+                    occurred_at_ms: origin.occurred_at_ms,
                     kind: entry.kind,
                     accepted_at_ms: entry.accepted_at_ms,
                     body_hash: origin.body_hash,

@@ -23,7 +23,7 @@ pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
 pub use ledger::{
     AliasRecord, ApplyError, Changes, Ledger, MemberError, MemberRecord, Outcome, Receipt,
-    body_hash,
+    ReceiptKey, body_hash,
 };
 pub use limits::Limits;
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};

@@ -29,6 +29,8 @@ enum Step {
         alias: u8,
         target: u8,
     },
+    /// The writer forgets receipts to bound memory; the journal still knows them.
+    ForgetReceipts,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -56,6 +58,7 @@ fn step() -> impl Strategy<Value = Step> {
             points
         }),
         (0u8..6, 0u8..6).prop_map(|(alias, target)| Step::Merge { alias, target }),
+        Just(Step::ForgetReceipts),
     ]
 }
 
@@ -95,7 +98,29 @@ proptest! {
         let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
         for (time, step) in steps.into_iter().enumerate() {
             let now = time as i64;
+            // What the writer does before a batch: load the receipts it lacks from the journal.
+            for entry in &changes.entries {
+                if let Some(origin) = &entry.origin {
+                    let key = (origin.merchant_id.clone(), origin.merchant_transaction_id.clone());
+                    if !ledger.has_receipt(&key) {
+                        ledger.remember_receipt(key, coalition_domain::Receipt {
+                            sequence: entry.sequence,
+                            occurred_at_ms: origin.occurred_at_ms,
+                            kind: entry.kind,
+                            accepted_at_ms: entry.accepted_at_ms,
+                            body_hash: origin.body_hash,
+                            member_id: entry.member_id.clone(),
+                            points: entry.points,
+                            member_points_after: entry.member_points_after,
+                        });
+                    }
+                }
+            }
             match step {
+                Step::ForgetReceipts => {
+                    ledger.forget_receipts_before(i64::MAX);
+                    prop_assert_eq!(ledger.receipts_in_memory(), 0);
+                }
                 Step::Enroll(index) => {
                     let _ = ledger.enroll_member(member(index), None, now, &mut changes);
                 }

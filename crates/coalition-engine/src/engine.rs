@@ -26,6 +26,18 @@ pub struct EngineConfig {
     pub limits: Limits,
 }
 
+impl EngineConfig {
+    /// How long the receipts of transactions stay in the writer's memory, counted from when
+    /// they happened: a retry of the same body is refused by the offline window after this
+    /// anyway, and older transaction ids are looked up in the journal when reused.
+    pub fn receipt_retention_ms(&self) -> i64 {
+        self.limits.offline_window_ms + self.limits.future_skew_max_ms + RECEIPT_RETENTION_MARGIN_MS
+    }
+}
+
+/// Extra time receipts stay in memory beyond the offline window, for queueing delays.
+const RECEIPT_RETENTION_MARGIN_MS: i64 = 3_600_000;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -138,7 +150,9 @@ impl Engine {
             config.writer_queue_len_max > 0,
             "writer_queue_len_max must be positive"
         );
-        let state = storage.load().await?;
+        let state = storage
+            .load(clock.now_ms() - config.receipt_retention_ms())
+            .await?;
         tracing::info!(
             head_sequence = state.ledger.head().sequence,
             merchants = state.registry.merchants().count(),
@@ -150,6 +164,7 @@ impl Engine {
             storage: storage.clone(),
             clock: clock.clone(),
             batch_len_max: config.batch_len_max,
+            receipt_retention_ms: config.receipt_retention_ms(),
             receiver,
             last_accepted_at_ms: i64::MIN,
         };

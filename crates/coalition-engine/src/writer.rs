@@ -33,6 +33,18 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Answers the command with an engine failure; nothing of it was applied.
+    fn fail(self, error: &EngineError) {
+        match self {
+            Command::Submit { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Enroll { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Alias { reply, .. } => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
+            Command::Shutdown => {}
+        }
+    }
+
     /// How many ledger operations the command carries, for batch sizing.
     fn weight(&self) -> usize {
         match self {
@@ -84,6 +96,8 @@ pub(crate) struct Writer {
     pub storage: Storage,
     pub clock: Arc<dyn Clock>,
     pub batch_len_max: usize,
+    /// See `EngineConfig::receipt_retention_ms`.
+    pub receipt_retention_ms: i64,
     pub receiver: mpsc::Receiver<Command>,
     /// Acceptance times never go backwards, even if the wall clock does.
     pub last_accepted_at_ms: i64,
@@ -121,7 +135,47 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
+    /// Loads from the journal the receipts of the batch's transaction ids that memory lacks,
+    /// so a reused old id is still recognised. One query for the whole batch.
+    async fn load_missing_receipts(&mut self, commands: &[Command]) -> Result<(), EngineError> {
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for command in commands {
+            if let Command::Submit { submissions, .. } = command {
+                for submission in submissions {
+                    let key = (
+                        submission.merchant_id.clone(),
+                        submission.merchant_transaction_id.clone(),
+                    );
+                    if !self.ledger.has_receipt(&key) && seen.insert(key.clone()) {
+                        missing.push(key);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .storage
+            .receipts_for(&missing)
+            .await
+            .map_err(|error| EngineError::StorageUnavailable(error.to_string()))?;
+        metrics::counter!("coalition_receipts_loaded_total").increment(found.len() as u64);
+        for (key, receipt) in found {
+            self.ledger.remember_receipt(key, receipt);
+        }
+        Ok(())
+    }
+
     async fn process(&mut self, commands: Vec<Command>) {
+        if let Err(error) = self.load_missing_receipts(&commands).await {
+            tracing::error!(%error, "cannot read receipts; the batch is refused");
+            for command in commands {
+                command.fail(&error);
+            }
+            return;
+        }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
         let mut changes = Changes::default();
         let mut pending = Vec::with_capacity(commands.len());
@@ -200,6 +254,8 @@ impl Writer {
                 for reply in pending {
                     reply.acknowledge();
                 }
+                self.ledger
+                    .forget_receipts_before(accepted_at_ms - self.receipt_retention_ms);
             }
             Err(error) => {
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
@@ -214,7 +270,8 @@ impl Writer {
         for reply in pending {
             reply.fail(&error);
         }
-        match self.storage.load().await {
+        let keep_receipts_since_ms = self.clock.now_ms() - self.receipt_retention_ms;
+        match self.storage.load(keep_receipts_since_ms).await {
             Ok(state) => self.ledger = state.ledger,
             Err(reload_error) => {
                 tracing::error!(error = %reload_error, "cannot rebuild the ledger after a failed batch; the writer stops");

@@ -336,8 +336,12 @@ impl Storage {
 
     /// Rebuilds the ledger by replaying the whole journal, and lists every difference between
     /// the replay and the stored derived state (balances, lots). Stops replaying at the first
-    /// entry that does not chain or balance.
-    pub async fn replay(&self) -> Result<(Ledger, CheckReport), StorageError> {
+    /// entry that does not chain or balance. Keeps in memory only the idempotency receipts of
+    /// transactions that happened at or after `keep_receipts_since_ms`.
+    pub async fn replay(
+        &self,
+        keep_receipts_since_ms: i64,
+    ) -> Result<(Ledger, CheckReport), StorageError> {
         let mut ledger = Ledger::default();
         let mut problems = Vec::new();
         let (accounts, members, aliases) = with_pool!(self, pool => {
@@ -395,6 +399,7 @@ impl Storage {
                 }
                 entries += 1;
             }
+            ledger.forget_receipts_before(keep_receipts_since_ms);
         }
         ledger.finish_restore();
         let stored_last: Option<i64> = with_pool!(self, pool => {
@@ -424,10 +429,11 @@ impl Storage {
         Ok((ledger, report))
     }
 
-    /// Recovery: the ledger as committed, refusing to start on any inconsistency.
-    pub async fn load(&self) -> Result<LoadedState, StorageError> {
+    /// Recovery: the ledger as committed, refusing to start on any inconsistency, with the
+    /// receipts of transactions that happened at or after `keep_receipts_since_ms` in memory.
+    pub async fn load(&self, keep_receipts_since_ms: i64) -> Result<LoadedState, StorageError> {
         let registry = self.load_registry().await?;
-        let (ledger, report) = self.replay().await?;
+        let (ledger, report) = self.replay(keep_receipts_since_ms).await?;
         if !report.is_sound() {
             return Err(corrupt(report.problems.join("; ")));
         }

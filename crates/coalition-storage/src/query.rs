@@ -2,9 +2,9 @@
 //! reads was acknowledged.
 
 use coalition_domain::account::{AccountKey, Asset};
-use coalition_domain::journal::Entry;
-use coalition_domain::{MemberId, MerchantId, MerchantTransactionId};
-use sqlx::Row;
+use coalition_domain::journal::{Entry, EntryKind};
+use coalition_domain::{MemberId, MerchantId, MerchantTransactionId, Receipt, ReceiptKey};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::load::{assemble, entry_columns, entry_row, posting_columns, posting_row};
 use crate::{Storage, StorageError, with_pool};
@@ -162,5 +162,132 @@ impl Storage {
         }
         MemberId::new(current)
             .map_err(|error| StorageError::Corrupt(format!("alias target {error}")))
+    }
+}
+
+/// How many keys one SQLite receipt lookup binds (two parameters each).
+const RECEIPT_KEYS_PER_SQLITE_QUERY_MAX: usize = 10_000;
+
+/// Reads a receipt row of either backend.
+macro_rules! receipt_row {
+    ($row:expr) => {{
+        let row = &$row;
+        (
+            row.try_get::<String, _>("merchant_id")?,
+            row.try_get::<String, _>("merchant_transaction_id")?,
+            row.try_get::<i64, _>("sequence")?,
+            row.try_get::<String, _>("kind")?,
+            row.try_get::<i64, _>("accepted_at_ms")?,
+            row.try_get::<Option<i64>, _>("occurred_at_ms")?,
+            row.try_get::<Option<Vec<u8>>, _>("body_hash")?,
+            row.try_get::<String, _>("member_id")?,
+            row.try_get::<i64, _>("points")?,
+            row.try_get::<i64, _>("member_points_after")?,
+        )
+    }};
+}
+
+type ReceiptRow = (
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+    String,
+    i64,
+    i64,
+);
+
+fn receipt_from_row(row: ReceiptRow) -> Result<(ReceiptKey, Receipt), StorageError> {
+    let (
+        merchant_id,
+        transaction_id,
+        sequence,
+        kind,
+        accepted_at_ms,
+        occurred_at_ms,
+        body_hash,
+        member_id,
+        points,
+        member_points_after,
+    ) = row;
+    let corrupt = |what: &str| StorageError::Corrupt(format!("entry {sequence}: {what}"));
+    let key = (
+        MerchantId::new(merchant_id).map_err(|_| corrupt("merchant id"))?,
+        MerchantTransactionId::new(transaction_id).map_err(|_| corrupt("transaction id"))?,
+    );
+    let receipt = Receipt {
+        sequence: u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,
+        occurred_at_ms: occurred_at_ms.unwrap_or_default(),
+        kind: EntryKind::from_code(&kind).ok_or_else(|| corrupt("kind"))?,
+        accepted_at_ms,
+        body_hash: body_hash
+            .unwrap_or_default()
+            .try_into()
+            .map_err(|_| corrupt("body hash"))?,
+        member_id: MemberId::new(member_id).map_err(|_| corrupt("member id"))?,
+        points,
+        member_points_after,
+    };
+    Ok((key, receipt))
+}
+
+impl Storage {
+    /// The receipts of those of `keys` that the journal holds: one query (per 10,000 keys on
+    /// SQLite), each key one probe of the unique index on (merchant, transaction id).
+    pub async fn receipts_for(
+        &self,
+        keys: &[ReceiptKey],
+    ) -> Result<Vec<(ReceiptKey, Receipt)>, StorageError> {
+        let mut rows: Vec<ReceiptRow> = Vec::new();
+        match self {
+            Storage::Sqlite(pool) => {
+                for chunk in keys.chunks(RECEIPT_KEYS_PER_SQLITE_QUERY_MAX) {
+                    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+                        "WITH wanted (merchant_id, merchant_transaction_id) AS (",
+                    );
+                    builder.push_values(chunk, |mut row, (merchant, transaction)| {
+                        row.push_bind(merchant.to_string())
+                            .push_bind(transaction.to_string());
+                    });
+                    builder.push(
+                        ") SELECT e.merchant_id, e.merchant_transaction_id, e.sequence, e.kind, e.accepted_at_ms, \
+                         e.occurred_at_ms, e.body_hash, e.member_id, e.points, e.member_points_after \
+                         FROM wanted w JOIN entries e \
+                         ON e.merchant_id = w.merchant_id AND e.merchant_transaction_id = w.merchant_transaction_id",
+                    );
+                    for row in builder.build().fetch_all(pool).await? {
+                        rows.push(receipt_row!(row));
+                    }
+                }
+            }
+            Storage::Postgres(pool) => {
+                let merchants: Vec<String> = keys
+                    .iter()
+                    .map(|(merchant, _)| merchant.to_string())
+                    .collect();
+                let transactions: Vec<String> = keys
+                    .iter()
+                    .map(|(_, transaction)| transaction.to_string())
+                    .collect();
+                let fetched = sqlx::query(
+                    "SELECT e.merchant_id, e.merchant_transaction_id, e.sequence, e.kind, e.accepted_at_ms, \
+                     e.occurred_at_ms, e.body_hash, e.member_id, e.points, e.member_points_after \
+                     FROM UNNEST($1::text[], $2::text[]) AS w (merchant_id, merchant_transaction_id) \
+                     JOIN entries e \
+                     ON e.merchant_id = w.merchant_id AND e.merchant_transaction_id = w.merchant_transaction_id",
+                )
+                .bind(merchants)
+                .bind(transactions)
+                .fetch_all(pool)
+                .await?;
+                for row in fetched {
+                    rows.push(receipt_row!(row));
+                }
+            }
+        }
+        rows.into_iter().map(receipt_from_row).collect()
     }
 }

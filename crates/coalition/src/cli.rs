@@ -327,7 +327,7 @@ pub async fn check(database_url: &str) -> anyhow::Result<()> {
         connections_max: 2,
     })
     .await?;
-    let (_, report) = storage.replay().await?;
+    let (_, report) = storage.replay(i64::MAX).await?;
     storage.close().await;
     println!(
         "checked {} entries over {} accounts; chain head {} at entry {}",

@@ -480,7 +480,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         connections_max: 2,
     })
     .await?;
-    let (ledger, report) = storage.replay().await?;
+    let (ledger, report) = storage.replay(i64::MAX).await?;
     storage.close().await;
     println!(
         "entries {}, accounts {}, chain head {} at entry {}",
