@@ -7,8 +7,7 @@ use coalition_domain::registry::RegistryError;
 use coalition_domain::signing::{self, SignatureFault};
 use coalition_domain::{
     KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
-    MerchantStatus, RawSubmission, Receipt, ReceiptKey, Registry, Rejection, RejectionReason,
-    Submission,
+    MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
 };
 use coalition_storage::{Storage, StorageError};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -262,11 +261,6 @@ impl Engine {
 
     /// Hands checked submissions to the writer and waits until their batch is committed.
     /// Results come back in the order given.
-    ///
-    /// First, on the caller's task and in parallel with other callers, the journal is asked
-    /// for receipts of these transaction ids (one query), so the writer recognises a reused
-    /// id whose receipt it no longer keeps in memory. A receipt committed after this lookup is
-    /// recent, and recent receipts are always in the writer's memory.
     pub async fn submit(
         &self,
         submissions: Vec<Submission>,
@@ -274,23 +268,8 @@ impl Engine {
         if submissions.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<ReceiptKey> = submissions
-            .iter()
-            .map(|s| (s.merchant_id.clone(), s.merchant_transaction_id.clone()))
-            .collect();
-        let stored_receipts = self
-            .inner
-            .storage
-            .receipts_for(&keys)
-            .await
-            .map_err(|error| EngineError::StorageUnavailable(error.to_string()))?;
         let (reply, response) = oneshot::channel();
-        self.send(Command::Submit {
-            submissions,
-            stored_receipts,
-            reply,
-        })
-        .await?;
+        self.send(Command::Submit { submissions, reply }).await?;
         let results = response.await.map_err(|_| EngineError::ShuttingDown)??;
         Ok(results
             .into_iter()

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coalition_domain::ledger::{ApplyError, Outcome};
-use coalition_domain::{Changes, Ledger, MemberId, Receipt, ReceiptKey, Rejection, Submission};
+use coalition_domain::{Changes, Ledger, MemberId, Receipt, Rejection, Submission};
 use coalition_storage::Storage;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,9 +17,6 @@ pub(crate) type ItemResult = Result<Outcome, Rejection>;
 pub(crate) enum Command {
     Submit {
         submissions: Vec<Submission>,
-        /// Receipts the journal held for these transaction ids when the caller looked them
-        /// up. Memory may have forgotten old ones; these put them back before applying.
-        stored_receipts: Vec<(ReceiptKey, Receipt)>,
         reply: oneshot::Sender<Result<Vec<ItemResult>, EngineError>>,
     },
     Enroll {
@@ -36,6 +33,18 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Answers the command with an engine failure; nothing of it was applied.
+    fn fail(self, error: &EngineError) {
+        match self {
+            Command::Submit { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Enroll { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Alias { reply, .. } => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
+            Command::Shutdown => {}
+        }
+    }
+
     /// How many ledger operations the command carries, for batch sizing.
     fn weight(&self) -> usize {
         match self {
@@ -126,7 +135,47 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
+    /// Loads from the journal the receipts of the batch's transaction ids that memory lacks,
+    /// so a reused old id is still recognised. One query for the whole batch.
+    async fn load_missing_receipts(&mut self, commands: &[Command]) -> Result<(), EngineError> {
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for command in commands {
+            if let Command::Submit { submissions, .. } = command {
+                for submission in submissions {
+                    let key = (
+                        submission.merchant_id.clone(),
+                        submission.merchant_transaction_id.clone(),
+                    );
+                    if !self.ledger.has_receipt(&key) && seen.insert(key.clone()) {
+                        missing.push(key);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .storage
+            .receipts_for(&missing)
+            .await
+            .map_err(|error| EngineError::StorageUnavailable(error.to_string()))?;
+        metrics::counter!("coalition_receipts_loaded_total").increment(found.len() as u64);
+        for (key, receipt) in found {
+            self.ledger.remember_receipt(key, receipt);
+        }
+        Ok(())
+    }
+
     async fn process(&mut self, commands: Vec<Command>) {
+        if let Err(error) = self.load_missing_receipts(&commands).await {
+            tracing::error!(%error, "cannot read receipts; the batch is refused");
+            for command in commands {
+                command.fail(&error);
+            }
+            return;
+        }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
         let mut changes = Changes::default();
         let mut pending = Vec::with_capacity(commands.len());
@@ -134,17 +183,7 @@ impl Writer {
         let mut submissions_count = 0usize;
         for command in commands {
             match command {
-                Command::Submit {
-                    submissions,
-                    stored_receipts,
-                    reply,
-                } => {
-                    for (key, receipt) in stored_receipts {
-                        if !self.ledger.has_receipt(&key) {
-                            metrics::counter!("coalition_receipts_restored_total").increment(1);
-                            self.ledger.remember_receipt(key, receipt);
-                        }
-                    }
+                Command::Submit { submissions, reply } => {
                     submissions_count += submissions.len();
                     let mut results = Vec::with_capacity(submissions.len());
                     for submission in &submissions {

@@ -272,12 +272,15 @@ impl Storage {
                     .iter()
                     .map(|(_, transaction)| transaction.to_string())
                     .collect();
+                // LATERAL makes each key one probe of the unique index, whatever the planner
+                // guesses about the array's length; a plain join may scan the whole journal.
                 let fetched = sqlx::query(
                     "SELECT e.merchant_id, e.merchant_transaction_id, e.sequence, e.kind, e.accepted_at_ms, \
                      e.occurred_at_ms, e.body_hash, e.member_id, e.points, e.member_points_after \
                      FROM UNNEST($1::text[], $2::text[]) AS w (merchant_id, merchant_transaction_id) \
-                     JOIN entries e \
-                     ON e.merchant_id = w.merchant_id AND e.merchant_transaction_id = w.merchant_transaction_id",
+                     CROSS JOIN LATERAL (SELECT * FROM entries x \
+                        WHERE x.merchant_id = w.merchant_id \
+                        AND x.merchant_transaction_id = w.merchant_transaction_id) e",
                 )
                 .bind(merchants)
                 .bind(transactions)

@@ -42,6 +42,9 @@ struct Args {
     batch_len: usize,
     #[arg(long, value_enum, default_value = "batch")]
     mode: Mode,
+    /// The database pool size.
+    #[arg(long, default_value_t = 8)]
+    database_connections_max: u32,
     /// The writer's batch limit (submissions per database transaction).
     #[arg(long, default_value_t = 4096)]
     writer_batch_len_max: usize,
@@ -105,6 +108,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
         database_url: database_url.to_owned(),
         admin_token: Some(token.clone()),
         batch_len_max: args.writer_batch_len_max,
+        database_connections_max: args.database_connections_max,
         ..Config::default()
     };
     let server = RunningServer::start(&config).await?;
