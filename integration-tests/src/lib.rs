@@ -375,6 +375,7 @@ pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
     let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
         url: url.to_owned(),
         connections_max: 2,
+        create_if_missing: false,
     })
     .await
     .expect("connect for the check");

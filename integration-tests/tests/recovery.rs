@@ -111,6 +111,7 @@ async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged:
     let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
         url: database_url.into(),
         connections_max: 2,
+        create_if_missing: false,
     })
     .await
     .unwrap();

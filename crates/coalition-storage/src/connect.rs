@@ -24,6 +24,9 @@ pub struct ConnectOptions {
     pub url: String,
     /// Pool size. SQLite has one writer at a time anyway; the rest serve reads.
     pub connections_max: u32,
+    /// Whether a missing SQLite file is created (the server) or is an error (the check,
+    /// which must not report an empty new database as sound).
+    pub create_if_missing: bool,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
@@ -64,7 +67,7 @@ impl Storage {
         let url = options.url.as_str();
         if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
+                .create_if_missing(options.create_if_missing)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)

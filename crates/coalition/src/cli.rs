@@ -325,6 +325,7 @@ pub async fn check(database_url: &str) -> anyhow::Result<()> {
     let storage = Storage::connect(&ConnectOptions {
         url: database_url.to_owned(),
         connections_max: 2,
+        create_if_missing: false,
     })
     .await?;
     let (_, report) = storage.replay(i64::MAX).await?;

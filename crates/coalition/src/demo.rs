@@ -478,6 +478,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let storage = Storage::connect(&ConnectOptions {
         url: database_url,
         connections_max: 2,
+        create_if_missing: false,
     })
     .await?;
     let (ledger, report) = storage.replay(i64::MAX).await?;

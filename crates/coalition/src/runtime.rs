@@ -36,6 +36,7 @@ impl RunningServer {
         let storage = Storage::connect(&ConnectOptions {
             url: config.database_url.clone(),
             connections_max: config.database_connections_max,
+            create_if_missing: true,
         })
         .await
         .with_context(|| {
