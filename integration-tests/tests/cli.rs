@@ -143,7 +143,10 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
     let missing = format!("sqlite://{}", dir.join("missing.db").display());
     let check = coalition(&["check", "--database-url", &missing]);
     assert!(!check.status.success());
-    assert!(!dir.join("missing.db").exists(), "the check must not create a database");
+    assert!(
+        !dir.join("missing.db").exists(),
+        "the check must not create a database"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -36,6 +36,29 @@ pub struct Receipt {
     pub member_points_after: i64,
 }
 
+impl Receipt {
+    /// The receipt a merchant's entry gives; none for operator entries.
+    pub fn of_entry(entry: &Entry) -> Option<(ReceiptKey, Receipt)> {
+        let origin = entry.origin.as_ref()?;
+        Some((
+            (
+                origin.merchant_id.clone(),
+                origin.merchant_transaction_id.clone(),
+            ),
+            Receipt {
+                sequence: entry.sequence,
+                occurred_at_ms: origin.occurred_at_ms,
+                kind: entry.kind,
+                accepted_at_ms: entry.accepted_at_ms,
+                body_hash: origin.body_hash,
+                member_id: entry.member_id.clone(),
+                points: entry.points,
+                member_points_after: entry.member_points_after,
+            },
+        ))
+    }
+}
+
 /// The result of applying a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -654,23 +677,8 @@ impl Ledger {
             });
             state.lots.insert(position, lot);
         }
-        if let Some(origin) = &entry.origin {
-            self.remember_receipt(
-                (
-                    origin.merchant_id.clone(),
-                    origin.merchant_transaction_id.clone(),
-                ),
-                Receipt {
-                    sequence: entry.sequence,
-                    occurred_at_ms: origin.occurred_at_ms,
-                    kind: entry.kind,
-                    accepted_at_ms: entry.accepted_at_ms,
-                    body_hash: origin.body_hash,
-                    member_id: entry.member_id.clone(),
-                    points: entry.points,
-                    member_points_after: entry.member_points_after,
-                },
-            );
+        if let Some((key, receipt)) = Receipt::of_entry(&entry) {
+            self.remember_receipt(key, receipt);
         }
         self.head = ChainHead {
             sequence: entry.sequence,

@@ -100,20 +100,10 @@ proptest! {
             let now = time as i64;
             // What the writer does before a batch: load the receipts it lacks from the journal.
             for entry in &changes.entries {
-                if let Some(origin) = &entry.origin {
-                    let key = (origin.merchant_id.clone(), origin.merchant_transaction_id.clone());
-                    if !ledger.has_receipt(&key) {
-                        ledger.remember_receipt(key, coalition_domain::Receipt {
-                            sequence: entry.sequence,
-                            occurred_at_ms: origin.occurred_at_ms,
-                            kind: entry.kind,
-                            accepted_at_ms: entry.accepted_at_ms,
-                            body_hash: origin.body_hash,
-                            member_id: entry.member_id.clone(),
-                            points: entry.points,
-                            member_points_after: entry.member_points_after,
-                        });
-                    }
+                if let Some((key, receipt)) = coalition_domain::Receipt::of_entry(entry)
+                    && !ledger.has_receipt(&key)
+                {
+                    ledger.remember_receipt(key, receipt);
                 }
             }
             match step {
