@@ -265,6 +265,21 @@ async fn a_tampered_journal_is_reported_and_refused_at_startup(backend: Backend)
     );
 }
 
+async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let second = coalition::runtime::RunningServer::start(&server.config).await;
+    let error = format!("{:#}", second.err().expect("a second writer is refused"));
+    assert!(error.contains("already has a writer"), "{error}");
+    // The first is unaffected, and once it stops the database can be opened again.
+    accepted(&server.earn(&tenant, "e-1", "m-1", 5).await);
+    let server = server.restart().await;
+    assert_eq!(server.balance("m-1").await, 5);
+}
+
 /// The real server binary.
 const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
@@ -272,4 +287,5 @@ on_both_backends!(
     kill_9_under_load_loses_no_acknowledged_transaction,
     sigterm_finishes_the_batch_in_flight_and_exits_cleanly,
     a_tampered_journal_is_reported_and_refused_at_startup,
+    a_second_server_on_the_same_database_refuses_to_start,
 );

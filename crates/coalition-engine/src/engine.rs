@@ -9,7 +9,7 @@ use coalition_domain::{
     KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
     MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
 };
-use coalition_storage::{Storage, StorageError};
+use coalition_storage::{Storage, StorageError, WriterLock};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -124,6 +124,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Serialises registry changes so the database and memory change in the same order.
     admin: Mutex<()>,
+    /// Released when the writer has stopped.
+    writer_lock: Mutex<Option<WriterLock>>,
 }
 
 /// A cheap, cloneable handle to the running engine.
@@ -140,10 +142,13 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Rebuilds state from storage and starts the writer.
+    /// `writer_lock` is the database's single-writer lock (`Storage::lock_writer`); the
+    /// engine holds it until `shutdown`.
     pub async fn start(
         storage: Storage,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
+        writer_lock: WriterLock,
     ) -> Result<Engine, StorageError> {
         assert!(config.batch_len_max > 0, "batch_len_max must be positive");
         assert!(
@@ -178,6 +183,7 @@ impl Engine {
                 sender,
                 writer: Mutex::new(Some(handle)),
                 admin: Mutex::new(()),
+                writer_lock: Mutex::new(Some(writer_lock)),
             }),
         })
     }
@@ -398,6 +404,9 @@ impl Engine {
         let _ = self.inner.sender.send(Command::Shutdown).await;
         if let Some(handle) = self.inner.writer.lock().await.take() {
             let _ = handle.await;
+        }
+        if let Some(lock) = self.inner.writer_lock.lock().await.take() {
+            lock.release().await;
         }
     }
 }

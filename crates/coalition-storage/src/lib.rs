@@ -10,10 +10,12 @@
 mod batch;
 mod connect;
 mod load;
+mod lock;
 mod query;
 
 pub use connect::{Backend, ConnectOptions};
 pub use load::{CheckReport, LoadedState};
+pub use lock::WriterLock;
 pub use query::{AccountBalance, HistoryPage};
 
 use sqlx::{PgPool, SqlitePool};
@@ -31,6 +33,8 @@ pub enum StorageError {
         "SQLite is not in synchronous=FULL mode (found {0}); acknowledged writes would not survive a power loss"
     )]
     NotDurable(i64),
+    #[error("this database already has a writer: {0}")]
+    WriterLocked(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }

@@ -45,7 +45,8 @@ impl RunningServer {
                 redacted(&config.database_url)
             )
         })?;
-        let engine = Engine::start(storage, config.engine(), clock)
+        let writer_lock = storage.lock_writer(&config.database_url).await?;
+        let engine = Engine::start(storage, config.engine(), clock, writer_lock)
             .await
             .context("cannot recover the ledger")?;
         let listener = TcpListener::bind(&config.listen_address)
