@@ -242,21 +242,7 @@ impl TestServer {
         merchant_id: &str,
         category: pb::MerchantCategory,
     ) -> MerchantSigner {
-        let key = new_key();
-        self.admin()
-            .register_merchant(pb::RegisterMerchantRequest {
-                merchant_id: merchant_id.into(),
-                name: format!("Merchant {merchant_id}"),
-                category: category as i32,
-                keys: vec![pb::MerchantKey {
-                    key_id: "key-1".into(),
-                    public_key: key.verifying_key().as_bytes().to_vec(),
-                    ..Default::default()
-                }],
-            })
-            .await
-            .expect("register the merchant");
-        MerchantSigner::new(merchant_id, "key-1", key)
+        register_merchant(&self.channel, merchant_id, category, new_key(), &[]).await
     }
 
     pub async fn enroll(&self, members: &[&str]) {
@@ -353,6 +339,7 @@ impl TestServer {
             account_kind: pb::AccountKind::MemberWallet as i32,
             owner_id: member.into(),
             as_of_unix_ms: None,
+            asset: String::new(),
         };
         self.admin_queries()
             .get_balance(pb::GetBalanceRequest {
@@ -384,8 +371,13 @@ pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
     report
 }
 
-/// Registers `merchant_id` with `key` as its key `key-1` and enrolls `members`, through the
-/// admin API; returns the merchant's signer.
+/// The terms test merchants get: what they pay per point issued, in minor units.
+pub const ISSUE_PRICE: &str = "1.05";
+/// What test merchants are paid per point redeemed, in minor units.
+pub const REDEEM_PRICE: &str = "0.95";
+
+/// Registers `merchant_id` with `key` as its key `key-1` and terms at `ISSUE_PRICE` and
+/// `REDEEM_PRICE`, and enrolls `members`, through the admin API; returns the merchant's signer.
 pub async fn register_merchant(
     channel: &Channel,
     merchant_id: &str,
@@ -410,6 +402,15 @@ pub async fn register_merchant(
         })
         .await
         .expect("register the merchant");
+    admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: merchant_id.into(),
+            effective_from_unix_ms: 0,
+            issue_price_minor_per_point: ISSUE_PRICE.into(),
+            redeem_price_minor_per_point: REDEEM_PRICE.into(),
+        })
+        .await
+        .expect("set the merchant's terms");
     if !members.is_empty() {
         let response = admin
             .enroll_members(pb::EnrollMembersRequest {
@@ -453,6 +454,30 @@ pub fn rejection(result: &pb::SubmissionResult) -> pb::RejectionReason {
     }
 }
 
+/// A server process that is killed when dropped, so a failing test never leaves one behind
+/// (an orphan holding the test's output pipes would keep the test run from ending).
+pub struct ServerProcess(pub std::process::Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real server `binary` (tests pass `env!("CARGO_BIN_EXE_coalition-under-test")`) on `database_url` with extra `COALITION_*` settings, and
 /// returns the process with its endpoint. Its stderr (the logs) is piped when
 /// `environment` sets a log format, so tests can read it; otherwise inherited.
@@ -460,7 +485,7 @@ pub fn spawn_server(
     binary: &str,
     database_url: &str,
     environment: &[(&str, &str)],
-) -> (std::process::Child, String) {
+) -> (ServerProcess, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let capture_logs = environment
@@ -484,7 +509,7 @@ pub fn spawn_server(
     for (name, value) in environment {
         command.env(name, value);
     }
-    let mut child = command.spawn().expect("start the server binary");
+    let mut child = ServerProcess(command.spawn().expect("start the server binary"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout is piped"))
         .read_line(&mut line)

@@ -67,6 +67,26 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
         &public_key,
     ]));
     assert!(stdout(&admin(&["enroll", "member-000042"])).contains("enrolled 1"));
+    let terms = stdout(&admin(&[
+        "set-terms",
+        "--merchant",
+        "tenant-001",
+        "--issue-price",
+        "1.05",
+        "--redeem-price",
+        "0.95",
+    ]));
+    assert!(terms.contains("terms version 1 of tenant-001"), "{terms}");
+    let bad = admin(&[
+        "set-terms",
+        "--merchant",
+        "tenant-001",
+        "--issue-price",
+        "-1",
+        "--redeem-price",
+        "0.95",
+    ]);
+    assert!(!bad.status.success());
     assert!(stdout(&admin(&["show-merchant", "--merchant", "tenant-001"])).contains(&public_key));
 
     let client = |arguments: &[&str]| {

@@ -34,6 +34,7 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
         account_kind: pb::AccountKind::MemberWallet as i32,
         owner_id: "m-1".into(),
         as_of_unix_ms: time,
+        asset: String::new(),
     };
     let balance = |query: pb::BalanceQuery| pb::GetBalanceRequest {
         query: query.encode_to_vec(),
@@ -170,6 +171,7 @@ async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
         account_kind: kind as i32,
         owner_id: owner.into(),
         as_of_unix_ms: None,
+        asset: String::new(),
     };
     let (query, signature) = cinema.sign_query(&balance(pb::AccountKind::MemberWallet, "m-1"));
     let points = queries

@@ -10,10 +10,17 @@ use coalition_integration_tests::{
 };
 use ed25519_dalek::SigningKey;
 
+/// The README of the checkout under test, found at run time so a test binary reused from
+/// another checkout (a shared target directory) reads this one.
+fn readme_path() -> std::path::PathBuf {
+    let manifest =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&manifest).join("../README.md")
+}
+
 #[test]
 fn the_readme_shows_the_worked_example_as_computed() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(readme_path()).unwrap();
     let example = coalition::cli::sign_example();
     for line in example.lines() {
         assert!(

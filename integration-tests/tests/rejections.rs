@@ -70,6 +70,23 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
     )
     .await;
     server.enroll(&["m-1", "m-poor"]).await;
+    // A merchant registered without terms: its points have no price.
+    let unpriced_key = new_key();
+    server
+        .admin()
+        .register_merchant(pb::RegisterMerchantRequest {
+            merchant_id: "unpriced".into(),
+            name: "Unpriced".into(),
+            category: pb::MerchantCategory::Other as i32,
+            keys: vec![pb::MerchantKey {
+                key_id: "key-1".into(),
+                public_key: unpriced_key.verifying_key().as_bytes().to_vec(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let unpriced = MerchantSigner::new("unpriced", "key-1", unpriced_key);
     let first = server.earn(&tenant, "dup-1", "m-1", 10).await;
     accepted(&first);
 
@@ -169,6 +186,10 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
         (
             RejectionReason::PointsInsufficient,
             signed(server.body(&tenant, pb::TransactionKind::Burn, "t-9", "m-poor", 5)),
+        ),
+        (
+            RejectionReason::TermsMissing,
+            unpriced.envelope(&server.body(&unpriced, pb::TransactionKind::Earn, "t-10", "m-1", 5)),
         ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();

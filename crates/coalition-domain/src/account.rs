@@ -9,25 +9,46 @@ use crate::ids::{MemberId, MerchantId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(pub u64);
 
-/// An asset kept on the books. Alliance points are the only asset of the clearing core;
-/// settlement currencies and merchants' own points units join it with valuation.
+/// An ISO 4217 currency code: three ASCII capital letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CurrencyCode([u8; 3]);
+
+impl CurrencyCode {
+    pub fn new(code: &str) -> Option<Self> {
+        let bytes: [u8; 3] = code.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_uppercase)
+            .then_some(CurrencyCode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked ASCII at construction")
+    }
+}
+
+/// An asset kept on the books: alliance points, and the settlement currency in integer minor
+/// units (fen for CNY). Amounts of every asset are integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Asset {
     /// Alliance points, integer, no fractions.
     Points,
+    /// Money in minor units of the currency.
+    Currency(CurrencyCode),
 }
 
 impl Asset {
-    pub fn code(self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Asset::Points => "PTS",
+            Asset::Currency(code) => code.as_str(),
         }
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
         match code {
             "PTS" => Some(Asset::Points),
-            _ => None,
+            other => CurrencyCode::new(other).map(Asset::Currency),
         }
     }
 }
@@ -41,7 +62,18 @@ pub enum AccountKey {
     MemberWallet(MemberId),
     MerchantIssued(MerchantId),
     MerchantRedeemed(MerchantId),
+    /// Money between the merchant and the operator: negative when the merchant owes the
+    /// operator (for points it issued), positive when the operator owes the merchant (for
+    /// points redeemed there).
+    MerchantSettlement(MerchantId),
+    /// The operator's money held against outstanding points.
+    OperatorFloat,
+    /// Sub-minor-unit remainders of money legs (see `terms::money_leg`).
+    OperatorRounding,
 }
+
+/// The owner name of the operator's own accounts.
+pub const OPERATOR: &str = "operator";
 
 impl AccountKey {
     /// The account kind as stored and exported.
@@ -50,6 +82,9 @@ impl AccountKey {
             AccountKey::MemberWallet(_) => "member_wallet",
             AccountKey::MerchantIssued(_) => "merchant_issued",
             AccountKey::MerchantRedeemed(_) => "merchant_redeemed",
+            AccountKey::MerchantSettlement(_) => "merchant_settlement",
+            AccountKey::OperatorFloat => "operator_float",
+            AccountKey::OperatorRounding => "operator_rounding",
         }
     }
 
@@ -57,9 +92,10 @@ impl AccountKey {
     pub fn owner(&self) -> &str {
         match self {
             AccountKey::MemberWallet(member) => member.as_str(),
-            AccountKey::MerchantIssued(merchant) | AccountKey::MerchantRedeemed(merchant) => {
-                merchant.as_str()
-            }
+            AccountKey::MerchantIssued(merchant)
+            | AccountKey::MerchantRedeemed(merchant)
+            | AccountKey::MerchantSettlement(merchant) => merchant.as_str(),
+            AccountKey::OperatorFloat | AccountKey::OperatorRounding => OPERATOR,
         }
     }
 
@@ -71,6 +107,11 @@ impl AccountKey {
             "merchant_redeemed" => MerchantId::new(owner)
                 .ok()
                 .map(AccountKey::MerchantRedeemed),
+            "merchant_settlement" => MerchantId::new(owner)
+                .ok()
+                .map(AccountKey::MerchantSettlement),
+            "operator_float" if owner == OPERATOR => Some(AccountKey::OperatorFloat),
+            "operator_rounding" if owner == OPERATOR => Some(AccountKey::OperatorRounding),
             _ => None,
         }
     }
@@ -93,6 +134,9 @@ mod tests {
             AccountKey::MemberWallet(MemberId::new("m-1").unwrap()),
             AccountKey::MerchantIssued(MerchantId::new("tenant-1").unwrap()),
             AccountKey::MerchantRedeemed(MerchantId::new("cinema").unwrap()),
+            AccountKey::MerchantSettlement(MerchantId::new("cinema").unwrap()),
+            AccountKey::OperatorFloat,
+            AccountKey::OperatorRounding,
         ];
         for key in keys {
             assert_eq!(
@@ -102,5 +146,9 @@ mod tests {
         }
         assert_eq!(AccountKey::from_parts("nonsense", "x"), None);
         assert_eq!(Asset::from_code(Asset::Points.code()), Some(Asset::Points));
+        let cny = Asset::from_code("CNY").unwrap();
+        assert_eq!(cny.code(), "CNY");
+        assert_eq!(Asset::from_code("cny"), None);
+        assert_eq!(Asset::from_code("CNYX"), None);
     }
 }

@@ -6,8 +6,8 @@
 //! hash (32 bytes), sequence (u64), kind code, accepted_at (i64), a presence byte and, when
 //! present, merchant id, transaction id, store id, terminal id, occurred_at (i64) and body hash
 //! (32 bytes); member id, points (i64), a presence byte and spend (i64), member points after
-//! (i64), memo, the posting count (u32) and per posting the account code, asset code and
-//! amount (i64). Strings are a u32 byte length followed by UTF-8 bytes.
+//! (i64), memo, a presence byte and the terms version (u32), the posting count (u32) and per
+//! posting the account code, asset code and amount (i64). Strings are a u32 byte length followed by UTF-8 bytes.
 
 use sha2::{Digest, Sha256};
 
@@ -70,6 +70,13 @@ pub fn entry_hash(entry: &Entry) -> [u8; 32] {
     }
     hasher.update(entry.member_points_after.to_be_bytes());
     put_text(&mut hasher, &entry.memo);
+    match entry.terms_version {
+        Some(version) => {
+            hasher.update([1]);
+            hasher.update(version.to_be_bytes());
+        }
+        None => hasher.update([0]),
+    }
     let count = u32::try_from(entry.postings.len()).expect("an entry has few postings");
     hasher.update(count.to_be_bytes());
     for posting in &entry.postings {

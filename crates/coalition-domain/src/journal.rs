@@ -71,6 +71,8 @@ pub struct Entry {
     pub member_points_after: i64,
     /// A note for operator entries; empty for merchant entries.
     pub memo: String,
+    /// The version of the merchant's terms whose prices made the money legs.
+    pub terms_version: Option<u32>,
     pub postings: Vec<Posting>,
     pub previous_hash: [u8; 32],
     pub hash: [u8; 32],
@@ -84,7 +86,7 @@ pub enum BalanceError {
     #[error("entry {sequence} does not balance in {asset}: postings sum to {sum}")]
     Unbalanced {
         sequence: u64,
-        asset: &'static str,
+        asset: String,
         sum: i128,
     },
 }
@@ -120,7 +122,7 @@ pub fn check_postings_balance(sequence: u64, postings: &[Posting]) -> Result<(),
         if sum != 0 {
             return Err(BalanceError::Unbalanced {
                 sequence,
-                asset: asset.code(),
+                asset: asset.code().to_owned(),
                 sum,
             });
         }
@@ -182,7 +184,7 @@ mod tests {
             check_postings_balance(2, &[posting(5), posting(-4)]),
             Err(BalanceError::Unbalanced {
                 sequence: 2,
-                asset: "PTS",
+                asset: "PTS".into(),
                 sum: 1
             })
         );

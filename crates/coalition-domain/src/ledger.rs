@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
 
-use crate::account::{AccountId, AccountKey, Asset};
+use rust_decimal::Decimal;
+
+use crate::account::{AccountId, AccountKey, Asset, CurrencyCode};
 use crate::chain::{ChainError, ChainHead, entry_hash};
 use crate::ids::{MemberId, MerchantId, MerchantTransactionId};
 use crate::journal::{
@@ -18,6 +20,7 @@ use crate::journal::{
 };
 use crate::rejection::{Rejection, RejectionReason};
 use crate::submission::{Submission, TransactionKind};
+use crate::terms::{MerchantTerms, TermsError, check_price, money_leg};
 
 /// How deep alias chains may go: a merged member may itself be merged later.
 pub const ALIAS_DEPTH_MAX: usize = 64;
@@ -122,6 +125,8 @@ pub struct Changes {
     pub entries: Vec<Entry>,
     pub lots: Vec<LotRecord>,
     pub lot_consumptions: Vec<LotConsumption>,
+    /// Terms added.
+    pub terms: Vec<MerchantTerms>,
     /// The account of every posting of `entries`, in the same order as the postings.
     pub posting_account_ids: Vec<AccountId>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
@@ -133,6 +138,7 @@ impl Changes {
             && self.members.is_empty()
             && self.aliases.is_empty()
             && self.entries.is_empty()
+            && self.terms.is_empty()
     }
 
     /// The current balance of every account the batch touched.
@@ -159,8 +165,14 @@ struct MemberState {
 }
 
 /// The in-memory ledger. See the module documentation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Ledger {
+    /// The currency of money legs.
+    currency: CurrencyCode,
+    /// Every version of every merchant's terms, oldest first.
+    terms: HashMap<MerchantId, Vec<MerchantTerms>>,
+    /// The latest acceptance time of any entry; terms may not take effect before it.
+    last_accepted_at_ms: i64,
     accounts: HashMap<AccountKey, AccountId>,
     account_keys: HashMap<AccountId, AccountKey>,
     balances: HashMap<(AccountId, Asset), i64>,
@@ -184,9 +196,111 @@ impl Default for ChainHead {
     }
 }
 
+/// The settlement currency when none is configured.
+pub const CURRENCY_DEFAULT: &str = "CNY";
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::with_currency(CurrencyCode::new(CURRENCY_DEFAULT).expect("a valid code"))
+    }
+}
+
 impl Ledger {
+    /// An empty ledger whose money legs are in `currency`.
+    pub fn with_currency(currency: CurrencyCode) -> Self {
+        Ledger {
+            currency,
+            terms: HashMap::new(),
+            last_accepted_at_ms: i64::MIN,
+            accounts: HashMap::new(),
+            account_keys: HashMap::new(),
+            balances: HashMap::new(),
+            members: HashMap::new(),
+            aliases: HashMap::new(),
+            receipts: HashMap::new(),
+            receipts_by_age: BTreeMap::new(),
+            head: ChainHead::GENESIS,
+        }
+    }
+
+    /// Sets the currency of future money legs (recovery restores the rest from the journal).
+    pub fn set_currency(&mut self, currency: CurrencyCode) {
+        self.currency = currency;
+    }
+
+    pub fn currency(&self) -> CurrencyCode {
+        self.currency
+    }
+
     pub fn head(&self) -> ChainHead {
         self.head
+    }
+
+    /// The terms of `merchant_id` in force at `at_ms`.
+    pub fn terms_at(&self, merchant_id: &MerchantId, at_ms: i64) -> Option<&MerchantTerms> {
+        self.terms
+            .get(merchant_id)?
+            .iter()
+            .rev()
+            .find(|terms| terms.effective_from_ms <= at_ms)
+    }
+
+    /// Every version of a merchant's terms, oldest first.
+    pub fn merchant_terms(&self, merchant_id: &MerchantId) -> &[MerchantTerms] {
+        self.terms.get(merchant_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds the next version of a merchant's terms, effective from `effective_from_ms`, or,
+    /// when `None`, from the millisecond after the last accepted entry (so that every entry
+    /// is priced by the terms in force at its acceptance time).
+    pub fn add_terms(
+        &mut self,
+        merchant_id: MerchantId,
+        effective_from_ms: Option<i64>,
+        issue_price_minor_per_point: Decimal,
+        redeem_price_minor_per_point: Decimal,
+        now_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<MerchantTerms, TermsError> {
+        check_price("issue price", issue_price_minor_per_point)?;
+        check_price("redeem price", redeem_price_minor_per_point)?;
+        let effective_from_ms = effective_from_ms
+            .unwrap_or_else(|| now_ms.max(self.last_accepted_at_ms.saturating_add(1)));
+        if effective_from_ms <= self.last_accepted_at_ms {
+            return Err(TermsError::EffectiveInThePast {
+                effective_from_ms,
+                last_accepted_at_ms: self.last_accepted_at_ms,
+            });
+        }
+        let versions = self.terms.entry(merchant_id.clone()).or_default();
+        if let Some(previous) = versions.last()
+            && effective_from_ms <= previous.effective_from_ms
+        {
+            return Err(TermsError::NotAfterPrevious {
+                merchant_id,
+                effective_from_ms,
+                version: previous.version,
+                previous_ms: previous.effective_from_ms,
+            });
+        }
+        let terms = MerchantTerms {
+            merchant_id,
+            version: u32::try_from(versions.len() + 1).expect("fewer than 4 billion versions"),
+            effective_from_ms,
+            issue_price_minor_per_point,
+            redeem_price_minor_per_point,
+        };
+        versions.push(terms.clone());
+        changes.terms.push(terms.clone());
+        Ok(terms)
+    }
+
+    /// Recovery: restores one stored version of terms (in version order).
+    pub fn restore_terms(&mut self, terms: MerchantTerms) {
+        self.terms
+            .entry(terms.merchant_id.clone())
+            .or_default()
+            .push(terms);
     }
 
     pub fn balance_of(&self, account: AccountId, asset: Asset) -> i64 {
@@ -328,7 +442,19 @@ impl Ledger {
         let member_points_after = wallet_before
             .checked_add(wallet_change)
             .ok_or_else(|| ApplyError::InvariantViolated("wallet balance overflow".into()))?;
-        let postings = vec![
+        let terms = self
+            .terms_at(&submission.merchant_id, accepted_at_ms)
+            .cloned()
+            .ok_or_else(|| {
+                ApplyError::Rejected(Rejection::new(
+                    RejectionReason::TermsMissing,
+                    format!(
+                        "merchant {} has no terms in force, so its points have no price",
+                        submission.merchant_id
+                    ),
+                ))
+            })?;
+        let mut postings = vec![
             Posting {
                 account: AccountKey::MemberWallet(member_id.clone()),
                 asset: Asset::Points,
@@ -340,6 +466,36 @@ impl Ledger {
                 amount: -wallet_change,
             },
         ];
+        // The money leg: the issuer pays the operator's float for points it issues; the float
+        // pays the redeemer for points redeemed there. Rounding per `terms::money_leg`.
+        let (price, payer, payee) = match kind {
+            EntryKind::Burn => (
+                terms.redeem_price_minor_per_point,
+                AccountKey::OperatorFloat,
+                AccountKey::MerchantSettlement(submission.merchant_id.clone()),
+            ),
+            _ => (
+                terms.issue_price_minor_per_point,
+                AccountKey::MerchantSettlement(submission.merchant_id.clone()),
+                AccountKey::OperatorFloat,
+            ),
+        };
+        let (charged, paid) = money_leg(submission.points, price)
+            .ok_or_else(|| ApplyError::InvariantViolated("money leg overflow".into()))?;
+        let money = Asset::Currency(self.currency);
+        for (account, amount) in [
+            (payer, -charged),
+            (payee, paid),
+            (AccountKey::OperatorRounding, charged - paid),
+        ] {
+            if amount != 0 {
+                postings.push(Posting {
+                    account,
+                    asset: money,
+                    amount,
+                });
+            }
+        }
         let origin = MerchantOrigin {
             merchant_id: submission.merchant_id.clone(),
             merchant_transaction_id: submission.merchant_transaction_id.clone(),
@@ -358,6 +514,7 @@ impl Ledger {
             spend_minor: submission.spend_minor,
             member_points_after,
             memo: String::new(),
+            terms_version: Some(terms.version),
             postings,
             previous_hash: [0; 32],
             hash: [0; 32],
@@ -428,6 +585,7 @@ impl Ledger {
                 spend_minor: None,
                 member_points_after,
                 memo: format!("member {alias} merged into {target}"),
+                terms_version: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberWallet(alias.clone()),
@@ -500,14 +658,14 @@ impl Ledger {
     /// Checks that every member's lots sum to its wallet balance and that each asset's
     /// balances sum to zero across all accounts.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut total: i128 = 0;
+        let mut totals: HashMap<Asset, i128> = HashMap::new();
         for (&(_, asset), &balance) in &self.balances {
-            if asset == Asset::Points {
-                total += i128::from(balance);
-            }
+            *totals.entry(asset).or_default() += i128::from(balance);
         }
-        if total != 0 {
-            return Err(format!("points balances sum to {total}, not 0"));
+        for (asset, total) in totals {
+            if total != 0 {
+                return Err(format!("{} balances sum to {total}, not 0", asset.code()));
+            }
         }
         for (member_id, state) in &self.members {
             let lots: i64 = state.lots.iter().map(|lot| lot.points_remaining).sum();
@@ -684,6 +842,7 @@ impl Ledger {
             sequence: entry.sequence,
             hash: entry.hash,
         };
+        self.last_accepted_at_ms = self.last_accepted_at_ms.max(entry.accepted_at_ms);
         if self.wallet_points(&entry.member_id) != entry.member_points_after {
             return Err(ReplayError::WalletMismatch(entry.sequence));
         }

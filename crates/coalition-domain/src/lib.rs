@@ -16,8 +16,9 @@ pub mod registry;
 pub mod rejection;
 pub mod signing;
 pub mod submission;
+pub mod terms;
 
-pub use account::{AccountId, AccountKey, Asset};
+pub use account::{AccountId, AccountKey, Asset, CurrencyCode};
 pub use chain::ChainHead;
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
@@ -29,3 +30,4 @@ pub use limits::Limits;
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
 pub use rejection::{Rejection, RejectionReason};
 pub use submission::{RawSubmission, Submission, TransactionKind};
+pub use terms::{MerchantTerms, TermsError};

@@ -48,11 +48,13 @@ pub enum RejectionReason {
     MemberUnknown = 19,
     /// A burn asks for more points than the member has available.
     PointsInsufficient = 20,
+    /// The merchant has no terms in force, so the transaction's money leg has no price.
+    TermsMissing = 21,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 20] = [
+    pub const ALL: [RejectionReason; 21] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -73,6 +75,7 @@ impl RejectionReason {
         Self::TransactionIdConflict,
         Self::MemberUnknown,
         Self::PointsInsufficient,
+        Self::TermsMissing,
     ];
 
     /// The stable numeric code, equal to the gRPC enum value.
@@ -110,6 +113,7 @@ impl RejectionReason {
             Self::TransactionIdConflict => "transaction_id_conflict",
             Self::MemberUnknown => "member_unknown",
             Self::PointsInsufficient => "points_insufficient",
+            Self::TermsMissing => "terms_missing",
         }
     }
 }
@@ -154,6 +158,6 @@ mod tests {
             assert_eq!(RejectionReason::from_code(reason.code()), Some(*reason));
         }
         assert_eq!(RejectionReason::from_code(0), None);
-        assert_eq!(RejectionReason::from_code(21), None);
+        assert_eq!(RejectionReason::from_code(22), None);
     }
 }

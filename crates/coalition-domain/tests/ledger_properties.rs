@@ -9,6 +9,7 @@ use coalition_domain::{
     TransactionKind,
 };
 use proptest::prelude::*;
+use rust_decimal::Decimal;
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -31,6 +32,12 @@ enum Step {
     },
     /// The writer forgets receipts to bound memory; the journal still knows them.
     ForgetReceipts,
+    /// The finance team sets new prices for a merchant.
+    Reprice {
+        merchant: u8,
+        issue_cents: i64,
+        redeem_cents: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -59,6 +66,13 @@ fn step() -> impl Strategy<Value = Step> {
         }),
         (0u8..6, 0u8..6).prop_map(|(alias, target)| Step::Merge { alias, target }),
         Just(Step::ForgetReceipts),
+        (0u8..2, 0i64..300, 0i64..300).prop_map(|(merchant, issue_cents, redeem_cents)| {
+            Step::Reprice {
+                merchant,
+                issue_cents,
+                redeem_cents,
+            }
+        }),
     ]
 }
 
@@ -95,6 +109,12 @@ proptest! {
     fn any_sequence_keeps_the_books(steps in proptest::collection::vec(step(), 1..80)) {
         let mut ledger = Ledger::default();
         let mut changes = Changes::default();
+        // Merchants 0 and 1 have terms; merchant 2 never does.
+        for merchant in 0..2u8 {
+            ledger
+                .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, Decimal::new(105, 2), Decimal::new(95, 2), -1, &mut changes)
+                .unwrap();
+        }
         let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
         for (time, step) in steps.into_iter().enumerate() {
             let now = time as i64;
@@ -107,6 +127,12 @@ proptest! {
                 }
             }
             match step {
+                Step::Reprice { merchant, issue_cents, redeem_cents } => {
+                    let terms = ledger
+                        .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, Decimal::new(issue_cents, 2), Decimal::new(redeem_cents, 2), now, &mut changes)
+                        .unwrap();
+                    prop_assert!(terms.version >= 2);
+                }
                 Step::ForgetReceipts => {
                     ledger.forget_receipts_before(i64::MAX);
                     prop_assert_eq!(ledger.receipts_in_memory(), 0);
@@ -131,7 +157,10 @@ proptest! {
                             prop_assert_eq!(receipt.member_points_after, before_points + points);
                             earned.push((merchant, index, points, id, occurred));
                         }
-                        Err(ApplyError::Rejected(rejection)) => prop_assert_eq!(rejection.reason, RejectionReason::MemberUnknown),
+                        Err(ApplyError::Rejected(rejection)) => prop_assert!(
+                            matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::TermsMissing),
+                            "{rejection:?}"
+                        ),
                         other => prop_assert!(false, "unexpected {other:?}"),
                     }
                 }
@@ -144,7 +173,10 @@ proptest! {
                             prop_assert_eq!(receipt.member_points_after, before_points - points);
                         }
                         Err(ApplyError::Rejected(rejection)) => {
-                            prop_assert!(matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::PointsInsufficient));
+                            prop_assert!(matches!(
+                                rejection.reason,
+                                RejectionReason::MemberUnknown | RejectionReason::PointsInsufficient | RejectionReason::TermsMissing
+                            ));
                             if rejection.reason == RejectionReason::PointsInsufficient {
                                 prop_assert!(points > before_points);
                             }
@@ -165,15 +197,32 @@ proptest! {
             prop_assert_eq!(ledger.check_invariants(), Ok(()));
         }
 
-        // Every entry balances and the chain verifies from genesis.
+        // Every entry balances, and its money leg is its points times the price of the terms
+        // in force at its acceptance, rounded up for the payer and down for the payee.
         for entry in &changes.entries {
             prop_assert_eq!(entry.check_balanced(), Ok(()));
+            let Some(origin) = &entry.origin else { continue };
+            let terms = ledger.terms_at(&origin.merchant_id, entry.accepted_at_ms).unwrap();
+            prop_assert_eq!(Some(terms.version), entry.terms_version);
+            let price = match entry.kind {
+                coalition_domain::EntryKind::Burn => terms.redeem_price_minor_per_point,
+                _ => terms.issue_price_minor_per_point,
+            };
+            let exact = Decimal::from(entry.points) * price;
+            let money: Vec<i64> = entry.postings.iter().filter(|p| p.asset != Asset::Points).map(|p| p.amount).collect();
+            let charged: i64 = -money.iter().filter(|a| **a < 0).sum::<i64>();
+            prop_assert_eq!(Decimal::from(charged), exact.ceil());
+            let rounding: i64 = entry.postings.iter().filter(|p| p.account == coalition_domain::AccountKey::OperatorRounding).map(|p| p.amount).sum();
+            prop_assert_eq!(Decimal::from(charged - rounding), exact.floor());
         }
         let head = verify_chain(ChainHead::GENESIS, changes.entries.iter()).unwrap();
         prop_assert_eq!(head, ledger.head());
 
         // Replaying the journal rebuilds the same balances.
         let mut replayed = Ledger::default();
+        for terms in &changes.terms {
+            replayed.restore_terms(terms.clone());
+        }
         for (id, key) in &changes.accounts {
             replayed.restore_account(*id, key.clone());
         }
@@ -189,8 +238,10 @@ proptest! {
         replayed.finish_restore();
         prop_assert_eq!(replayed.head(), ledger.head());
         prop_assert_eq!(replayed.check_invariants(), Ok(()));
+        let money = Asset::Currency(ledger.currency());
         for (key, id) in ledger.accounts() {
             prop_assert_eq!(replayed.balance_of(id, Asset::Points), ledger.balance_of(id, Asset::Points), "{}", key);
+            prop_assert_eq!(replayed.balance_of(id, money), ledger.balance_of(id, money), "{}", key);
         }
         prop_assert_eq!(replayed.outstanding_by_issuer(), ledger.outstanding_by_issuer());
     }
@@ -200,6 +251,16 @@ proptest! {
 fn an_altered_entry_breaks_the_chain() {
     let mut ledger = Ledger::default();
     let mut changes = Changes::default();
+    ledger
+        .add_terms(
+            MerchantId::new("merchant-0").unwrap(),
+            None,
+            Decimal::ONE,
+            Decimal::ONE,
+            -1,
+            &mut changes,
+        )
+        .unwrap();
     ledger
         .enroll_member(member(1), None, 0, &mut changes)
         .unwrap();

@@ -5,11 +5,13 @@ use std::sync::{Arc, RwLock};
 use coalition_domain::ledger::Outcome;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing::{self, SignatureFault};
+use coalition_domain::{CurrencyCode, MerchantTerms, TermsError};
 use coalition_domain::{
     KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
     MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
 };
 use coalition_storage::{Storage, StorageError, WriterLock};
+use rust_decimal::Decimal;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -19,6 +21,8 @@ use crate::writer::{Command, Writer};
 /// Limits of the writing path.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
+    /// The currency of money legs.
+    pub currency: CurrencyCode,
     /// The most submissions one writer batch (one database transaction) holds.
     pub batch_len_max: usize,
     /// How many commands may wait for the writer before callers wait in turn.
@@ -41,6 +45,8 @@ const RECEIPT_RETENTION_MARGIN_MS: i64 = 3_600_000;
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            currency: CurrencyCode::new(coalition_domain::ledger::CURRENCY_DEFAULT)
+                .expect("a valid code"),
             batch_len_max: 4096,
             writer_queue_len_max: 1024,
             limits: Limits::default(),
@@ -66,6 +72,8 @@ pub enum AdminError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Member(#[from] MemberError),
+    #[error(transparent)]
+    Terms(#[from] TermsError),
     #[error("invalid {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -163,9 +171,11 @@ impl Engine {
             merchants = state.registry.merchants().count(),
             "ledger recovered"
         );
+        let mut ledger = state.ledger;
+        ledger.set_currency(config.currency);
         let (sender, receiver) = mpsc::channel(config.writer_queue_len_max);
         let writer = Writer {
-            ledger: state.ledger,
+            ledger,
             storage: storage.clone(),
             clock: clock.clone(),
             batch_len_max: config.batch_len_max,
@@ -314,6 +324,35 @@ impl Engine {
         self.send(Command::Alias {
             alias,
             target,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// Adds the next version of a merchant's terms, effective from `effective_from_ms` or, when
+    /// `None`, from the next millisecond after the last accepted entry. Goes through the writer,
+    /// so it is ordered exactly with the entries it prices.
+    pub async fn set_merchant_terms(
+        &self,
+        merchant_id: MerchantId,
+        effective_from_ms: Option<i64>,
+        issue_price_minor_per_point: Decimal,
+        redeem_price_minor_per_point: Decimal,
+    ) -> Result<MerchantTerms, AdminError> {
+        if self.registry().merchant(&merchant_id).is_none() {
+            return Err(AdminError::Registry(RegistryError::MerchantUnknown(
+                merchant_id,
+            )));
+        }
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Terms {
+            merchant_id,
+            effective_from_ms,
+            issue_price_minor_per_point,
+            redeem_price_minor_per_point,
             reply,
         })
         .await?;

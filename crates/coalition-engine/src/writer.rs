@@ -4,8 +4,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coalition_domain::ledger::{ApplyError, Outcome};
-use coalition_domain::{Changes, Ledger, MemberId, Receipt, Rejection, Submission};
+use coalition_domain::{
+    Changes, Ledger, MemberId, MerchantId, MerchantTerms, Receipt, Rejection, Submission,
+};
 use coalition_storage::Storage;
+use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -28,6 +31,13 @@ pub(crate) enum Command {
         target: MemberId,
         reply: oneshot::Sender<Result<Option<Receipt>, AdminError>>,
     },
+    Terms {
+        merchant_id: MerchantId,
+        effective_from_ms: Option<i64>,
+        issue_price_minor_per_point: Decimal,
+        redeem_price_minor_per_point: Decimal,
+        reply: oneshot::Sender<Result<MerchantTerms, AdminError>>,
+    },
     /// Finish what was received before this command, then stop.
     Shutdown,
 }
@@ -41,6 +51,9 @@ impl Command {
             Command::Alias { reply, .. } => {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
+            Command::Terms { reply, .. } => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
             Command::Shutdown => {}
         }
     }
@@ -50,7 +63,7 @@ impl Command {
         match self {
             Command::Submit { submissions, .. } => submissions.len(),
             Command::Enroll { members, .. } => members.len(),
-            Command::Alias { .. } | Command::Shutdown => 1,
+            Command::Alias { .. } | Command::Terms { .. } | Command::Shutdown => 1,
         }
     }
 }
@@ -69,6 +82,10 @@ enum Pending {
         oneshot::Sender<Result<Option<Receipt>, AdminError>>,
         Result<Option<Receipt>, AdminError>,
     ),
+    Terms(
+        oneshot::Sender<Result<MerchantTerms, AdminError>>,
+        Result<MerchantTerms, AdminError>,
+    ),
 }
 
 impl Pending {
@@ -79,6 +96,7 @@ impl Pending {
             Pending::Submit(reply, results) => drop(reply.send(Ok(results))),
             Pending::Enroll(reply, summary) => drop(reply.send(Ok(summary))),
             Pending::Alias(reply, result) => drop(reply.send(result)),
+            Pending::Terms(reply, result) => drop(reply.send(result)),
         }
     }
 
@@ -87,6 +105,7 @@ impl Pending {
             Pending::Submit(reply, _) => drop(reply.send(Err(error.clone()))),
             Pending::Enroll(reply, _) => drop(reply.send(Err(error.clone()))),
             Pending::Alias(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
+            Pending::Terms(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
         }
     }
 }
@@ -177,6 +196,7 @@ impl Writer {
             return;
         }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
+        let mut accepted_until_ms = accepted_at_ms;
         let mut changes = Changes::default();
         let mut pending = Vec::with_capacity(commands.len());
         let mut invariant_violation = None;
@@ -225,6 +245,33 @@ impl Writer {
                         .map_err(AdminError::Member);
                     pending.push(Pending::Alias(reply, result));
                 }
+                Command::Terms {
+                    merchant_id,
+                    effective_from_ms,
+                    issue_price_minor_per_point,
+                    redeem_price_minor_per_point,
+                    reply,
+                } => {
+                    let immediate = effective_from_ms.is_none();
+                    let result = self
+                        .ledger
+                        .add_terms(
+                            merchant_id,
+                            effective_from_ms,
+                            issue_price_minor_per_point,
+                            redeem_price_minor_per_point,
+                            accepted_at_ms,
+                            &mut changes,
+                        )
+                        .map_err(AdminError::Terms);
+                    // Terms "from now" start at the next millisecond when entries were already
+                    // accepted in this one; acceptance times move on with them, so the next
+                    // batch is priced by them even if the wall clock has not moved.
+                    if let (true, Ok(terms)) = (immediate, &result) {
+                        accepted_until_ms = accepted_until_ms.max(terms.effective_from_ms);
+                    }
+                    pending.push(Pending::Terms(reply, result));
+                }
                 Command::Shutdown => {}
             }
             if invariant_violation.is_some() {
@@ -246,7 +293,7 @@ impl Writer {
         };
         match written {
             Ok(()) => {
-                self.last_accepted_at_ms = accepted_at_ms;
+                self.last_accepted_at_ms = accepted_until_ms;
                 metrics::histogram!("coalition_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("coalition_batch_submissions").record(submissions_count as f64);

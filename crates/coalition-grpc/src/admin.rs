@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use coalition_domain::TermsError;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing;
 use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
 use coalition_engine::{AdminError, Engine, NewMerchant};
+use rust_decimal::Decimal;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -54,6 +56,12 @@ fn require_admin(metadata: &MetadataMap, config: &ServerConfig) -> Result<(), St
 
 pub fn admin_status(error: AdminError) -> Status {
     match &error {
+        AdminError::Terms(
+            TermsError::EffectiveInThePast { .. } | TermsError::NotAfterPrevious { .. },
+        ) => Status::failed_precondition(error.to_string()),
+        AdminError::Terms(TermsError::PriceInvalid { .. }) => {
+            Status::invalid_argument(error.to_string())
+        }
         AdminError::Registry(
             RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. },
         ) => Status::already_exists(error.to_string()),
@@ -204,7 +212,18 @@ impl AdminService for Admin {
             .engine
             .merchant(&id)
             .ok_or_else(|| Status::not_found(format!("merchant {id} is not registered")))?;
+        let terms = self
+            .engine
+            .storage()
+            .load_terms()
+            .await
+            .map_err(|error| Status::unavailable(format!("the database did not answer: {error}")))?
+            .iter()
+            .filter(|terms| terms.merchant_id == id)
+            .map(convert::wire_terms)
+            .collect();
         Ok(Response::new(pb::GetMerchantResponse {
+            terms,
             merchant_id: merchant.merchant_id.to_string(),
             name: merchant.name,
             category: convert::wire_category(merchant.category) as i32,
@@ -255,6 +274,38 @@ impl AdminService for Admin {
             enrolled: summary.enrolled,
             already_enrolled: summary.already_enrolled,
             refused,
+        }))
+    }
+
+    async fn set_merchant_terms(
+        &self,
+        request: Request<pb::SetMerchantTermsRequest>,
+    ) -> Result<Response<pb::SetMerchantTermsResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let price = |field: &'static str, text: &str| {
+            Decimal::from_str_exact(text.trim())
+                .map_err(|error| invalid(field, format!("{text:?} is not a decimal: {error}")))
+        };
+        let terms = self
+            .engine
+            .set_merchant_terms(
+                merchant_id(request.merchant_id)?,
+                (request.effective_from_unix_ms != 0).then_some(request.effective_from_unix_ms),
+                price(
+                    "issue_price_minor_per_point",
+                    &request.issue_price_minor_per_point,
+                )?,
+                price(
+                    "redeem_price_minor_per_point",
+                    &request.redeem_price_minor_per_point,
+                )?,
+            )
+            .await
+            .map_err(admin_status)?;
+        tracing::info!(merchant_id = %terms.merchant_id, version = terms.version, "terms set");
+        Ok(Response::new(pb::SetMerchantTermsResponse {
+            terms: Some(convert::wire_terms(&terms)),
         }))
     }
 

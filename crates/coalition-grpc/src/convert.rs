@@ -1,6 +1,7 @@
 //! Hand-written conversions between the wire types and the domain.
 
-use coalition_domain::account::AccountKey;
+use coalition_domain::MerchantTerms;
+use coalition_domain::account::{AccountKey, OPERATOR};
 use coalition_domain::journal::Entry;
 use coalition_domain::journal::EntryKind;
 use coalition_domain::{
@@ -96,6 +97,9 @@ pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
         AccountKey::MemberWallet(_) => pb::AccountKind::MemberWallet,
         AccountKey::MerchantIssued(_) => pb::AccountKind::MerchantIssued,
         AccountKey::MerchantRedeemed(_) => pb::AccountKind::MerchantRedeemed,
+        AccountKey::MerchantSettlement(_) => pb::AccountKind::MerchantSettlement,
+        AccountKey::OperatorFloat => pb::AccountKind::OperatorFloat,
+        AccountKey::OperatorRounding => pb::AccountKind::OperatorRounding,
     }
 }
 
@@ -111,6 +115,21 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
         Ok(pb::AccountKind::MerchantRedeemed) => MerchantId::new(owner_id)
             .map(AccountKey::MerchantRedeemed)
             .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantSettlement) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantSettlement)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(kind @ (pb::AccountKind::OperatorFloat | pb::AccountKind::OperatorRounding)) => {
+            if !(owner_id.is_empty() || owner_id == OPERATOR) {
+                return Err(invalid(format!(
+                    "the operator's accounts have owner_id {OPERATOR:?}"
+                )));
+            }
+            Ok(if kind == pb::AccountKind::OperatorFloat {
+                AccountKey::OperatorFloat
+            } else {
+                AccountKey::OperatorRounding
+            })
+        }
         Ok(pb::AccountKind::Unspecified) | Err(_) => {
             Err(invalid("account_kind must be set".to_owned()))
         }
@@ -148,6 +167,7 @@ pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
             })
             .collect(),
         hash: entry.hash.to_vec(),
+        terms_version: entry.terms_version,
     }
 }
 
@@ -171,5 +191,14 @@ pub fn wire_category(category: MerchantCategory) -> pb::MerchantCategory {
         MerchantCategory::Restaurant => pb::MerchantCategory::Restaurant,
         MerchantCategory::Parking => pb::MerchantCategory::Parking,
         MerchantCategory::Other => pb::MerchantCategory::Other,
+    }
+}
+
+pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
+    pb::MerchantTerms {
+        version: terms.version,
+        effective_from_unix_ms: terms.effective_from_ms,
+        issue_price_minor_per_point: terms.issue_price_minor_per_point.to_string(),
+        redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
     }
 }

@@ -114,6 +114,16 @@ impl QueryService for Queries {
             request.signature,
             |q: &pb::BalanceQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
         )?;
+        let asset = if query.asset.is_empty() {
+            Asset::Points
+        } else {
+            Asset::from_code(&query.asset).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "asset {:?} is neither PTS nor a currency code",
+                    query.asset
+                ))
+            })?
+        };
         let mut account = convert::account_key(query.account_kind, query.owner_id)?;
         if let AccountKey::MemberWallet(member) = &account {
             account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
@@ -121,9 +131,10 @@ impl QueryService for Queries {
         if let Reader::Merchant(merchant) = &reader {
             let allowed = match &account {
                 AccountKey::MemberWallet(_) => true,
-                AccountKey::MerchantIssued(owner) | AccountKey::MerchantRedeemed(owner) => {
-                    owner == merchant
-                }
+                AccountKey::MerchantIssued(owner)
+                | AccountKey::MerchantRedeemed(owner)
+                | AccountKey::MerchantSettlement(owner) => owner == merchant,
+                AccountKey::OperatorFloat | AccountKey::OperatorRounding => false,
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(
@@ -134,7 +145,7 @@ impl QueryService for Queries {
         let balance = self
             .engine
             .storage()
-            .account_balance(&account, Asset::Points, query.as_of_unix_ms)
+            .account_balance(&account, asset, query.as_of_unix_ms)
             .await
             .map_err(storage_status)?;
         Ok(Response::new(pb::GetBalanceResponse {

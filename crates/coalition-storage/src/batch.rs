@@ -301,6 +301,15 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                 Column::Text(entries.iter().map(|e| e.memo.clone()).collect()),
             ),
             (
+                "terms_version",
+                Column::NullableBigInt(
+                    entries
+                        .iter()
+                        .map(|e| e.terms_version.map(i64::from))
+                        .collect(),
+                ),
+            ),
+            (
                 "previous_hash",
                 Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect()),
             ),
@@ -457,7 +466,45 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         ],
         on_conflict: "ON CONFLICT (account_id, asset) DO UPDATE SET balance = excluded.balance",
     };
+    let terms = &changes.terms;
+    let terms_table = Table {
+        name: "merchant_terms",
+        columns: vec![
+            (
+                "merchant_id",
+                Column::Text(terms.iter().map(|t| t.merchant_id.to_string()).collect()),
+            ),
+            (
+                "version",
+                Column::BigInt(terms.iter().map(|t| i64::from(t.version)).collect()),
+            ),
+            (
+                "effective_from_ms",
+                Column::BigInt(terms.iter().map(|t| t.effective_from_ms).collect()),
+            ),
+            (
+                "issue_price_minor_per_point",
+                Column::Text(
+                    terms
+                        .iter()
+                        .map(|t| t.issue_price_minor_per_point.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "redeem_price_minor_per_point",
+                Column::Text(
+                    terms
+                        .iter()
+                        .map(|t| t.redeem_price_minor_per_point.to_string())
+                        .collect(),
+                ),
+            ),
+        ],
+        on_conflict: "",
+    };
     vec![
+        terms_table,
         accounts,
         members,
         aliases,

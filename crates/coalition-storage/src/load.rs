@@ -8,8 +8,8 @@ use coalition_domain::chain::ChainHead;
 use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
 use coalition_domain::registry::{MerchantCategory, MerchantStatus};
 use coalition_domain::{
-    KeyId, Ledger, MemberId, Merchant, MerchantId, MerchantKey, MerchantTransactionId, Registry,
-    signing,
+    KeyId, Ledger, MemberId, Merchant, MerchantId, MerchantKey, MerchantTerms,
+    MerchantTransactionId, Registry, signing,
 };
 use sqlx::Row;
 
@@ -23,7 +23,7 @@ macro_rules! entry_columns {
     () => {
         "sequence, kind, accepted_at_ms, merchant_id, merchant_transaction_id, store_id, \
          terminal_id, occurred_at_ms, body_hash, member_id, points, spend_minor, \
-         member_points_after, memo, previous_hash, hash"
+         member_points_after, memo, previous_hash, hash, terms_version"
     };
 }
 pub(crate) use entry_columns;
@@ -54,6 +54,7 @@ pub(crate) struct EntryRow {
     pub memo: String,
     pub previous_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    pub terms_version: Option<i64>,
 }
 
 /// Reads an `EntryRow` from a row of either backend.
@@ -77,6 +78,7 @@ macro_rules! entry_row {
             memo: row.try_get("memo")?,
             previous_hash: row.try_get("previous_hash")?,
             hash: row.try_get("hash")?,
+            terms_version: row.try_get("terms_version")?,
         }
     }};
 }
@@ -165,6 +167,11 @@ impl EntryRow {
             spend_minor: self.spend_minor,
             member_points_after: self.member_points_after,
             memo: self.memo,
+            terms_version: self
+                .terms_version
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| corrupt(format!("entry {sequence}: terms version out of range")))?,
             postings,
             previous_hash: hash32(self.previous_hash, "previous hash", sequence)?,
             hash: hash32(self.hash, "hash", sequence)?,
@@ -365,6 +372,9 @@ impl Storage {
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             (accounts, members, aliases)
         });
+        for terms in self.load_terms().await? {
+            ledger.restore_terms(terms);
+        }
         let account_count = accounts.len();
         for (id, kind, owner) in accounts {
             let key = AccountKey::from_parts(&kind, &owner)
@@ -427,6 +437,46 @@ impl Storage {
             problems,
         };
         Ok((ledger, report))
+    }
+
+    /// Every version of every merchant's terms, in version order.
+    pub async fn load_terms(&self) -> Result<Vec<MerchantTerms>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point \
+                 FROM merchant_terms ORDER BY merchant_id, version",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("merchant_id")?,
+                    row.try_get::<i64, _>("version")?,
+                    row.try_get::<i64, _>("effective_from_ms")?,
+                    row.try_get::<String, _>("issue_price_minor_per_point")?,
+                    row.try_get::<String, _>("redeem_price_minor_per_point")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(merchant_id, version, effective_from_ms, issue, redeem)| {
+                let price = |text: &str| {
+                    rust_decimal::Decimal::from_str_exact(text)
+                        .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
+                };
+                Ok(MerchantTerms {
+                    merchant_id: MerchantId::new(merchant_id.clone())
+                        .map_err(|error| corrupt(format!("terms merchant id {error}")))?,
+                    version: u32::try_from(version)
+                        .map_err(|_| corrupt("terms version out of range"))?,
+                    effective_from_ms,
+                    issue_price_minor_per_point: price(&issue)?,
+                    redeem_price_minor_per_point: price(&redeem)?,
+                })
+            })
+            .collect()
     }
 
     /// Recovery: the ledger as committed, refusing to start on any inconsistency, with the

@@ -161,6 +161,20 @@ pub enum AdminCommand {
         #[arg(long)]
         tier: Option<String>,
     },
+    /// Add the next version of a merchant's terms (prices per point, in minor units).
+    SetTerms {
+        #[arg(long)]
+        merchant: String,
+        /// What the merchant pays per point it issues, e.g. 1.05.
+        #[arg(long)]
+        issue_price: String,
+        /// What the merchant is paid per point redeemed there, e.g. 0.95.
+        #[arg(long)]
+        redeem_price: String,
+        /// In force from this acceptance time, Unix milliseconds; default now.
+        #[arg(long)]
+        effective_from_ms: Option<i64>,
+    },
     /// Make one member id an alias of another, moving its points.
     Alias {
         #[arg(long)]
@@ -576,6 +590,31 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 bail!("{} members were refused", response.refused.len());
             }
         }
+        AdminCommand::SetTerms {
+            merchant,
+            issue_price,
+            redeem_price,
+            effective_from_ms,
+        } => {
+            let terms = admin
+                .set_merchant_terms(pb::SetMerchantTermsRequest {
+                    merchant_id: merchant.clone(),
+                    effective_from_unix_ms: effective_from_ms.unwrap_or(0),
+                    issue_price_minor_per_point: issue_price,
+                    redeem_price_minor_per_point: redeem_price,
+                })
+                .await?
+                .into_inner()
+                .terms
+                .context("the server returned no terms")?;
+            println!(
+                "terms version {} of {merchant}: issue {} / redeem {} minor units per point, from {} ms",
+                terms.version,
+                terms.issue_price_minor_per_point,
+                terms.redeem_price_minor_per_point,
+                terms.effective_from_unix_ms
+            );
+        }
         AdminCommand::Alias { alias, target } => {
             let response = admin
                 .alias_member(pb::AliasMemberRequest {
@@ -658,6 +697,7 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                 account_kind: pb::AccountKind::MemberWallet as i32,
                 owner_id: member.clone(),
                 as_of_unix_ms: None,
+                asset: String::new(),
             };
             let (query, signature) = signer.sign_query(&query);
             let response = QueryServiceClient::new(channel)

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use coalition_domain::Limits;
+use coalition_domain::{CurrencyCode, Limits};
 use coalition_engine::EngineConfig;
 use coalition_grpc::ServerConfig;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,8 @@ pub struct Config {
     pub database_url: String,
     /// Database pool size.
     pub database_connections_max: u32,
+    /// The settlement currency of money legs, an ISO 4217 code; amounts are in its minor units.
+    pub settlement_currency: String,
     /// The operator's admin token; admin calls are refused when unset.
     pub admin_token: Option<String>,
     /// The most submissions per writer batch (one database transaction).
@@ -63,6 +65,7 @@ impl Default for Config {
             metrics_address: "127.0.0.1:9464".into(),
             database_url: "sqlite://coalition.db".into(),
             database_connections_max: 8,
+            settlement_currency: coalition_domain::ledger::CURRENCY_DEFAULT.into(),
             admin_token: None,
             batch_len_max: engine.batch_len_max,
             writer_queue_len_max: engine.writer_queue_len_max,
@@ -182,6 +185,12 @@ impl Config {
                 "future_skew_max_ms cannot be negative".into(),
             ));
         }
+        if CurrencyCode::new(&self.settlement_currency).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "settlement_currency must be an ISO 4217 code such as \"CNY\", got {:?}",
+                self.settlement_currency
+            )));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be \"text\" or \"json\", got {:?}",
@@ -200,6 +209,7 @@ impl Config {
 
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
+            currency: CurrencyCode::new(&self.settlement_currency).expect("checked when loaded"),
             batch_len_max: self.batch_len_max,
             writer_queue_len_max: self.writer_queue_len_max,
             limits: Limits {

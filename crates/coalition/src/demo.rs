@@ -278,6 +278,15 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
             })
             .await
             .with_context(|| format!("registering {}", merchant.signer.merchant_id))?;
+        admin
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: merchant.signer.merchant_id.clone(),
+                effective_from_unix_ms: 0,
+                issue_price_minor_per_point: merchant.issue_price.clone(),
+                redeem_price_minor_per_point: merchant.redeem_price.clone(),
+            })
+            .await
+            .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;
     }
     for members in day.members.chunks(5_000) {
         let response = admin
@@ -411,6 +420,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         account_kind: pb::AccountKind::MemberWallet as i32,
         owner_id: member.clone(),
         as_of_unix_ms: None,
+        asset: String::new(),
     });
     let balance = QueryServiceClient::new(channel.clone())
         .get_balance(pb::GetBalanceRequest {
@@ -507,6 +517,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Money legs at the merchants' terms: who owes and is owed what, in minor units.
+    let money = coalition_domain::Asset::Currency(ledger.currency());
+    let (mut owed_by_issuers, mut owed_to_redeemers, mut float, mut rounding) =
+        (0i64, 0i64, 0i64, 0i64);
+    for (key, id) in ledger.accounts() {
+        let balance = ledger.balance_of(id, money);
+        match key {
+            coalition_domain::AccountKey::MerchantSettlement(_) if balance < 0 => {
+                owed_by_issuers -= balance
+            }
+            coalition_domain::AccountKey::MerchantSettlement(_) => owed_to_redeemers += balance,
+            coalition_domain::AccountKey::OperatorFloat => float += balance,
+            coalition_domain::AccountKey::OperatorRounding => rounding += balance,
+            _ => {}
+        }
+    }
+    let currency = money.code();
+    println!(
+        "money legs            issuers owe {} {currency}, redeemers are owed {} {currency}; float {} {currency}, rounding {} {currency}",
+        minor_units(owed_by_issuers),
+        minor_units(owed_to_redeemers),
+        minor_units(float),
+        minor_units(rounding)
+    );
     for problem in &report.problems {
         println!("problem: {problem}");
     }
@@ -525,4 +559,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("outcomes              exactly as planted");
     Ok(())
+}
+
+/// Minor units as a decimal amount with two places (the demo's currency has two).
+fn minor_units(amount: i64) -> String {
+    let sign = if amount < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:02}",
+        amount.unsigned_abs() / 100,
+        amount.unsigned_abs() % 100
+    )
 }

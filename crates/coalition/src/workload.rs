@@ -99,6 +99,21 @@ pub struct DayMerchant {
     pub signer: MerchantSigner,
     pub name: String,
     pub category: pb::MerchantCategory,
+    /// What it pays per point it issues, in minor units (fen).
+    pub issue_price: String,
+    /// What it is paid per point redeemed there, in minor units (fen).
+    pub redeem_price: String,
+}
+
+/// The demo's terms by category: a point is worth about one fen; issuers pay a margin over
+/// it, redeemers are paid a little under it, and the difference funds the alliance.
+fn prices(category: pb::MerchantCategory) -> (&'static str, &'static str) {
+    match category {
+        pb::MerchantCategory::Restaurant => ("1.08", "0.95"),
+        pb::MerchantCategory::Cinema => ("1.05", "0.92"),
+        pb::MerchantCategory::Parking => ("1.05", "0.90"),
+        _ => ("1.05", "0.95"),
+    }
 }
 
 /// What the submissions should produce, counted as the generator planted them.
@@ -150,10 +165,13 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
     let mut merchants = Vec::new();
     let mut add = |id: String, name: String, category: pb::MerchantCategory| {
         let key = SigningKey::from_bytes(&seed_for(&id));
+        let (issue_price, redeem_price) = prices(category);
         merchants.push(DayMerchant {
             signer: MerchantSigner::new(id, "key-1", key),
             name,
             category,
+            issue_price: issue_price.into(),
+            redeem_price: redeem_price.into(),
         });
     };
     for n in 1..=profile.tenants {

@@ -1,0 +1,113 @@
+//! Merchants' commercial terms: what a merchant pays the operator per point it issues and
+//! what the operator pays it per point redeemed there. Terms are versioned and only ever
+//! added; the version in force at acceptance time prices an entry and is recorded on it, so
+//! a later change never alters a booked entry.
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+use crate::ids::MerchantId;
+
+/// The most decimal places a price may have.
+pub const PRICE_SCALE_MAX: u32 = 6;
+
+/// The highest price per point, in minor units: a guard against a misplaced decimal point.
+pub const PRICE_MINOR_PER_POINT_MAX: i64 = 1_000;
+
+/// One version of a merchant's terms. Prices are in minor units of the settlement currency
+/// per point (1.05 means 1.05 fen per point for CNY).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantTerms {
+    pub merchant_id: MerchantId,
+    /// 1, 2, ... per merchant.
+    pub version: u32,
+    /// In force for entries accepted at or after this time, until the next version.
+    pub effective_from_ms: i64,
+    /// What the merchant pays per point it issues.
+    pub issue_price_minor_per_point: Decimal,
+    /// What the merchant is paid per point redeemed there.
+    pub redeem_price_minor_per_point: Decimal,
+}
+
+/// Why terms were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TermsError {
+    #[error(
+        "{field} must be from 0 to {PRICE_MINOR_PER_POINT_MAX} minor units per point with at most {PRICE_SCALE_MAX} decimals, got {value}"
+    )]
+    PriceInvalid { field: &'static str, value: Decimal },
+    #[error(
+        "terms effective from {effective_from_ms} ms would reprice entries already accepted up to {last_accepted_at_ms} ms"
+    )]
+    EffectiveInThePast {
+        effective_from_ms: i64,
+        last_accepted_at_ms: i64,
+    },
+    #[error(
+        "terms of merchant {merchant_id} effective from {effective_from_ms} ms must start after version {version}, effective from {previous_ms} ms"
+    )]
+    NotAfterPrevious {
+        merchant_id: MerchantId,
+        effective_from_ms: i64,
+        version: u32,
+        previous_ms: i64,
+    },
+}
+
+/// Checks a price's range and precision.
+pub fn check_price(field: &'static str, value: Decimal) -> Result<(), TermsError> {
+    if value.is_sign_negative()
+        || value > Decimal::from(PRICE_MINOR_PER_POINT_MAX)
+        || value.scale() > PRICE_SCALE_MAX
+    {
+        return Err(TermsError::PriceInvalid { field, value });
+    }
+    Ok(())
+}
+
+/// The money leg of `points` at `price_minor_per_point`: `(charged, paid)` in minor units.
+///
+/// The rounding rule: the exact amount `points × price` is rarely a whole number of minor
+/// units. The party that pays is charged the amount rounded up, the party that is paid
+/// receives it rounded down, and the difference (0 or 1 minor unit) goes to the operator's
+/// rounding account. Every entry therefore balances in whole minor units, nobody is paid
+/// more than the exact value, and the remainders are on the books rather than lost.
+pub fn money_leg(points: i64, price_minor_per_point: Decimal) -> Option<(i64, i64)> {
+    let exact = Decimal::from(points).checked_mul(price_minor_per_point)?;
+    let charged = exact.ceil().to_i64()?;
+    let paid = exact.floor().to_i64()?;
+    debug_assert!(charged - paid <= 1 && charged >= paid);
+    Some((charged, paid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn check(points: i64, price: &str, expected: (i64, i64)) {
+        let price = Decimal::from_str(price).unwrap();
+        assert_eq!(
+            money_leg(points, price),
+            Some(expected),
+            "{points} at {price}"
+        );
+    }
+
+    #[test]
+    fn money_legs_round_up_for_the_payer_and_down_for_the_payee() {
+        check(333, "1.05", (350, 349));
+        check(200, "0.95", (190, 190));
+        check(1, "0.000001", (1, 0));
+        check(0, "1.05", (0, 0));
+        check(10_000_000, "1000", (10_000_000_000, 10_000_000_000));
+    }
+
+    #[test]
+    fn prices_are_checked() {
+        assert!(check_price("issue price", Decimal::from_str("1.05").unwrap()).is_ok());
+        assert!(check_price("issue price", Decimal::from_str("-0.01").unwrap()).is_err());
+        assert!(check_price("issue price", Decimal::from_str("1000.000001").unwrap()).is_err());
+        assert!(check_price("issue price", Decimal::from_str("0.0000001").unwrap()).is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Money legs at the merchants' terms, through the gRPC API on both backends: the rounding
+//! rule, versioned terms that never reprice a booked entry, and who may read which money.
+
+use coalition_grpc::pb;
+use coalition_integration_tests::{Backend, TestServer, accepted, on_both_backends};
+use prost::Message;
+
+async fn money_balance(server: &TestServer, kind: pb::AccountKind, owner: &str) -> i64 {
+    let query = pb::BalanceQuery {
+        merchant_id: String::new(),
+        issued_at_unix_ms: server.now_ms(),
+        account_kind: kind as i32,
+        owner_id: owner.into(),
+        as_of_unix_ms: None,
+        asset: "CNY".into(),
+    };
+    server
+        .admin_queries()
+        .get_balance(pb::GetBalanceRequest {
+            query: query.encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .points
+}
+
+async fn transaction(server: &TestServer, merchant: &str, id: &str) -> pb::JournalEntry {
+    let query = pb::TransactionQuery {
+        merchant_id: String::new(),
+        issued_at_unix_ms: server.now_ms(),
+        transaction_merchant_id: merchant.into(),
+        merchant_transaction_id: id.into(),
+    };
+    server
+        .admin_queries()
+        .get_transaction(pb::GetTransactionRequest {
+            query: query.encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap()
+}
+
+async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // Test merchants are registered at 1.05 fen per point issued, 0.95 per point redeemed.
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
+    server.enroll(&["m-1"]).await;
+
+    // 333 × 1.05 = 349.65 fen: the issuer is charged 350, the float receives 349, 1 to rounding.
+    accepted(&server.earn(&tenant, "e-1", "m-1", 333).await);
+    // 200 × 0.95 = 190 fen exactly: the float pays 190, the cinema is owed 190.
+    accepted(&server.burn(&cinema, "b-1", "m-1", 200).await);
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::MerchantSettlement, "tenant-1").await,
+        -350
+    );
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::MerchantSettlement, "cinema-1").await,
+        190
+    );
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::OperatorFloat, "operator").await,
+        349 - 190
+    );
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::OperatorRounding, "operator").await,
+        1
+    );
+
+    let earn = transaction(&server, "tenant-1", "e-1").await;
+    assert_eq!(earn.terms_version, Some(1));
+    let money: Vec<(i32, i64)> = earn
+        .postings
+        .iter()
+        .filter(|p| p.asset == "CNY")
+        .map(|p| (p.account_kind, p.amount))
+        .collect();
+    assert_eq!(
+        money,
+        vec![
+            (pb::AccountKind::MerchantSettlement as i32, -350),
+            (pb::AccountKind::OperatorFloat as i32, 349),
+            (pb::AccountKind::OperatorRounding as i32, 1),
+        ]
+    );
+
+    // New terms apply to later entries only.
+    server.clock.advance(1_000);
+    let mut admin = server.admin();
+    let terms = admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "tenant-1".into(),
+            effective_from_unix_ms: 0,
+            issue_price_minor_per_point: "2".into(),
+            redeem_price_minor_per_point: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .terms
+        .unwrap();
+    assert_eq!(terms.version, 2);
+    server.clock.advance(1_000);
+    accepted(&server.earn(&tenant, "e-2", "m-1", 10).await);
+    assert_eq!(
+        transaction(&server, "tenant-1", "e-2").await.terms_version,
+        Some(2)
+    );
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::MerchantSettlement, "tenant-1").await,
+        -370
+    );
+    let first = transaction(&server, "tenant-1", "e-1").await;
+    assert_eq!(
+        (first.terms_version, first.postings),
+        (earn.terms_version, earn.postings),
+        "booked entries are never repriced"
+    );
+
+    // Terms that would reprice booked entries, bad prices and unknown merchants are refused.
+    let past = admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "tenant-1".into(),
+            effective_from_unix_ms: first.accepted_at_unix_ms,
+            issue_price_minor_per_point: "3".into(),
+            redeem_price_minor_per_point: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        past.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        past.message()
+    );
+    for (price, field) in [
+        ("abc", "issue_price"),
+        ("-1", "issue price"),
+        ("1.0000001", "issue price"),
+    ] {
+        let bad = admin
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: "tenant-1".into(),
+                effective_from_unix_ms: 0,
+                issue_price_minor_per_point: price.into(),
+                redeem_price_minor_per_point: "1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad.code(),
+            tonic::Code::InvalidArgument,
+            "{price}: {}",
+            bad.message()
+        );
+        assert!(bad.message().contains(field), "{}", bad.message());
+    }
+    let unknown = admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "nobody".into(),
+            effective_from_unix_ms: 0,
+            issue_price_minor_per_point: "1".into(),
+            redeem_price_minor_per_point: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let shown = admin
+        .get_merchant(pb::GetMerchantRequest {
+            merchant_id: "tenant-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<(u32, String)> = shown
+        .terms
+        .iter()
+        .map(|t| (t.version, t.issue_price_minor_per_point.clone()))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![(1, "1.05".to_string()), (2, "2".to_string())]
+    );
+
+    // A merchant reads its own money, not the operator's.
+    let own = |kind: pb::AccountKind, owner: &str| pb::BalanceQuery {
+        merchant_id: "cinema-1".into(),
+        issued_at_unix_ms: server.now_ms(),
+        account_kind: kind as i32,
+        owner_id: owner.into(),
+        as_of_unix_ms: None,
+        asset: "CNY".into(),
+    };
+    let (query, signature) =
+        cinema.sign_query(&own(pb::AccountKind::MerchantSettlement, "cinema-1"));
+    let mine = server
+        .queries()
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.into_inner().points, 190);
+    let (query, signature) = cinema.sign_query(&own(pb::AccountKind::OperatorFloat, "operator"));
+    let denied = server
+        .queries()
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // Terms and money survive a restart, and the books are sound.
+    let server = server.restart().await;
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::MerchantSettlement, "tenant-1").await,
+        -370
+    );
+    server.clock.advance(1_000);
+    accepted(&server.earn(&tenant, "e-3", "m-1", 1).await);
+    assert_eq!(
+        money_balance(&server, pb::AccountKind::MerchantSettlement, "tenant-1").await,
+        -372
+    );
+    let report = server.check().await;
+    assert!(report.is_sound(), "{:?}", report.problems);
+}
+
+on_both_backends!(money_legs_follow_the_terms_and_the_rounding_rule);
