@@ -241,3 +241,156 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
 }
 
 on_both_backends!(money_legs_follow_the_terms_and_the_rounding_rule);
+
+/// Outstanding points as the operator (no signer) or as a merchant sees them.
+async fn outstanding(
+    server: &TestServer,
+    signer: Option<&coalition_grpc::client::MerchantSigner>,
+) -> pb::GetOutstandingPointsResponse {
+    let query = pb::OutstandingPointsQuery {
+        merchant_id: signer.map(|s| s.merchant_id.clone()).unwrap_or_default(),
+        issued_at_unix_ms: server.now_ms(),
+    };
+    let response = match signer {
+        Some(signer) => {
+            let (query, signature) = signer.sign_query(&query);
+            server
+                .queries()
+                .get_outstanding_points(pb::GetOutstandingPointsRequest {
+                    query,
+                    signature: Some(signature),
+                })
+                .await
+        }
+        None => {
+            server
+                .admin_queries()
+                .get_outstanding_points(pb::GetOutstandingPointsRequest {
+                    query: query.encode_to_vec(),
+                    signature: None,
+                })
+                .await
+        }
+    };
+    response.unwrap().into_inner()
+}
+
+async fn account_history_runs_balances_and_outstanding_points_age(backend: Backend) {
+    const DAY_MS: i64 = 86_400_000;
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
+    server.enroll(&["m-1", "m-2"]).await;
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    server.clock.advance(40 * DAY_MS);
+    accepted(&server.earn(&tenant, "e-2", "m-2", 50).await);
+    accepted(&server.burn(&cinema, "b-1", "m-1", 30).await);
+
+    // Outstanding, by issuer and age: the burn took the oldest lot first.
+    let all = outstanding(&server, None).await;
+    let rows: Vec<(String, String, i64)> = all
+        .rows
+        .iter()
+        .map(|r| (r.issuer_id.clone(), r.age_days.clone(), r.points))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("tenant-1".into(), "0-29".into(), 50),
+            ("tenant-1".into(), "30-89".into(), 70)
+        ]
+    );
+    assert_eq!(all.total_points, 120);
+    assert_eq!(outstanding(&server, Some(&tenant)).await.total_points, 120);
+    let cinema_view = outstanding(&server, Some(&cinema)).await;
+    assert!(cinema_view.rows.is_empty() && cinema_view.total_points == 0);
+
+    // The issuer's points account, one line per page, newest first, with running balances.
+    let history = |kind: pb::AccountKind, asset: &str, before: Option<u64>, page_len: u32| {
+        pb::AccountHistoryQuery {
+            merchant_id: "tenant-1".into(),
+            issued_at_unix_ms: server.now_ms(),
+            account_kind: kind as i32,
+            owner_id: "tenant-1".into(),
+            asset: asset.into(),
+            before_sequence: before,
+            page_len,
+        }
+    };
+    let mut lines = Vec::new();
+    let mut before = None;
+    loop {
+        let (query, signature) =
+            tenant.sign_query(&history(pb::AccountKind::MerchantIssued, "", before, 1));
+        let page = server
+            .queries()
+            .get_account_history(pb::GetAccountHistoryRequest {
+                query,
+                signature: Some(signature),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        lines.extend(
+            page.lines
+                .into_iter()
+                .map(|l| (l.merchant_transaction_id, l.amount, l.balance_after)),
+        );
+        match page.next_before_sequence {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        lines,
+        vec![
+            ("e-2".to_string(), -50, -150),
+            ("e-1".to_string(), -100, -100)
+        ]
+    );
+    // The money side: 50 × 1.05 = 52.5 → 53 charged; 100 × 1.05 = 105.
+    let (query, signature) = tenant.sign_query(&history(
+        pb::AccountKind::MerchantSettlement,
+        "CNY",
+        None,
+        0,
+    ));
+    let money = server
+        .queries()
+        .get_account_history(pb::GetAccountHistoryRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let money: Vec<(i64, i64)> = money
+        .lines
+        .iter()
+        .map(|l| (l.amount, l.balance_after))
+        .collect();
+    assert_eq!(money, vec![(-53, -158), (-105, -105)]);
+    // Another merchant may not read it.
+    let (query, signature) = cinema.sign_query(&pb::AccountHistoryQuery {
+        merchant_id: "cinema-1".into(),
+        ..history(pb::AccountKind::MerchantIssued, "", None, 0)
+    });
+    let denied = server
+        .queries()
+        .get_account_history(pb::GetAccountHistoryRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+}
+
+mod reporting {
+    use super::*;
+    on_both_backends!(account_history_runs_balances_and_outstanding_points_age);
+}

@@ -32,6 +32,16 @@ enum Reader {
     Merchant(MerchantId),
 }
 
+/// The asset a query names: PTS when empty.
+fn asset_of(code: &str) -> Result<Asset, Status> {
+    if code.is_empty() {
+        return Ok(Asset::Points);
+    }
+    Asset::from_code(code).ok_or_else(|| {
+        Status::invalid_argument(format!("asset {code:?} is neither PTS nor a currency code"))
+    })
+}
+
 fn storage_status(error: StorageError) -> Status {
     tracing::error!(%error, "query failed");
     Status::unavailable(format!("the database did not answer: {error}"))
@@ -114,16 +124,7 @@ impl QueryService for Queries {
             request.signature,
             |q: &pb::BalanceQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
         )?;
-        let asset = if query.asset.is_empty() {
-            Asset::Points
-        } else {
-            Asset::from_code(&query.asset).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "asset {:?} is neither PTS nor a currency code",
-                    query.asset
-                ))
-            })?
-        };
+        let asset = asset_of(&query.asset)?;
         let mut account = convert::account_key(query.account_kind, query.owner_id)?;
         if let AccountKey::MemberWallet(member) = &account {
             account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
@@ -226,6 +227,98 @@ impl QueryService for Queries {
             })?;
         Ok(Response::new(pb::GetTransactionResponse {
             entry: Some(convert::journal_entry(&entry)),
+        }))
+    }
+
+    async fn get_account_history(
+        &self,
+        request: Request<pb::GetAccountHistoryRequest>,
+    ) -> Result<Response<pb::GetAccountHistoryResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, query) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::AccountHistoryQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
+        let asset = asset_of(&query.asset)?;
+        let account = convert::account_key(query.account_kind, query.owner_id)?;
+        if let Reader::Merchant(merchant) = &reader {
+            let own = match &account {
+                AccountKey::MerchantIssued(owner)
+                | AccountKey::MerchantRedeemed(owner)
+                | AccountKey::MerchantSettlement(owner) => owner == merchant,
+                _ => false,
+            };
+            if !own {
+                return Err(Status::permission_denied(format!(
+                    "merchant {merchant} may read the history of its own accounts only, not {account}"
+                )));
+            }
+        }
+        let page_len = match query.page_len {
+            0 => HISTORY_PAGE_LEN_DEFAULT,
+            asked => asked.min(self.config.history_page_len_max),
+        };
+        let (lines, next) = self
+            .engine
+            .storage()
+            .account_history(&account, asset, query.before_sequence, page_len)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::GetAccountHistoryResponse {
+            lines: lines
+                .into_iter()
+                .map(|line| pb::AccountHistoryLine {
+                    entry_sequence: line.entry_sequence,
+                    accepted_at_unix_ms: line.accepted_at_ms,
+                    kind: line.kind,
+                    merchant_transaction_id: line.merchant_transaction_id.unwrap_or_default(),
+                    amount: line.amount,
+                    balance_after: line.balance_after,
+                })
+                .collect(),
+            next_before_sequence: next,
+        }))
+    }
+
+    async fn get_outstanding_points(
+        &self,
+        request: Request<pb::GetOutstandingPointsRequest>,
+    ) -> Result<Response<pb::GetOutstandingPointsResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, query) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::OutstandingPointsQuery| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
+        let issuer = match &reader {
+            Reader::Admin => None,
+            Reader::Merchant(merchant) => Some(merchant),
+        };
+        let now_ms = if query.issued_at_unix_ms == 0 {
+            self.engine.now_ms()
+        } else {
+            query.issued_at_unix_ms
+        };
+        let rows = self
+            .engine
+            .storage()
+            .outstanding_points(issuer, now_ms)
+            .await
+            .map_err(storage_status)?;
+        let total_points = rows.iter().map(|row| row.points).sum();
+        Ok(Response::new(pb::GetOutstandingPointsResponse {
+            rows: rows
+                .into_iter()
+                .map(|row| pb::OutstandingPoints {
+                    issuer_id: row.issuer,
+                    age_days: row.age_days.to_owned(),
+                    points: row.points,
+                })
+                .collect(),
+            total_points,
         }))
     }
 }

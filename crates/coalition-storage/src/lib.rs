@@ -16,7 +16,9 @@ mod query;
 pub use connect::{Backend, ConnectOptions};
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;
-pub use query::{AccountBalance, HistoryPage};
+pub use query::{
+    AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, HistoryPage, OutstandingPoints,
+};
 
 use sqlx::{PgPool, SqlitePool};
 

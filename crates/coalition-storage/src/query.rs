@@ -294,3 +294,166 @@ impl Storage {
         rows.into_iter().map(receipt_from_row).collect()
     }
 }
+
+/// One posting to an account with the balance after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountHistoryLine {
+    pub entry_sequence: u64,
+    pub accepted_at_ms: i64,
+    pub kind: String,
+    pub merchant_transaction_id: Option<String>,
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+/// Outstanding points of one issuer in one age band.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutstandingPoints {
+    pub issuer: String,
+    pub age_days: &'static str,
+    pub points: i64,
+}
+
+/// The age bands of outstanding points, in days since earned, youngest first.
+pub const AGE_BANDS_DAYS: [&str; 5] = ["0-29", "30-89", "90-179", "180-364", "365+"];
+
+impl Storage {
+    /// One account's postings of one asset, newest first, with the balance after each, and the
+    /// cursor of the next page.
+    pub async fn account_history(
+        &self,
+        account: &AccountKey,
+        asset: Asset,
+        before_sequence: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<AccountHistoryLine>, Option<u64>), StorageError> {
+        let before = before_sequence.map_or(i64::MAX, |sequence| sequence as i64);
+        let rows: Vec<(i64, i64, String, Option<String>, i64)> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT p.entry_sequence AS entry_sequence, e.accepted_at_ms AS accepted_at_ms, e.kind AS kind, \
+                 e.merchant_transaction_id AS merchant_transaction_id, CAST(SUM(p.amount) AS BIGINT) AS amount \
+                 FROM postings p \
+                 JOIN accounts a ON a.account_id = p.account_id \
+                 JOIN entries e ON e.sequence = p.entry_sequence \
+                 WHERE a.kind = $1 AND a.owner = $2 AND p.asset = $3 AND p.entry_sequence < $4 \
+                 GROUP BY p.entry_sequence, e.accepted_at_ms, e.kind, e.merchant_transaction_id \
+                 ORDER BY p.entry_sequence DESC LIMIT $5",
+            )
+            .bind(account.kind())
+            .bind(account.owner().to_owned())
+            .bind(asset.code().to_owned())
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("entry_sequence")?,
+                    row.try_get("accepted_at_ms")?,
+                    row.try_get("kind")?,
+                    row.try_get("merchant_transaction_id")?,
+                    row.try_get("amount")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        let Some(&(newest, ..)) = rows.first() else {
+            return Ok((Vec::new(), None));
+        };
+        let balance_at_newest: Option<i64> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT CAST(SUM(p.amount) AS BIGINT) AS balance FROM postings p \
+                 JOIN accounts a ON a.account_id = p.account_id \
+                 WHERE a.kind = $1 AND a.owner = $2 AND p.asset = $3 AND p.entry_sequence <= $4",
+            )
+            .bind(account.kind())
+            .bind(account.owner().to_owned())
+            .bind(asset.code().to_owned())
+            .bind(newest)
+            .fetch_one(pool)
+            .await?
+            .try_get("balance")?
+        });
+        let mut balance = balance_at_newest.unwrap_or(0);
+        let full_page = rows.len() as u32 == limit;
+        let mut lines = Vec::with_capacity(rows.len());
+        for (sequence, accepted_at_ms, kind, merchant_transaction_id, amount) in rows {
+            lines.push(AccountHistoryLine {
+                entry_sequence: sequence as u64,
+                accepted_at_ms,
+                kind,
+                merchant_transaction_id,
+                amount,
+                balance_after: balance,
+            });
+            balance -= amount;
+        }
+        let next = if full_page {
+            lines.last().map(|line| line.entry_sequence)
+        } else {
+            None
+        };
+        Ok((lines, next))
+    }
+
+    /// Points not yet redeemed, by issuer and age band at `now_ms`, from the lots; only one
+    /// issuer's when `issuer` is given.
+    pub async fn outstanding_points(
+        &self,
+        issuer: Option<&MerchantId>,
+        now_ms: i64,
+    ) -> Result<Vec<OutstandingPoints>, StorageError> {
+        const DAY_MS: i64 = 86_400_000;
+        let issuer = issuer.map(|issuer| issuer.to_string());
+        let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT l.issuer AS issuer, \
+                   CASE WHEN $1 - l.earned_at_ms < $3 THEN '0-29' \
+                        WHEN $1 - l.earned_at_ms < $4 THEN '30-89' \
+                        WHEN $1 - l.earned_at_ms < $5 THEN '90-179' \
+                        WHEN $1 - l.earned_at_ms < $6 THEN '180-364' \
+                        ELSE '365+' END AS age_days, \
+                   CAST(SUM(l.points - COALESCE(c.consumed, 0)) AS BIGINT) AS points \
+                 FROM lots l LEFT JOIN ( \
+                    SELECT lot_entry_sequence, lot_index, SUM(points) AS consumed FROM lot_consumptions \
+                    GROUP BY lot_entry_sequence, lot_index) c \
+                 ON c.lot_entry_sequence = l.entry_sequence AND c.lot_index = l.lot_index \
+                 WHERE (CAST($2 AS TEXT) IS NULL OR l.issuer = $2) \
+                 GROUP BY l.issuer, age_days",
+            )
+            .bind(now_ms)
+            .bind(issuer)
+            .bind(30 * DAY_MS)
+            .bind(90 * DAY_MS)
+            .bind(180 * DAY_MS)
+            .bind(365 * DAY_MS)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("issuer")?, row.try_get("age_days")?, row.try_get("points")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        let mut outstanding: Vec<OutstandingPoints> = rows
+            .into_iter()
+            .filter(|(_, _, points)| *points != 0)
+            .filter_map(|(issuer, band, points)| {
+                AGE_BANDS_DAYS
+                    .iter()
+                    .find(|known| **known == band)
+                    .map(|age_days| OutstandingPoints {
+                        issuer,
+                        age_days,
+                        points,
+                    })
+            })
+            .collect();
+        outstanding.sort_by_key(|row| {
+            (
+                row.issuer.clone(),
+                AGE_BANDS_DAYS.iter().position(|band| *band == row.age_days),
+            )
+        });
+        Ok(outstanding)
+    }
+}
