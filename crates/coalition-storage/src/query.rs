@@ -28,15 +28,17 @@ pub struct HistoryPage {
 }
 
 impl Storage {
-    /// The balance of an account, now (`as_of_ms` = None) or as of an acceptance time
-    /// (inclusive), summed from the postings.
+    /// The balance of an account, now (`as_of_ms` = None, from the stored balance, one index
+    /// lookup) or as of an acceptance time (inclusive, summed from the postings).
     pub async fn account_balance(
         &self,
         account: &AccountKey,
         asset: Asset,
         as_of_ms: Option<i64>,
     ) -> Result<AccountBalance, StorageError> {
-        let as_of_ms = as_of_ms.unwrap_or(i64::MAX);
+        let Some(as_of_ms) = as_of_ms else {
+            return self.current_balance(account, asset).await;
+        };
         let (balance, last): (Option<i64>, Option<i64>) = with_pool!(self, pool => {
             let row = sqlx::query(
                 "SELECT CAST(SUM(p.amount) AS BIGINT) AS balance, MAX(p.entry_sequence) AS last \
@@ -53,6 +55,37 @@ impl Storage {
             .await?;
             (row.try_get("balance")?, row.try_get("last")?)
         });
+        Ok(AccountBalance {
+            account: account.clone(),
+            asset,
+            balance: balance.unwrap_or(0),
+            as_of_sequence: last.unwrap_or(0) as u64,
+        })
+    }
+
+    /// The stored balance and the last entry that moved it, read in one statement so both
+    /// come from the same committed state.
+    async fn current_balance(
+        &self,
+        account: &AccountKey,
+        asset: Asset,
+    ) -> Result<AccountBalance, StorageError> {
+        let found: Option<(Option<i64>, Option<i64>)> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT \
+                   (SELECT b.balance FROM account_balances b WHERE b.account_id = a.account_id AND b.asset = $3) AS balance, \
+                   (SELECT MAX(p.entry_sequence) FROM postings p WHERE p.account_id = a.account_id AND p.asset = $3) AS last \
+                 FROM accounts a WHERE a.kind = $1 AND a.owner = $2",
+            )
+            .bind(account.kind())
+            .bind(account.owner().to_owned())
+            .bind(asset.code().to_owned())
+            .fetch_optional(pool)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get("balance")?, row.try_get("last")?)))
+            .transpose()?
+        });
+        let (balance, last) = found.unwrap_or((None, None));
         Ok(AccountBalance {
             account: account.clone(),
             asset,
