@@ -333,13 +333,19 @@ impl TestServer {
 
     /// A member's balance read with the admin token.
     pub async fn balance(&self, member: &str) -> i64 {
+        self.account_balance(pb::AccountKind::MemberWallet, member, "")
+            .await
+    }
+
+    /// Any account's current balance of `asset` ("" for points), read with the admin token.
+    pub async fn account_balance(&self, kind: pb::AccountKind, owner: &str, asset: &str) -> i64 {
         let query = pb::BalanceQuery {
             merchant_id: String::new(),
             issued_at_unix_ms: self.now_ms(),
-            account_kind: pb::AccountKind::MemberWallet as i32,
-            owner_id: member.into(),
+            account_kind: kind as i32,
+            owner_id: owner.into(),
             as_of_unix_ms: None,
-            asset: String::new(),
+            asset: asset.into(),
         };
         self.admin_queries()
             .get_balance(pb::GetBalanceRequest {
@@ -350,6 +356,30 @@ impl TestServer {
             .expect("GetBalance")
             .into_inner()
             .points
+    }
+
+    /// The entry a merchant's transaction made, read with the admin token.
+    pub async fn transaction(
+        &self,
+        merchant: &str,
+        merchant_transaction_id: &str,
+    ) -> pb::JournalEntry {
+        let query = pb::TransactionQuery {
+            merchant_id: String::new(),
+            issued_at_unix_ms: self.now_ms(),
+            transaction_merchant_id: merchant.into(),
+            merchant_transaction_id: merchant_transaction_id.into(),
+        };
+        self.admin_queries()
+            .get_transaction(pb::GetTransactionRequest {
+                query: prost::Message::encode_to_vec(&query),
+                signature: None,
+            })
+            .await
+            .expect("GetTransaction")
+            .into_inner()
+            .entry
+            .expect("an entry")
     }
 
     /// Runs the ledger check against the test database.

@@ -6,44 +6,11 @@ use coalition_integration_tests::{Backend, TestServer, accepted, on_both_backend
 use prost::Message;
 
 async fn money_balance(server: &TestServer, kind: pb::AccountKind, owner: &str) -> i64 {
-    let query = pb::BalanceQuery {
-        merchant_id: String::new(),
-        issued_at_unix_ms: server.now_ms(),
-        account_kind: kind as i32,
-        owner_id: owner.into(),
-        as_of_unix_ms: None,
-        asset: "CNY".into(),
-    };
-    server
-        .admin_queries()
-        .get_balance(pb::GetBalanceRequest {
-            query: query.encode_to_vec(),
-            signature: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .points
+    server.account_balance(kind, owner, "CNY").await
 }
 
 async fn transaction(server: &TestServer, merchant: &str, id: &str) -> pb::JournalEntry {
-    let query = pb::TransactionQuery {
-        merchant_id: String::new(),
-        issued_at_unix_ms: server.now_ms(),
-        transaction_merchant_id: merchant.into(),
-        merchant_transaction_id: id.into(),
-    };
-    server
-        .admin_queries()
-        .get_transaction(pb::GetTransactionRequest {
-            query: query.encode_to_vec(),
-            signature: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap()
+    server.transaction(merchant, id).await
 }
 
 async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
