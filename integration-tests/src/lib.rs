@@ -438,6 +438,7 @@ pub async fn register_merchant(
             effective_from_unix_ms: 0,
             issue_price_minor_per_point: ISSUE_PRICE.into(),
             redeem_price_minor_per_point: REDEEM_PRICE.into(),
+            fee_minor_per_point: String::new(),
         })
         .await
         .expect("set the merchant's terms");

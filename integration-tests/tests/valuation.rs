@@ -71,6 +71,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             effective_from_unix_ms: 0,
             issue_price_minor_per_point: "2".into(),
             redeem_price_minor_per_point: "1".into(),
+            fee_minor_per_point: String::new(),
         })
         .await
         .unwrap()
@@ -102,6 +103,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             effective_from_unix_ms: first.accepted_at_unix_ms,
             issue_price_minor_per_point: "3".into(),
             redeem_price_minor_per_point: "1".into(),
+            fee_minor_per_point: String::new(),
         })
         .await
         .unwrap_err();
@@ -122,6 +124,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
                 effective_from_unix_ms: 0,
                 issue_price_minor_per_point: price.into(),
                 redeem_price_minor_per_point: "1".into(),
+                fee_minor_per_point: String::new(),
             })
             .await
             .unwrap_err();
@@ -139,6 +142,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             effective_from_unix_ms: 0,
             issue_price_minor_per_point: "1".into(),
             redeem_price_minor_per_point: "1".into(),
+            fee_minor_per_point: String::new(),
         })
         .await
         .unwrap_err();
@@ -360,4 +364,69 @@ async fn account_history_runs_balances_and_outstanding_points_age(backend: Backe
 mod reporting {
     use super::*;
     on_both_backends!(account_history_runs_balances_and_outstanding_points_age);
+}
+
+async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    let cinema = server
+        .merchant("cinema-1", pb::MerchantCategory::Cinema)
+        .await;
+    server.enroll(&["m-1"]).await;
+    for merchant in ["tenant-1", "cinema-1"] {
+        server
+            .admin()
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: merchant.into(),
+                effective_from_unix_ms: 0,
+                issue_price_minor_per_point: "1.05".into(),
+                redeem_price_minor_per_point: "0.95".into(),
+                fee_minor_per_point: "0.1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    server.clock.advance(1_000);
+    // Earn 333: leg 349.65 → 350 charged, 349 to the float; fee 33.3 → 34 charged, 33 to fees.
+    accepted(&server.earn(&tenant, "e-1", "m-1", 333).await);
+    // Burn 100 at the cinema: leg 95 paid by the float; fee 10 charged to the cinema.
+    accepted(&server.burn(&cinema, "b-1", "m-1", 100).await);
+    let balance = |kind, owner: &'static str| money_balance(&server, kind, owner);
+    assert_eq!(
+        balance(pb::AccountKind::MerchantSettlement, "tenant-1").await,
+        -384
+    );
+    assert_eq!(
+        balance(pb::AccountKind::MerchantSettlement, "cinema-1").await,
+        95 - 10
+    );
+    assert_eq!(
+        balance(pb::AccountKind::OperatorFees, "operator").await,
+        33 + 10
+    );
+    assert_eq!(
+        balance(pb::AccountKind::OperatorFloat, "operator").await,
+        349 - 95
+    );
+    assert_eq!(
+        balance(pb::AccountKind::OperatorRounding, "operator").await,
+        2
+    );
+    let entry = transaction(&server, "tenant-1", "e-1").await;
+    assert_eq!(entry.terms_version, Some(2));
+    let fee_line = entry
+        .postings
+        .iter()
+        .find(|p| p.account_kind == pb::AccountKind::OperatorFees as i32)
+        .unwrap();
+    assert_eq!(fee_line.amount, 33);
+    let report = server.check().await;
+    assert!(report.is_sound(), "{:?}", report.problems);
+}
+
+mod fees {
+    use super::*;
+    on_both_backends!(clearing_fees_are_charged_by_the_same_rounding_rule);
 }

@@ -70,6 +70,8 @@ pub enum AccountKey {
     OperatorFloat,
     /// Sub-minor-unit remainders of money legs (see `terms::money_leg`).
     OperatorRounding,
+    /// Clearing fees the operator charged merchants.
+    OperatorFees,
 }
 
 /// The owner name of the operator's own accounts.
@@ -85,6 +87,7 @@ impl AccountKey {
             AccountKey::MerchantSettlement(_) => "merchant_settlement",
             AccountKey::OperatorFloat => "operator_float",
             AccountKey::OperatorRounding => "operator_rounding",
+            AccountKey::OperatorFees => "operator_fees",
         }
     }
 
@@ -95,7 +98,9 @@ impl AccountKey {
             AccountKey::MerchantIssued(merchant)
             | AccountKey::MerchantRedeemed(merchant)
             | AccountKey::MerchantSettlement(merchant) => merchant.as_str(),
-            AccountKey::OperatorFloat | AccountKey::OperatorRounding => OPERATOR,
+            AccountKey::OperatorFloat | AccountKey::OperatorRounding | AccountKey::OperatorFees => {
+                OPERATOR
+            }
         }
     }
 
@@ -112,6 +117,7 @@ impl AccountKey {
                 .map(AccountKey::MerchantSettlement),
             "operator_float" if owner == OPERATOR => Some(AccountKey::OperatorFloat),
             "operator_rounding" if owner == OPERATOR => Some(AccountKey::OperatorRounding),
+            "operator_fees" if owner == OPERATOR => Some(AccountKey::OperatorFees),
             _ => None,
         }
     }
@@ -137,6 +143,7 @@ mod tests {
             AccountKey::MerchantSettlement(MerchantId::new("cinema").unwrap()),
             AccountKey::OperatorFloat,
             AccountKey::OperatorRounding,
+            AccountKey::OperatorFees,
         ];
         for key in keys {
             assert_eq!(

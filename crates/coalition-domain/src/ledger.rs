@@ -10,8 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
 
-use rust_decimal::Decimal;
-
 use crate::account::{AccountId, AccountKey, Asset, CurrencyCode};
 use crate::chain::{ChainError, ChainHead, entry_hash};
 use crate::ids::{MemberId, MerchantId, MerchantTransactionId};
@@ -20,7 +18,7 @@ use crate::journal::{
 };
 use crate::rejection::{Rejection, RejectionReason};
 use crate::submission::{Submission, TransactionKind};
-use crate::terms::{MerchantTerms, TermsError, check_price, money_leg};
+use crate::terms::{MerchantTerms, Prices, TermsError, check_price, money_leg};
 
 /// How deep alias chains may go: a merged member may itself be merged later.
 pub const ALIAS_DEPTH_MAX: usize = 64;
@@ -257,15 +255,29 @@ impl Ledger {
         &mut self,
         merchant_id: MerchantId,
         effective_from_ms: Option<i64>,
-        issue_price_minor_per_point: Decimal,
-        redeem_price_minor_per_point: Decimal,
+        prices: Prices,
         now_ms: i64,
         changes: &mut Changes,
     ) -> Result<MerchantTerms, TermsError> {
+        let Prices {
+            issue_price_minor_per_point,
+            redeem_price_minor_per_point,
+            fee_minor_per_point,
+        } = prices;
         check_price("issue price", issue_price_minor_per_point)?;
         check_price("redeem price", redeem_price_minor_per_point)?;
-        let effective_from_ms = effective_from_ms
-            .unwrap_or_else(|| now_ms.max(self.last_accepted_at_ms.saturating_add(1)));
+        check_price("fee", fee_minor_per_point)?;
+        let previous_effective_ms = self
+            .terms
+            .get(&merchant_id)
+            .and_then(|versions| versions.last())
+            .map_or(i64::MIN, |previous| previous.effective_from_ms);
+        // "From now" means after the last accepted entry and after the previous version.
+        let effective_from_ms = effective_from_ms.unwrap_or_else(|| {
+            now_ms
+                .max(self.last_accepted_at_ms.saturating_add(1))
+                .max(previous_effective_ms.saturating_add(1))
+        });
         if effective_from_ms <= self.last_accepted_at_ms {
             return Err(TermsError::EffectiveInThePast {
                 effective_from_ms,
@@ -289,6 +301,7 @@ impl Ledger {
             effective_from_ms,
             issue_price_minor_per_point,
             redeem_price_minor_per_point,
+            fee_minor_per_point,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
@@ -480,13 +493,23 @@ impl Ledger {
                 AccountKey::OperatorFloat,
             ),
         };
-        let (charged, paid) = money_leg(submission.points, price)
-            .ok_or_else(|| ApplyError::InvariantViolated("money leg overflow".into()))?;
+        let overflow = || ApplyError::InvariantViolated("money leg overflow".into());
+        let (charged, paid) = money_leg(submission.points, price).ok_or_else(overflow)?;
+        // The clearing fee, charged to the merchant on every point it issues or redeems, by
+        // the same rounding rule.
+        let (fee_charged, fee_paid) =
+            money_leg(submission.points, terms.fee_minor_per_point).ok_or_else(overflow)?;
+        let settlement = AccountKey::MerchantSettlement(submission.merchant_id.clone());
         let money = Asset::Currency(self.currency);
         for (account, amount) in [
             (payer, -charged),
             (payee, paid),
-            (AccountKey::OperatorRounding, charged - paid),
+            (settlement, -fee_charged),
+            (AccountKey::OperatorFees, fee_paid),
+            (
+                AccountKey::OperatorRounding,
+                (charged - paid) + (fee_charged - fee_paid),
+            ),
         ] {
             if amount != 0 {
                 postings.push(Posting {
@@ -753,13 +776,26 @@ impl Ledger {
         for posting in &entry.postings {
             account_ids.push(self.account_for(&posting.account, changes.as_deref_mut())?);
         }
-        let mut new_balances = Vec::with_capacity(entry.postings.len());
+        // An entry may post to one account more than once (a merchant's money leg and its
+        // fee), so the new balances accumulate over the entry's postings.
+        let mut new_balances: Vec<((AccountId, Asset), i64)> =
+            Vec::with_capacity(entry.postings.len());
         for (posting, &account) in entry.postings.iter().zip(&account_ids) {
-            let balance = self
-                .balance_of(account, posting.asset)
+            let key = (account, posting.asset);
+            let before = match new_balances.iter().find(|(existing, _)| *existing == key) {
+                Some((_, balance)) => *balance,
+                None => self.balance_of(account, posting.asset),
+            };
+            let balance = before
                 .checked_add(posting.amount)
                 .ok_or(ReplayError::Overflow(entry.sequence))?;
-            new_balances.push(((account, posting.asset), balance));
+            match new_balances
+                .iter_mut()
+                .find(|(existing, _)| *existing == key)
+            {
+                Some((_, slot)) => *slot = balance,
+                None => new_balances.push((key, balance)),
+            }
         }
 
         let mut lots = Vec::new();

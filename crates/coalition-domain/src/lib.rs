@@ -30,4 +30,4 @@ pub use limits::Limits;
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
 pub use rejection::{Rejection, RejectionReason};
 pub use submission::{RawSubmission, Submission, TransactionKind};
-pub use terms::{MerchantTerms, TermsError};
+pub use terms::{MerchantTerms, Prices, TermsError};

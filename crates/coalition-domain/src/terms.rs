@@ -27,6 +27,20 @@ pub struct MerchantTerms {
     pub issue_price_minor_per_point: Decimal,
     /// What the merchant is paid per point redeemed there.
     pub redeem_price_minor_per_point: Decimal,
+    /// The operator's clearing fee per point the merchant issues or redeems, charged to the
+    /// merchant; zero for none.
+    pub fee_minor_per_point: Decimal,
+}
+
+/// The prices of one version of terms, in minor units per point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prices {
+    /// What the merchant pays per point it issues.
+    pub issue_price_minor_per_point: Decimal,
+    /// What the merchant is paid per point redeemed there.
+    pub redeem_price_minor_per_point: Decimal,
+    /// The clearing fee per point issued or redeemed, charged to the merchant.
+    pub fee_minor_per_point: Decimal,
 }
 
 /// Why terms were refused.

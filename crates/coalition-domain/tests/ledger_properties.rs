@@ -112,7 +112,7 @@ proptest! {
         // Merchants 0 and 1 have terms; merchant 2 never does.
         for merchant in 0..2u8 {
             ledger
-                .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, Decimal::new(105, 2), Decimal::new(95, 2), -1, &mut changes)
+                .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, coalition_domain::Prices { issue_price_minor_per_point: Decimal::new(105, 2), redeem_price_minor_per_point: Decimal::new(95, 2), fee_minor_per_point: Decimal::new(10, 2) }, -1, &mut changes)
                 .unwrap();
         }
         let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
@@ -129,7 +129,7 @@ proptest! {
             match step {
                 Step::Reprice { merchant, issue_cents, redeem_cents } => {
                     let terms = ledger
-                        .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, Decimal::new(issue_cents, 2), Decimal::new(redeem_cents, 2), now, &mut changes)
+                        .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, coalition_domain::Prices { issue_price_minor_per_point: Decimal::new(issue_cents, 2), redeem_price_minor_per_point: Decimal::new(redeem_cents, 2), fee_minor_per_point: Decimal::new(issue_cents % 7, 2) }, now, &mut changes)
                         .unwrap();
                     prop_assert!(terms.version >= 2);
                 }
@@ -209,11 +209,14 @@ proptest! {
                 _ => terms.issue_price_minor_per_point,
             };
             let exact = Decimal::from(entry.points) * price;
+            let fee = Decimal::from(entry.points) * terms.fee_minor_per_point;
             let money: Vec<i64> = entry.postings.iter().filter(|p| p.asset != Asset::Points).map(|p| p.amount).collect();
             let charged: i64 = -money.iter().filter(|a| **a < 0).sum::<i64>();
-            prop_assert_eq!(Decimal::from(charged), exact.ceil());
+            prop_assert_eq!(Decimal::from(charged), exact.ceil() + fee.ceil());
             let rounding: i64 = entry.postings.iter().filter(|p| p.account == coalition_domain::AccountKey::OperatorRounding).map(|p| p.amount).sum();
-            prop_assert_eq!(Decimal::from(charged - rounding), exact.floor());
+            prop_assert_eq!(Decimal::from(charged - rounding), exact.floor() + fee.floor());
+            let fees: i64 = entry.postings.iter().filter(|p| p.account == coalition_domain::AccountKey::OperatorFees).map(|p| p.amount).sum();
+            prop_assert_eq!(Decimal::from(fees), fee.floor());
         }
         let head = verify_chain(ChainHead::GENESIS, changes.entries.iter()).unwrap();
         prop_assert_eq!(head, ledger.head());
@@ -255,8 +258,11 @@ fn an_altered_entry_breaks_the_chain() {
         .add_terms(
             MerchantId::new("merchant-0").unwrap(),
             None,
-            Decimal::ONE,
-            Decimal::ONE,
+            coalition_domain::Prices {
+                issue_price_minor_per_point: Decimal::ONE,
+                redeem_price_minor_per_point: Decimal::ONE,
+                fee_minor_per_point: Decimal::ZERO,
+            },
             -1,
             &mut changes,
         )

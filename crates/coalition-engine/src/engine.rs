@@ -341,6 +341,7 @@ impl Engine {
         effective_from_ms: Option<i64>,
         issue_price_minor_per_point: Decimal,
         redeem_price_minor_per_point: Decimal,
+        fee_minor_per_point: Decimal,
     ) -> Result<MerchantTerms, AdminError> {
         if self.registry().merchant(&merchant_id).is_none() {
             return Err(AdminError::Registry(RegistryError::MerchantUnknown(
@@ -353,6 +354,7 @@ impl Engine {
             effective_from_ms,
             issue_price_minor_per_point,
             redeem_price_minor_per_point,
+            fee_minor_per_point,
             reply,
         })
         .await?;

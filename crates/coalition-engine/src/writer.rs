@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use coalition_domain::ledger::{ApplyError, Outcome};
 use coalition_domain::{
-    Changes, Ledger, MemberId, MerchantId, MerchantTerms, Receipt, Rejection, Submission,
+    Changes, Ledger, MemberId, MerchantId, MerchantTerms, Prices, Receipt, Rejection, Submission,
 };
 use coalition_storage::Storage;
 use rust_decimal::Decimal;
@@ -36,6 +36,7 @@ pub(crate) enum Command {
         effective_from_ms: Option<i64>,
         issue_price_minor_per_point: Decimal,
         redeem_price_minor_per_point: Decimal,
+        fee_minor_per_point: Decimal,
         reply: oneshot::Sender<Result<MerchantTerms, AdminError>>,
     },
     /// Finish what was received before this command, then stop.
@@ -250,6 +251,7 @@ impl Writer {
                     effective_from_ms,
                     issue_price_minor_per_point,
                     redeem_price_minor_per_point,
+                    fee_minor_per_point,
                     reply,
                 } => {
                     let immediate = effective_from_ms.is_none();
@@ -258,8 +260,11 @@ impl Writer {
                         .add_terms(
                             merchant_id,
                             effective_from_ms,
-                            issue_price_minor_per_point,
-                            redeem_price_minor_per_point,
+                            Prices {
+                                issue_price_minor_per_point,
+                                redeem_price_minor_per_point,
+                                fee_minor_per_point,
+                            },
                             accepted_at_ms,
                             &mut changes,
                         )

@@ -300,6 +300,11 @@ impl AdminService for Admin {
                     "redeem_price_minor_per_point",
                     &request.redeem_price_minor_per_point,
                 )?,
+                if request.fee_minor_per_point.trim().is_empty() {
+                    Decimal::ZERO
+                } else {
+                    price("fee_minor_per_point", &request.fee_minor_per_point)?
+                },
             )
             .await
             .map_err(admin_status)?;

@@ -100,6 +100,7 @@ pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
         AccountKey::MerchantSettlement(_) => pb::AccountKind::MerchantSettlement,
         AccountKey::OperatorFloat => pb::AccountKind::OperatorFloat,
         AccountKey::OperatorRounding => pb::AccountKind::OperatorRounding,
+        AccountKey::OperatorFees => pb::AccountKind::OperatorFees,
     }
 }
 
@@ -118,16 +119,20 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
         Ok(pb::AccountKind::MerchantSettlement) => MerchantId::new(owner_id)
             .map(AccountKey::MerchantSettlement)
             .map_err(|error| invalid(format!("owner_id {error}"))),
-        Ok(kind @ (pb::AccountKind::OperatorFloat | pb::AccountKind::OperatorRounding)) => {
+        Ok(
+            kind @ (pb::AccountKind::OperatorFloat
+            | pb::AccountKind::OperatorRounding
+            | pb::AccountKind::OperatorFees),
+        ) => {
             if !(owner_id.is_empty() || owner_id == OPERATOR) {
                 return Err(invalid(format!(
                     "the operator's accounts have owner_id {OPERATOR:?}"
                 )));
             }
-            Ok(if kind == pb::AccountKind::OperatorFloat {
-                AccountKey::OperatorFloat
-            } else {
-                AccountKey::OperatorRounding
+            Ok(match kind {
+                pb::AccountKind::OperatorFloat => AccountKey::OperatorFloat,
+                pb::AccountKind::OperatorRounding => AccountKey::OperatorRounding,
+                _ => AccountKey::OperatorFees,
             })
         }
         Ok(pb::AccountKind::Unspecified) | Err(_) => {
@@ -200,5 +205,6 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         effective_from_unix_ms: terms.effective_from_ms,
         issue_price_minor_per_point: terms.issue_price_minor_per_point.to_string(),
         redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
+        fee_minor_per_point: terms.fee_minor_per_point.to_string(),
     }
 }

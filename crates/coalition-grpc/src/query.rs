@@ -135,7 +135,9 @@ impl QueryService for Queries {
                 AccountKey::MerchantIssued(owner)
                 | AccountKey::MerchantRedeemed(owner)
                 | AccountKey::MerchantSettlement(owner) => owner == merchant,
-                AccountKey::OperatorFloat | AccountKey::OperatorRounding => false,
+                AccountKey::OperatorFloat
+                | AccountKey::OperatorRounding
+                | AccountKey::OperatorFees => false,
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(

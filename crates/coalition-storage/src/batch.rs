@@ -500,6 +500,15 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                         .collect(),
                 ),
             ),
+            (
+                "fee_minor_per_point",
+                Column::Text(
+                    terms
+                        .iter()
+                        .map(|t| t.fee_minor_per_point.to_string())
+                        .collect(),
+                ),
+            ),
         ],
         on_conflict: "",
     };

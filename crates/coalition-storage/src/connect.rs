@@ -40,6 +40,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "terms",
         include_str!("../../../migrations/sqlite/0002_terms.sql"),
     ),
+    (
+        3,
+        "fees",
+        include_str!("../../../migrations/sqlite/0003_fees.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -52,6 +57,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "terms",
         include_str!("../../../migrations/postgres/0002_terms.sql"),
+    ),
+    (
+        3,
+        "fees",
+        include_str!("../../../migrations/postgres/0003_fees.sql"),
     ),
 ];
 

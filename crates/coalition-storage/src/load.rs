@@ -443,7 +443,8 @@ impl Storage {
     pub async fn load_terms(&self) -> Result<Vec<MerchantTerms>, StorageError> {
         let rows = with_pool!(self, pool => {
             sqlx::query(
-                "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point \
+                "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
+                 fee_minor_per_point \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -456,26 +457,30 @@ impl Storage {
                     row.try_get::<i64, _>("effective_from_ms")?,
                     row.try_get::<String, _>("issue_price_minor_per_point")?,
                     row.try_get::<String, _>("redeem_price_minor_per_point")?,
+                    row.try_get::<String, _>("fee_minor_per_point")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         rows.into_iter()
-            .map(|(merchant_id, version, effective_from_ms, issue, redeem)| {
-                let price = |text: &str| {
-                    rust_decimal::Decimal::from_str_exact(text)
-                        .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
-                };
-                Ok(MerchantTerms {
-                    merchant_id: MerchantId::new(merchant_id.clone())
-                        .map_err(|error| corrupt(format!("terms merchant id {error}")))?,
-                    version: u32::try_from(version)
-                        .map_err(|_| corrupt("terms version out of range"))?,
-                    effective_from_ms,
-                    issue_price_minor_per_point: price(&issue)?,
-                    redeem_price_minor_per_point: price(&redeem)?,
-                })
-            })
+            .map(
+                |(merchant_id, version, effective_from_ms, issue, redeem, fee)| {
+                    let price = |text: &str| {
+                        rust_decimal::Decimal::from_str_exact(text)
+                            .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
+                    };
+                    Ok(MerchantTerms {
+                        merchant_id: MerchantId::new(merchant_id.clone())
+                            .map_err(|error| corrupt(format!("terms merchant id {error}")))?,
+                        version: u32::try_from(version)
+                            .map_err(|_| corrupt("terms version out of range"))?,
+                        effective_from_ms,
+                        issue_price_minor_per_point: price(&issue)?,
+                        redeem_price_minor_per_point: price(&redeem)?,
+                        fee_minor_per_point: price(&fee)?,
+                    })
+                },
+            )
             .collect()
     }
 

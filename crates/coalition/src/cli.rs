@@ -171,6 +171,9 @@ pub enum AdminCommand {
         /// What the merchant is paid per point redeemed there, e.g. 0.95.
         #[arg(long)]
         redeem_price: String,
+        /// The clearing fee per point issued or redeemed, charged to the merchant.
+        #[arg(long, default_value = "0")]
+        fee: String,
         /// In force from this acceptance time, Unix milliseconds; default now.
         #[arg(long)]
         effective_from_ms: Option<i64>,
@@ -594,6 +597,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             merchant,
             issue_price,
             redeem_price,
+            fee,
             effective_from_ms,
         } => {
             let terms = admin
@@ -602,6 +606,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     effective_from_unix_ms: effective_from_ms.unwrap_or(0),
                     issue_price_minor_per_point: issue_price,
                     redeem_price_minor_per_point: redeem_price,
+                    fee_minor_per_point: fee,
                 })
                 .await?
                 .into_inner()

@@ -104,6 +104,9 @@ pub enum ClientMix {
     All(Mode),
 }
 
+/// The demo's clearing fee per point issued or redeemed, in minor units.
+const DEMO_FEE_MINOR_PER_POINT: &str = "0.02";
+
 /// How many one-at-a-time calls one such client keeps in flight, as a POS fleet would.
 const ONE_AT_A_TIME_IN_FLIGHT: usize = 16;
 
@@ -284,6 +287,7 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 effective_from_unix_ms: 0,
                 issue_price_minor_per_point: merchant.issue_price.clone(),
                 redeem_price_minor_per_point: merchant.redeem_price.clone(),
+                fee_minor_per_point: DEMO_FEE_MINOR_PER_POINT.into(),
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;
@@ -519,8 +523,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // Money legs at the merchants' terms: who owes and is owed what, in minor units.
     let money = coalition_domain::Asset::Currency(ledger.currency());
-    let (mut owed_by_issuers, mut owed_to_redeemers, mut float, mut rounding) =
-        (0i64, 0i64, 0i64, 0i64);
+    let (mut owed_by_issuers, mut owed_to_redeemers, mut float, mut rounding, mut fees) =
+        (0i64, 0i64, 0i64, 0i64, 0i64);
     for (key, id) in ledger.accounts() {
         let balance = ledger.balance_of(id, money);
         match key {
@@ -530,15 +534,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             coalition_domain::AccountKey::MerchantSettlement(_) => owed_to_redeemers += balance,
             coalition_domain::AccountKey::OperatorFloat => float += balance,
             coalition_domain::AccountKey::OperatorRounding => rounding += balance,
+            coalition_domain::AccountKey::OperatorFees => fees += balance,
             _ => {}
         }
     }
     let currency = money.code();
     println!(
-        "money legs            issuers owe {} {currency}, redeemers are owed {} {currency}; float {} {currency}, rounding {} {currency}",
+        "money legs            merchants owe {} {currency}, are owed {} {currency}; float {} {currency}, fees {} {currency}, rounding {} {currency}",
         minor_units(owed_by_issuers),
         minor_units(owed_to_redeemers),
         minor_units(float),
+        minor_units(fees),
         minor_units(rounding)
     );
     for problem in &report.problems {
