@@ -280,6 +280,50 @@ async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend)
     assert_eq!(server.balance("m-1").await, 5);
 }
 
+async fn an_orphan_posting_is_reported(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    accepted(&server.earn(&tenant, "e-1", "m-1", 10).await);
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    let orphan = "INSERT INTO postings (entry_sequence, posting_index, account_id, asset, amount) VALUES (999, 0, 1, 'PTS', 5)";
+    match database.backend {
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut connection = sqlx::SqliteConnection::connect(&database.url)
+                .await
+                .unwrap();
+            sqlx::query("PRAGMA foreign_keys = OFF")
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            sqlx::query(orphan).execute(&mut connection).await.unwrap();
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+            sqlx::query(orphan).execute(&mut connection).await.unwrap();
+        }
+    }
+    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
+        url: database.url.clone(),
+        connections_max: 2,
+        create_if_missing: false,
+    })
+    .await
+    .unwrap();
+    let error = storage.replay(i64::MAX).await.unwrap_err();
+    assert!(error.to_string().contains("entry 999"), "{error}");
+    storage.close().await;
+}
+
 /// The real server binary.
 const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
@@ -288,4 +332,5 @@ on_both_backends!(
     sigterm_finishes_the_batch_in_flight_and_exits_cleanly,
     a_tampered_journal_is_reported_and_refused_at_startup,
     a_second_server_on_the_same_database_refuses_to_start,
+    an_orphan_posting_is_reported,
 );

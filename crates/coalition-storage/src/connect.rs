@@ -63,6 +63,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "fees",
         include_str!("../../../migrations/postgres/0003_fees.sql"),
     ),
+    (
+        4,
+        "writer owned integrity",
+        include_str!("../../../migrations/postgres/0004_writer_owned_integrity.sql"),
+    ),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

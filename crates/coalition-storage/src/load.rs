@@ -205,7 +205,17 @@ pub(crate) fn assemble(
                 .unwrap_or_default();
             row.into_entry(postings)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|entries| {
+            // Postings whose entry does not exist: the journal's references are the writer's
+            // to keep (PostgreSQL has no foreign keys on them), so reading checks them.
+            match postings_by_sequence.keys().min() {
+                Some(orphan) => Err(corrupt(format!(
+                    "postings refer to entry {orphan}, which does not exist"
+                ))),
+                None => Ok(entries),
+            }
+        })
 }
 
 /// What recovery rebuilt.
