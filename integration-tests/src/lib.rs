@@ -245,6 +245,16 @@ impl TestServer {
         register_merchant(&self.channel, merchant_id, category, new_key(), &[]).await
     }
 
+    /// The two merchants most tests need: `tenant-1` (a mall tenant) and `cinema-1`.
+    pub async fn tenant_and_cinema(&self) -> (MerchantSigner, MerchantSigner) {
+        (
+            self.merchant("tenant-1", pb::MerchantCategory::MallTenant)
+                .await,
+            self.merchant("cinema-1", pb::MerchantCategory::Cinema)
+                .await,
+        )
+    }
+
     pub async fn enroll(&self, members: &[&str]) {
         let response = self
             .admin()

@@ -8,12 +8,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 
 async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1"]).await;
     let mut times = Vec::new();
     for index in 0..7 {
@@ -119,12 +114,7 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
 
 async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
     let mut queries = server.queries();

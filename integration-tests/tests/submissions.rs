@@ -11,12 +11,7 @@ use tokio::task::JoinSet;
 
 async fn earn_then_burn_moves_points_and_books_balanced_entries(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1"]).await;
 
     let earned = server.earn(&tenant, "e-1", "m-1", 500).await;
@@ -187,12 +182,7 @@ async fn the_stream_answers_every_request_with_its_reference(backend: Backend) {
 
 async fn concurrent_burns_for_one_member_never_overdraw(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     let parking = server
         .merchant("parking-1", pb::MerchantCategory::Parking)
         .await;

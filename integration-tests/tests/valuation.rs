@@ -9,19 +9,10 @@ async fn money_balance(server: &TestServer, kind: pb::AccountKind, owner: &str) 
     server.account_balance(kind, owner, "CNY").await
 }
 
-async fn transaction(server: &TestServer, merchant: &str, id: &str) -> pb::JournalEntry {
-    server.transaction(merchant, id).await
-}
-
 async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
     let server = TestServer::start(backend).await;
     // Test merchants are registered at 1.05 fen per point issued, 0.95 per point redeemed.
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1"]).await;
 
     // 333 × 1.05 = 349.65 fen: the issuer is charged 350, the float receives 349, 1 to rounding.
@@ -45,7 +36,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
         1
     );
 
-    let earn = transaction(&server, "tenant-1", "e-1").await;
+    let earn = server.transaction("tenant-1", "e-1").await;
     assert_eq!(earn.terms_version, Some(1));
     let money: Vec<(i32, i64)> = earn
         .postings
@@ -82,14 +73,14 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
     server.clock.advance(1_000);
     accepted(&server.earn(&tenant, "e-2", "m-1", 10).await);
     assert_eq!(
-        transaction(&server, "tenant-1", "e-2").await.terms_version,
+        server.transaction("tenant-1", "e-2").await.terms_version,
         Some(2)
     );
     assert_eq!(
         money_balance(&server, pb::AccountKind::MerchantSettlement, "tenant-1").await,
         -370
     );
-    let first = transaction(&server, "tenant-1", "e-1").await;
+    let first = server.transaction("tenant-1", "e-1").await;
     assert_eq!(
         (first.terms_version, first.postings),
         (earn.terms_version, earn.postings),
@@ -249,12 +240,7 @@ async fn outstanding(
 async fn account_history_runs_balances_and_outstanding_points_age(backend: Backend) {
     const DAY_MS: i64 = 86_400_000;
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1", "m-2"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
     server.clock.advance(40 * DAY_MS);
@@ -368,12 +354,7 @@ mod reporting {
 
 async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let tenant = server
-        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
-        .await;
-    let cinema = server
-        .merchant("cinema-1", pb::MerchantCategory::Cinema)
-        .await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
     server.enroll(&["m-1"]).await;
     for merchant in ["tenant-1", "cinema-1"] {
         server
@@ -414,7 +395,7 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
         balance(pb::AccountKind::OperatorRounding, "operator").await,
         2
     );
-    let entry = transaction(&server, "tenant-1", "e-1").await;
+    let entry = server.transaction("tenant-1", "e-1").await;
     assert_eq!(entry.terms_version, Some(2));
     let fee_line = entry
         .postings

@@ -172,7 +172,6 @@ pub struct Ledger {
     /// The latest acceptance time of any entry; terms may not take effect before it.
     last_accepted_at_ms: i64,
     accounts: HashMap<AccountKey, AccountId>,
-    account_keys: HashMap<AccountId, AccountKey>,
     balances: HashMap<(AccountId, Asset), i64>,
     members: HashMap<MemberId, MemberState>,
     aliases: HashMap<MemberId, MemberId>,
@@ -211,7 +210,6 @@ impl Ledger {
             terms: HashMap::new(),
             last_accepted_at_ms: i64::MIN,
             accounts: HashMap::new(),
-            account_keys: HashMap::new(),
             balances: HashMap::new(),
             members: HashMap::new(),
             aliases: HashMap::new(),
@@ -326,19 +324,6 @@ impl Ledger {
 
     pub fn accounts(&self) -> impl Iterator<Item = (&AccountKey, AccountId)> {
         self.accounts.iter().map(|(key, id)| (key, *id))
-    }
-
-    pub fn is_enrolled(&self, member_id: &MemberId) -> bool {
-        self.members.contains_key(member_id)
-    }
-
-    pub fn receipt(
-        &self,
-        merchant_id: &MerchantId,
-        merchant_transaction_id: &MerchantTransactionId,
-    ) -> Option<&Receipt> {
-        self.receipts
-            .get(&(merchant_id.clone(), merchant_transaction_id.clone()))
     }
 
     /// Whether the receipt of this merchant transaction is in memory.
@@ -660,7 +645,6 @@ impl Ledger {
 
     /// Recovery: restores an account handle.
     pub fn restore_account(&mut self, id: AccountId, key: AccountKey) {
-        self.account_keys.insert(id, key.clone());
         self.accounts.insert(key, id);
     }
 

@@ -202,10 +202,6 @@ impl Engine {
         &self.inner.storage
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
-    }
-
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
     }

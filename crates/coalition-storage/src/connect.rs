@@ -11,12 +11,6 @@ use sqlx::{Row, SqlSafeStr};
 
 use crate::{Storage, StorageError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {

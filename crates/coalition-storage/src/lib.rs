@@ -13,7 +13,7 @@ mod load;
 mod lock;
 mod query;
 
-pub use connect::{Backend, ConnectOptions};
+pub use connect::ConnectOptions;
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;
 pub use query::{
@@ -61,13 +61,6 @@ macro_rules! with_pool {
 pub(crate) use with_pool;
 
 impl Storage {
-    pub fn backend(&self) -> Backend {
-        match self {
-            Storage::Sqlite(_) => Backend::Sqlite,
-            Storage::Postgres(_) => Backend::Postgres,
-        }
-    }
-
     /// Closes the pool, waiting for connections to return.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
