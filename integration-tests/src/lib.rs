@@ -292,6 +292,28 @@ impl TestServer {
             occurred_at_unix_ms: self.now_ms(),
             store_id: "store-1".into(),
             terminal_id: "pos-1".into(),
+            refers_to_transaction_id: String::new(),
+            refers_to_merchant_id: String::new(),
+        }
+    }
+
+    /// A reversal, capture or void body acting on `refers_to` (a transaction of `signer`'s
+    /// merchant unless `refers_to_merchant` is given).
+    #[allow(clippy::too_many_arguments)]
+    pub fn referring_body(
+        &self,
+        signer: &MerchantSigner,
+        kind: pb::TransactionKind,
+        transaction_id: &str,
+        member: &str,
+        points: i64,
+        refers_to: &str,
+        refers_to_merchant: &str,
+    ) -> pb::TransactionBody {
+        pb::TransactionBody {
+            refers_to_transaction_id: refers_to.into(),
+            refers_to_merchant_id: refers_to_merchant.into(),
+            ..self.body(signer, kind, transaction_id, member, points)
         }
     }
 
@@ -449,6 +471,7 @@ pub async fn register_merchant(
             issue_price_minor_per_point: ISSUE_PRICE.into(),
             redeem_price_minor_per_point: REDEEM_PRICE.into(),
             fee_minor_per_point: String::new(),
+            cross_merchant_reversals: false,
         })
         .await
         .expect("set the merchant's terms");

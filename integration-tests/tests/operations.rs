@@ -66,6 +66,7 @@ async fn metrics_and_json_logs_report_what_happened(backend: Backend) {
         occurred_at_unix_ms: coalition_engine::Clock::now_ms(&coalition_engine::SystemClock),
         store_id: "s".into(),
         terminal_id: "t".into(),
+        ..Default::default()
     };
     let good = signer.envelope(&body);
     let mut bad = good.clone();

@@ -63,6 +63,7 @@ async fn start_load(endpoint: &str) -> Load {
                             occurred_at_unix_ms: now,
                             store_id: "store-1".into(),
                             terminal_id: "pos-1".into(),
+                            ..Default::default()
                         })
                     })
                     .collect();

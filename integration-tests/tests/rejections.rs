@@ -89,6 +89,44 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
     let unpriced = MerchantSigner::new("unpriced", "key-1", unpriced_key);
     let first = server.earn(&tenant, "dup-1", "m-1", 10).await;
     accepted(&first);
+    // Another merchant, whose terms do not allow reversing others' sales.
+    let other = server
+        .merchant("other-shop", pb::MerchantCategory::MallTenant)
+        .await;
+    // An open hold of 4 points, and a hold that was voided.
+    let hold =
+        |id: &str, points: i64| server.body(&tenant, pb::TransactionKind::Hold, id, "m-1", points);
+    accepted(&server.submit(tenant.envelope(&hold("h-open", 4))).await);
+    accepted(&server.submit(tenant.envelope(&hold("h-voided", 1))).await);
+    accepted(
+        &server
+            .submit(tenant.envelope(&server.referring_body(
+                &tenant,
+                pb::TransactionKind::Void,
+                "v-1",
+                "m-1",
+                0,
+                "h-voided",
+                "",
+            )))
+            .await,
+    );
+    let referring = |signer: &MerchantSigner,
+                     kind: pb::TransactionKind,
+                     id: &str,
+                     points: i64,
+                     refers_to: &str,
+                     refers_to_merchant: &str| {
+        signer.envelope(&server.referring_body(
+            signer,
+            kind,
+            id,
+            "m-1",
+            points,
+            refers_to,
+            refers_to_merchant,
+        ))
+    };
 
     let earn = |id: &str| server.body(&tenant, pb::TransactionKind::Earn, id, "m-1", 10);
     let signed = |body: pb::TransactionBody| tenant.envelope(&body);
@@ -191,6 +229,72 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
             RejectionReason::TermsMissing,
             unpriced.envelope(&server.body(&unpriced, pb::TransactionKind::Earn, "t-10", "m-1", 5)),
         ),
+        (
+            RejectionReason::ReferenceUnknown,
+            referring(
+                &tenant,
+                pb::TransactionKind::Reversal,
+                "t-11",
+                1,
+                "no-such-sale",
+                "",
+            ),
+        ),
+        (
+            RejectionReason::ReferenceNotApplicable,
+            referring(
+                &tenant,
+                pb::TransactionKind::Capture,
+                "t-12",
+                1,
+                "dup-1",
+                "",
+            ),
+        ),
+        (
+            RejectionReason::ReversalNotPermitted,
+            referring(
+                &other,
+                pb::TransactionKind::Reversal,
+                "t-13",
+                1,
+                "dup-1",
+                "tenant",
+            ),
+        ),
+        (
+            RejectionReason::ReversalExceedsRemaining,
+            referring(
+                &tenant,
+                pb::TransactionKind::Reversal,
+                "t-14",
+                11,
+                "dup-1",
+                "",
+            ),
+        ),
+        (
+            RejectionReason::HoldNotOpen,
+            referring(
+                &tenant,
+                pb::TransactionKind::Capture,
+                "t-15",
+                1,
+                "h-voided",
+                "",
+            ),
+        ),
+        (
+            RejectionReason::CaptureExceedsHold,
+            referring(
+                &tenant,
+                pb::TransactionKind::Capture,
+                "t-16",
+                5,
+                "h-open",
+                "",
+            ),
+        ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();
     assert_eq!(
@@ -207,12 +311,15 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
             "{reason}: got {result:?}"
         );
     }
-    // Nothing of any refusal was applied.
-    assert_eq!(server.balance("m-1").await, 10);
+    // Nothing of any refusal was applied: 10 earned, 4 still held.
+    assert_eq!(server.balance("m-1").await, 6);
     assert_eq!(server.balance("m-poor").await, 0);
     let report = server.check().await;
     assert!(report.is_sound(), "{:?}", report.problems);
-    assert_eq!(report.entries, 1, "only the first earn was booked");
+    assert_eq!(
+        report.entries, 4,
+        "only the earn, the two holds and the void were booked"
+    );
 }
 
 on_both_backends!(every_rejection_reason_is_reachable_and_applies_nothing);

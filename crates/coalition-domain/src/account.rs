@@ -60,12 +60,17 @@ impl Asset {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AccountKey {
     MemberWallet(MemberId),
+    /// Points a merchant holds for the member until it captures or voids the hold.
+    MemberHeld(MemberId),
     MerchantIssued(MerchantId),
     MerchantRedeemed(MerchantId),
     /// Money between the merchant and the operator: negative when the merchant owes the
     /// operator (for points it issued), positive when the operator owes the merchant (for
     /// points redeemed there).
     MerchantSettlement(MerchantId),
+    /// Points of the merchant's issue that expired unspent, and the float money that was held
+    /// against them: breakage attributed to the issuer.
+    MerchantBreakage(MerchantId),
     /// The operator's money held against outstanding points.
     OperatorFloat,
     /// Sub-minor-unit remainders of money legs (see `terms::money_leg`).
@@ -82,9 +87,11 @@ impl AccountKey {
     pub fn kind(&self) -> &'static str {
         match self {
             AccountKey::MemberWallet(_) => "member_wallet",
+            AccountKey::MemberHeld(_) => "member_held",
             AccountKey::MerchantIssued(_) => "merchant_issued",
             AccountKey::MerchantRedeemed(_) => "merchant_redeemed",
             AccountKey::MerchantSettlement(_) => "merchant_settlement",
+            AccountKey::MerchantBreakage(_) => "merchant_breakage",
             AccountKey::OperatorFloat => "operator_float",
             AccountKey::OperatorRounding => "operator_rounding",
             AccountKey::OperatorFees => "operator_fees",
@@ -94,10 +101,11 @@ impl AccountKey {
     /// Who the account belongs to.
     pub fn owner(&self) -> &str {
         match self {
-            AccountKey::MemberWallet(member) => member.as_str(),
+            AccountKey::MemberWallet(member) | AccountKey::MemberHeld(member) => member.as_str(),
             AccountKey::MerchantIssued(merchant)
             | AccountKey::MerchantRedeemed(merchant)
-            | AccountKey::MerchantSettlement(merchant) => merchant.as_str(),
+            | AccountKey::MerchantSettlement(merchant)
+            | AccountKey::MerchantBreakage(merchant) => merchant.as_str(),
             AccountKey::OperatorFloat | AccountKey::OperatorRounding | AccountKey::OperatorFees => {
                 OPERATOR
             }
@@ -108,6 +116,7 @@ impl AccountKey {
     pub fn from_parts(kind: &str, owner: &str) -> Option<Self> {
         match kind {
             "member_wallet" => MemberId::new(owner).ok().map(AccountKey::MemberWallet),
+            "member_held" => MemberId::new(owner).ok().map(AccountKey::MemberHeld),
             "merchant_issued" => MerchantId::new(owner).ok().map(AccountKey::MerchantIssued),
             "merchant_redeemed" => MerchantId::new(owner)
                 .ok()
@@ -115,6 +124,9 @@ impl AccountKey {
             "merchant_settlement" => MerchantId::new(owner)
                 .ok()
                 .map(AccountKey::MerchantSettlement),
+            "merchant_breakage" => MerchantId::new(owner)
+                .ok()
+                .map(AccountKey::MerchantBreakage),
             "operator_float" if owner == OPERATOR => Some(AccountKey::OperatorFloat),
             "operator_rounding" if owner == OPERATOR => Some(AccountKey::OperatorRounding),
             "operator_fees" if owner == OPERATOR => Some(AccountKey::OperatorFees),
@@ -138,6 +150,8 @@ mod tests {
     fn account_keys_round_trip_through_their_parts() {
         let keys = [
             AccountKey::MemberWallet(MemberId::new("m-1").unwrap()),
+            AccountKey::MemberHeld(MemberId::new("m-1").unwrap()),
+            AccountKey::MerchantBreakage(MerchantId::new("tenant-1").unwrap()),
             AccountKey::MerchantIssued(MerchantId::new("tenant-1").unwrap()),
             AccountKey::MerchantRedeemed(MerchantId::new("cinema").unwrap()),
             AccountKey::MerchantSettlement(MerchantId::new("cinema").unwrap()),

@@ -12,6 +12,21 @@ pub enum EntryKind {
     Burn,
     /// The operator merged one member id into another: the wallet and its lots moved.
     MemberMerge,
+    /// A merchant took back points of an earlier earn (a refund), fully or in part.
+    EarnReversal,
+    /// A merchant gave back points of an earlier burn or capture (a cancelled ticket).
+    BurnReversal,
+    /// A merchant reserved points (a parking gate at entry); they leave the wallet for the
+    /// member's held account.
+    Hold,
+    /// A merchant redeemed part or all of a hold at the hold's prices; the rest went back.
+    Capture,
+    /// A merchant released a hold; every held point went back to the wallet.
+    Void,
+    /// The operator released a hold that was neither captured nor voided in time.
+    HoldExpiry,
+    /// The operator booked a member's expired lots to breakage, attributed to their issuers.
+    Expiry,
 }
 
 impl EntryKind {
@@ -20,6 +35,13 @@ impl EntryKind {
             EntryKind::Earn => "earn",
             EntryKind::Burn => "burn",
             EntryKind::MemberMerge => "member_merge",
+            EntryKind::EarnReversal => "earn_reversal",
+            EntryKind::BurnReversal => "burn_reversal",
+            EntryKind::Hold => "hold",
+            EntryKind::Capture => "capture",
+            EntryKind::Void => "void",
+            EntryKind::HoldExpiry => "hold_expiry",
+            EntryKind::Expiry => "expiry",
         }
     }
 
@@ -28,6 +50,13 @@ impl EntryKind {
             "earn" => Some(EntryKind::Earn),
             "burn" => Some(EntryKind::Burn),
             "member_merge" => Some(EntryKind::MemberMerge),
+            "earn_reversal" => Some(EntryKind::EarnReversal),
+            "burn_reversal" => Some(EntryKind::BurnReversal),
+            "hold" => Some(EntryKind::Hold),
+            "capture" => Some(EntryKind::Capture),
+            "void" => Some(EntryKind::Void),
+            "hold_expiry" => Some(EntryKind::HoldExpiry),
+            "expiry" => Some(EntryKind::Expiry),
             _ => None,
         }
     }
@@ -71,8 +100,14 @@ pub struct Entry {
     pub member_points_after: i64,
     /// A note for operator entries; empty for merchant entries.
     pub memo: String,
-    /// The version of the merchant's terms whose prices made the money legs.
+    /// The version of the merchant's terms whose prices made the money legs. A reversal or a
+    /// capture carries the version of the entry it refers to: its prices were locked there.
     pub terms_version: Option<u32>,
+    /// The sequence of the entry this one refers to: the original of a reversal, the hold of
+    /// a capture, a void or a hold expiry.
+    pub refers_to: Option<u64>,
+    /// When what this entry creates runs out: the lot of an earn, or a hold.
+    pub expires_at_ms: Option<i64>,
     pub postings: Vec<Posting>,
     pub previous_hash: [u8; 32],
     pub hash: [u8; 32],
@@ -145,6 +180,8 @@ pub struct LotRecord {
     pub issuer: MerchantId,
     pub points: i64,
     pub earned_at_ms: i64,
+    /// When the lot's remaining points expire; never when `None`.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Points taken out of a lot by an entry (a burn, or a merge moving the lot).

@@ -16,6 +16,8 @@ use crate::ids::{MemberId, MerchantId, MerchantTransactionId};
 use crate::journal::{
     BalanceError, Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting,
 };
+use crate::lots::{Lot, Wallet};
+use crate::policy::LedgerPolicy;
 use crate::rejection::{Rejection, RejectionReason};
 use crate::submission::{Submission, TransactionKind};
 use crate::terms::{MerchantTerms, Prices, TermsError, check_price, money_leg};
@@ -94,6 +96,10 @@ pub enum MemberError {
     AlreadyAliased(MemberId),
     #[error("a member cannot be an alias of itself")]
     SelfAlias,
+    #[error(
+        "member {member_id} owes {points} points from a reversed earn; it can be merged once they are repaid"
+    )]
+    InDebt { member_id: MemberId, points: i64 },
     #[error("ledger invariant violated: {0}")]
     InvariantViolated(String),
 }
@@ -148,18 +154,40 @@ impl Changes {
     }
 }
 
+/// An earn, burn or capture that a reversal may still act on.
 #[derive(Debug, Clone)]
-struct Lot {
-    lot_id: LotId,
-    issuer: MerchantId,
-    earned_at_ms: i64,
-    points_remaining: i64,
+struct Reversible {
+    kind: EntryKind,
+    /// The merchant whose accounts the original posted to.
+    merchant_id: MerchantId,
+    member_id: MemberId,
+    points: i64,
+    /// Points already reversed.
+    reversed: i64,
+    terms_version: u32,
+    /// For a burn or capture: the lot pieces it took, which a reversal gives back.
+    taken: Vec<Lot>,
 }
 
-#[derive(Debug, Clone, Default)]
-struct MemberState {
-    /// Oldest first by (earned_at, lot id); burns take from the front.
-    lots: Vec<Lot>,
+/// A hold not yet captured, voided or expired.
+#[derive(Debug, Clone)]
+struct OpenHold {
+    merchant_id: MerchantId,
+    /// The member whose held account holds the points.
+    member_id: MemberId,
+    points: i64,
+    terms_version: u32,
+    expires_at_ms: i64,
+    taken: Vec<Lot>,
+}
+
+/// What an expiry run or a hold-expiry sweep booked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpirySummary {
+    pub entries: usize,
+    pub points: i64,
+    /// Money moved from the float to breakage, in minor units.
+    pub money_minor: i64,
 }
 
 /// The in-memory ledger. See the module documentation.
@@ -171,9 +199,18 @@ pub struct Ledger {
     terms: HashMap<MerchantId, Vec<MerchantTerms>>,
     /// The latest acceptance time of any entry; terms may not take effect before it.
     last_accepted_at_ms: i64,
+    policy: LedgerPolicy,
     accounts: HashMap<AccountKey, AccountId>,
     balances: HashMap<(AccountId, Asset), i64>,
-    members: HashMap<MemberId, MemberState>,
+    members: HashMap<MemberId, Wallet>,
+    /// Earns, burns and captures by entry sequence, for reversals.
+    reversibles: HashMap<u64, Reversible>,
+    /// Open holds by entry sequence.
+    holds: HashMap<u64, OpenHold>,
+    /// (expires at, hold sequence) of every hold ever opened; closed ones are skipped.
+    hold_deadlines: BTreeSet<(i64, u64)>,
+    /// The members with lots expiring at each time; lots spent since are skipped.
+    lot_expiries: BTreeMap<i64, BTreeSet<MemberId>>,
     aliases: HashMap<MemberId, MemberId>,
     /// Receipts of recent merchant transactions: a cache of the journal's unique index on
     /// (merchant, transaction id). Older ones are forgotten to bound memory; the writer loads
@@ -182,6 +219,35 @@ pub struct Ledger {
     /// The same receipts ordered by when the transaction happened, for forgetting.
     receipts_by_age: BTreeMap<(i64, u64), ReceiptKey>,
     head: ChainHead,
+}
+
+/// An entry made from a merchant's submission, before it is sealed.
+struct Draft {
+    kind: EntryKind,
+    member_id: MemberId,
+    points: i64,
+    member_points_after: i64,
+    terms_version: Option<u32>,
+    refers_to: Option<u64>,
+    expires_at_ms: Option<i64>,
+    postings: Vec<Posting>,
+}
+
+/// Whether points were issued or redeemed, for the money legs.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Issue,
+    Redeem,
+}
+
+fn rejected(reason: RejectionReason, message: String) -> ApplyError {
+    ApplyError::Rejected(Rejection::new(reason, message))
+}
+
+fn checked_wallet(before: i64, change: i64) -> Result<i64, ApplyError> {
+    before
+        .checked_add(change)
+        .ok_or_else(|| ApplyError::InvariantViolated("wallet balance overflow".into()))
 }
 
 /// A merchant's transaction: the idempotency key.
@@ -209,9 +275,14 @@ impl Ledger {
             currency,
             terms: HashMap::new(),
             last_accepted_at_ms: i64::MIN,
+            policy: LedgerPolicy::default(),
             accounts: HashMap::new(),
             balances: HashMap::new(),
             members: HashMap::new(),
+            reversibles: HashMap::new(),
+            holds: HashMap::new(),
+            hold_deadlines: BTreeSet::new(),
+            lot_expiries: BTreeMap::new(),
             aliases: HashMap::new(),
             receipts: HashMap::new(),
             receipts_by_age: BTreeMap::new(),
@@ -222,6 +293,15 @@ impl Ledger {
     /// Sets the currency of future money legs (recovery restores the rest from the journal).
     pub fn set_currency(&mut self, currency: CurrencyCode) {
         self.currency = currency;
+    }
+
+    /// Sets the rules for new holds and lots (recovery restores booked ones from the journal).
+    pub fn set_policy(&mut self, policy: LedgerPolicy) {
+        self.policy = policy;
+    }
+
+    pub fn policy(&self) -> LedgerPolicy {
+        self.policy
     }
 
     pub fn currency(&self) -> CurrencyCode {
@@ -261,6 +341,7 @@ impl Ledger {
             issue_price_minor_per_point,
             redeem_price_minor_per_point,
             fee_minor_per_point,
+            cross_merchant_reversals,
         } = prices;
         check_price("issue price", issue_price_minor_per_point)?;
         check_price("redeem price", redeem_price_minor_per_point)?;
@@ -300,6 +381,7 @@ impl Ledger {
             issue_price_minor_per_point,
             redeem_price_minor_per_point,
             fee_minor_per_point,
+            cross_merchant_reversals,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
@@ -382,8 +464,9 @@ impl Ledger {
     /// Applies one checked submission accepted at `accepted_at_ms`. On success the entry and
     /// its rows are appended to `changes`; on rejection nothing changes at all.
     ///
-    /// Idempotency is decided by the receipts in memory: a caller that forgets receipts
-    /// must first `remember_receipt` every stored one of the transaction ids it applies.
+    /// Idempotency and references are decided by the receipts in memory: a caller that
+    /// forgets receipts must first `remember_receipt` every stored one of the transaction ids
+    /// it applies and of the transactions they refer to.
     pub fn apply(
         &mut self,
         submission: &Submission,
@@ -398,112 +481,32 @@ impl Ledger {
             if receipt.body_hash == submission.body_hash {
                 return Ok(Outcome::Duplicate(receipt.clone()));
             }
-            return Err(ApplyError::Rejected(Rejection::new(
+            return Err(rejected(
                 RejectionReason::TransactionIdConflict,
                 format!(
                     "merchant {} already used transaction id {} for a different body (entry {})",
                     submission.merchant_id, submission.merchant_transaction_id, receipt.sequence
                 ),
-            )));
+            ));
         }
         let member_id = self.resolve_member(&submission.member_id);
         if !self.members.contains_key(&member_id) {
-            return Err(ApplyError::Rejected(Rejection::new(
+            return Err(rejected(
                 RejectionReason::MemberUnknown,
                 format!("member {} is not enrolled", submission.member_id),
-            )));
+            ));
         }
-        let wallet_before = self.wallet_points(&member_id);
-        let (kind, wallet_change, merchant_account) = match submission.kind {
-            TransactionKind::Earn => (
-                EntryKind::Earn,
-                submission.points,
-                AccountKey::MerchantIssued(submission.merchant_id.clone()),
-            ),
-            TransactionKind::Burn => {
-                if submission.points > wallet_before {
-                    return Err(ApplyError::Rejected(Rejection::new(
-                        RejectionReason::PointsInsufficient,
-                        format!(
-                            "member {} has {wallet_before} points available, the burn asks for {}",
-                            submission.member_id, submission.points
-                        ),
-                    )));
-                }
-                (
-                    EntryKind::Burn,
-                    -submission.points,
-                    AccountKey::MerchantRedeemed(submission.merchant_id.clone()),
-                )
+        let draft = match submission.kind {
+            TransactionKind::Earn | TransactionKind::Burn | TransactionKind::Hold => {
+                self.draft_new(submission, member_id, accepted_at_ms)?
+            }
+            TransactionKind::Reversal => {
+                self.draft_reversal(submission, member_id, accepted_at_ms)?
+            }
+            TransactionKind::Capture | TransactionKind::Void => {
+                self.draft_hold_settlement(submission, member_id, accepted_at_ms)?
             }
         };
-        let member_points_after = wallet_before
-            .checked_add(wallet_change)
-            .ok_or_else(|| ApplyError::InvariantViolated("wallet balance overflow".into()))?;
-        let terms = self
-            .terms_at(&submission.merchant_id, accepted_at_ms)
-            .cloned()
-            .ok_or_else(|| {
-                ApplyError::Rejected(Rejection::new(
-                    RejectionReason::TermsMissing,
-                    format!(
-                        "merchant {} has no terms in force, so its points have no price",
-                        submission.merchant_id
-                    ),
-                ))
-            })?;
-        let mut postings = vec![
-            Posting {
-                account: AccountKey::MemberWallet(member_id.clone()),
-                asset: Asset::Points,
-                amount: wallet_change,
-            },
-            Posting {
-                account: merchant_account,
-                asset: Asset::Points,
-                amount: -wallet_change,
-            },
-        ];
-        // The money leg: the issuer pays the operator's float for points it issues; the float
-        // pays the redeemer for points redeemed there. Rounding per `terms::money_leg`.
-        let (price, payer, payee) = match kind {
-            EntryKind::Burn => (
-                terms.redeem_price_minor_per_point,
-                AccountKey::OperatorFloat,
-                AccountKey::MerchantSettlement(submission.merchant_id.clone()),
-            ),
-            _ => (
-                terms.issue_price_minor_per_point,
-                AccountKey::MerchantSettlement(submission.merchant_id.clone()),
-                AccountKey::OperatorFloat,
-            ),
-        };
-        let overflow = || ApplyError::InvariantViolated("money leg overflow".into());
-        let (charged, paid) = money_leg(submission.points, price).ok_or_else(overflow)?;
-        // The clearing fee, charged to the merchant on every point it issues or redeems, by
-        // the same rounding rule.
-        let (fee_charged, fee_paid) =
-            money_leg(submission.points, terms.fee_minor_per_point).ok_or_else(overflow)?;
-        let settlement = AccountKey::MerchantSettlement(submission.merchant_id.clone());
-        let money = Asset::Currency(self.currency);
-        for (account, amount) in [
-            (payer, -charged),
-            (payee, paid),
-            (settlement, -fee_charged),
-            (AccountKey::OperatorFees, fee_paid),
-            (
-                AccountKey::OperatorRounding,
-                (charged - paid) + (fee_charged - fee_paid),
-            ),
-        ] {
-            if amount != 0 {
-                postings.push(Posting {
-                    account,
-                    asset: money,
-                    amount,
-                });
-            }
-        }
         let origin = MerchantOrigin {
             merchant_id: submission.merchant_id.clone(),
             merchant_transaction_id: submission.merchant_transaction_id.clone(),
@@ -514,16 +517,18 @@ impl Ledger {
         };
         let entry = self.seal(Entry {
             sequence: 0,
-            kind,
+            kind: draft.kind,
             accepted_at_ms,
             origin: Some(origin),
-            member_id,
-            points: submission.points,
+            member_id: draft.member_id,
+            points: draft.points,
             spend_minor: submission.spend_minor,
-            member_points_after,
+            member_points_after: draft.member_points_after,
             memo: String::new(),
-            terms_version: Some(terms.version),
-            postings,
+            terms_version: draft.terms_version,
+            refers_to: draft.refers_to,
+            expires_at_ms: draft.expires_at_ms,
+            postings: draft.postings,
             previous_hash: [0; 32],
             hash: [0; 32],
         });
@@ -534,6 +539,529 @@ impl Ledger {
                 ApplyError::InvariantViolated("receipt missing after commit".into())
             })?;
         Ok(Outcome::Applied(receipt))
+    }
+
+    /// An earn, a burn or a hold: priced by the merchant's terms in force now.
+    fn draft_new(
+        &self,
+        submission: &Submission,
+        member_id: MemberId,
+        accepted_at_ms: i64,
+    ) -> Result<Draft, ApplyError> {
+        let merchant = &submission.merchant_id;
+        let points = submission.points;
+        let wallet_before = self.wallet_points(&member_id);
+        if submission.kind != TransactionKind::Earn && points > wallet_before {
+            let owed = if wallet_before < 0 {
+                format!(
+                    "; it owes {} points from a reversed earn and can redeem again once they are repaid",
+                    -wallet_before
+                )
+            } else {
+                String::new()
+            };
+            return Err(rejected(
+                RejectionReason::PointsInsufficient,
+                format!(
+                    "member {} has {} points available, the {} asks for {points}{owed}",
+                    submission.member_id,
+                    wallet_before.max(0),
+                    if submission.kind == TransactionKind::Hold {
+                        "hold"
+                    } else {
+                        "burn"
+                    }
+                ),
+            ));
+        }
+        let terms = self.terms_at(merchant, accepted_at_ms).ok_or_else(|| {
+            rejected(
+                RejectionReason::TermsMissing,
+                format!("merchant {merchant} has no terms in force, so its points have no price"),
+            )
+        })?;
+        let (kind, wallet_change, counter_account, expires_at_ms) = match submission.kind {
+            TransactionKind::Earn => (
+                EntryKind::Earn,
+                points,
+                AccountKey::MerchantIssued(merchant.clone()),
+                self.policy.lot_expiry(submission.occurred_at_ms),
+            ),
+            TransactionKind::Burn => (
+                EntryKind::Burn,
+                -points,
+                AccountKey::MerchantRedeemed(merchant.clone()),
+                None,
+            ),
+            _ => (
+                EntryKind::Hold,
+                -points,
+                AccountKey::MemberHeld(member_id.clone()),
+                Some(accepted_at_ms.saturating_add(self.policy.hold_timeout_ms)),
+            ),
+        };
+        let mut postings = vec![
+            Posting {
+                account: AccountKey::MemberWallet(member_id.clone()),
+                asset: Asset::Points,
+                amount: wallet_change,
+            },
+            Posting {
+                account: counter_account,
+                asset: Asset::Points,
+                amount: -wallet_change,
+            },
+        ];
+        // A hold moves points only; its prices are locked by the terms version it records and
+        // its money moves at capture.
+        let side = match kind {
+            EntryKind::Earn => Some(Side::Issue),
+            EntryKind::Burn => Some(Side::Redeem),
+            _ => None,
+        };
+        if let Some(side) = side {
+            let legs = self.money_legs(side, merchant, points, terms)?;
+            postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
+        }
+        Ok(Draft {
+            kind,
+            member_points_after: checked_wallet(wallet_before, wallet_change)?,
+            member_id,
+            points,
+            terms_version: Some(terms.version),
+            refers_to: None,
+            expires_at_ms,
+            postings,
+        })
+    }
+
+    /// The receipt of the transaction a reversal, capture or void names.
+    fn referred(&self, submission: &Submission) -> Result<&Receipt, ApplyError> {
+        let key = submission.refers_to.as_ref().ok_or_else(|| {
+            ApplyError::InvariantViolated("a checked reference submission has no reference".into())
+        })?;
+        self.receipts.get(key).ok_or_else(|| {
+            rejected(
+                RejectionReason::ReferenceUnknown,
+                format!("merchant {} has no transaction {}", key.0, key.1),
+            )
+        })
+    }
+
+    fn draft_reversal(
+        &self,
+        submission: &Submission,
+        member_id: MemberId,
+        accepted_at_ms: i64,
+    ) -> Result<Draft, ApplyError> {
+        let referred = self.referred(submission)?;
+        let sequence = referred.sequence;
+        let original = self.reversibles.get(&sequence).ok_or_else(|| {
+            rejected(
+                RejectionReason::ReferenceNotApplicable,
+                format!(
+                    "transaction {} (entry {sequence}) is a {}; only earns, burns and captures can be reversed",
+                    submission.refers_to.as_ref().map_or("", |key| key.1.as_str()),
+                    referred.kind.code()
+                ),
+            )
+        })?;
+        if self.resolve_member(&original.member_id) != member_id {
+            return Err(rejected(
+                RejectionReason::ReferenceNotApplicable,
+                format!(
+                    "entry {sequence} belongs to member {}, not {}",
+                    original.member_id, submission.member_id
+                ),
+            ));
+        }
+        if original.merchant_id != submission.merchant_id
+            && !self
+                .terms_at(&submission.merchant_id, accepted_at_ms)
+                .is_some_and(|terms| terms.cross_merchant_reversals)
+        {
+            return Err(rejected(
+                RejectionReason::ReversalNotPermitted,
+                format!(
+                    "merchant {} may not reverse merchant {}'s transactions: its terms do not allow returns of other merchants' sales",
+                    submission.merchant_id, original.merchant_id
+                ),
+            ));
+        }
+        let remaining = original.points - original.reversed;
+        if submission.points > remaining {
+            return Err(rejected(
+                RejectionReason::ReversalExceedsRemaining,
+                format!(
+                    "entry {sequence} has {remaining} of its {} points left to reverse, the reversal asks for {}",
+                    original.points, submission.points
+                ),
+            ));
+        }
+        let terms = self
+            .terms
+            .get(&original.merchant_id)
+            .and_then(|versions| versions.get(original.terms_version as usize - 1))
+            .ok_or_else(|| {
+                ApplyError::InvariantViolated(format!(
+                    "entry {sequence} was priced by terms that are missing"
+                ))
+            })?;
+        let (kind, wallet_change, counter_account, side) = match original.kind {
+            EntryKind::Earn => (
+                EntryKind::EarnReversal,
+                -submission.points,
+                AccountKey::MerchantIssued(original.merchant_id.clone()),
+                Side::Issue,
+            ),
+            _ => (
+                EntryKind::BurnReversal,
+                submission.points,
+                AccountKey::MerchantRedeemed(original.merchant_id.clone()),
+                Side::Redeem,
+            ),
+        };
+        let mut postings = vec![
+            Posting {
+                account: AccountKey::MemberWallet(member_id.clone()),
+                asset: Asset::Points,
+                amount: wallet_change,
+            },
+            Posting {
+                account: counter_account,
+                asset: Asset::Points,
+                amount: -wallet_change,
+            },
+        ];
+        // Money goes back at the original's prices. A reversal moves the money from that of
+        // the points un-reversed before it to that of the points un-reversed after it, so the
+        // original and its reversals always leave exactly the money of the points that remain
+        // (to the last minor unit, by the rounding rule), and nothing once all are reversed.
+        let before = self.money_legs(side, &original.merchant_id, remaining, terms)?;
+        let after = self.money_legs(
+            side,
+            &original.merchant_id,
+            remaining - submission.points,
+            terms,
+        )?;
+        for (before, after) in before.into_iter().zip(after) {
+            let amount = after.amount - before.amount;
+            if amount != 0 {
+                postings.push(Posting { amount, ..before });
+            }
+        }
+        let wallet_before = self.wallet_points(&member_id);
+        Ok(Draft {
+            kind,
+            member_points_after: checked_wallet(wallet_before, wallet_change)?,
+            member_id,
+            points: submission.points,
+            terms_version: Some(original.terms_version),
+            refers_to: Some(sequence),
+            expires_at_ms: None,
+            postings,
+        })
+    }
+
+    fn draft_hold_settlement(
+        &self,
+        submission: &Submission,
+        member_id: MemberId,
+        accepted_at_ms: i64,
+    ) -> Result<Draft, ApplyError> {
+        let referred = self.referred(submission)?;
+        let sequence = referred.sequence;
+        let referred_merchant = submission.refers_to.as_ref().map(|key| &key.0);
+        if referred.kind != EntryKind::Hold || referred_merchant != Some(&submission.merchant_id) {
+            return Err(rejected(
+                RejectionReason::ReferenceNotApplicable,
+                format!(
+                    "entry {sequence} is a {} of merchant {}; a capture or void acts on a hold the submitting merchant placed",
+                    referred.kind.code(),
+                    referred_merchant.map_or("", |merchant| merchant.as_str())
+                ),
+            ));
+        }
+        let hold = self
+            .holds
+            .get(&sequence)
+            .filter(|hold| hold.expires_at_ms > accepted_at_ms)
+            .ok_or_else(|| {
+                rejected(
+                    RejectionReason::HoldNotOpen,
+                    format!("the hold of entry {sequence} was already captured, voided or expired"),
+                )
+            })?;
+        if self.resolve_member(&hold.member_id) != member_id {
+            return Err(rejected(
+                RejectionReason::ReferenceNotApplicable,
+                format!(
+                    "the hold of entry {sequence} is for member {}, not {}",
+                    hold.member_id, submission.member_id
+                ),
+            ));
+        }
+        let captured = if submission.kind == TransactionKind::Capture {
+            if submission.points > hold.points {
+                return Err(rejected(
+                    RejectionReason::CaptureExceedsHold,
+                    format!(
+                        "the hold of entry {sequence} holds {} points, the capture asks for {}",
+                        hold.points, submission.points
+                    ),
+                ));
+            }
+            submission.points
+        } else {
+            0
+        };
+        let released = hold.points - captured;
+        let mut postings = vec![Posting {
+            account: AccountKey::MemberHeld(hold.member_id.clone()),
+            asset: Asset::Points,
+            amount: -hold.points,
+        }];
+        if released != 0 {
+            postings.push(Posting {
+                account: AccountKey::MemberWallet(member_id.clone()),
+                asset: Asset::Points,
+                amount: released,
+            });
+        }
+        let (kind, points, terms_version) = if submission.kind == TransactionKind::Capture {
+            postings.push(Posting {
+                account: AccountKey::MerchantRedeemed(hold.merchant_id.clone()),
+                asset: Asset::Points,
+                amount: captured,
+            });
+            // Captured at the prices locked when the hold was placed.
+            let terms = self
+                .terms
+                .get(&hold.merchant_id)
+                .and_then(|versions| versions.get(hold.terms_version as usize - 1))
+                .ok_or_else(|| {
+                    ApplyError::InvariantViolated(format!(
+                        "the hold of entry {sequence} was priced by terms that are missing"
+                    ))
+                })?;
+            let legs = self.money_legs(Side::Redeem, &hold.merchant_id, captured, terms)?;
+            postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
+            (EntryKind::Capture, captured, Some(hold.terms_version))
+        } else {
+            (EntryKind::Void, hold.points, None)
+        };
+        let wallet_before = self.wallet_points(&member_id);
+        Ok(Draft {
+            kind,
+            member_points_after: checked_wallet(wallet_before, released)?,
+            member_id,
+            points,
+            terms_version,
+            refers_to: Some(sequence),
+            expires_at_ms: None,
+            postings,
+        })
+    }
+
+    /// The money of `points` issued or redeemed by `merchant_id` at `terms`: the price leg
+    /// and the clearing fee, rounded by `terms::money_leg`, as five postings in a fixed order
+    /// (price payer, price payee, fee payer, fees, rounding) whose amounts may be zero.
+    fn money_legs(
+        &self,
+        side: Side,
+        merchant_id: &MerchantId,
+        points: i64,
+        terms: &MerchantTerms,
+    ) -> Result<[Posting; 5], ApplyError> {
+        let settlement = AccountKey::MerchantSettlement(merchant_id.clone());
+        // The issuer pays the operator's float for points it issues; the float pays the
+        // redeemer for points redeemed there.
+        let (price, payer, payee) = match side {
+            Side::Redeem => (
+                terms.redeem_price_minor_per_point,
+                AccountKey::OperatorFloat,
+                settlement.clone(),
+            ),
+            Side::Issue => (
+                terms.issue_price_minor_per_point,
+                settlement.clone(),
+                AccountKey::OperatorFloat,
+            ),
+        };
+        let overflow = || ApplyError::InvariantViolated("money leg overflow".into());
+        let (charged, paid) = money_leg(points, price).ok_or_else(overflow)?;
+        // The clearing fee, charged to the merchant on every point it issues or redeems, by
+        // the same rounding rule.
+        let (fee_charged, fee_paid) =
+            money_leg(points, terms.fee_minor_per_point).ok_or_else(overflow)?;
+        let money = Asset::Currency(self.currency);
+        Ok([
+            (payer, -charged),
+            (payee, paid),
+            (settlement, -fee_charged),
+            (AccountKey::OperatorFees, fee_paid),
+            (
+                AccountKey::OperatorRounding,
+                (charged - paid) + (fee_charged - fee_paid),
+            ),
+        ]
+        .map(|(account, amount)| Posting {
+            account,
+            asset: money,
+            amount,
+        }))
+    }
+
+    /// Releases every hold whose deadline has passed at `at_ms`, one operator entry each.
+    pub fn expire_holds(
+        &mut self,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<ExpirySummary, ApplyError> {
+        let mut summary = ExpirySummary::default();
+        let due: Vec<(i64, u64)> = self
+            .hold_deadlines
+            .range(..=(at_ms, u64::MAX))
+            .copied()
+            .collect();
+        for (_, sequence) in due {
+            let Some(hold) = self.holds.get(&sequence) else {
+                continue;
+            };
+            let member_id = self.resolve_member(&hold.member_id);
+            let member_points_after = checked_wallet(self.wallet_points(&member_id), hold.points)?;
+            let entry = self.seal(Entry {
+                sequence: 0,
+                kind: EntryKind::HoldExpiry,
+                accepted_at_ms: at_ms,
+                origin: None,
+                member_id: member_id.clone(),
+                points: hold.points,
+                spend_minor: None,
+                member_points_after,
+                memo: format!(
+                    "hold of merchant {} expired at {} ms, neither captured nor voided",
+                    hold.merchant_id, hold.expires_at_ms
+                ),
+                terms_version: None,
+                refers_to: Some(sequence),
+                expires_at_ms: None,
+                postings: vec![
+                    Posting {
+                        account: AccountKey::MemberHeld(hold.member_id.clone()),
+                        asset: Asset::Points,
+                        amount: -hold.points,
+                    },
+                    Posting {
+                        account: AccountKey::MemberWallet(member_id),
+                        asset: Asset::Points,
+                        amount: hold.points,
+                    },
+                ],
+                previous_hash: [0; 32],
+                hash: [0; 32],
+            });
+            summary.entries += 1;
+            summary.points += entry.points;
+            self.commit_entry(entry, Some(changes))
+                .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
+        }
+        Ok(summary)
+    }
+
+    /// The expiry run: books every lot expired at `at_ms` to breakage, one operator entry per
+    /// member, the points to the issuer's breakage account and the float money held against
+    /// them (at the price the issuer paid) to the same account. Running it again books
+    /// nothing, since expired lots are gone from the wallets.
+    pub fn expire_lots(
+        &mut self,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<ExpirySummary, ApplyError> {
+        let mut summary = ExpirySummary::default();
+        let later = self.lot_expiries.split_off(&at_ms.saturating_add(1));
+        let due = std::mem::replace(&mut self.lot_expiries, later);
+        let members: BTreeSet<MemberId> = due.into_values().flatten().collect();
+        for member_id in members {
+            let Some(wallet) = self.members.get(&member_id) else {
+                continue;
+            };
+            let mut points_by_issuer: BTreeMap<MerchantId, i64> = BTreeMap::new();
+            let mut points_by_price: BTreeMap<(MerchantId, Option<u32>), i64> = BTreeMap::new();
+            for lot in &wallet.lots {
+                if lot.expires_at_ms.is_some_and(|expires| expires <= at_ms) {
+                    *points_by_issuer.entry(lot.issuer.clone()).or_default() += lot.points;
+                    *points_by_price
+                        .entry((lot.issuer.clone(), lot.issue_terms_version))
+                        .or_default() += lot.points;
+                }
+            }
+            let points: i64 = points_by_issuer.values().sum();
+            if points == 0 {
+                continue;
+            }
+            let mut postings = vec![Posting {
+                account: AccountKey::MemberWallet(member_id.clone()),
+                asset: Asset::Points,
+                amount: -points,
+            }];
+            for (issuer, issued) in &points_by_issuer {
+                postings.push(Posting {
+                    account: AccountKey::MerchantBreakage(issuer.clone()),
+                    asset: Asset::Points,
+                    amount: *issued,
+                });
+            }
+            let mut money: BTreeMap<AccountKey, i64> = BTreeMap::new();
+            for ((issuer, version), expired) in points_by_price {
+                let Some(terms) = version.and_then(|version| {
+                    self.terms
+                        .get(&issuer)
+                        .and_then(|versions| versions.get(version as usize - 1))
+                }) else {
+                    continue;
+                };
+                let (charged, paid) = money_leg(expired, terms.issue_price_minor_per_point)
+                    .ok_or_else(|| ApplyError::InvariantViolated("money leg overflow".into()))?;
+                *money.entry(AccountKey::OperatorFloat).or_default() -= charged;
+                *money
+                    .entry(AccountKey::MerchantBreakage(issuer))
+                    .or_default() += paid;
+                *money.entry(AccountKey::OperatorRounding).or_default() += charged - paid;
+                summary.money_minor += paid;
+            }
+            let currency = Asset::Currency(self.currency);
+            postings.extend(money.into_iter().filter(|(_, amount)| *amount != 0).map(
+                |(account, amount)| Posting {
+                    account,
+                    asset: currency,
+                    amount,
+                },
+            ));
+            let member_points_after = checked_wallet(self.wallet_points(&member_id), -points)?;
+            let entry = self.seal(Entry {
+                sequence: 0,
+                kind: EntryKind::Expiry,
+                accepted_at_ms: at_ms,
+                origin: None,
+                member_id,
+                points,
+                spend_minor: None,
+                member_points_after,
+                memo: format!("points expired by {at_ms} ms"),
+                terms_version: None,
+                refers_to: None,
+                expires_at_ms: None,
+                postings,
+                previous_hash: [0; 32],
+                hash: [0; 32],
+            });
+            summary.entries += 1;
+            summary.points += points;
+            self.commit_entry(entry, Some(changes))
+                .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
+        }
+        Ok(summary)
     }
 
     /// Enrolls a member. Enrolling an enrolled member changes nothing and returns false.
@@ -550,8 +1078,7 @@ impl Ledger {
         if self.aliases.contains_key(&member_id) {
             return Err(MemberError::AlreadyAliased(member_id));
         }
-        self.members
-            .insert(member_id.clone(), MemberState::default());
+        self.members.insert(member_id.clone(), Wallet::default());
         changes.members.push(MemberRecord {
             member_id,
             tier,
@@ -580,6 +1107,12 @@ impl Ledger {
             return Err(MemberError::SelfAlias);
         }
         let moved_points = self.wallet_points(&alias);
+        if moved_points < 0 {
+            return Err(MemberError::InDebt {
+                member_id: alias,
+                points: -moved_points,
+            });
+        }
         let mut receipt = None;
         if moved_points > 0 {
             let member_points_after = self.wallet_points(&target) + moved_points;
@@ -594,6 +1127,8 @@ impl Ledger {
                 member_points_after,
                 memo: format!("member {alias} merged into {target}"),
                 terms_version: None,
+                refers_to: None,
+                expires_at_ms: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberWallet(alias.clone()),
@@ -662,8 +1197,9 @@ impl Ledger {
         }
     }
 
-    /// Checks that every member's lots sum to its wallet balance and that each asset's
-    /// balances sum to zero across all accounts.
+    /// Checks that each asset's balances sum to zero across all accounts, that every
+    /// member's lots less its debt make its wallet balance, that only a wallet in debt is
+    /// negative, and that open holds make the held balances.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut totals: HashMap<Asset, i128> = HashMap::new();
         for (&(_, asset), &balance) in &self.balances {
@@ -674,28 +1210,64 @@ impl Ledger {
                 return Err(format!("{} balances sum to {total}, not 0", asset.code()));
             }
         }
-        for (member_id, state) in &self.members {
-            let lots: i64 = state.lots.iter().map(|lot| lot.points_remaining).sum();
-            let wallet = self.wallet_points(member_id);
-            if lots != wallet {
+        for (member_id, wallet) in &self.members {
+            let balance = self.wallet_points(member_id);
+            if wallet.balance() != balance {
                 return Err(format!(
-                    "member {member_id}: lots hold {lots} points, the wallet {wallet}"
+                    "member {member_id}: lots less debt make {} points, the wallet {balance}",
+                    wallet.balance()
                 ));
             }
-            if state.lots.iter().any(|lot| lot.points_remaining <= 0) {
+            if wallet.lots.iter().any(|lot| lot.points <= 0) {
                 return Err(format!("member {member_id} has an empty or negative lot"));
+            }
+            if wallet.debt < 0 || (wallet.debt > 0 && !wallet.lots.is_empty()) {
+                return Err(format!(
+                    "member {member_id} has a debt of {} beside lots",
+                    wallet.debt
+                ));
+            }
+        }
+        let mut held: HashMap<&MemberId, i64> = HashMap::new();
+        for hold in self.holds.values() {
+            *held.entry(&hold.member_id).or_default() += hold.points;
+            if hold.taken.iter().map(|lot| lot.points).sum::<i64>() != hold.points {
+                return Err(format!("a hold of member {} lost its lots", hold.member_id));
+            }
+        }
+        for (key, &account) in &self.accounts {
+            if let AccountKey::MemberHeld(member_id) = key {
+                let expected = held.get(member_id).copied().unwrap_or(0);
+                let balance = self.balance_of(account, Asset::Points);
+                if balance != expected {
+                    return Err(format!(
+                        "member {member_id}: open holds hold {expected} points, the held account {balance}"
+                    ));
+                }
+            }
+        }
+        for (sequence, original) in &self.reversibles {
+            if original.reversed < 0 || original.reversed > original.points {
+                return Err(format!(
+                    "entry {sequence}: {} of {} points reversed",
+                    original.reversed, original.points
+                ));
             }
         }
         Ok(())
     }
 
-    /// Outstanding points per issuer, from lot attribution.
+    /// Outstanding points per issuer, from lot attribution (held points included).
     pub fn outstanding_by_issuer(&self) -> HashMap<MerchantId, i64> {
         let mut outstanding = HashMap::new();
-        for state in self.members.values() {
-            for lot in &state.lots {
-                *outstanding.entry(lot.issuer.clone()).or_insert(0) += lot.points_remaining;
-            }
+        let held = self.holds.values().flat_map(|hold| hold.taken.iter());
+        for lot in self
+            .members
+            .values()
+            .flat_map(|wallet| wallet.lots.iter())
+            .chain(held)
+        {
+            *outstanding.entry(lot.issuer.clone()).or_insert(0) += lot.points;
         }
         outstanding
     }
@@ -782,28 +1354,191 @@ impl Ledger {
             }
         }
 
+        // The entry's effect on lots, holds and reversible originals: derived from the entry
+        // and the state alone, so replay repeats exactly what the live path did.
         let mut lots = Vec::new();
         let mut consumptions = Vec::new();
+        let sequence = entry.sequence;
+        let shape = || ReplayError::Shape(sequence);
         match entry.kind {
             EntryKind::Earn => {
-                let origin = entry
-                    .origin
-                    .as_ref()
-                    .ok_or(ReplayError::Shape(entry.sequence))?;
-                lots.push(LotRecord {
+                let origin = entry.origin.as_ref().ok_or_else(shape)?;
+                let lot = Lot {
                     lot_id: LotId {
-                        entry_sequence: entry.sequence,
+                        entry_sequence: sequence,
                         index: 0,
                     },
-                    member_id: entry.member_id.clone(),
                     issuer: origin.merchant_id.clone(),
-                    points: entry.points,
                     earned_at_ms: origin.occurred_at_ms,
-                });
+                    expires_at_ms: entry.expires_at_ms,
+                    issue_terms_version: entry.terms_version,
+                    points: entry.points,
+                };
+                self.put_lots(
+                    &entry.member_id,
+                    vec![lot],
+                    sequence,
+                    &mut lots,
+                    &mut consumptions,
+                );
+                self.reversibles.insert(
+                    sequence,
+                    Reversible {
+                        kind: EntryKind::Earn,
+                        merchant_id: origin.merchant_id.clone(),
+                        member_id: entry.member_id.clone(),
+                        points: entry.points,
+                        reversed: 0,
+                        terms_version: entry.terms_version.ok_or_else(shape)?,
+                        taken: Vec::new(),
+                    },
+                );
             }
-            EntryKind::Burn => {
-                consumptions =
-                    self.take_from_lots(&entry.member_id, entry.points, entry.sequence)?;
+            EntryKind::Burn | EntryKind::Hold => {
+                let origin = entry.origin.as_ref().ok_or_else(shape)?;
+                let terms_version = entry.terms_version.ok_or_else(shape)?;
+                // Held points stay unspent: a hold takes them out of the wallet without
+                // consuming their lots; the capture consumes what it redeems.
+                let mut held_consumptions = Vec::new();
+                let taken = self.take_lots(
+                    &entry.member_id,
+                    entry.points,
+                    sequence,
+                    None,
+                    if entry.kind == EntryKind::Burn {
+                        &mut consumptions
+                    } else {
+                        &mut held_consumptions
+                    },
+                )?;
+                if taken.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
+                    return Err(ReplayError::LotsShort(sequence));
+                }
+                if entry.kind == EntryKind::Burn {
+                    self.reversibles.insert(
+                        sequence,
+                        Reversible {
+                            kind: EntryKind::Burn,
+                            merchant_id: origin.merchant_id.clone(),
+                            member_id: entry.member_id.clone(),
+                            points: entry.points,
+                            reversed: 0,
+                            terms_version,
+                            taken,
+                        },
+                    );
+                } else {
+                    let expires_at_ms = entry.expires_at_ms.ok_or_else(shape)?;
+                    self.hold_deadlines.insert((expires_at_ms, sequence));
+                    self.holds.insert(
+                        sequence,
+                        OpenHold {
+                            merchant_id: origin.merchant_id.clone(),
+                            member_id: entry.member_id.clone(),
+                            points: entry.points,
+                            terms_version,
+                            expires_at_ms,
+                            taken,
+                        },
+                    );
+                }
+            }
+            EntryKind::Capture | EntryKind::Void | EntryKind::HoldExpiry => {
+                let hold_sequence = entry.refers_to.ok_or_else(shape)?;
+                let hold = self.holds.remove(&hold_sequence).ok_or_else(shape)?;
+                self.hold_deadlines
+                    .remove(&(hold.expires_at_ms, hold_sequence));
+                let captured = if entry.kind == EntryKind::Capture {
+                    entry.points
+                } else {
+                    0
+                };
+                if captured > hold.points
+                    || (entry.kind != EntryKind::Capture && entry.points != hold.points)
+                {
+                    return Err(shape());
+                }
+                let (captured_lots, released) = Wallet::split(hold.taken, captured);
+                consumptions.extend(captured_lots.iter().map(|lot| LotConsumption {
+                    entry_sequence: sequence,
+                    lot_id: lot.lot_id,
+                    points: lot.points,
+                }));
+                self.restore_lots(&entry.member_id, released, sequence, &mut consumptions);
+                if entry.kind == EntryKind::Capture {
+                    self.reversibles.insert(
+                        sequence,
+                        Reversible {
+                            kind: EntryKind::Capture,
+                            merchant_id: hold.merchant_id,
+                            member_id: entry.member_id.clone(),
+                            points: captured,
+                            reversed: 0,
+                            terms_version: hold.terms_version,
+                            taken: captured_lots,
+                        },
+                    );
+                }
+            }
+            EntryKind::EarnReversal | EntryKind::BurnReversal => {
+                let original_sequence = entry.refers_to.ok_or_else(shape)?;
+                let original = self
+                    .reversibles
+                    .get_mut(&original_sequence)
+                    .ok_or_else(shape)?;
+                let reversing_earn = entry.kind == EntryKind::EarnReversal;
+                if (original.kind == EntryKind::Earn) != reversing_earn
+                    || original.reversed + entry.points > original.points
+                {
+                    return Err(shape());
+                }
+                let already = original.reversed;
+                original.reversed += entry.points;
+                if reversing_earn {
+                    // The earn's own lot first, then the member's other lots; what the member
+                    // already spent becomes a debt (see `lots`).
+                    let taken = self.take_lots(
+                        &entry.member_id,
+                        entry.points,
+                        sequence,
+                        Some(LotId {
+                            entry_sequence: original_sequence,
+                            index: 0,
+                        }),
+                        &mut consumptions,
+                    )?;
+                    let short = entry.points - taken.iter().map(|lot| lot.points).sum::<i64>();
+                    self.members
+                        .get_mut(&entry.member_id)
+                        .ok_or_else(shape)?
+                        .debt += short;
+                } else {
+                    // The burn's pieces are given back last taken first, as they left.
+                    let (_, not_yet_reversed_tail) = Wallet::split(
+                        original.taken.clone(),
+                        original.points - already - entry.points,
+                    );
+                    let (given_back, _) = Wallet::split(not_yet_reversed_tail, entry.points);
+                    self.put_lots(
+                        &entry.member_id,
+                        given_back,
+                        sequence,
+                        &mut lots,
+                        &mut consumptions,
+                    );
+                }
+            }
+            EntryKind::Expiry => {
+                let wallet = self.members.get_mut(&entry.member_id).ok_or_else(shape)?;
+                let expired = wallet.take_expired(entry.accepted_at_ms);
+                if expired.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
+                    return Err(shape());
+                }
+                consumptions.extend(expired.iter().map(|lot| LotConsumption {
+                    entry_sequence: sequence,
+                    lot_id: lot.lot_id,
+                    points: lot.points,
+                }));
             }
             EntryKind::MemberMerge => {
                 let source = entry
@@ -815,45 +1550,24 @@ impl Ledger {
                         }
                         _ => None,
                     })
-                    .ok_or(ReplayError::Shape(entry.sequence))?;
-                let moved: Vec<Lot> = self
-                    .members
-                    .get(&source)
-                    .map(|state| state.lots.clone())
-                    .unwrap_or_default();
-                consumptions = self.take_from_lots(&source, entry.points, entry.sequence)?;
-                for (index, lot) in moved.iter().enumerate() {
-                    lots.push(LotRecord {
-                        lot_id: LotId {
-                            entry_sequence: entry.sequence,
-                            index: u32::try_from(index)
-                                .map_err(|_| ReplayError::Shape(entry.sequence))?,
-                        },
-                        member_id: entry.member_id.clone(),
-                        issuer: lot.issuer.clone(),
-                        points: lot.points_remaining,
-                        earned_at_ms: lot.earned_at_ms,
-                    });
+                    .ok_or_else(shape)?;
+                let moved =
+                    self.take_lots(&source, entry.points, sequence, None, &mut consumptions)?;
+                if moved.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
+                    return Err(ReplayError::LotsShort(sequence));
                 }
+                self.put_lots(
+                    &entry.member_id,
+                    moved,
+                    sequence,
+                    &mut lots,
+                    &mut consumptions,
+                );
             }
         }
 
-        // From here on nothing can fail: apply.
         for (key, balance) in new_balances {
             self.balances.insert(key, balance);
-        }
-        for record in &lots {
-            let state = self.members.entry(record.member_id.clone()).or_default();
-            let lot = Lot {
-                lot_id: record.lot_id,
-                issuer: record.issuer.clone(),
-                earned_at_ms: record.earned_at_ms,
-                points_remaining: record.points,
-            };
-            let position = state.lots.partition_point(|other| {
-                (other.earned_at_ms, other.lot_id) <= (lot.earned_at_ms, lot.lot_id)
-            });
-            state.lots.insert(position, lot);
         }
         if let Some((key, receipt)) = Receipt::of_entry(&entry) {
             self.remember_receipt(key, receipt);
@@ -878,42 +1592,87 @@ impl Ledger {
         Ok(())
     }
 
-    /// Takes `points` from a member's lots, oldest first, and says which lots paid.
-    fn take_from_lots(
+    /// Takes up to `points` from a member's lots (the `preferred` lot first, then those that
+    /// expire first) and records which lots paid.
+    fn take_lots(
         &mut self,
         member_id: &MemberId,
         points: i64,
         sequence: u64,
-    ) -> Result<Vec<LotConsumption>, ReplayError> {
-        let state = self
+        preferred: Option<LotId>,
+        consumptions: &mut Vec<LotConsumption>,
+    ) -> Result<Vec<Lot>, ReplayError> {
+        let wallet = self
             .members
             .get_mut(member_id)
             .ok_or(ReplayError::LotsShort(sequence))?;
-        let available: i64 = state.lots.iter().map(|lot| lot.points_remaining).sum();
-        if available < points {
-            return Err(ReplayError::LotsShort(sequence));
-        }
-        let mut remaining = points;
-        let mut consumptions = Vec::new();
-        let mut emptied = 0;
-        for lot in state.lots.iter_mut() {
-            if remaining == 0 {
-                break;
+        let taken = wallet.take(points, preferred);
+        consumptions.extend(taken.iter().map(|piece| LotConsumption {
+            entry_sequence: sequence,
+            lot_id: piece.lot_id,
+            points: piece.points,
+        }));
+        Ok(taken)
+    }
+
+    /// Puts pieces into the wallet under their own lot ids: held pieces go back into the lots
+    /// they were taken from (they were never consumed). Any debt is repaid first, recorded as
+    /// consumed by entry `sequence`.
+    fn restore_lots(
+        &mut self,
+        member_id: &MemberId,
+        pieces: Vec<Lot>,
+        sequence: u64,
+        consumptions: &mut Vec<LotConsumption>,
+    ) {
+        let wallet = self.members.entry(member_id.clone()).or_default();
+        for lot in pieces {
+            let (lot_id, expires_at_ms) = (lot.lot_id, lot.expires_at_ms);
+            let repaid = wallet.add(lot);
+            if repaid > 0 {
+                consumptions.push(LotConsumption {
+                    entry_sequence: sequence,
+                    lot_id,
+                    points: repaid,
+                });
             }
-            let taken = remaining.min(lot.points_remaining);
-            lot.points_remaining -= taken;
-            remaining -= taken;
-            consumptions.push(LotConsumption {
+            if let Some(expires_at_ms) = expires_at_ms {
+                self.lot_expiries
+                    .entry(expires_at_ms)
+                    .or_default()
+                    .insert(member_id.clone());
+            }
+        }
+    }
+
+    /// Puts lots (new, or pieces coming back) into a member's wallet as new lots of entry
+    /// `sequence`, keeping issuer, age and expiry. Each first repays any debt; the repaid
+    /// points are recorded as consumed by the same entry.
+    fn put_lots(
+        &mut self,
+        member_id: &MemberId,
+        pieces: Vec<Lot>,
+        sequence: u64,
+        records: &mut Vec<LotRecord>,
+        consumptions: &mut Vec<LotConsumption>,
+    ) {
+        let mut renumbered = Vec::with_capacity(pieces.len());
+        for (index, mut lot) in pieces.into_iter().enumerate() {
+            lot.lot_id = LotId {
                 entry_sequence: sequence,
+                index: u32::try_from(index).expect("an entry puts fewer than 4 billion lots"),
+            };
+            records.push(LotRecord {
                 lot_id: lot.lot_id,
-                points: taken,
+                member_id: member_id.clone(),
+                issuer: lot.issuer.clone(),
+                points: lot.points,
+                earned_at_ms: lot.earned_at_ms,
+                expires_at_ms: lot.expires_at_ms,
             });
-            if lot.points_remaining == 0 {
-                emptied += 1;
-            }
+            renumbered.push(lot);
         }
-        state.lots.drain(..emptied);
-        Ok(consumptions)
+        self.restore_lots(member_id, renumbered, sequence, consumptions);
     }
 }
 

@@ -12,6 +12,8 @@ pub mod ids;
 pub mod journal;
 pub mod ledger;
 pub mod limits;
+mod lots;
+pub mod policy;
 pub mod registry;
 pub mod rejection;
 pub mod signing;
@@ -27,6 +29,7 @@ pub use ledger::{
     ReceiptKey, body_hash,
 };
 pub use limits::Limits;
+pub use policy::{ExpiryBoundary, LedgerPolicy};
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
 pub use rejection::{Rejection, RejectionReason};
 pub use submission::{RawSubmission, Submission, TransactionKind};

@@ -50,11 +50,25 @@ pub enum RejectionReason {
     PointsInsufficient = 20,
     /// The merchant has no terms in force, so the transaction's money leg has no price.
     TermsMissing = 21,
+    /// The transaction a reversal, capture or void names is not in the journal.
+    ReferenceUnknown = 22,
+    /// The named transaction is of a kind this one cannot act on (a capture of an earn, a
+    /// reversal of a hold), or belongs to another member.
+    ReferenceNotApplicable = 23,
+    /// Another merchant's transaction may be reversed only where the reversing merchant's terms
+    /// allow it.
+    ReversalNotPermitted = 24,
+    /// A reversal asks for more points than remain un-reversed of the original.
+    ReversalExceedsRemaining = 25,
+    /// The hold was already captured, voided or expired.
+    HoldNotOpen = 26,
+    /// A capture asks for more points than the hold holds.
+    CaptureExceedsHold = 27,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 21] = [
+    pub const ALL: [RejectionReason; 27] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -76,6 +90,12 @@ impl RejectionReason {
         Self::MemberUnknown,
         Self::PointsInsufficient,
         Self::TermsMissing,
+        Self::ReferenceUnknown,
+        Self::ReferenceNotApplicable,
+        Self::ReversalNotPermitted,
+        Self::ReversalExceedsRemaining,
+        Self::HoldNotOpen,
+        Self::CaptureExceedsHold,
     ];
 
     /// The stable numeric code, equal to the gRPC enum value.
@@ -114,6 +134,12 @@ impl RejectionReason {
             Self::MemberUnknown => "member_unknown",
             Self::PointsInsufficient => "points_insufficient",
             Self::TermsMissing => "terms_missing",
+            Self::ReferenceUnknown => "reference_unknown",
+            Self::ReferenceNotApplicable => "reference_not_applicable",
+            Self::ReversalNotPermitted => "reversal_not_permitted",
+            Self::ReversalExceedsRemaining => "reversal_exceeds_remaining",
+            Self::HoldNotOpen => "hold_not_open",
+            Self::CaptureExceedsHold => "capture_exceeds_hold",
         }
     }
 }
@@ -158,6 +184,9 @@ mod tests {
             assert_eq!(RejectionReason::from_code(reason.code()), Some(*reason));
         }
         assert_eq!(RejectionReason::from_code(0), None);
-        assert_eq!(RejectionReason::from_code(22), None);
+        assert_eq!(
+            RejectionReason::from_code(RejectionReason::ALL.len() as u8 + 1),
+            None
+        );
     }
 }

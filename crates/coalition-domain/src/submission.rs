@@ -9,6 +9,25 @@ use crate::rejection::{Rejection, RejectionReason};
 pub enum TransactionKind {
     Earn,
     Burn,
+    /// Takes back (of an earn) or gives back (of a burn or capture) points of an earlier
+    /// transaction, named by `refers_to`.
+    Reversal,
+    /// Reserves points for a later capture.
+    Hold,
+    /// Redeems part or all of the hold named by `refers_to` and releases the rest.
+    Capture,
+    /// Releases the whole hold named by `refers_to`; its points must be 0.
+    Void,
+}
+
+impl TransactionKind {
+    /// Whether the kind names an earlier transaction it acts on.
+    pub fn refers(self) -> bool {
+        matches!(
+            self,
+            TransactionKind::Reversal | TransactionKind::Capture | TransactionKind::Void
+        )
+    }
 }
 
 /// The decoded body as it arrived: nothing in it has been checked yet.
@@ -23,6 +42,10 @@ pub struct RawSubmission {
     pub occurred_at_ms: i64,
     pub store_id: String,
     pub terminal_id: String,
+    /// The merchant of the transaction referred to; empty means the submitting merchant.
+    pub refers_to_merchant_id: String,
+    /// The merchant transaction id referred to by a reversal, capture or void.
+    pub refers_to_transaction_id: String,
 }
 
 /// A checked submission, ready for the writer.
@@ -37,6 +60,8 @@ pub struct Submission {
     pub occurred_at_ms: i64,
     pub store_id: String,
     pub terminal_id: String,
+    /// The transaction a reversal, capture or void acts on.
+    pub refers_to: Option<(MerchantId, MerchantTransactionId)>,
     /// SHA-256 of the signed body bytes.
     pub body_hash: [u8; 32],
 }
@@ -85,7 +110,17 @@ impl Submission {
                 format!("member id {error}"),
             )
         })?;
-        if raw.points <= 0 || raw.points > limits.points_per_transaction_max {
+        if kind == TransactionKind::Void {
+            if raw.points != 0 {
+                return Err(Rejection::new(
+                    RejectionReason::PointsInvalid,
+                    format!(
+                        "a void releases the whole hold, so its points must be 0, got {}",
+                        raw.points
+                    ),
+                ));
+            }
+        } else if raw.points <= 0 || raw.points > limits.points_per_transaction_max {
             return Err(Rejection::new(
                 RejectionReason::PointsInvalid,
                 format!(
@@ -110,6 +145,34 @@ impl Submission {
                 format!("the spend amount cannot be negative, got {spend_minor}"),
             ));
         }
+        let refers_to = if kind.refers() {
+            let referred_merchant = if raw.refers_to_merchant_id.is_empty() {
+                merchant_id.clone()
+            } else {
+                MerchantId::new(raw.refers_to_merchant_id).map_err(|error| {
+                    Rejection::new(
+                        RejectionReason::DetailsInvalid,
+                        format!("the referred merchant id {error}"),
+                    )
+                })?
+            };
+            let referred_transaction = MerchantTransactionId::new(raw.refers_to_transaction_id)
+                .map_err(|error| {
+                    Rejection::new(
+                        RejectionReason::DetailsInvalid,
+                        format!("a reversal, capture or void must name the transaction it acts on: the referred transaction id {error}"),
+                    )
+                })?;
+            Some((referred_merchant, referred_transaction))
+        } else {
+            if !raw.refers_to_merchant_id.is_empty() || !raw.refers_to_transaction_id.is_empty() {
+                return Err(Rejection::new(
+                    RejectionReason::DetailsInvalid,
+                    "only a reversal, capture or void may refer to another transaction",
+                ));
+            }
+            None
+        };
         if raw.occurred_at_ms > now_ms.saturating_add(limits.future_skew_max_ms) {
             return Err(Rejection::new(
                 RejectionReason::OccurredAtInFuture,
@@ -140,6 +203,7 @@ impl Submission {
             occurred_at_ms: raw.occurred_at_ms,
             store_id: raw.store_id,
             terminal_id: raw.terminal_id,
+            refers_to,
             body_hash,
         })
     }
@@ -162,6 +226,8 @@ mod tests {
             occurred_at_ms: NOW,
             store_id: "store-1".into(),
             terminal_id: "pos-1".into(),
+            refers_to_merchant_id: String::new(),
+            refers_to_transaction_id: String::new(),
         }
     }
 
@@ -203,6 +269,44 @@ mod tests {
         check(
             |b| b.spend_minor = Some(-1),
             Some(RejectionReason::DetailsInvalid),
+        );
+        check(
+            |b| b.refers_to_transaction_id = "t-0".into(),
+            Some(RejectionReason::DetailsInvalid),
+        );
+        check(
+            |b| b.kind = Some(TransactionKind::Reversal),
+            Some(RejectionReason::DetailsInvalid),
+        );
+        check(
+            |b| {
+                b.kind = Some(TransactionKind::Reversal);
+                b.refers_to_transaction_id = "t-0".into();
+            },
+            None,
+        );
+        check(
+            |b| {
+                b.kind = Some(TransactionKind::Capture);
+                b.refers_to_merchant_id = "bad merchant".into();
+                b.refers_to_transaction_id = "t-0".into();
+            },
+            Some(RejectionReason::DetailsInvalid),
+        );
+        check(
+            |b| {
+                b.kind = Some(TransactionKind::Void);
+                b.refers_to_transaction_id = "t-0".into();
+            },
+            Some(RejectionReason::PointsInvalid),
+        );
+        check(
+            |b| {
+                b.kind = Some(TransactionKind::Void);
+                b.points = 0;
+                b.refers_to_transaction_id = "t-0".into();
+            },
+            None,
         );
         check(|b| b.occurred_at_ms = NOW + limits.future_skew_max_ms, None);
         check(

@@ -30,9 +30,12 @@ pub struct MerchantTerms {
     /// The operator's clearing fee per point the merchant issues or redeems, charged to the
     /// merchant; zero for none.
     pub fee_minor_per_point: Decimal,
+    /// Whether the merchant may reverse transactions other merchants made (a purchase
+    /// returned at another store). The money is reversed with the original merchant.
+    pub cross_merchant_reversals: bool,
 }
 
-/// The prices of one version of terms, in minor units per point.
+/// What one version of terms sets: prices in minor units per point, and permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prices {
     /// What the merchant pays per point it issues.
@@ -41,6 +44,8 @@ pub struct Prices {
     pub redeem_price_minor_per_point: Decimal,
     /// The clearing fee per point issued or redeemed, charged to the merchant.
     pub fee_minor_per_point: Decimal,
+    /// Whether the merchant may reverse other merchants' transactions.
+    pub cross_merchant_reversals: bool,
 }
 
 /// Why terms were refused.

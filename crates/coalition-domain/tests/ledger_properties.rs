@@ -1,12 +1,16 @@
-//! Property tests of the ledger state machine: for any sequence of enrolments, earns, burns
-//! and member merges, every entry balances per asset, the chain verifies, lots sum to the
-//! wallets, no wallet goes negative, and replaying the journal rebuilds the same state.
+//! Property tests of the ledger state machine: for any sequence of enrolments, earns, burns,
+//! reversals, holds, captures, voids, hold expiries, expiry runs and member merges, every
+//! entry balances per asset, the chain verifies, lots (less debt) sum to the wallets, no
+//! wallet goes negative except by the reversal policy, money legs are points times the
+//! recorded price within the rounding account, and replaying the journal rebuilds the state.
 
 use coalition_domain::chain::{ChainHead, verify_chain};
 use coalition_domain::ledger::{ApplyError, Outcome};
+use std::collections::{BTreeMap, BTreeSet};
+
 use coalition_domain::{
-    Asset, Changes, Entry, Ledger, MemberId, MerchantId, RejectionReason, Submission,
-    TransactionKind,
+    AccountKey, Asset, Changes, Entry, EntryKind, Ledger, LedgerPolicy, MemberId, MerchantId,
+    MerchantTerms, MerchantTransactionId, Prices, RejectionReason, Submission, TransactionKind,
 };
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -32,6 +36,24 @@ enum Step {
     },
     /// The writer forgets receipts to bound memory; the journal still knows them.
     ForgetReceipts,
+    /// A merchant reverses points of the n-th accepted earn, burn or capture.
+    Reverse {
+        merchant: u8,
+        target: u8,
+        points: i64,
+    },
+    Hold {
+        merchant: u8,
+        member: u8,
+        points: i64,
+    },
+    /// The hold's merchant captures points of the n-th hold, or voids it when `points` is 0.
+    Settle {
+        target: u8,
+        points: i64,
+    },
+    /// Time passes far enough for holds and lots to expire; the expiry run is made twice.
+    Expire,
     /// The finance team sets new prices for a merchant.
     Reprice {
         merchant: u8,
@@ -42,12 +64,12 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0u8..6).prop_map(Step::Enroll),
-        (
+        1 => (0u8..7).prop_map(Step::Enroll),
+        6 => (
             0u8..3,
             0u8..6,
             1i64..500,
-            0i64..1000,
+            0i64..50,
             proptest::option::of(0u8..20)
         )
             .prop_map(
@@ -59,14 +81,26 @@ fn step() -> impl Strategy<Value = Step> {
                     retry_of
                 }
             ),
-        (0u8..3, 0u8..6, 1i64..700).prop_map(|(merchant, member, points)| Step::Burn {
+        3 => (0u8..3, 0u8..6, 1i64..700).prop_map(|(merchant, member, points)| Step::Burn {
             merchant,
             member,
             points
         }),
-        (0u8..6, 0u8..6).prop_map(|(alias, target)| Step::Merge { alias, target }),
-        Just(Step::ForgetReceipts),
-        (0u8..2, 0i64..300, 0i64..300).prop_map(|(merchant, issue_cents, redeem_cents)| {
+        1 => (0u8..6, 0u8..6).prop_map(|(alias, target)| Step::Merge { alias, target }),
+        1 => Just(Step::ForgetReceipts),
+        4 => (0u8..3, 0u8..8, 1i64..400).prop_map(|(merchant, target, points)| Step::Reverse {
+            merchant,
+            target,
+            points
+        }),
+        3 => (0u8..3, 0u8..6, 1i64..400).prop_map(|(merchant, member, points)| Step::Hold {
+            merchant,
+            member,
+            points
+        }),
+        3 => (0u8..3, prop_oneof![Just(0i64), 1i64..300]).prop_map(|(target, points)| Step::Settle { target, points }),
+        1 => Just(Step::Expire),
+        1 => (0u8..2, 0i64..300, 0i64..300).prop_map(|(merchant, issue_cents, redeem_cents)| {
             Step::Reprice {
                 merchant,
                 issue_cents,
@@ -90,7 +124,7 @@ fn submission(
 ) -> Submission {
     Submission {
         merchant_id: MerchantId::new(format!("merchant-{merchant}")).unwrap(),
-        merchant_transaction_id: coalition_domain::MerchantTransactionId::new(id.clone()).unwrap(),
+        merchant_transaction_id: MerchantTransactionId::new(id.clone()).unwrap(),
         kind,
         member_id: member(member_index),
         points,
@@ -98,9 +132,55 @@ fn submission(
         occurred_at_ms: occurred,
         store_id: "s".into(),
         terminal_id: "t".into(),
+        refers_to: None,
         body_hash: coalition_domain::body_hash(format!("{id}/{points}/{member_index}").as_bytes()),
     }
 }
+
+fn prices(issue_cents: i64, redeem_cents: i64, fee_cents: i64, cross: bool) -> Prices {
+    Prices {
+        issue_price_minor_per_point: Decimal::new(issue_cents, 2),
+        redeem_price_minor_per_point: Decimal::new(redeem_cents, 2),
+        fee_minor_per_point: Decimal::new(fee_cents, 2),
+        cross_merchant_reversals: cross,
+    }
+}
+
+fn merchant(index: u8) -> MerchantId {
+    MerchantId::new(format!("merchant-{index}")).unwrap()
+}
+
+/// The money an earn (`issue`) or burn of `points` at `terms` leaves on each account, by the
+/// rounding rule: (merchant settlement, float, fees, rounding).
+fn expected_money(issue: bool, points: i64, terms: &MerchantTerms) -> (i64, i64, i64, i64) {
+    let price = if issue {
+        terms.issue_price_minor_per_point
+    } else {
+        terms.redeem_price_minor_per_point
+    };
+    let exact = Decimal::from(points) * price;
+    let fee = Decimal::from(points) * terms.fee_minor_per_point;
+    let int = |value: Decimal| i64::try_from(value).unwrap();
+    let (charged, paid) = (int(exact.ceil()), int(exact.floor()));
+    let (fee_charged, fee_paid) = (int(fee.ceil()), int(fee.floor()));
+    let rounding = charged - paid + fee_charged - fee_paid;
+    if issue {
+        (-charged - fee_charged, paid, fee_paid, rounding)
+    } else {
+        (paid - fee_charged, -charged, fee_paid, rounding)
+    }
+}
+
+/// Per original entry: its kind, merchant, terms version, points, points reversed, and the
+/// money it and its reversals left on each account.
+type OriginalMoney = (
+    EntryKind,
+    MerchantId,
+    u32,
+    i64,
+    i64,
+    BTreeMap<AccountKey, i64>,
+);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -108,16 +188,29 @@ proptest! {
     #[test]
     fn any_sequence_keeps_the_books(steps in proptest::collection::vec(step(), 1..80)) {
         let mut ledger = Ledger::default();
+        // Short lives so that holds and lots expire within a run.
+        ledger.set_policy(LedgerPolicy { hold_timeout_ms: 100, points_lifetime_ms: Some(300), ..LedgerPolicy::default() });
         let mut changes = Changes::default();
-        // Merchants 0 and 1 have terms; merchant 2 never does.
-        for merchant in 0..2u8 {
+        // Merchants 0 and 1 have terms, and merchant 1 may reverse others' transactions;
+        // merchant 2 never has terms.
+        for index in 0..2u8 {
             ledger
-                .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, coalition_domain::Prices { issue_price_minor_per_point: Decimal::new(105, 2), redeem_price_minor_per_point: Decimal::new(95, 2), fee_minor_per_point: Decimal::new(10, 2) }, -1, &mut changes)
+                .add_terms(merchant(index), None, prices(105, 95, 10, index == 1), -1, &mut changes)
                 .unwrap();
         }
+        for index in 0..6 {
+            ledger.enroll_member(member(index), None, 0, &mut changes).unwrap();
+        }
         let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
+        // Accepted earns, burns and captures, and holds: (merchant, transaction id, member).
+        let mut reversible: Vec<(u8, String, u8)> = Vec::new();
+        let mut holds: Vec<(u8, String, u8)> = Vec::new();
+        // Members that had an earn reversed: the only ones whose wallet may go negative.
+        let mut reversed_earn_members: BTreeSet<MemberId> = BTreeSet::new();
+        let mut clock = 0i64;
         for (time, step) in steps.into_iter().enumerate() {
-            let now = time as i64;
+            clock += 10;
+            let now = clock;
             // What the writer does before a batch: load the receipts it lacks from the journal.
             for entry in &changes.entries {
                 if let Some((key, receipt)) = coalition_domain::Receipt::of_entry(entry)
@@ -127,9 +220,9 @@ proptest! {
                 }
             }
             match step {
-                Step::Reprice { merchant, issue_cents, redeem_cents } => {
+                Step::Reprice { merchant: index, issue_cents, redeem_cents } => {
                     let terms = ledger
-                        .add_terms(MerchantId::new(format!("merchant-{merchant}")).unwrap(), None, coalition_domain::Prices { issue_price_minor_per_point: Decimal::new(issue_cents, 2), redeem_price_minor_per_point: Decimal::new(redeem_cents, 2), fee_minor_per_point: Decimal::new(issue_cents % 7, 2) }, now, &mut changes)
+                        .add_terms(merchant(index), None, prices(issue_cents, redeem_cents, issue_cents % 7, index == 1), now, &mut changes)
                         .unwrap();
                     prop_assert!(terms.version >= 2);
                 }
@@ -151,11 +244,14 @@ proptest! {
                         continue;
                     }
                     let id = format!("earn-{time}");
+                    // `occurred` is how long before now the purchase happened.
+                    let occurred = now - occurred;
                     let before_points = ledger.member_points(&member(index));
                     match ledger.apply(&submission(merchant, index, TransactionKind::Earn, points, id.clone(), occurred), now, &mut changes) {
                         Ok(Outcome::Applied(receipt)) => {
                             prop_assert_eq!(receipt.member_points_after, before_points + points);
-                            earned.push((merchant, index, points, id, occurred));
+                            earned.push((merchant, index, points, id.clone(), occurred));
+                            reversible.push((merchant, id, index));
                         }
                         Err(ApplyError::Rejected(rejection)) => prop_assert!(
                             matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::TermsMissing),
@@ -171,6 +267,7 @@ proptest! {
                         Ok(Outcome::Applied(receipt)) => {
                             prop_assert!(points <= before_points);
                             prop_assert_eq!(receipt.member_points_after, before_points - points);
+                            reversible.push((merchant, format!("burn-{time}"), index));
                         }
                         Err(ApplyError::Rejected(rejection)) => {
                             prop_assert!(matches!(
@@ -185,6 +282,86 @@ proptest! {
                         other => prop_assert!(false, "unexpected {other:?}"),
                     }
                 }
+                Step::Hold { merchant, member: index, points } => {
+                    let before_points = ledger.member_points(&member(index));
+                    let id = format!("hold-{time}");
+                    match ledger.apply(&submission(merchant, index, TransactionKind::Hold, points, id.clone(), 0), now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert_eq!(receipt.member_points_after, before_points - points);
+                            holds.push((merchant, id, index));
+                        }
+                        Err(ApplyError::Rejected(rejection)) => {
+                            prop_assert!(matches!(
+                                rejection.reason,
+                                RejectionReason::MemberUnknown | RejectionReason::PointsInsufficient | RejectionReason::TermsMissing
+                            ));
+                        }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Settle { target, points } => {
+                    // Count from the newest, so that most holds are still open.
+                    let Some(at) = holds.len().checked_sub(1 + usize::from(target)) else { continue };
+                    let (merchant, hold_id, index) = holds[at].clone();
+                    let kind = if points == 0 { TransactionKind::Void } else { TransactionKind::Capture };
+                    let id = format!("settle-{time}");
+                    let mut body = submission(merchant, index, kind, points, id.clone(), 0);
+                    body.refers_to = Some((self::merchant(merchant), MerchantTransactionId::new(hold_id).unwrap()));
+                    let before_points = ledger.member_points(&member(index));
+                    match ledger.apply(&body, now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert!(receipt.member_points_after >= before_points);
+                            holds.remove(at);
+                            if kind == TransactionKind::Capture {
+                                reversible.push((merchant, id, index));
+                            }
+                        }
+                        Err(ApplyError::Rejected(rejection)) => prop_assert!(matches!(
+                            rejection.reason,
+                            RejectionReason::MemberUnknown | RejectionReason::HoldNotOpen | RejectionReason::CaptureExceedsHold | RejectionReason::ReferenceUnknown | RejectionReason::ReferenceNotApplicable
+                        ), "{rejection:?}"),
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Reverse { merchant: by, target, points } => {
+                    // Count from the newest, so that burns and captures are reversed too.
+                    let Some((original_merchant, original_id, index)) = reversible.len().checked_sub(1 + usize::from(target)).and_then(|at| reversible.get(at)).cloned() else { continue };
+                    let mut body = submission(by, index, TransactionKind::Reversal, points, format!("reverse-{time}"), 0);
+                    body.refers_to = Some((merchant(original_merchant), MerchantTransactionId::new(original_id.clone()).unwrap()));
+                    let before_head = ledger.head();
+                    match ledger.apply(&body, now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert!(by == original_merchant || by == 1);
+                            if receipt.kind == EntryKind::EarnReversal {
+                                reversed_earn_members.insert(ledger.resolve_member(&member(index)));
+                            }
+                        }
+                        Err(ApplyError::Rejected(rejection)) => {
+                            prop_assert!(matches!(
+                                rejection.reason,
+                                RejectionReason::MemberUnknown | RejectionReason::ReversalExceedsRemaining | RejectionReason::ReversalNotPermitted | RejectionReason::ReferenceUnknown | RejectionReason::ReferenceNotApplicable
+                            ), "{rejection:?}");
+                            if rejection.reason == RejectionReason::ReversalNotPermitted {
+                                prop_assert!(by != original_merchant && by != 1);
+                            }
+                            prop_assert_eq!(ledger.head(), before_head);
+                        }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Expire => {
+                    clock += 200;
+                    let now = clock;
+                    ledger.expire_holds(now, &mut changes).unwrap();
+                    let outstanding_before: i64 = ledger.outstanding_by_issuer().values().sum();
+                    let first = ledger.expire_lots(now, &mut changes).unwrap();
+                    let outstanding_after: i64 = ledger.outstanding_by_issuer().values().sum();
+                    prop_assert_eq!(outstanding_before - outstanding_after, first.points);
+                    let before_head = ledger.head();
+                    let second = ledger.expire_lots(now, &mut changes).unwrap();
+                    prop_assert_eq!(second.entries, 0, "a second expiry run booked something");
+                    prop_assert_eq!(ledger.head(), before_head);
+                }
                 Step::Merge { alias, target } => {
                     let total_before = ledger.member_points(&member(alias)) + ledger.member_points(&member(target));
                     let same = ledger.resolve_member(&member(alias)) == ledger.resolve_member(&member(target));
@@ -195,17 +372,62 @@ proptest! {
                 }
             }
             prop_assert_eq!(ledger.check_invariants(), Ok(()));
+            for index in 0..6 {
+                let owner = ledger.resolve_member(&member(index));
+                if ledger.member_points(&owner) < 0 {
+                    prop_assert!(reversed_earn_members.contains(&owner), "{} is negative without a reversed earn", owner);
+                }
+            }
+        }
+
+        // Money per original: an earn, burn or capture and all its reversals leave exactly
+        // the money of the points not reversed, at the original's prices, on every account.
+        let mut by_original: BTreeMap<u64, OriginalMoney> = BTreeMap::new();
+        for entry in &changes.entries {
+            let money = entry.postings.iter().filter(|p| p.asset != Asset::Points);
+            match entry.kind {
+                EntryKind::Earn | EntryKind::Burn | EntryKind::Capture => {
+                    let slot = by_original.entry(entry.sequence).or_insert((entry.kind, entry.merchant_id().unwrap().clone(), entry.terms_version.unwrap(), entry.points, 0, BTreeMap::new()));
+                    for posting in money {
+                        *slot.5.entry(posting.account.clone()).or_default() += posting.amount;
+                    }
+                }
+                EntryKind::EarnReversal | EntryKind::BurnReversal => {
+                    let slot = by_original.get_mut(&entry.refers_to.unwrap()).unwrap();
+                    prop_assert_eq!(entry.terms_version, Some(slot.2));
+                    slot.4 += entry.points;
+                    for posting in money {
+                        *slot.5.entry(posting.account.clone()).or_default() += posting.amount;
+                    }
+                }
+                EntryKind::Hold | EntryKind::Void | EntryKind::HoldExpiry => {
+                    prop_assert_eq!(money.count(), 0, "a hold or release moved money");
+                }
+                _ => {}
+            }
+        }
+        for (sequence, (kind, merchant_id, version, points, reversed, money)) in by_original {
+            let terms = &ledger.merchant_terms(&merchant_id)[version as usize - 1];
+            let (settlement, float, fees, rounding) = expected_money(kind == EntryKind::Earn, points - reversed, terms);
+            let on = |key: AccountKey| money.get(&key).copied().unwrap_or(0);
+            prop_assert_eq!(on(AccountKey::MerchantSettlement(merchant_id.clone())), settlement, "entry {}", sequence);
+            prop_assert_eq!(on(AccountKey::OperatorFloat), float, "entry {}", sequence);
+            prop_assert_eq!(on(AccountKey::OperatorFees), fees, "entry {}", sequence);
+            prop_assert_eq!(on(AccountKey::OperatorRounding), rounding, "entry {}", sequence);
         }
 
         // Every entry balances, and its money leg is its points times the price of the terms
         // in force at its acceptance, rounded up for the payer and down for the payee.
         for entry in &changes.entries {
             prop_assert_eq!(entry.check_balanced(), Ok(()));
+            if !matches!(entry.kind, EntryKind::Earn | EntryKind::Burn) {
+                continue;
+            }
             let Some(origin) = &entry.origin else { continue };
             let terms = ledger.terms_at(&origin.merchant_id, entry.accepted_at_ms).unwrap();
             prop_assert_eq!(Some(terms.version), entry.terms_version);
             let price = match entry.kind {
-                coalition_domain::EntryKind::Burn => terms.redeem_price_minor_per_point,
+                EntryKind::Burn => terms.redeem_price_minor_per_point,
                 _ => terms.issue_price_minor_per_point,
             };
             let exact = Decimal::from(entry.points) * price;
@@ -213,9 +435,9 @@ proptest! {
             let money: Vec<i64> = entry.postings.iter().filter(|p| p.asset != Asset::Points).map(|p| p.amount).collect();
             let charged: i64 = -money.iter().filter(|a| **a < 0).sum::<i64>();
             prop_assert_eq!(Decimal::from(charged), exact.ceil() + fee.ceil());
-            let rounding: i64 = entry.postings.iter().filter(|p| p.account == coalition_domain::AccountKey::OperatorRounding).map(|p| p.amount).sum();
+            let rounding: i64 = entry.postings.iter().filter(|p| p.account == AccountKey::OperatorRounding).map(|p| p.amount).sum();
             prop_assert_eq!(Decimal::from(charged - rounding), exact.floor() + fee.floor());
-            let fees: i64 = entry.postings.iter().filter(|p| p.account == coalition_domain::AccountKey::OperatorFees).map(|p| p.amount).sum();
+            let fees: i64 = entry.postings.iter().filter(|p| p.account == AccountKey::OperatorFees).map(|p| p.amount).sum();
             prop_assert_eq!(Decimal::from(fees), fee.floor());
         }
         let head = verify_chain(ChainHead::GENESIS, changes.entries.iter()).unwrap();
@@ -258,11 +480,7 @@ fn an_altered_entry_breaks_the_chain() {
         .add_terms(
             MerchantId::new("merchant-0").unwrap(),
             None,
-            coalition_domain::Prices {
-                issue_price_minor_per_point: Decimal::ONE,
-                redeem_price_minor_per_point: Decimal::ONE,
-                fee_minor_per_point: Decimal::ZERO,
-            },
+            prices(100, 100, 0, false),
             -1,
             &mut changes,
         )

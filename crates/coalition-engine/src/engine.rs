@@ -2,16 +2,16 @@
 
 use std::sync::{Arc, RwLock};
 
+use coalition_domain::ledger::ExpirySummary;
 use coalition_domain::ledger::Outcome;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing::{self, SignatureFault};
-use coalition_domain::{CurrencyCode, MerchantTerms, TermsError};
+use coalition_domain::{CurrencyCode, LedgerPolicy, MerchantTerms, Prices, TermsError};
 use coalition_domain::{
     KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
     MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
 };
 use coalition_storage::{Storage, StorageError, WriterLock};
-use rust_decimal::Decimal;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -28,6 +28,10 @@ pub struct EngineConfig {
     /// How many commands may wait for the writer before callers wait in turn.
     pub writer_queue_len_max: usize,
     pub limits: Limits,
+    /// Hold timeouts and point lifetimes.
+    pub policy: LedgerPolicy,
+    /// How often the writer runs the expiry run by itself; `None` for only on request.
+    pub expiry_run_interval_ms: Option<i64>,
 }
 
 impl EngineConfig {
@@ -50,6 +54,8 @@ impl Default for EngineConfig {
             batch_len_max: 4096,
             writer_queue_len_max: 1024,
             limits: Limits::default(),
+            policy: LedgerPolicy::default(),
+            expiry_run_interval_ms: Some(3_600_000),
         }
     }
 }
@@ -173,6 +179,7 @@ impl Engine {
         );
         let mut ledger = state.ledger;
         ledger.set_currency(config.currency);
+        ledger.set_policy(config.policy);
         let (sender, receiver) = mpsc::channel(config.writer_queue_len_max);
         let writer = Writer {
             ledger,
@@ -182,6 +189,10 @@ impl Engine {
             receipt_retention_ms: config.receipt_retention_ms(),
             receiver,
             last_accepted_at_ms: i64::MIN,
+            currency: config.currency,
+            policy: config.policy,
+            expiry_run_interval_ms: config.expiry_run_interval_ms,
+            next_expiry_run_ms: i64::MIN,
         };
         let handle = tokio::spawn(writer.run());
         Ok(Engine {
@@ -335,9 +346,7 @@ impl Engine {
         &self,
         merchant_id: MerchantId,
         effective_from_ms: Option<i64>,
-        issue_price_minor_per_point: Decimal,
-        redeem_price_minor_per_point: Decimal,
-        fee_minor_per_point: Decimal,
+        prices: Prices,
     ) -> Result<MerchantTerms, AdminError> {
         if self.registry().merchant(&merchant_id).is_none() {
             return Err(AdminError::Registry(RegistryError::MerchantUnknown(
@@ -348,15 +357,21 @@ impl Engine {
         self.send(Command::Terms {
             merchant_id,
             effective_from_ms,
-            issue_price_minor_per_point,
-            redeem_price_minor_per_point,
-            fee_minor_per_point,
+            prices,
             reply,
         })
         .await?;
         response
             .await
             .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// The expiry run: books every lot expired by now to breakage. Idempotent: a second run
+    /// finds nothing left to expire.
+    pub async fn run_expiry(&self) -> Result<ExpirySummary, EngineError> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Expire { reply }).await?;
+        response.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// Registers a merchant: checked against a copy of the registry, written to the

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use coalition_domain::ledger::{ApplyError, Outcome};
+use coalition_domain::ledger::{ApplyError, ExpirySummary, Outcome};
 use coalition_domain::{
-    Changes, Ledger, MemberId, MerchantId, MerchantTerms, Prices, Receipt, Rejection, Submission,
+    Changes, CurrencyCode, Ledger, LedgerPolicy, MemberId, MerchantId, MerchantTerms, Prices,
+    Receipt, Rejection, Submission,
 };
 use coalition_storage::Storage;
-use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -34,10 +34,12 @@ pub(crate) enum Command {
     Terms {
         merchant_id: MerchantId,
         effective_from_ms: Option<i64>,
-        issue_price_minor_per_point: Decimal,
-        redeem_price_minor_per_point: Decimal,
-        fee_minor_per_point: Decimal,
+        prices: Prices,
         reply: oneshot::Sender<Result<MerchantTerms, AdminError>>,
+    },
+    /// The expiry run.
+    Expire {
+        reply: oneshot::Sender<Result<ExpirySummary, EngineError>>,
     },
     /// Finish what was received before this command, then stop.
     Shutdown,
@@ -55,6 +57,7 @@ impl Command {
             Command::Terms { reply, .. } => {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
+            Command::Expire { reply } => drop(reply.send(Err(error.clone()))),
             Command::Shutdown => {}
         }
     }
@@ -64,7 +67,10 @@ impl Command {
         match self {
             Command::Submit { submissions, .. } => submissions.len(),
             Command::Enroll { members, .. } => members.len(),
-            Command::Alias { .. } | Command::Terms { .. } | Command::Shutdown => 1,
+            Command::Alias { .. }
+            | Command::Terms { .. }
+            | Command::Expire { .. }
+            | Command::Shutdown => 1,
         }
     }
 }
@@ -87,6 +93,10 @@ enum Pending {
         oneshot::Sender<Result<MerchantTerms, AdminError>>,
         Result<MerchantTerms, AdminError>,
     ),
+    Expire(
+        oneshot::Sender<Result<ExpirySummary, EngineError>>,
+        ExpirySummary,
+    ),
 }
 
 impl Pending {
@@ -98,6 +108,7 @@ impl Pending {
             Pending::Enroll(reply, summary) => drop(reply.send(Ok(summary))),
             Pending::Alias(reply, result) => drop(reply.send(result)),
             Pending::Terms(reply, result) => drop(reply.send(result)),
+            Pending::Expire(reply, summary) => drop(reply.send(Ok(summary))),
         }
     }
 
@@ -107,6 +118,7 @@ impl Pending {
             Pending::Enroll(reply, _) => drop(reply.send(Err(error.clone()))),
             Pending::Alias(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
             Pending::Terms(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
+            Pending::Expire(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
 }
@@ -121,13 +133,32 @@ pub(crate) struct Writer {
     pub receiver: mpsc::Receiver<Command>,
     /// Acceptance times never go backwards, even if the wall clock does.
     pub last_accepted_at_ms: i64,
+    pub currency: CurrencyCode,
+    pub policy: LedgerPolicy,
+    /// See `EngineConfig::expiry_run_interval_ms`.
+    pub expiry_run_interval_ms: Option<i64>,
+    /// When the scheduled expiry run is next due.
+    pub next_expiry_run_ms: i64,
 }
+
+/// How often an idle writer wakes to expire holds and run scheduled expiry.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     pub async fn run(mut self) {
         let mut stopping = false;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stopping {
-            let Some(first) = self.receiver.recv().await else {
+            let first = tokio::select! {
+                command = self.receiver.recv() => command,
+                _ = housekeeping.tick() => {
+                    // Idle: expire due holds and run the scheduled expiry, if any is due.
+                    self.process(Vec::new()).await;
+                    continue;
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut commands = Vec::new();
@@ -167,8 +198,11 @@ impl Writer {
                         submission.merchant_id.clone(),
                         submission.merchant_transaction_id.clone(),
                     );
-                    if !self.ledger.has_receipt(&key) && seen.insert(key.clone()) {
-                        missing.push(key);
+                    // The transaction a reversal, capture or void acts on, too.
+                    for key in std::iter::once(key).chain(submission.refers_to.clone()) {
+                        if !self.ledger.has_receipt(&key) && seen.insert(key.clone()) {
+                            missing.push(key);
+                        }
                     }
                 }
             }
@@ -202,7 +236,18 @@ impl Writer {
         let mut pending = Vec::with_capacity(commands.len());
         let mut invariant_violation = None;
         let mut submissions_count = 0usize;
+        // Holds past their deadline are released before anything else is decided, so that
+        // no capture succeeds after its hold timed out and released points are available.
+        if let Err(error) = self.housekeeping(accepted_at_ms, &mut changes) {
+            invariant_violation = Some(error);
+        }
         for command in commands {
+            if invariant_violation.is_some() {
+                command.fail(&EngineError::InvariantViolated(
+                    "an earlier part of the batch broke an invariant".into(),
+                ));
+                continue;
+            }
             match command {
                 Command::Submit { submissions, reply } => {
                     submissions_count += submissions.len();
@@ -249,9 +294,7 @@ impl Writer {
                 Command::Terms {
                     merchant_id,
                     effective_from_ms,
-                    issue_price_minor_per_point,
-                    redeem_price_minor_per_point,
-                    fee_minor_per_point,
+                    prices,
                     reply,
                 } => {
                     let immediate = effective_from_ms.is_none();
@@ -260,11 +303,7 @@ impl Writer {
                         .add_terms(
                             merchant_id,
                             effective_from_ms,
-                            Prices {
-                                issue_price_minor_per_point,
-                                redeem_price_minor_per_point,
-                                fee_minor_per_point,
-                            },
+                            prices,
                             accepted_at_ms,
                             &mut changes,
                         )
@@ -277,6 +316,18 @@ impl Writer {
                     }
                     pending.push(Pending::Terms(reply, result));
                 }
+                Command::Expire { reply } => {
+                    match self.ledger.expire_lots(accepted_at_ms, &mut changes) {
+                        Ok(summary) => {
+                            log_expiry(&summary, "requested");
+                            pending.push(Pending::Expire(reply, summary));
+                        }
+                        Err(error) => {
+                            invariant_violation = Some(error.to_string());
+                            pending.push(Pending::Expire(reply, ExpirySummary::default()));
+                        }
+                    }
+                }
                 Command::Shutdown => {}
             }
             if invariant_violation.is_some() {
@@ -287,6 +338,9 @@ impl Writer {
             tracing::error!(%message, "ledger invariant violated; the batch is aborted");
             self.abort(pending, EngineError::InvariantViolated(message))
                 .await;
+            return;
+        }
+        if pending.is_empty() && changes.is_empty() {
             return;
         }
         let started = Instant::now();
@@ -317,6 +371,33 @@ impl Writer {
         }
     }
 
+    /// Releases holds past their deadline and, when due, runs the scheduled expiry run.
+    fn housekeeping(&mut self, at_ms: i64, changes: &mut Changes) -> Result<(), String> {
+        let holds = self
+            .ledger
+            .expire_holds(at_ms, changes)
+            .map_err(|error| error.to_string())?;
+        if holds.entries > 0 {
+            metrics::counter!("coalition_holds_expired_total").increment(holds.entries as u64);
+            tracing::info!(
+                holds = holds.entries,
+                points = holds.points,
+                "holds expired"
+            );
+        }
+        if let Some(interval_ms) = self.expiry_run_interval_ms
+            && at_ms >= self.next_expiry_run_ms
+        {
+            self.next_expiry_run_ms = at_ms.saturating_add(interval_ms);
+            let summary = self
+                .ledger
+                .expire_lots(at_ms, changes)
+                .map_err(|error| error.to_string())?;
+            log_expiry(&summary, "scheduled");
+        }
+        Ok(())
+    }
+
     /// Nothing of the batch is acknowledged; memory is rebuilt from what the database holds.
     async fn abort(&mut self, pending: Vec<Pending>, error: EngineError) {
         for reply in pending {
@@ -324,11 +405,28 @@ impl Writer {
         }
         let keep_receipts_since_ms = self.clock.now_ms() - self.receipt_retention_ms;
         match self.storage.load(keep_receipts_since_ms).await {
-            Ok(state) => self.ledger = state.ledger,
+            Ok(state) => {
+                self.ledger = state.ledger;
+                self.ledger.set_currency(self.currency);
+                self.ledger.set_policy(self.policy);
+            }
             Err(reload_error) => {
                 tracing::error!(error = %reload_error, "cannot rebuild the ledger after a failed batch; the writer stops");
                 self.receiver.close();
             }
         }
+    }
+}
+
+fn log_expiry(summary: &ExpirySummary, trigger: &str) {
+    if summary.entries > 0 {
+        metrics::counter!("coalition_points_expired_total").increment(summary.points as u64);
+        tracing::info!(
+            trigger,
+            members = summary.entries,
+            points = summary.points,
+            breakage_minor = summary.money_minor,
+            "expiry run booked expired points to breakage"
+        );
     }
 }

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use coalition_domain::TermsError;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing;
 use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
+use coalition_domain::{Prices, TermsError};
 use coalition_engine::{AdminError, Engine, NewMerchant};
 use rust_decimal::Decimal;
 use tonic::metadata::MetadataMap;
@@ -292,18 +292,21 @@ impl AdminService for Admin {
             .set_merchant_terms(
                 merchant_id(request.merchant_id)?,
                 (request.effective_from_unix_ms != 0).then_some(request.effective_from_unix_ms),
-                price(
-                    "issue_price_minor_per_point",
-                    &request.issue_price_minor_per_point,
-                )?,
-                price(
-                    "redeem_price_minor_per_point",
-                    &request.redeem_price_minor_per_point,
-                )?,
-                if request.fee_minor_per_point.trim().is_empty() {
-                    Decimal::ZERO
-                } else {
-                    price("fee_minor_per_point", &request.fee_minor_per_point)?
+                Prices {
+                    issue_price_minor_per_point: price(
+                        "issue_price_minor_per_point",
+                        &request.issue_price_minor_per_point,
+                    )?,
+                    redeem_price_minor_per_point: price(
+                        "redeem_price_minor_per_point",
+                        &request.redeem_price_minor_per_point,
+                    )?,
+                    fee_minor_per_point: if request.fee_minor_per_point.trim().is_empty() {
+                        Decimal::ZERO
+                    } else {
+                        price("fee_minor_per_point", &request.fee_minor_per_point)?
+                    },
+                    cross_merchant_reversals: request.cross_merchant_reversals,
                 },
             )
             .await
@@ -311,6 +314,23 @@ impl AdminService for Admin {
         tracing::info!(merchant_id = %terms.merchant_id, version = terms.version, "terms set");
         Ok(Response::new(pb::SetMerchantTermsResponse {
             terms: Some(convert::wire_terms(&terms)),
+        }))
+    }
+
+    async fn run_expiry(
+        &self,
+        request: Request<pb::RunExpiryRequest>,
+    ) -> Result<Response<pb::RunExpiryResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let summary = self
+            .engine
+            .run_expiry()
+            .await
+            .map_err(convert::engine_status)?;
+        Ok(Response::new(pb::RunExpiryResponse {
+            entries: summary.entries as u64,
+            points: summary.points,
+            breakage_minor: summary.money_minor,
         }))
     }
 

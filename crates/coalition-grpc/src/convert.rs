@@ -32,6 +32,10 @@ pub fn raw_submission(body: pb::TransactionBody) -> RawSubmission {
     let kind = match pb::TransactionKind::try_from(body.kind) {
         Ok(pb::TransactionKind::Earn) => Some(TransactionKind::Earn),
         Ok(pb::TransactionKind::Burn) => Some(TransactionKind::Burn),
+        Ok(pb::TransactionKind::Reversal) => Some(TransactionKind::Reversal),
+        Ok(pb::TransactionKind::Hold) => Some(TransactionKind::Hold),
+        Ok(pb::TransactionKind::Capture) => Some(TransactionKind::Capture),
+        Ok(pb::TransactionKind::Void) => Some(TransactionKind::Void),
         Ok(pb::TransactionKind::Unspecified) | Err(_) => None,
     };
     RawSubmission {
@@ -44,6 +48,8 @@ pub fn raw_submission(body: pb::TransactionBody) -> RawSubmission {
         occurred_at_ms: body.occurred_at_unix_ms,
         store_id: body.store_id,
         terminal_id: body.terminal_id,
+        refers_to_merchant_id: body.refers_to_merchant_id,
+        refers_to_transaction_id: body.refers_to_transaction_id,
     }
 }
 
@@ -51,7 +57,13 @@ fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
     match kind {
         EntryKind::Earn => pb::TransactionKind::Earn,
         EntryKind::Burn => pb::TransactionKind::Burn,
-        EntryKind::MemberMerge => pb::TransactionKind::Unspecified,
+        EntryKind::EarnReversal | EntryKind::BurnReversal => pb::TransactionKind::Reversal,
+        EntryKind::Hold => pb::TransactionKind::Hold,
+        EntryKind::Capture => pb::TransactionKind::Capture,
+        EntryKind::Void => pb::TransactionKind::Void,
+        EntryKind::MemberMerge | EntryKind::HoldExpiry | EntryKind::Expiry => {
+            pb::TransactionKind::Unspecified
+        }
     }
 }
 
@@ -95,6 +107,8 @@ pub fn engine_status(error: EngineError) -> Status {
 pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
     match kind {
         AccountKey::MemberWallet(_) => pb::AccountKind::MemberWallet,
+        AccountKey::MemberHeld(_) => pb::AccountKind::MemberHeld,
+        AccountKey::MerchantBreakage(_) => pb::AccountKind::MerchantBreakage,
         AccountKey::MerchantIssued(_) => pb::AccountKind::MerchantIssued,
         AccountKey::MerchantRedeemed(_) => pb::AccountKind::MerchantRedeemed,
         AccountKey::MerchantSettlement(_) => pb::AccountKind::MerchantSettlement,
@@ -118,6 +132,12 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
             .map_err(|error| invalid(format!("owner_id {error}"))),
         Ok(pb::AccountKind::MerchantSettlement) => MerchantId::new(owner_id)
             .map(AccountKey::MerchantSettlement)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MemberHeld) => MemberId::new(owner_id)
+            .map(AccountKey::MemberHeld)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantBreakage) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantBreakage)
             .map_err(|error| invalid(format!("owner_id {error}"))),
         Ok(
             kind @ (pb::AccountKind::OperatorFloat
@@ -206,5 +226,6 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         issue_price_minor_per_point: terms.issue_price_minor_per_point.to_string(),
         redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
         fee_minor_per_point: terms.fee_minor_per_point.to_string(),
+        cross_merchant_reversals: terms.cross_merchant_reversals,
     }
 }

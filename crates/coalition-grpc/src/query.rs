@@ -131,10 +131,11 @@ impl QueryService for Queries {
         }
         if let Reader::Merchant(merchant) = &reader {
             let allowed = match &account {
-                AccountKey::MemberWallet(_) => true,
+                AccountKey::MemberWallet(_) | AccountKey::MemberHeld(_) => true,
                 AccountKey::MerchantIssued(owner)
                 | AccountKey::MerchantRedeemed(owner)
-                | AccountKey::MerchantSettlement(owner) => owner == merchant,
+                | AccountKey::MerchantSettlement(owner)
+                | AccountKey::MerchantBreakage(owner) => owner == merchant,
                 AccountKey::OperatorFloat
                 | AccountKey::OperatorRounding
                 | AccountKey::OperatorFees => false,

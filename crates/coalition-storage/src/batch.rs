@@ -310,6 +310,14 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                 ),
             ),
             (
+                "refers_to",
+                Column::NullableBigInt(entries.iter().map(|e| e.refers_to.map(to_i64)).collect()),
+            ),
+            (
+                "expires_at_ms",
+                Column::NullableBigInt(entries.iter().map(|e| e.expires_at_ms).collect()),
+            ),
+            (
                 "previous_hash",
                 Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect()),
             ),
@@ -401,6 +409,10 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
             (
                 "earned_at_ms",
                 Column::BigInt(changes.lots.iter().map(|l| l.earned_at_ms).collect()),
+            ),
+            (
+                "expires_at_ms",
+                Column::NullableBigInt(changes.lots.iter().map(|l| l.expires_at_ms).collect()),
             ),
         ],
         on_conflict: "",
@@ -506,6 +518,15 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                     terms
                         .iter()
                         .map(|t| t.fee_minor_per_point.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "cross_merchant_reversals",
+                Column::BigInt(
+                    terms
+                        .iter()
+                        .map(|t| i64::from(t.cross_merchant_reversals))
                         .collect(),
                 ),
             ),

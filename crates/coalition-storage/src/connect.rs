@@ -39,6 +39,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "fees",
         include_str!("../../../migrations/sqlite/0003_fees.sql"),
     ),
+    (
+        5,
+        "reversals holds expiry",
+        include_str!("../../../migrations/sqlite/0005_reversals_holds_expiry.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -61,6 +66,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "writer owned integrity",
         include_str!("../../../migrations/postgres/0004_writer_owned_integrity.sql"),
+    ),
+    (
+        5,
+        "reversals holds expiry",
+        include_str!("../../../migrations/postgres/0005_reversals_holds_expiry.sql"),
     ),
 ];
 

@@ -23,7 +23,8 @@ macro_rules! entry_columns {
     () => {
         "sequence, kind, accepted_at_ms, merchant_id, merchant_transaction_id, store_id, \
          terminal_id, occurred_at_ms, body_hash, member_id, points, spend_minor, \
-         member_points_after, memo, previous_hash, hash, terms_version"
+         member_points_after, memo, previous_hash, hash, terms_version, refers_to, \
+         expires_at_ms"
     };
 }
 pub(crate) use entry_columns;
@@ -55,6 +56,8 @@ pub(crate) struct EntryRow {
     pub previous_hash: Vec<u8>,
     pub hash: Vec<u8>,
     pub terms_version: Option<i64>,
+    pub refers_to: Option<i64>,
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Reads an `EntryRow` from a row of either backend.
@@ -79,6 +82,8 @@ macro_rules! entry_row {
             previous_hash: row.try_get("previous_hash")?,
             hash: row.try_get("hash")?,
             terms_version: row.try_get("terms_version")?,
+            refers_to: row.try_get("refers_to")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
         }
     }};
 }
@@ -172,6 +177,12 @@ impl EntryRow {
                 .map(u32::try_from)
                 .transpose()
                 .map_err(|_| corrupt(format!("entry {sequence}: terms version out of range")))?,
+            refers_to: self
+                .refers_to
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| corrupt(format!("entry {sequence}: negative reference")))?,
+            expires_at_ms: self.expires_at_ms,
             postings,
             previous_hash: hash32(self.previous_hash, "previous hash", sequence)?,
             hash: hash32(self.hash, "hash", sequence)?,
@@ -454,7 +465,7 @@ impl Storage {
         let rows = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
-                 fee_minor_per_point \
+                 fee_minor_per_point, cross_merchant_reversals \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -468,13 +479,14 @@ impl Storage {
                     row.try_get::<String, _>("issue_price_minor_per_point")?,
                     row.try_get::<String, _>("redeem_price_minor_per_point")?,
                     row.try_get::<String, _>("fee_minor_per_point")?,
+                    row.try_get::<i64, _>("cross_merchant_reversals")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         rows.into_iter()
             .map(
-                |(merchant_id, version, effective_from_ms, issue, redeem, fee)| {
+                |(merchant_id, version, effective_from_ms, issue, redeem, fee, cross)| {
                     let price = |text: &str| {
                         rust_decimal::Decimal::from_str_exact(text)
                             .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
@@ -488,6 +500,7 @@ impl Storage {
                         issue_price_minor_per_point: price(&issue)?,
                         redeem_price_minor_per_point: price(&redeem)?,
                         fee_minor_per_point: price(&fee)?,
+                        cross_merchant_reversals: cross != 0,
                     })
                 },
             )

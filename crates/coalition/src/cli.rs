@@ -177,7 +177,12 @@ pub enum AdminCommand {
         /// In force from this acceptance time, Unix milliseconds; default now.
         #[arg(long)]
         effective_from_ms: Option<i64>,
+        /// The merchant may reverse other merchants' transactions (returns of their sales).
+        #[arg(long)]
+        cross_merchant_reversals: bool,
     },
+    /// Run the expiry run now: book every expired lot to breakage (idempotent).
+    Expire,
     /// Make one member id an alias of another, moving its points.
     Alias {
         #[arg(long)]
@@ -207,11 +212,15 @@ pub struct MerchantIdentity {
 pub enum Kind {
     Earn,
     Burn,
+    Reversal,
+    Hold,
+    Capture,
+    Void,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Sign and submit one earn or burn.
+    /// Sign and submit one earn, burn, reversal, hold, capture or void.
     Submit {
         #[arg(long, value_enum)]
         kind: Kind,
@@ -232,6 +241,12 @@ pub enum ClientCommand {
         /// retry a submission with the same body.
         #[arg(long)]
         occurred_at_ms: Option<i64>,
+        /// For a reversal, capture or void: the transaction id it acts on.
+        #[arg(long, default_value = "")]
+        refers_to: String,
+        /// For a reversal of another merchant's transaction: that merchant.
+        #[arg(long, default_value = "")]
+        refers_to_merchant: String,
     },
     /// Read a member's balance with a signed query.
     Balance {
@@ -447,6 +462,8 @@ pub fn example_body() -> pb::TransactionBody {
         occurred_at_unix_ms: 1_767_225_600_000,
         store_id: "store-12".into(),
         terminal_id: "pos-7".into(),
+        refers_to_transaction_id: String::new(),
+        refers_to_merchant_id: String::new(),
     }
 }
 
@@ -599,6 +616,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             redeem_price,
             fee,
             effective_from_ms,
+            cross_merchant_reversals,
         } => {
             let terms = admin
                 .set_merchant_terms(pb::SetMerchantTermsRequest {
@@ -607,6 +625,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     issue_price_minor_per_point: issue_price,
                     redeem_price_minor_per_point: redeem_price,
                     fee_minor_per_point: fee,
+                    cross_merchant_reversals,
                 })
                 .await?
                 .into_inner()
@@ -618,6 +637,16 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 terms.issue_price_minor_per_point,
                 terms.redeem_price_minor_per_point,
                 terms.effective_from_unix_ms
+            );
+        }
+        AdminCommand::Expire => {
+            let response = admin
+                .run_expiry(pb::RunExpiryRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "expiry run: {} points of {} members expired, {} minor units of float moved to breakage",
+                response.points, response.entries, response.breakage_minor
             );
         }
         AdminCommand::Alias { alias, target } => {
@@ -655,6 +684,8 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
             terminal,
             spend_minor,
             occurred_at_ms,
+            refers_to,
+            refers_to_merchant,
         } => {
             let body = pb::TransactionBody {
                 merchant_id: identity.merchant,
@@ -662,6 +693,10 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                 kind: match kind {
                     Kind::Earn => pb::TransactionKind::Earn,
                     Kind::Burn => pb::TransactionKind::Burn,
+                    Kind::Reversal => pb::TransactionKind::Reversal,
+                    Kind::Hold => pb::TransactionKind::Hold,
+                    Kind::Capture => pb::TransactionKind::Capture,
+                    Kind::Void => pb::TransactionKind::Void,
                 } as i32,
                 member_id: member,
                 points,
@@ -669,6 +704,8 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                 occurred_at_unix_ms: occurred_at_ms.unwrap_or(now_ms),
                 store_id: store,
                 terminal_id: terminal,
+                refers_to_transaction_id: refers_to,
+                refers_to_merchant_id: refers_to_merchant,
             };
             let response = SubmissionServiceClient::new(channel)
                 .submit(pb::SubmitRequest {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use coalition_domain::{CurrencyCode, Limits};
+use coalition_domain::{CurrencyCode, ExpiryBoundary, LedgerPolicy, Limits};
 use coalition_engine::EngineConfig;
 use coalition_grpc::ServerConfig;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,14 @@ pub struct Config {
     pub points_per_transaction_max: i64,
     /// How far a signed query's issued_at may be from the server clock.
     pub query_freshness_ms: i64,
+    /// How long a hold stays open before it is released by itself.
+    pub hold_timeout_ms: i64,
+    /// How many days points live after they were earned; 0 for forever.
+    pub points_lifetime_days: i64,
+    /// Where a lot's expiry is rounded up to: "exact", "month_end" or "year_end" (UTC).
+    pub points_expiry_boundary: String,
+    /// How often the server runs the expiry run by itself; 0 for only on request.
+    pub expiry_run_interval_ms: i64,
     /// How long a graceful shutdown waits for open calls before closing their connections.
     pub shutdown_grace_ms: u64,
     /// "text" or "json".
@@ -78,12 +86,21 @@ impl Default for Config {
             future_skew_max_ms: limits.future_skew_max_ms,
             points_per_transaction_max: limits.points_per_transaction_max,
             query_freshness_ms: server.query_freshness_ms,
+            hold_timeout_ms: engine.policy.hold_timeout_ms,
+            points_lifetime_days: engine
+                .policy
+                .points_lifetime_ms
+                .map_or(0, |lifetime| lifetime / DAY_MS),
+            points_expiry_boundary: engine.policy.expiry_boundary.to_string(),
+            expiry_run_interval_ms: engine.expiry_run_interval_ms.unwrap_or(0),
             shutdown_grace_ms: 10_000,
             log_format: "text".into(),
             log_filter: "info".into(),
         }
     }
 }
+
+const DAY_MS: i64 = 86_400_000;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +185,7 @@ impl Config {
                 self.points_per_transaction_max,
             ),
             ("query_freshness_ms", self.query_freshness_ms),
+            ("hold_timeout_ms", self.hold_timeout_ms),
             (
                 "database_connections_max",
                 i64::from(self.database_connections_max),
@@ -180,6 +198,19 @@ impl Config {
                 )));
             }
         }
+        for (name, value) in [
+            ("points_lifetime_days", self.points_lifetime_days),
+            ("expiry_run_interval_ms", self.expiry_run_interval_ms),
+        ] {
+            if value < 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} cannot be negative (0 turns it off), got {value}"
+                )));
+            }
+        }
+        self.points_expiry_boundary
+            .parse::<ExpiryBoundary>()
+            .map_err(|error| ConfigError::Invalid(format!("points_{error}")))?;
         if self.future_skew_max_ms < 0 {
             return Err(ConfigError::Invalid(
                 "future_skew_max_ms cannot be negative".into(),
@@ -217,6 +248,17 @@ impl Config {
                 future_skew_max_ms: self.future_skew_max_ms,
                 points_per_transaction_max: self.points_per_transaction_max,
             },
+            policy: LedgerPolicy {
+                hold_timeout_ms: self.hold_timeout_ms,
+                points_lifetime_ms: (self.points_lifetime_days > 0)
+                    .then(|| self.points_lifetime_days.saturating_mul(DAY_MS)),
+                expiry_boundary: self
+                    .points_expiry_boundary
+                    .parse()
+                    .expect("checked when loaded"),
+            },
+            expiry_run_interval_ms: (self.expiry_run_interval_ms > 0)
+                .then_some(self.expiry_run_interval_ms),
         }
     }
 
