@@ -104,6 +104,9 @@ pub enum ClientMix {
     All(Mode),
 }
 
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
 /// The demo's clearing fee per point issued or redeemed, in minor units.
 const DEMO_FEE_MINOR_PER_POINT: &str = "0.02";
 
@@ -288,6 +291,8 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 issue_price_minor_per_point: merchant.issue_price.clone(),
                 redeem_price_minor_per_point: merchant.redeem_price.clone(),
                 fee_minor_per_point: DEMO_FEE_MINOR_PER_POINT.into(),
+                // Mall tenants take back each other's sales (bought at A, returned at C).
+                cross_merchant_reversals: merchant.category == pb::MerchantCategory::MallTenant,
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;
@@ -411,6 +416,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await?;
     let elapsed = started.elapsed();
 
+    // The rest of the day refers to what happened in it: cars leave the car park (captures
+    // of the entry holds, or voids), purchases are refunded (some at another tenant),
+    // tickets are cancelled. Sent once the day is cleared, so each finds what it refers to.
+    let bar = progress(day.follow_ups.len(), "follow-ups", args.quiet);
+    let follow_ups = drive(
+        channel.clone(),
+        day.follow_ups.clone(),
+        args.clients,
+        args.batch_len,
+        ClientMix::Gateways,
+        &bar,
+    )
+    .await?;
+
     // Read back through the query API, as a POS would: a signed balance query.
     let cinema = day
         .merchants
@@ -434,6 +453,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await?
         .into_inner();
 
+    server.shutdown().await?;
+
+    // A year later, the morning's expiry run: points earned before the demo day that were
+    // never spent reach the end of their life; today's points still have hours to go. The
+    // server restarts on the same database with its clock a year ahead.
+    let year_later_ms = day_end_ms + 365 * DAY_MS - 18 * HOUR_MS;
+    // The run is requested here, so the schedule is off for this start.
+    let expiry_config = Config {
+        expiry_run_interval_ms: 0,
+        ..config.clone()
+    };
+    let server = RunningServer::start_with_clock(
+        &expiry_config,
+        Arc::new(coalition_engine::ManualClock::new(year_later_ms)),
+    )
+    .await?;
+    let expiry_channel = Channel::from_shared(server.endpoint())?.connect().await?;
+    let mut admin = AdminServiceClient::with_interceptor(expiry_channel, AdminToken::new(&token)?);
+    let expiry = admin
+        .run_expiry(pb::RunExpiryRequest {})
+        .await
+        .context("the expiry run")?
+        .into_inner();
+    let expiry_again = admin
+        .run_expiry(pb::RunExpiryRequest {})
+        .await?
+        .into_inner();
     server.shutdown().await?;
 
     let expected = &day.expected;
@@ -469,6 +515,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         percentile(&tally.call_latencies, 99).as_secs_f64() * 1e3,
     );
     println!(
+        "follow-ups            {:>8} accepted of {}: {} parking exits captured, {} holds voided, {} refunds ({} at another tenant than the seller), {} cancelled tickets",
+        follow_ups.accepted,
+        day.follow_ups.len(),
+        expected.captures,
+        expected.voids,
+        expected.refunds,
+        expected.refunds_elsewhere,
+        expected.cancelled_tickets
+    );
+    for (reason, count) in &follow_ups.rejected {
+        println!("follow-up rejected {reason:<40} {count:>6}");
+    }
+    println!(
+        "expiry run            a year later: {} points of {} members expired to breakage with {} {} of float; a second run booked {} entries",
+        expiry.points,
+        expiry.entries,
+        minor_units(expiry.breakage_minor),
+        config.settlement_currency,
+        expiry_again.entries
+    );
+    println!(
         "signed balance query  {member} has {} points (as of entry {}), read by {}",
         balance.points, balance.as_of_entry_sequence, cinema.signer.merchant_id
     );
@@ -485,7 +552,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             == (expected.bad_signatures
                 + expected.unknown_members
                 + expected.burns_beyond_balance
-                + expected.changed_body_retries) as u64;
+                + expected.changed_body_retries) as u64
+        && follow_ups.accepted == day.follow_ups.len() as u64
+        && follow_ups.rejected.is_empty()
+        && expiry.points > 0
+        && expiry_again.entries == 0;
 
     println!();
     println!("== Ledger check (recomputed from the database after shutdown) ==");
@@ -525,9 +596,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let money = coalition_domain::Asset::Currency(ledger.currency());
     let (mut owed_by_issuers, mut owed_to_redeemers, mut float, mut rounding, mut fees) =
         (0i64, 0i64, 0i64, 0i64, 0i64);
+    let mut breakage: Vec<(String, i64, i64)> = Vec::new();
     for (key, id) in ledger.accounts() {
         let balance = ledger.balance_of(id, money);
         match key {
+            coalition_domain::AccountKey::MerchantBreakage(issuer) => breakage.push((
+                issuer.to_string(),
+                ledger.balance_of(id, coalition_domain::Asset::Points),
+                balance,
+            )),
             coalition_domain::AccountKey::MerchantSettlement(_) if balance < 0 => {
                 owed_by_issuers -= balance
             }
@@ -546,6 +623,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         minor_units(float),
         minor_units(fees),
         minor_units(rounding)
+    );
+    breakage.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!(
+        "breakage              {} points, {} {currency} across {} issuers; largest: {}",
+        breakage.iter().map(|(_, points, _)| points).sum::<i64>(),
+        minor_units(breakage.iter().map(|(_, _, money)| money).sum::<i64>()),
+        breakage.len(),
+        breakage
+            .iter()
+            .take(3)
+            .map(|(issuer, points, money)| format!(
+                "{issuer} {points} ({} {currency})",
+                minor_units(*money)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for problem in &report.problems {
         println!("problem: {problem}");

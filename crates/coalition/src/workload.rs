@@ -125,6 +125,13 @@ pub struct Expected {
     pub unknown_members: usize,
     pub burns_beyond_balance: usize,
     pub changed_body_retries: usize,
+    /// Follow-ups, all valid: parking exits (captures), cancelled parking entries (voids),
+    /// purchase refunds (of which some at another tenant) and cancelled cinema tickets.
+    pub captures: usize,
+    pub voids: usize,
+    pub refunds: usize,
+    pub refunds_elsewhere: usize,
+    pub cancelled_tickets: usize,
 }
 
 /// The generated day.
@@ -133,8 +140,11 @@ pub struct Day {
     pub members: Vec<String>,
     /// Points members bring into the day (earned on earlier days), submitted first.
     pub carry_in: Vec<pb::Envelope>,
-    /// The day's submissions in time order, faults included.
+    /// The day's submissions in time order, faults included. Parking entries are holds.
     pub traffic: Vec<pb::Envelope>,
+    /// What refers to the day's transactions, sent once the day is cleared: parking exits
+    /// and voids for the holds, refunds of purchases, cancelled tickets.
+    pub follow_ups: Vec<pb::Envelope>,
     pub expected: Expected,
 }
 
@@ -229,6 +239,8 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
             occurred_at_unix_ms: at_ms,
             store_id: format!("store-{store}"),
             terminal_id: format!("pos-{}", store % 7 + 1),
+            refers_to_transaction_id: String::new(),
+            refers_to_merchant_id: String::new(),
         }
     };
 
@@ -252,6 +264,8 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
         );
         carry_in.push(merchants[merchant].signer.envelope(&planned));
     }
+
+    let carried_in = available.clone();
 
     // A time within the day following the hourly shares.
     let hour_weights: Vec<(u32, u32)> = profile.hourly_share_percent.to_vec();
@@ -337,13 +351,19 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
             .find(|&m| available[m] >= points);
         let Some(member) = member else { continue };
         available[member] -= points;
+        // Parking takes points as a hold at the entry gate, captured at the exit.
+        let (kind, id) = if merchant == parking {
+            (pb::TransactionKind::Hold, format!("gate-in-{index:07}"))
+        } else {
+            (pb::TransactionKind::Burn, format!("burn-{index:07}"))
+        };
         planned.push(Planned {
             at_ms,
             merchant,
             body: body(
                 &merchants[merchant],
-                format!("burn-{index:07}"),
-                pb::TransactionKind::Burn,
+                id,
+                kind,
                 &members[member],
                 points,
                 None,
@@ -355,12 +375,22 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
     }
     let valid = planned.len();
     expected.unique_valid = valid;
+    let follow_ups = plan_follow_ups(
+        &mut rng,
+        &planned,
+        &merchants,
+        tenants.clone(),
+        day_end_ms,
+        &mut expected,
+    );
     let faults = |per_10000: u32| valid * per_10000 as usize / 10_000;
 
     // Burns beyond the balance: more than the member could have even after all of today's earns.
     for index in 0..faults(profile.burn_beyond_balance_per_10000) {
         let member = rng.random_range(0..members.len());
-        let points = available[member] + earned_today[member] + rng.random_range(1..=500);
+        // Beyond what the member held at any moment of the day, whatever the order of
+        // delivery: everything carried in and earned, before any burn.
+        let points = carried_in[member] + earned_today[member] + rng.random_range(1..=500);
         let at_ms = time_in_day(&mut rng);
         planned.push(Planned {
             at_ms,
@@ -469,8 +499,103 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
         members,
         carry_in,
         traffic,
+        follow_ups,
         expected,
     }
+}
+
+/// Percent of parking holds voided (the driver left without parking) rather than captured.
+const VOID_PERCENT: u32 = 5;
+/// Refunds per 100 earns, cancelled tickets per 100 cinema burns, and the percent of refunds
+/// made at another tenant than the one that sold (see the workload profile).
+const REFUND_PERCENT: u32 = 2;
+const CANCELLED_TICKET_PERCENT: u32 = 1;
+const REFUND_ELSEWHERE_PERCENT: u32 = 10;
+
+/// Plans what refers to the day's valid transactions: every parking hold is captured at the
+/// exit (part of what it held) or voided; some purchases are refunded, fully or in part,
+/// some at another tenant; some cinema tickets are cancelled.
+fn plan_follow_ups(
+    rng: &mut SmallRng,
+    planned: &[Planned],
+    merchants: &[DayMerchant],
+    tenants: std::ops::Range<usize>,
+    day_end_ms: i64,
+    expected: &mut Expected,
+) -> Vec<pb::Envelope> {
+    let mut follow_ups = Vec::new();
+    for (index, original) in planned.iter().enumerate() {
+        let body = &original.body;
+        let later = |rng: &mut SmallRng| {
+            (original.at_ms + rng.random_range(10 * 60_000..3 * HOUR_MS)).min(day_end_ms)
+        };
+        let mut follow_up = pb::TransactionBody {
+            merchant_id: body.merchant_id.clone(),
+            member_id: body.member_id.clone(),
+            spend_minor: None,
+            store_id: body.store_id.clone(),
+            terminal_id: body.terminal_id.clone(),
+            refers_to_transaction_id: body.merchant_transaction_id.clone(),
+            ..Default::default()
+        };
+        let mut signer = original.merchant;
+        match pb::TransactionKind::try_from(body.kind) {
+            Ok(pb::TransactionKind::Hold) => {
+                follow_up.occurred_at_unix_ms = later(rng);
+                if rng.random_range(0..100) < VOID_PERCENT {
+                    follow_up.kind = pb::TransactionKind::Void as i32;
+                    follow_up.merchant_transaction_id = format!("gate-void-{index:07}");
+                    expected.voids += 1;
+                } else {
+                    follow_up.kind = pb::TransactionKind::Capture as i32;
+                    follow_up.merchant_transaction_id = format!("gate-out-{index:07}");
+                    follow_up.points = (body.points * rng.random_range(40..=100) / 100).max(1);
+                    expected.captures += 1;
+                }
+            }
+            Ok(pb::TransactionKind::Earn) if rng.random_range(0..100) < REFUND_PERCENT => {
+                follow_up.occurred_at_unix_ms = later(rng);
+                follow_up.kind = pb::TransactionKind::Reversal as i32;
+                follow_up.merchant_transaction_id = format!("refund-{index:07}");
+                follow_up.points = if rng.random_range(0..100) < 70 {
+                    body.points
+                } else {
+                    (body.points / 2).max(1)
+                };
+                if tenants.contains(&original.merchant)
+                    && rng.random_range(0..100) < REFUND_ELSEWHERE_PERCENT
+                {
+                    // Bought at one tenant, returned at another.
+                    let mut elsewhere = rng.random_range(tenants.clone());
+                    if elsewhere == original.merchant {
+                        elsewhere = tenants.start + (elsewhere + 1 - tenants.start) % tenants.len();
+                    }
+                    signer = elsewhere;
+                    follow_up.merchant_id = merchants[elsewhere].signer.merchant_id.clone();
+                    follow_up.refers_to_merchant_id = body.merchant_id.clone();
+                    expected.refunds_elsewhere += 1;
+                }
+                expected.refunds += 1;
+            }
+            Ok(pb::TransactionKind::Burn)
+                if merchants[original.merchant].category == pb::MerchantCategory::Cinema
+                    && rng.random_range(0..100) < CANCELLED_TICKET_PERCENT =>
+            {
+                follow_up.occurred_at_unix_ms = later(rng);
+                follow_up.kind = pb::TransactionKind::Reversal as i32;
+                follow_up.merchant_transaction_id = format!("cancel-{index:07}");
+                follow_up.points = body.points;
+                expected.cancelled_tickets += 1;
+            }
+            _ => continue,
+        }
+        follow_ups.push((follow_up.occurred_at_unix_ms, signer, follow_up));
+    }
+    follow_ups.sort_by_key(|(at_ms, _, _)| *at_ms);
+    follow_ups
+        .into_iter()
+        .map(|(_, signer, body)| merchants[signer].signer.envelope(&body))
+        .collect()
 }
 
 #[cfg(test)]
@@ -497,6 +622,22 @@ mod tests {
             + expected.burns_beyond_balance
             + expected.changed_body_retries;
         assert_eq!(day.traffic.len(), total);
+        // Every parking hold (40% of 1,200 burns) is followed by a capture or a void; refunds and cancellations
+        // are planted too, some refunds at another tenant.
+        assert_eq!(
+            day.follow_ups.len(),
+            expected.captures + expected.voids + expected.refunds + expected.cancelled_tickets
+        );
+        assert!(
+            expected.captures + expected.voids == 480 && expected.voids > 0,
+            "{expected:?}"
+        );
+        assert!(
+            expected.refunds > 50
+                && expected.refunds_elsewhere > 0
+                && expected.cancelled_tickets > 0,
+            "{expected:?}"
+        );
         // Deterministic: the same seed gives the same day.
         let again = generate(&MallDayProfile::scaled(0.1), 7, 1_800_000_000_000);
         assert_eq!(again.traffic, day.traffic);
