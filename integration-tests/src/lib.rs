@@ -472,6 +472,7 @@ pub async fn register_merchant(
             redeem_price_minor_per_point: REDEEM_PRICE.into(),
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
+            credit_limit_minor: None,
         })
         .await
         .expect("set the merchant's terms");

@@ -31,6 +31,7 @@ async fn set_terms(server: &TestServer, merchant: &str, redeem_price: &str, cros
             redeem_price_minor_per_point: redeem_price.into(),
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: cross,
+            credit_limit_minor: None,
         })
         .await
         .expect("set terms");
@@ -442,7 +443,115 @@ async fn the_server_runs_expiry_on_its_schedule(backend: Backend) {
     assert!(report.is_sound(), "{:?}", report.problems);
 }
 
+async fn credit_limits_and_prepaid_funding_bound_issuance(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, cinema) = server.tenant_and_cinema().await;
+    let kiosk = server
+        .merchant("kiosk", pb::MerchantCategory::MallTenant)
+        .await;
+    let shop = server
+        .merchant("shop", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let mut admin = server.admin();
+    for (merchant, limit) in [("kiosk", 0), ("shop", 1_000)] {
+        admin
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: merchant.into(),
+                issue_price_minor_per_point: "1.05".into(),
+                redeem_price_minor_per_point: "0.95".into(),
+                credit_limit_minor: Some(limit),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    use pb::AccountKind::{MerchantSettlement, OperatorCash};
+
+    // Prepaid: nothing paid in, nothing issued; after 100 yuan, earns draw it down.
+    let refused = server.earn(&kiosk, "k-1", "m-1", 100).await;
+    assert_eq!(
+        rejection(&refused),
+        pb::RejectionReason::PrepaidBalanceInsufficient
+    );
+    let funded = admin
+        .fund_merchant(pb::FundMerchantRequest {
+            merchant_id: "kiosk".into(),
+            amount_minor: 10_000,
+            reference: "bank transfer 2026-11-23/001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(funded.position_minor, 10_000);
+    assert_eq!(money(&server, OperatorCash, "operator").await, -10_000);
+    // 9,000 points cost 9,450 fen; 600 more would cost 630, beyond the 550 left.
+    accepted(&server.earn(&kiosk, "k-2", "m-1", 9_000).await);
+    let beyond = server.earn(&kiosk, "k-3", "m-1", 600).await;
+    assert_eq!(
+        rejection(&beyond),
+        pb::RejectionReason::PrepaidBalanceInsufficient
+    );
+    // 523 points cost 549.15, charged 550: exactly what is left.
+    accepted(&server.earn(&kiosk, "k-4", "m-1", 523).await);
+    assert_eq!(money(&server, MerchantSettlement, "kiosk").await, 0);
+    // A refund gives issuance back, so it is never limited.
+    accepted(
+        &refer(
+            &server,
+            &kiosk,
+            pb::TransactionKind::Reversal,
+            "k-5",
+            "m-1",
+            100,
+            "k-2",
+            "",
+        )
+        .await,
+    );
+
+    // Post-paid with a 10 yuan limit: 952 points cost 999.6, charged 1,000; one more is refused.
+    accepted(&server.earn(&shop, "s-1", "m-1", 952).await);
+    let over = server.earn(&shop, "s-2", "m-1", 1).await;
+    assert_eq!(rejection(&over), pb::RejectionReason::CreditLimitExceeded);
+    // Points redeemed at the shop are owed to it, which makes room again.
+    accepted(&submit(&server, &shop, pb::TransactionKind::Burn, "s-3", "m-1", 100).await);
+    accepted(&server.earn(&shop, "s-4", "m-1", 50).await);
+
+    // Bad fundings are refused with the field named and change nothing.
+    let bad = admin
+        .fund_merchant(pb::FundMerchantRequest {
+            merchant_id: "kiosk".into(),
+            amount_minor: -5,
+            reference: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("amount_minor"), "{}", bad.message());
+    let unknown = admin
+        .fund_merchant(pb::FundMerchantRequest {
+            merchant_id: "nobody".into(),
+            amount_minor: 5,
+            reference: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert_eq!(money(&server, OperatorCash, "operator").await, -10_000);
+    let _ = cinema;
+
+    let server = check_and_restart(server, &["m-1"]).await;
+    // The limits hold after a restart: state and terms come back from the database.
+    let still_over = server.earn(&shop, "s-5", "m-1", 1_000).await;
+    assert_eq!(
+        rejection(&still_over),
+        pb::RejectionReason::CreditLimitExceeded
+    );
+}
+
 on_both_backends!(
+    credit_limits_and_prepaid_funding_bound_issuance,
     reversals_give_points_and_money_back_at_the_original_prices,
     a_reversed_earn_already_spent_leaves_a_debt_that_blocks_burns,
     parking_holds_capture_at_locked_prices_release_and_time_out,

@@ -111,6 +111,26 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
             )))
             .await,
     );
+    // A prepaid merchant that paid nothing in, and a post-paid one with a 1 yuan limit.
+    let prepaid = server
+        .merchant("prepaid-shop", pb::MerchantCategory::MallTenant)
+        .await;
+    let postpaid = server
+        .merchant("postpaid-shop", pb::MerchantCategory::MallTenant)
+        .await;
+    for (merchant, limit) in [("prepaid-shop", 0), ("postpaid-shop", 100)] {
+        server
+            .admin()
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: merchant.into(),
+                issue_price_minor_per_point: "1.05".into(),
+                redeem_price_minor_per_point: "0.95".into(),
+                credit_limit_minor: Some(limit),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let referring = |signer: &MerchantSigner,
                      kind: pb::TransactionKind,
                      id: &str,
@@ -294,6 +314,20 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
                 "h-open",
                 "",
             ),
+        ),
+        (
+            RejectionReason::CreditLimitExceeded,
+            postpaid.envelope(&server.body(
+                &postpaid,
+                pb::TransactionKind::Earn,
+                "t-17",
+                "m-1",
+                200,
+            )),
+        ),
+        (
+            RejectionReason::PrepaidBalanceInsufficient,
+            prepaid.envelope(&server.body(&prepaid, pb::TransactionKind::Earn, "t-18", "m-1", 1)),
         ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();

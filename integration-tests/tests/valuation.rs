@@ -64,6 +64,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
+            credit_limit_minor: None,
         })
         .await
         .unwrap()
@@ -97,6 +98,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
+            credit_limit_minor: None,
         })
         .await
         .unwrap_err();
@@ -119,6 +121,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
                 redeem_price_minor_per_point: "1".into(),
                 fee_minor_per_point: String::new(),
                 cross_merchant_reversals: false,
+                credit_limit_minor: None,
             })
             .await
             .unwrap_err();
@@ -138,6 +141,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
+            credit_limit_minor: None,
         })
         .await
         .unwrap_err();
@@ -370,6 +374,7 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
                 redeem_price_minor_per_point: "0.95".into(),
                 fee_minor_per_point: "0.1".into(),
                 cross_merchant_reversals: false,
+                credit_limit_minor: None,
             })
             .await
             .unwrap();

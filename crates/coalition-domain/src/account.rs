@@ -77,6 +77,8 @@ pub enum AccountKey {
     OperatorRounding,
     /// Clearing fees the operator charged merchants.
     OperatorFees,
+    /// Money that crossed the ledger's edge: what merchants paid in (funding) or were paid out.
+    OperatorCash,
 }
 
 /// The owner name of the operator's own accounts.
@@ -95,6 +97,7 @@ impl AccountKey {
             AccountKey::OperatorFloat => "operator_float",
             AccountKey::OperatorRounding => "operator_rounding",
             AccountKey::OperatorFees => "operator_fees",
+            AccountKey::OperatorCash => "operator_cash",
         }
     }
 
@@ -106,9 +109,10 @@ impl AccountKey {
             | AccountKey::MerchantRedeemed(merchant)
             | AccountKey::MerchantSettlement(merchant)
             | AccountKey::MerchantBreakage(merchant) => merchant.as_str(),
-            AccountKey::OperatorFloat | AccountKey::OperatorRounding | AccountKey::OperatorFees => {
-                OPERATOR
-            }
+            AccountKey::OperatorFloat
+            | AccountKey::OperatorRounding
+            | AccountKey::OperatorFees
+            | AccountKey::OperatorCash => OPERATOR,
         }
     }
 
@@ -130,6 +134,7 @@ impl AccountKey {
             "operator_float" if owner == OPERATOR => Some(AccountKey::OperatorFloat),
             "operator_rounding" if owner == OPERATOR => Some(AccountKey::OperatorRounding),
             "operator_fees" if owner == OPERATOR => Some(AccountKey::OperatorFees),
+            "operator_cash" if owner == OPERATOR => Some(AccountKey::OperatorCash),
             _ => None,
         }
     }
@@ -158,6 +163,7 @@ mod tests {
             AccountKey::OperatorFloat,
             AccountKey::OperatorRounding,
             AccountKey::OperatorFees,
+            AccountKey::OperatorCash,
         ];
         for key in keys {
             assert_eq!(

@@ -60,7 +60,14 @@ pub fn entry_hash(entry: &Entry) -> [u8; 32] {
         }
         None => hasher.update([0]),
     }
-    put_text(&mut hasher, entry.member_id.as_str());
+    // An entry without a member hashes the empty text, which no member id can be.
+    put_text(
+        &mut hasher,
+        entry
+            .member_id
+            .as_ref()
+            .map_or("", |member| member.as_str()),
+    );
     hasher.update(entry.points.to_be_bytes());
     match entry.spend_minor {
         Some(spend) => {

@@ -25,6 +25,8 @@ pub enum EntryKind {
     Void,
     /// The operator released a hold that was neither captured nor voided in time.
     HoldExpiry,
+    /// Money a merchant paid in (prepaid funding): no member, no points.
+    Funding,
     /// The operator booked a member's expired lots to breakage, attributed to their issuers.
     Expiry,
 }
@@ -41,6 +43,7 @@ impl EntryKind {
             EntryKind::Capture => "capture",
             EntryKind::Void => "void",
             EntryKind::HoldExpiry => "hold_expiry",
+            EntryKind::Funding => "funding",
             EntryKind::Expiry => "expiry",
         }
     }
@@ -56,6 +59,7 @@ impl EntryKind {
             "capture" => Some(EntryKind::Capture),
             "void" => Some(EntryKind::Void),
             "hold_expiry" => Some(EntryKind::HoldExpiry),
+            "funding" => Some(EntryKind::Funding),
             "expiry" => Some(EntryKind::Expiry),
             _ => None,
         }
@@ -91,8 +95,9 @@ pub struct Entry {
     /// The server's acceptance time; settlement periods are cut by it.
     pub accepted_at_ms: i64,
     pub origin: Option<MerchantOrigin>,
-    /// The member whose wallet the entry moves, after alias resolution.
-    pub member_id: MemberId,
+    /// The member whose wallet the entry moves, after alias resolution; none for money-only
+    /// entries (funding).
+    pub member_id: Option<MemberId>,
     pub points: i64,
     /// The purchase amount the earn was for, in minor units of the settlement currency.
     pub spend_minor: Option<i64>,

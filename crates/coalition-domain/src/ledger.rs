@@ -43,6 +43,7 @@ impl Receipt {
     /// The receipt a merchant's entry gives; none for operator entries.
     pub fn of_entry(entry: &Entry) -> Option<(ReceiptKey, Receipt)> {
         let origin = entry.origin.as_ref()?;
+        let member_id = entry.member_id.clone()?;
         Some((
             (
                 origin.merchant_id.clone(),
@@ -54,7 +55,7 @@ impl Receipt {
                 kind: entry.kind,
                 accepted_at_ms: entry.accepted_at_ms,
                 body_hash: origin.body_hash,
-                member_id: entry.member_id.clone(),
+                member_id,
                 points: entry.points,
                 member_points_after: entry.member_points_after,
             },
@@ -342,10 +343,16 @@ impl Ledger {
             redeem_price_minor_per_point,
             fee_minor_per_point,
             cross_merchant_reversals,
+            credit_limit_minor,
         } = prices;
         check_price("issue price", issue_price_minor_per_point)?;
         check_price("redeem price", redeem_price_minor_per_point)?;
         check_price("fee", fee_minor_per_point)?;
+        if let Some(limit) = credit_limit_minor
+            && limit < 0
+        {
+            return Err(TermsError::CreditLimitInvalid(limit));
+        }
         let previous_effective_ms = self
             .terms
             .get(&merchant_id)
@@ -382,6 +389,7 @@ impl Ledger {
             redeem_price_minor_per_point,
             fee_minor_per_point,
             cross_merchant_reversals,
+            credit_limit_minor,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
@@ -520,7 +528,7 @@ impl Ledger {
             kind: draft.kind,
             accepted_at_ms,
             origin: Some(origin),
-            member_id: draft.member_id,
+            member_id: Some(draft.member_id),
             points: draft.points,
             spend_minor: submission.spend_minor,
             member_points_after: draft.member_points_after,
@@ -621,6 +629,9 @@ impl Ledger {
         };
         if let Some(side) = side {
             let legs = self.money_legs(side, merchant, points, terms)?;
+            if kind == EntryKind::Earn {
+                self.check_credit(merchant, terms, &legs)?;
+            }
             postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
         }
         Ok(Draft {
@@ -633,6 +644,100 @@ impl Ledger {
             expires_at_ms,
             postings,
         })
+    }
+
+    /// A merchant's net money position with the operator: negative when it owes.
+    pub fn merchant_position(&self, merchant_id: &MerchantId) -> i64 {
+        self.account_id(&AccountKey::MerchantSettlement(merchant_id.clone()))
+            .map_or(0, |account| {
+                self.balance_of(account, Asset::Currency(self.currency))
+            })
+    }
+
+    /// Refuses an earn whose cost would take the merchant's net position below its credit
+    /// limit (zero for a prepaid merchant). Only earns are limited: reversals, captures and
+    /// the clearing of settlements must always be possible.
+    fn check_credit(
+        &self,
+        merchant_id: &MerchantId,
+        terms: &MerchantTerms,
+        legs: &[Posting; 5],
+    ) -> Result<(), ApplyError> {
+        let Some(limit) = terms.credit_limit_minor else {
+            return Ok(());
+        };
+        let settlement = AccountKey::MerchantSettlement(merchant_id.clone());
+        let cost: i64 = -legs
+            .iter()
+            .filter(|posting| posting.account == settlement)
+            .map(|posting| posting.amount)
+            .sum::<i64>();
+        let position = self.merchant_position(merchant_id);
+        if position - cost >= -limit {
+            return Ok(());
+        }
+        let currency = self.currency.as_str();
+        Err(if limit == 0 {
+            rejected(
+                RejectionReason::PrepaidBalanceInsufficient,
+                format!(
+                    "merchant {merchant_id} is prepaid with {} {currency} minor units left; the earn costs {cost}",
+                    position.max(0)
+                ),
+            )
+        } else {
+            rejected(
+                RejectionReason::CreditLimitExceeded,
+                format!(
+                    "merchant {merchant_id} stands at {position} {currency} minor units against a credit limit of {limit}; the earn costs {cost} and would pass it until the merchant settles"
+                ),
+            )
+        })
+    }
+
+    /// Books money a merchant paid in: its position rises by `amount_minor`, the operator's
+    /// cash account records the receipt. Returns the entry's sequence.
+    pub fn fund_merchant(
+        &mut self,
+        merchant_id: &MerchantId,
+        amount_minor: i64,
+        reference: &str,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<u64, ApplyError> {
+        let money = Asset::Currency(self.currency);
+        let entry = self.seal(Entry {
+            sequence: 0,
+            kind: EntryKind::Funding,
+            accepted_at_ms: at_ms,
+            origin: None,
+            member_id: None,
+            points: 0,
+            spend_minor: None,
+            member_points_after: 0,
+            memo: format!("funding of merchant {merchant_id}: {reference}"),
+            terms_version: None,
+            refers_to: None,
+            expires_at_ms: None,
+            postings: vec![
+                Posting {
+                    account: AccountKey::OperatorCash,
+                    asset: money,
+                    amount: -amount_minor,
+                },
+                Posting {
+                    account: AccountKey::MerchantSettlement(merchant_id.clone()),
+                    asset: money,
+                    amount: amount_minor,
+                },
+            ],
+            previous_hash: [0; 32],
+            hash: [0; 32],
+        });
+        let sequence = entry.sequence;
+        self.commit_entry(entry, Some(changes))
+            .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
+        Ok(sequence)
     }
 
     /// The receipt of the transaction a reversal, capture or void names.
@@ -935,7 +1040,7 @@ impl Ledger {
                 kind: EntryKind::HoldExpiry,
                 accepted_at_ms: at_ms,
                 origin: None,
-                member_id: member_id.clone(),
+                member_id: Some(member_id.clone()),
                 points: hold.points,
                 spend_minor: None,
                 member_points_after,
@@ -1044,7 +1149,7 @@ impl Ledger {
                 kind: EntryKind::Expiry,
                 accepted_at_ms: at_ms,
                 origin: None,
-                member_id,
+                member_id: Some(member_id),
                 points,
                 spend_minor: None,
                 member_points_after,
@@ -1121,7 +1226,7 @@ impl Ledger {
                 kind: EntryKind::MemberMerge,
                 accepted_at_ms: at_ms,
                 origin: None,
-                member_id: target.clone(),
+                member_id: Some(target.clone()),
                 points: moved_points,
                 spend_minor: None,
                 member_points_after,
@@ -1360,6 +1465,8 @@ impl Ledger {
         let mut consumptions = Vec::new();
         let sequence = entry.sequence;
         let shape = || ReplayError::Shape(sequence);
+        // Every entry but funding moves one member's wallet.
+        let member = || entry.member_id.as_ref().ok_or_else(shape);
         match entry.kind {
             EntryKind::Earn => {
                 let origin = entry.origin.as_ref().ok_or_else(shape)?;
@@ -1374,19 +1481,13 @@ impl Ledger {
                     issue_terms_version: entry.terms_version,
                     points: entry.points,
                 };
-                self.put_lots(
-                    &entry.member_id,
-                    vec![lot],
-                    sequence,
-                    &mut lots,
-                    &mut consumptions,
-                );
+                self.put_lots(member()?, vec![lot], sequence, &mut lots, &mut consumptions);
                 self.reversibles.insert(
                     sequence,
                     Reversible {
                         kind: EntryKind::Earn,
                         merchant_id: origin.merchant_id.clone(),
-                        member_id: entry.member_id.clone(),
+                        member_id: member()?.clone(),
                         points: entry.points,
                         reversed: 0,
                         terms_version: entry.terms_version.ok_or_else(shape)?,
@@ -1401,7 +1502,7 @@ impl Ledger {
                 // consuming their lots; the capture consumes what it redeems.
                 let mut held_consumptions = Vec::new();
                 let taken = self.take_lots(
-                    &entry.member_id,
+                    member()?,
                     entry.points,
                     sequence,
                     None,
@@ -1420,7 +1521,7 @@ impl Ledger {
                         Reversible {
                             kind: EntryKind::Burn,
                             merchant_id: origin.merchant_id.clone(),
-                            member_id: entry.member_id.clone(),
+                            member_id: member()?.clone(),
                             points: entry.points,
                             reversed: 0,
                             terms_version,
@@ -1434,7 +1535,7 @@ impl Ledger {
                         sequence,
                         OpenHold {
                             merchant_id: origin.merchant_id.clone(),
-                            member_id: entry.member_id.clone(),
+                            member_id: member()?.clone(),
                             points: entry.points,
                             terms_version,
                             expires_at_ms,
@@ -1464,14 +1565,14 @@ impl Ledger {
                     lot_id: lot.lot_id,
                     points: lot.points,
                 }));
-                self.restore_lots(&entry.member_id, released, sequence, &mut consumptions);
+                self.restore_lots(member()?, released, sequence, &mut consumptions);
                 if entry.kind == EntryKind::Capture {
                     self.reversibles.insert(
                         sequence,
                         Reversible {
                             kind: EntryKind::Capture,
                             merchant_id: hold.merchant_id,
-                            member_id: entry.member_id.clone(),
+                            member_id: member()?.clone(),
                             points: captured,
                             reversed: 0,
                             terms_version: hold.terms_version,
@@ -1498,7 +1599,7 @@ impl Ledger {
                     // The earn's own lot first, then the member's other lots; what the member
                     // already spent becomes a debt (see `lots`).
                     let taken = self.take_lots(
-                        &entry.member_id,
+                        member()?,
                         entry.points,
                         sequence,
                         Some(LotId {
@@ -1508,10 +1609,7 @@ impl Ledger {
                         &mut consumptions,
                     )?;
                     let short = entry.points - taken.iter().map(|lot| lot.points).sum::<i64>();
-                    self.members
-                        .get_mut(&entry.member_id)
-                        .ok_or_else(shape)?
-                        .debt += short;
+                    self.members.get_mut(member()?).ok_or_else(shape)?.debt += short;
                 } else {
                     // The burn's pieces are given back last taken first, as they left.
                     let (_, not_yet_reversed_tail) = Wallet::split(
@@ -1520,7 +1618,7 @@ impl Ledger {
                     );
                     let (given_back, _) = Wallet::split(not_yet_reversed_tail, entry.points);
                     self.put_lots(
-                        &entry.member_id,
+                        member()?,
                         given_back,
                         sequence,
                         &mut lots,
@@ -1529,7 +1627,7 @@ impl Ledger {
                 }
             }
             EntryKind::Expiry => {
-                let wallet = self.members.get_mut(&entry.member_id).ok_or_else(shape)?;
+                let wallet = self.members.get_mut(member()?).ok_or_else(shape)?;
                 let expired = wallet.take_expired(entry.accepted_at_ms);
                 if expired.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
                     return Err(shape());
@@ -1540,13 +1638,20 @@ impl Ledger {
                     points: lot.points,
                 }));
             }
+            EntryKind::Funding => {
+                if entry.member_id.is_some() || entry.points != 0 {
+                    return Err(shape());
+                }
+            }
             EntryKind::MemberMerge => {
                 let source = entry
                     .postings
                     .iter()
                     .find_map(|posting| match &posting.account {
-                        AccountKey::MemberWallet(member) if *member != entry.member_id => {
-                            Some(member.clone())
+                        AccountKey::MemberWallet(wallet)
+                            if Some(wallet) != entry.member_id.as_ref() =>
+                        {
+                            Some(wallet.clone())
                         }
                         _ => None,
                     })
@@ -1556,13 +1661,7 @@ impl Ledger {
                 if moved.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
                     return Err(ReplayError::LotsShort(sequence));
                 }
-                self.put_lots(
-                    &entry.member_id,
-                    moved,
-                    sequence,
-                    &mut lots,
-                    &mut consumptions,
-                );
+                self.put_lots(member()?, moved, sequence, &mut lots, &mut consumptions);
             }
         }
 
@@ -1577,7 +1676,11 @@ impl Ledger {
             hash: entry.hash,
         };
         self.last_accepted_at_ms = self.last_accepted_at_ms.max(entry.accepted_at_ms);
-        if self.wallet_points(&entry.member_id) != entry.member_points_after {
+        let wallet_after = entry
+            .member_id
+            .as_ref()
+            .map_or(0, |member_id| self.wallet_points(member_id));
+        if wallet_after != entry.member_points_after {
             return Err(ReplayError::WalletMismatch(entry.sequence));
         }
         if let Some(changes) = changes {

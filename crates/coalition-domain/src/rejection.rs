@@ -64,11 +64,16 @@ pub enum RejectionReason {
     HoldNotOpen = 26,
     /// A capture asks for more points than the hold holds.
     CaptureExceedsHold = 27,
+    /// The earn would take a post-paid merchant's net position with the operator below its
+    /// credit limit.
+    CreditLimitExceeded = 28,
+    /// The earn costs a prepaid merchant more than the funded balance it has left.
+    PrepaidBalanceInsufficient = 29,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 27] = [
+    pub const ALL: [RejectionReason; 29] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -96,6 +101,8 @@ impl RejectionReason {
         Self::ReversalExceedsRemaining,
         Self::HoldNotOpen,
         Self::CaptureExceedsHold,
+        Self::CreditLimitExceeded,
+        Self::PrepaidBalanceInsufficient,
     ];
 
     /// The stable numeric code, equal to the gRPC enum value.
@@ -140,6 +147,8 @@ impl RejectionReason {
             Self::ReversalExceedsRemaining => "reversal_exceeds_remaining",
             Self::HoldNotOpen => "hold_not_open",
             Self::CaptureExceedsHold => "capture_exceeds_hold",
+            Self::CreditLimitExceeded => "credit_limit_exceeded",
+            Self::PrepaidBalanceInsufficient => "prepaid_balance_insufficient",
         }
     }
 }

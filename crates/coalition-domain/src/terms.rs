@@ -33,6 +33,10 @@ pub struct MerchantTerms {
     /// Whether the merchant may reverse transactions other merchants made (a purchase
     /// returned at another store). The money is reversed with the original merchant.
     pub cross_merchant_reversals: bool,
+    /// How far the merchant's net money position with the operator may go below zero before
+    /// its earns are refused, in minor units: `None` for no limit, `Some(0)` for a prepaid
+    /// merchant whose earns draw down what it paid in, `Some(limit)` for a post-paid one.
+    pub credit_limit_minor: Option<i64>,
 }
 
 /// What one version of terms sets: prices in minor units per point, and permissions.
@@ -46,6 +50,8 @@ pub struct Prices {
     pub fee_minor_per_point: Decimal,
     /// Whether the merchant may reverse other merchants' transactions.
     pub cross_merchant_reversals: bool,
+    /// See `MerchantTerms::credit_limit_minor`.
+    pub credit_limit_minor: Option<i64>,
 }
 
 /// Why terms were refused.
@@ -55,6 +61,8 @@ pub enum TermsError {
         "{field} must be from 0 to {PRICE_MINOR_PER_POINT_MAX} minor units per point with at most {PRICE_SCALE_MAX} decimals, got {value}"
     )]
     PriceInvalid { field: &'static str, value: Decimal },
+    #[error("the credit limit cannot be negative, got {0} minor units")]
+    CreditLimitInvalid(i64),
     #[error(
         "terms effective from {effective_from_ms} ms would reprice entries already accepted up to {last_accepted_at_ms} ms"
     )]

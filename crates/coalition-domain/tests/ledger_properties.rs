@@ -54,6 +54,8 @@ enum Step {
     },
     /// Time passes far enough for holds and lots to expire; the expiry run is made twice.
     Expire,
+    /// Merchant 0 pays money in.
+    Fund(i64),
     /// The finance team sets new prices for a merchant.
     Reprice {
         merchant: u8,
@@ -100,6 +102,7 @@ fn step() -> impl Strategy<Value = Step> {
         }),
         3 => (0u8..3, prop_oneof![Just(0i64), 1i64..300]).prop_map(|(target, points)| Step::Settle { target, points }),
         1 => Just(Step::Expire),
+        1 => (1i64..3_000).prop_map(Step::Fund),
         1 => (0u8..2, 0i64..300, 0i64..300).prop_map(|(merchant, issue_cents, redeem_cents)| {
             Step::Reprice {
                 merchant,
@@ -137,14 +140,18 @@ fn submission(
     }
 }
 
+/// Merchant 1 may reverse others' transactions; merchant 0 has a credit limit.
 fn prices(issue_cents: i64, redeem_cents: i64, fee_cents: i64, cross: bool) -> Prices {
     Prices {
         issue_price_minor_per_point: Decimal::new(issue_cents, 2),
         redeem_price_minor_per_point: Decimal::new(redeem_cents, 2),
         fee_minor_per_point: Decimal::new(fee_cents, 2),
         cross_merchant_reversals: cross,
+        credit_limit_minor: (!cross).then_some(CREDIT_LIMIT),
     }
 }
+
+const CREDIT_LIMIT: i64 = 1_500;
 
 fn merchant(index: u8) -> MerchantId {
     MerchantId::new(format!("merchant-{index}")).unwrap()
@@ -250,11 +257,15 @@ proptest! {
                     match ledger.apply(&submission(merchant, index, TransactionKind::Earn, points, id.clone(), occurred), now, &mut changes) {
                         Ok(Outcome::Applied(receipt)) => {
                             prop_assert_eq!(receipt.member_points_after, before_points + points);
+                            if merchant == 0 {
+                                // Merchant 0 (credit-limited) never issues past its limit.
+                                prop_assert!(ledger.merchant_position(&self::merchant(0)) >= -CREDIT_LIMIT);
+                            }
                             earned.push((merchant, index, points, id.clone(), occurred));
                             reversible.push((merchant, id, index));
                         }
                         Err(ApplyError::Rejected(rejection)) => prop_assert!(
-                            matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::TermsMissing),
+                            matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::TermsMissing | RejectionReason::CreditLimitExceeded),
                             "{rejection:?}"
                         ),
                         other => prop_assert!(false, "unexpected {other:?}"),
@@ -348,6 +359,11 @@ proptest! {
                         }
                         other => prop_assert!(false, "unexpected {other:?}"),
                     }
+                }
+                Step::Fund(amount) => {
+                    let before = ledger.merchant_position(&merchant(0));
+                    ledger.fund_merchant(&merchant(0), amount, "transfer", now, &mut changes).unwrap();
+                    prop_assert_eq!(ledger.merchant_position(&merchant(0)), before + amount);
                 }
                 Step::Expire => {
                     clock += 200;
@@ -480,7 +496,7 @@ fn an_altered_entry_breaks_the_chain() {
         .add_terms(
             MerchantId::new("merchant-0").unwrap(),
             None,
-            prices(100, 100, 0, false),
+            prices(100, 100, 0, true),
             -1,
             &mut changes,
         )

@@ -43,6 +43,9 @@ impl EngineConfig {
     }
 }
 
+/// The largest single funding, in minor units: a guard against a misplaced decimal point.
+pub const FUNDING_MINOR_MAX: i64 = 1_000_000_000_000;
+
 /// Extra time receipts stay in memory beyond the offline window, for queueing delays.
 const RECEIPT_RETENTION_MARGIN_MS: i64 = 3_600_000;
 
@@ -364,6 +367,48 @@ impl Engine {
         response
             .await
             .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// Books money a merchant paid in (funding a prepaid merchant, or paying down a post-paid
+    /// one's position). Returns the entry's sequence and the merchant's new position.
+    pub async fn fund_merchant(
+        &self,
+        merchant_id: MerchantId,
+        amount_minor: i64,
+        reference: String,
+    ) -> Result<(u64, i64), AdminError> {
+        if self.registry().merchant(&merchant_id).is_none() {
+            return Err(AdminError::Registry(RegistryError::MerchantUnknown(
+                merchant_id,
+            )));
+        }
+        if amount_minor <= 0 || amount_minor > FUNDING_MINOR_MAX {
+            return Err(AdminError::Invalid {
+                field: "amount_minor",
+                message: format!(
+                    "must be from 1 to {FUNDING_MINOR_MAX} minor units, got {amount_minor}"
+                ),
+            });
+        }
+        if reference.trim().is_empty() || reference.len() > 200 {
+            return Err(AdminError::Invalid {
+                field: "reference",
+                message: "a funding needs a reference (the bank transfer's), at most 200 bytes"
+                    .into(),
+            });
+        }
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Fund {
+            merchant_id,
+            amount_minor,
+            reference,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+            .map_err(AdminError::Engine)
     }
 
     /// The expiry run: books every lot expired by now to breakage. Idempotent: a second run

@@ -37,6 +37,13 @@ pub(crate) enum Command {
         prices: Prices,
         reply: oneshot::Sender<Result<MerchantTerms, AdminError>>,
     },
+    /// Money a merchant paid in.
+    Fund {
+        merchant_id: MerchantId,
+        amount_minor: i64,
+        reference: String,
+        reply: oneshot::Sender<Result<(u64, i64), EngineError>>,
+    },
     /// The expiry run.
     Expire {
         reply: oneshot::Sender<Result<ExpirySummary, EngineError>>,
@@ -58,6 +65,7 @@ impl Command {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
             Command::Expire { reply } => drop(reply.send(Err(error.clone()))),
+            Command::Fund { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::Shutdown => {}
         }
     }
@@ -70,6 +78,7 @@ impl Command {
             Command::Alias { .. }
             | Command::Terms { .. }
             | Command::Expire { .. }
+            | Command::Fund { .. }
             | Command::Shutdown => 1,
         }
     }
@@ -97,6 +106,7 @@ enum Pending {
         oneshot::Sender<Result<ExpirySummary, EngineError>>,
         ExpirySummary,
     ),
+    Fund(oneshot::Sender<Result<(u64, i64), EngineError>>, (u64, i64)),
 }
 
 impl Pending {
@@ -109,6 +119,7 @@ impl Pending {
             Pending::Alias(reply, result) => drop(reply.send(result)),
             Pending::Terms(reply, result) => drop(reply.send(result)),
             Pending::Expire(reply, summary) => drop(reply.send(Ok(summary))),
+            Pending::Fund(reply, booked) => drop(reply.send(Ok(booked))),
         }
     }
 
@@ -119,6 +130,7 @@ impl Pending {
             Pending::Alias(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
             Pending::Terms(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
             Pending::Expire(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Fund(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
 }
@@ -315,6 +327,29 @@ impl Writer {
                         accepted_until_ms = accepted_until_ms.max(terms.effective_from_ms);
                     }
                     pending.push(Pending::Terms(reply, result));
+                }
+                Command::Fund {
+                    merchant_id,
+                    amount_minor,
+                    reference,
+                    reply,
+                } => {
+                    match self.ledger.fund_merchant(
+                        &merchant_id,
+                        amount_minor,
+                        &reference,
+                        accepted_at_ms,
+                        &mut changes,
+                    ) {
+                        Ok(sequence) => {
+                            let position = self.ledger.merchant_position(&merchant_id);
+                            pending.push(Pending::Fund(reply, (sequence, position)));
+                        }
+                        Err(error) => {
+                            invariant_violation = Some(error.to_string());
+                            pending.push(Pending::Fund(reply, (0, 0)));
+                        }
+                    }
                 }
                 Command::Expire { reply } => {
                     match self.ledger.expire_lots(accepted_at_ms, &mut changes) {

@@ -59,7 +59,7 @@ pub fn admin_status(error: AdminError) -> Status {
         AdminError::Terms(
             TermsError::EffectiveInThePast { .. } | TermsError::NotAfterPrevious { .. },
         ) => Status::failed_precondition(error.to_string()),
-        AdminError::Terms(TermsError::PriceInvalid { .. }) => {
+        AdminError::Terms(TermsError::PriceInvalid { .. } | TermsError::CreditLimitInvalid(_)) => {
             Status::invalid_argument(error.to_string())
         }
         AdminError::Registry(
@@ -70,7 +70,7 @@ pub fn admin_status(error: AdminError) -> Status {
         )
         | AdminError::Member(MemberError::Unknown(_)) => Status::not_found(error.to_string()),
         AdminError::Registry(RegistryError::KeyAlreadyRevoked { .. })
-        | AdminError::Member(MemberError::AlreadyAliased(_)) => {
+        | AdminError::Member(MemberError::AlreadyAliased(_) | MemberError::InDebt { .. }) => {
             Status::failed_precondition(error.to_string())
         }
         AdminError::Registry(_) | AdminError::Member(_) | AdminError::Invalid { .. } => {
@@ -307,6 +307,7 @@ impl AdminService for Admin {
                         price("fee_minor_per_point", &request.fee_minor_per_point)?
                     },
                     cross_merchant_reversals: request.cross_merchant_reversals,
+                    credit_limit_minor: request.credit_limit_minor,
                 },
             )
             .await
@@ -314,6 +315,27 @@ impl AdminService for Admin {
         tracing::info!(merchant_id = %terms.merchant_id, version = terms.version, "terms set");
         Ok(Response::new(pb::SetMerchantTermsResponse {
             terms: Some(convert::wire_terms(&terms)),
+        }))
+    }
+
+    async fn fund_merchant(
+        &self,
+        request: Request<pb::FundMerchantRequest>,
+    ) -> Result<Response<pb::FundMerchantResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let (entry_sequence, position_minor) = self
+            .engine
+            .fund_merchant(
+                merchant_id(request.merchant_id)?,
+                request.amount_minor,
+                request.reference,
+            )
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::FundMerchantResponse {
+            entry_sequence,
+            position_minor,
         }))
     }
 

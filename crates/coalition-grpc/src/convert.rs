@@ -61,7 +61,7 @@ fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
         EntryKind::Hold => pb::TransactionKind::Hold,
         EntryKind::Capture => pb::TransactionKind::Capture,
         EntryKind::Void => pb::TransactionKind::Void,
-        EntryKind::MemberMerge | EntryKind::HoldExpiry | EntryKind::Expiry => {
+        EntryKind::MemberMerge | EntryKind::HoldExpiry | EntryKind::Expiry | EntryKind::Funding => {
             pb::TransactionKind::Unspecified
         }
     }
@@ -115,6 +115,7 @@ pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
         AccountKey::OperatorFloat => pb::AccountKind::OperatorFloat,
         AccountKey::OperatorRounding => pb::AccountKind::OperatorRounding,
         AccountKey::OperatorFees => pb::AccountKind::OperatorFees,
+        AccountKey::OperatorCash => pb::AccountKind::OperatorCash,
     }
 }
 
@@ -142,7 +143,8 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
         Ok(
             kind @ (pb::AccountKind::OperatorFloat
             | pb::AccountKind::OperatorRounding
-            | pb::AccountKind::OperatorFees),
+            | pb::AccountKind::OperatorFees
+            | pb::AccountKind::OperatorCash),
         ) => {
             if !(owner_id.is_empty() || owner_id == OPERATOR) {
                 return Err(invalid(format!(
@@ -152,6 +154,7 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
             Ok(match kind {
                 pb::AccountKind::OperatorFloat => AccountKey::OperatorFloat,
                 pb::AccountKind::OperatorRounding => AccountKey::OperatorRounding,
+                pb::AccountKind::OperatorCash => AccountKey::OperatorCash,
                 _ => AccountKey::OperatorFees,
             })
         }
@@ -176,7 +179,10 @@ pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
         store_id: origin.map(|o| o.store_id.clone()).unwrap_or_default(),
         terminal_id: origin.map(|o| o.terminal_id.clone()).unwrap_or_default(),
         occurred_at_unix_ms: origin.map(|o| o.occurred_at_ms).unwrap_or_default(),
-        member_id: entry.member_id.to_string(),
+        member_id: entry
+            .member_id
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string),
         points: entry.points,
         spend_minor: entry.spend_minor,
         member_points_balance: entry.member_points_after,
@@ -227,5 +233,6 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
         fee_minor_per_point: terms.fee_minor_per_point.to_string(),
         cross_merchant_reversals: terms.cross_merchant_reversals,
+        credit_limit_minor: terms.credit_limit_minor,
     }
 }

@@ -138,7 +138,8 @@ impl QueryService for Queries {
                 | AccountKey::MerchantBreakage(owner) => owner == merchant,
                 AccountKey::OperatorFloat
                 | AccountKey::OperatorRounding
-                | AccountKey::OperatorFees => false,
+                | AccountKey::OperatorFees
+                | AccountKey::OperatorCash => false,
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(

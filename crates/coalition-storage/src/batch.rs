@@ -282,7 +282,17 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
             ),
             (
                 "member_id",
-                Column::Text(entries.iter().map(|e| e.member_id.to_string()).collect()),
+                // Empty for an entry without a member (no member id is empty).
+                Column::Text(
+                    entries
+                        .iter()
+                        .map(|e| {
+                            e.member_id
+                                .as_ref()
+                                .map_or_else(String::new, |m| m.to_string())
+                        })
+                        .collect(),
+                ),
             ),
             (
                 "points",
@@ -520,6 +530,10 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                         .map(|t| t.fee_minor_per_point.to_string())
                         .collect(),
                 ),
+            ),
+            (
+                "credit_limit_minor",
+                Column::NullableBigInt(terms.iter().map(|t| t.credit_limit_minor).collect()),
             ),
             (
                 "cross_merchant_reversals",

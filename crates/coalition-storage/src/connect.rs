@@ -44,6 +44,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reversals holds expiry",
         include_str!("../../../migrations/sqlite/0005_reversals_holds_expiry.sql"),
     ),
+    (
+        6,
+        "credit limits",
+        include_str!("../../../migrations/sqlite/0006_credit_limits.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -71,6 +76,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "reversals holds expiry",
         include_str!("../../../migrations/postgres/0005_reversals_holds_expiry.sql"),
+    ),
+    (
+        6,
+        "credit limits",
+        include_str!("../../../migrations/postgres/0006_credit_limits.sql"),
     ),
 ];
 

@@ -166,8 +166,14 @@ impl EntryRow {
             kind,
             accepted_at_ms: self.accepted_at_ms,
             origin,
-            member_id: MemberId::new(self.member_id)
-                .map_err(|error| corrupt(format!("entry {sequence}: member id {error}")))?,
+            member_id: if self.member_id.is_empty() {
+                None
+            } else {
+                Some(
+                    MemberId::new(self.member_id)
+                        .map_err(|error| corrupt(format!("entry {sequence}: member id {error}")))?,
+                )
+            },
             points: self.points,
             spend_minor: self.spend_minor,
             member_points_after: self.member_points_after,
@@ -465,7 +471,7 @@ impl Storage {
         let rows = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
-                 fee_minor_per_point, cross_merchant_reversals \
+                 fee_minor_per_point, cross_merchant_reversals, credit_limit_minor \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -480,13 +486,14 @@ impl Storage {
                     row.try_get::<String, _>("redeem_price_minor_per_point")?,
                     row.try_get::<String, _>("fee_minor_per_point")?,
                     row.try_get::<i64, _>("cross_merchant_reversals")?,
+                    row.try_get::<Option<i64>, _>("credit_limit_minor")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         rows.into_iter()
             .map(
-                |(merchant_id, version, effective_from_ms, issue, redeem, fee, cross)| {
+                |(merchant_id, version, effective_from_ms, issue, redeem, fee, cross, limit)| {
                     let price = |text: &str| {
                         rust_decimal::Decimal::from_str_exact(text)
                             .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
@@ -501,6 +508,7 @@ impl Storage {
                         redeem_price_minor_per_point: price(&redeem)?,
                         fee_minor_per_point: price(&fee)?,
                         cross_merchant_reversals: cross != 0,
+                        credit_limit_minor: limit,
                     })
                 },
             )

@@ -180,6 +180,21 @@ pub enum AdminCommand {
         /// The merchant may reverse other merchants' transactions (returns of their sales).
         #[arg(long)]
         cross_merchant_reversals: bool,
+        /// How far the merchant's net position may go below zero before earns are refused,
+        /// in minor units; 0 makes it prepaid. Default: no limit.
+        #[arg(long)]
+        credit_limit_minor: Option<i64>,
+    },
+    /// Book money a merchant paid in (prepaid funding, or paying down a position).
+    Fund {
+        #[arg(long)]
+        merchant: String,
+        /// The amount received, in minor units.
+        #[arg(long)]
+        amount_minor: i64,
+        /// The payment's reference.
+        #[arg(long)]
+        reference: String,
     },
     /// Run the expiry run now: book every expired lot to breakage (idempotent).
     Expire,
@@ -617,6 +632,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             fee,
             effective_from_ms,
             cross_merchant_reversals,
+            credit_limit_minor,
         } => {
             let terms = admin
                 .set_merchant_terms(pb::SetMerchantTermsRequest {
@@ -626,6 +642,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     redeem_price_minor_per_point: redeem_price,
                     fee_minor_per_point: fee,
                     cross_merchant_reversals,
+                    credit_limit_minor,
                 })
                 .await?
                 .into_inner()
@@ -637,6 +654,24 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 terms.issue_price_minor_per_point,
                 terms.redeem_price_minor_per_point,
                 terms.effective_from_unix_ms
+            );
+        }
+        AdminCommand::Fund {
+            merchant,
+            amount_minor,
+            reference,
+        } => {
+            let response = admin
+                .fund_merchant(pb::FundMerchantRequest {
+                    merchant_id: merchant.clone(),
+                    amount_minor,
+                    reference,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "funding booked as entry {}; {merchant} now stands at {} minor units",
+                response.entry_sequence, response.position_minor
             );
         }
         AdminCommand::Expire => {

@@ -293,6 +293,7 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 fee_minor_per_point: DEMO_FEE_MINOR_PER_POINT.into(),
                 // Mall tenants take back each other's sales (bought at A, returned at C).
                 cross_merchant_reversals: merchant.category == pb::MerchantCategory::MallTenant,
+                credit_limit_minor: None,
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;
