@@ -473,6 +473,7 @@ pub async fn register_merchant(
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
             credit_limit_minor: None,
+            earn_points_per_minor: String::new(),
         })
         .await
         .expect("set the merchant's terms");

@@ -32,6 +32,7 @@ async fn set_terms(server: &TestServer, merchant: &str, redeem_price: &str, cros
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: cross,
             credit_limit_minor: None,
+            earn_points_per_minor: String::new(),
         })
         .await
         .expect("set terms");
@@ -550,7 +551,151 @@ async fn credit_limits_and_prepaid_funding_bound_issuance(backend: Backend) {
     );
 }
 
+async fn earns_by_spend_follow_the_rules_in_force(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    let mut admin = server.admin();
+    admin
+        .enroll_members(pb::EnrollMembersRequest {
+            members: vec![
+                pb::MemberEnrollment {
+                    member_id: "m-gold".into(),
+                    tier: Some("gold".into()),
+                },
+                pb::MemberEnrollment {
+                    member_id: "m-plain".into(),
+                    tier: None,
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    let now = server.now_ms();
+    // Without a base rate, an earn by spend is refused.
+    let by_spend = |id: &str, member: &str, spend: i64| pb::TransactionBody {
+        points: 0,
+        spend_minor: Some(spend),
+        ..server.body(&tenant, pb::TransactionKind::Earn, id, member, 0)
+    };
+    let refused = server
+        .submit(tenant.envelope(&by_spend("s-0", "m-plain", 18_000)))
+        .await;
+    assert_eq!(rejection(&refused), pb::RejectionReason::EarnRuleMissing);
+
+    admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "tenant-1".into(),
+            issue_price_minor_per_point: "1.05".into(),
+            redeem_price_minor_per_point: "0.95".into(),
+            earn_points_per_minor: "0.01".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rules = admin
+        .set_earn_rules(pb::SetEarnRulesRequest {
+            effective_from_unix_ms: 0,
+            tiers: vec![pb::TierMultiplier {
+                tier: "gold".into(),
+                multiplier: "1.5".into(),
+            }],
+            campaigns: vec![pb::Campaign {
+                name: "double weekend".into(),
+                merchant_id: "tenant-1".into(),
+                starts_at_unix_ms: now - HOUR_MS,
+                ends_at_unix_ms: now + HOUR_MS,
+                multiplier: "2".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rules.version, 1);
+    // ¥179.99 at one point per yuan: gold in the campaign 179.99 × 3 = 539.97 → 539; a
+    // member without a tier 359.98 → 359; a spend under one point earns nothing.
+    let gold = server
+        .submit(tenant.envelope(&by_spend("s-1", "m-gold", 17_999)))
+        .await;
+    assert_eq!(accepted(&gold).points, 539);
+    let plain = server
+        .submit(tenant.envelope(&by_spend("s-2", "m-plain", 17_999)))
+        .await;
+    assert_eq!(accepted(&plain).points, 359);
+    let tiny = server
+        .submit(tenant.envelope(&by_spend("s-3", "m-plain", 49)))
+        .await;
+    assert_eq!(rejection(&tiny), pb::RejectionReason::SpendEarnsNoPoints);
+    let entry = server.transaction("tenant-1", "s-1").await;
+    assert_eq!(
+        (entry.earn_rule_version, entry.spend_minor),
+        (Some(1), Some(17_999))
+    );
+    // Explicit points are taken as sent.
+    assert_eq!(
+        accepted(&server.earn(&tenant, "s-4", "m-gold", 7).await).points,
+        7
+    );
+
+    // New rules apply to later earns only; rules effective in the past are refused.
+    let in_the_past = admin
+        .set_earn_rules(pb::SetEarnRulesRequest {
+            effective_from_unix_ms: now - DAY_MS,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(in_the_past.code(), tonic::Code::FailedPrecondition);
+    server.clock.advance(1_000);
+    admin
+        .set_earn_rules(pb::SetEarnRulesRequest {
+            tiers: vec![pb::TierMultiplier {
+                tier: "gold".into(),
+                multiplier: "1.5".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let later = server
+        .submit(tenant.envelope(&by_spend("s-5", "m-gold", 17_999)))
+        .await;
+    assert_eq!(accepted(&later).points, 269);
+    assert_eq!(
+        server
+            .transaction("tenant-1", "s-5")
+            .await
+            .earn_rule_version,
+        Some(2)
+    );
+    assert_eq!(server.transaction("tenant-1", "s-1").await.points, 539);
+    let bad = admin
+        .set_earn_rules(pb::SetEarnRulesRequest {
+            tiers: vec![pb::TierMultiplier {
+                tier: "gold".into(),
+                multiplier: "0".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    let server = check_and_restart(server, &["m-gold", "m-plain"]).await;
+    // Rules and tiers come back from the database (10,000 × 0.01 × 1.5); acceptance times
+    // continue from the journal's, so the rules in force are still version 2.
+    let again = pb::TransactionBody {
+        points: 0,
+        spend_minor: Some(10_000),
+        ..server.body(&tenant, pb::TransactionKind::Earn, "s-7", "m-gold", 0)
+    };
+    assert_eq!(
+        accepted(&server.submit(tenant.envelope(&again)).await).points,
+        150
+    );
+}
+
 on_both_backends!(
+    earns_by_spend_follow_the_rules_in_force,
     credit_limits_and_prepaid_funding_bound_issuance,
     reversals_give_points_and_money_back_at_the_original_prices,
     a_reversed_earn_already_spent_leaves_a_debt_that_blocks_burns,

@@ -126,6 +126,8 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
                 issue_price_minor_per_point: "1.05".into(),
                 redeem_price_minor_per_point: "0.95".into(),
                 credit_limit_minor: Some(limit),
+                // One point per yuan spent.
+                earn_points_per_minor: "0.01".into(),
                 ..Default::default()
             })
             .await
@@ -314,6 +316,21 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
                 "h-open",
                 "",
             ),
+        ),
+        (
+            RejectionReason::EarnRuleMissing,
+            with_body(&|b| {
+                b.points = 0;
+                b.spend_minor = Some(18_000);
+            }),
+        ),
+        (
+            RejectionReason::SpendEarnsNoPoints,
+            prepaid.envelope(&pb::TransactionBody {
+                points: 0,
+                spend_minor: Some(99),
+                ..server.body(&prepaid, pb::TransactionKind::Earn, "t-19", "m-1", 0)
+            }),
         ),
         (
             RejectionReason::CreditLimitExceeded,

@@ -65,6 +65,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
             credit_limit_minor: None,
+            earn_points_per_minor: String::new(),
         })
         .await
         .unwrap()
@@ -99,6 +100,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
             credit_limit_minor: None,
+            earn_points_per_minor: String::new(),
         })
         .await
         .unwrap_err();
@@ -122,6 +124,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
                 fee_minor_per_point: String::new(),
                 cross_merchant_reversals: false,
                 credit_limit_minor: None,
+                earn_points_per_minor: String::new(),
             })
             .await
             .unwrap_err();
@@ -142,6 +145,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             fee_minor_per_point: String::new(),
             cross_merchant_reversals: false,
             credit_limit_minor: None,
+            earn_points_per_minor: String::new(),
         })
         .await
         .unwrap_err();
@@ -375,6 +379,7 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
                 fee_minor_per_point: "0.1".into(),
                 cross_merchant_reversals: false,
                 credit_limit_minor: None,
+                earn_points_per_minor: String::new(),
             })
             .await
             .unwrap();

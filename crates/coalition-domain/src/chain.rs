@@ -7,7 +7,8 @@
 //! present, merchant id, transaction id, store id, terminal id, occurred_at (i64) and body hash
 //! (32 bytes); member id, points (i64), a presence byte and spend (i64), member points after
 //! (i64), memo, a presence byte and the terms version (u32), a presence byte and the referred
-//! sequence (u64), a presence byte and the expiry time (i64), the posting count (u32) and per
+//! sequence (u64), a presence byte and the expiry time (i64), a presence byte and the earn
+//! rule version (u32), the posting count (u32) and per
 //! posting the account code, asset code and amount (i64). Strings are a u32 byte length followed by UTF-8 bytes.
 
 use sha2::{Digest, Sha256};
@@ -96,6 +97,13 @@ pub fn entry_hash(entry: &Entry) -> [u8; 32] {
         Some(at_ms) => {
             hasher.update([1]);
             hasher.update(at_ms.to_be_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    match entry.earn_rule_version {
+        Some(version) => {
+            hasher.update([1]);
+            hasher.update(version.to_be_bytes());
         }
         None => hasher.update([0]),
     }

@@ -113,6 +113,8 @@ pub struct Entry {
     pub refers_to: Option<u64>,
     /// When what this entry creates runs out: the lot of an earn, or a hold.
     pub expires_at_ms: Option<i64>,
+    /// The version of the alliance's earn rules that turned an earn's spend into points.
+    pub earn_rule_version: Option<u32>,
     pub postings: Vec<Posting>,
     pub previous_hash: [u8; 32],
     pub hash: [u8; 32],

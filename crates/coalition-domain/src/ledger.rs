@@ -8,10 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::account::{AccountId, AccountKey, Asset, CurrencyCode};
 use crate::chain::{ChainError, ChainHead, entry_hash};
+use crate::earn_rules::{Campaign, EarnRules, check_factor, points_for_spend};
 use crate::ids::{MemberId, MerchantId, MerchantTransactionId};
 use crate::journal::{
     BalanceError, Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting,
@@ -132,6 +134,8 @@ pub struct Changes {
     pub lot_consumptions: Vec<LotConsumption>,
     /// Terms added.
     pub terms: Vec<MerchantTerms>,
+    /// Earn rules added.
+    pub earn_rules: Vec<EarnRules>,
     /// The account of every posting of `entries`, in the same order as the postings.
     pub posting_account_ids: Vec<AccountId>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
@@ -144,6 +148,7 @@ impl Changes {
             && self.aliases.is_empty()
             && self.entries.is_empty()
             && self.terms.is_empty()
+            && self.earn_rules.is_empty()
     }
 
     /// The current balance of every account the batch touched.
@@ -198,6 +203,10 @@ pub struct Ledger {
     currency: CurrencyCode,
     /// Every version of every merchant's terms, oldest first.
     terms: HashMap<MerchantId, Vec<MerchantTerms>>,
+    /// Every version of the alliance's earn rules, oldest first.
+    earn_rules: Vec<EarnRules>,
+    /// Members' tiers, for the earn rules' tier multipliers.
+    member_tiers: HashMap<MemberId, String>,
     /// The latest acceptance time of any entry; terms may not take effect before it.
     last_accepted_at_ms: i64,
     policy: LedgerPolicy,
@@ -225,6 +234,7 @@ pub struct Ledger {
 /// An entry made from a merchant's submission, before it is sealed.
 struct Draft {
     kind: EntryKind,
+    earn_rule_version: Option<u32>,
     member_id: MemberId,
     points: i64,
     member_points_after: i64,
@@ -275,6 +285,8 @@ impl Ledger {
         Ledger {
             currency,
             terms: HashMap::new(),
+            earn_rules: Vec::new(),
+            member_tiers: HashMap::new(),
             last_accepted_at_ms: i64::MIN,
             policy: LedgerPolicy::default(),
             accounts: HashMap::new(),
@@ -307,6 +319,11 @@ impl Ledger {
 
     pub fn currency(&self) -> CurrencyCode {
         self.currency
+    }
+
+    /// The latest acceptance time of any entry (`i64::MIN` before the first).
+    pub fn last_accepted_at_ms(&self) -> i64 {
+        self.last_accepted_at_ms
     }
 
     pub fn head(&self) -> ChainHead {
@@ -344,7 +361,11 @@ impl Ledger {
             fee_minor_per_point,
             cross_merchant_reversals,
             credit_limit_minor,
+            earn_points_per_minor,
         } = prices;
+        if let Some(rate) = earn_points_per_minor {
+            check_factor("the base earn rate", rate)?;
+        }
         check_price("issue price", issue_price_minor_per_point)?;
         check_price("redeem price", redeem_price_minor_per_point)?;
         check_price("fee", fee_minor_per_point)?;
@@ -390,10 +411,89 @@ impl Ledger {
             fee_minor_per_point,
             cross_merchant_reversals,
             credit_limit_minor,
+            earn_points_per_minor,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
         Ok(terms)
+    }
+
+    /// The earn rules in force at `at_ms`.
+    pub fn earn_rules_at(&self, at_ms: i64) -> Option<&EarnRules> {
+        self.earn_rules
+            .iter()
+            .rev()
+            .find(|rules| rules.effective_from_ms <= at_ms)
+    }
+
+    /// Adds the next version of the alliance's earn rules, effective from `effective_from_ms`
+    /// or, when `None`, from the millisecond after the last accepted entry.
+    pub fn add_earn_rules(
+        &mut self,
+        effective_from_ms: Option<i64>,
+        tier_multipliers: BTreeMap<String, Decimal>,
+        campaigns: Vec<Campaign>,
+        now_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<EarnRules, TermsError> {
+        for multiplier in tier_multipliers.values() {
+            check_factor("a tier multiplier", *multiplier)?;
+        }
+        for campaign in &campaigns {
+            check_factor("a campaign multiplier", campaign.multiplier)?;
+            let problem = if campaign.name.trim().is_empty() || campaign.name.len() > 128 {
+                Some("a campaign needs a name of at most 128 bytes")
+            } else if campaign.starts_at_ms >= campaign.ends_at_ms {
+                Some("it must start before it ends")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(TermsError::CampaignInvalid {
+                    name: campaign.name.clone(),
+                    problem: problem.into(),
+                });
+            }
+        }
+        let previous_effective_ms = self
+            .earn_rules
+            .last()
+            .map_or(i64::MIN, |previous| previous.effective_from_ms);
+        let effective_from_ms = effective_from_ms.unwrap_or_else(|| {
+            now_ms
+                .max(self.last_accepted_at_ms.saturating_add(1))
+                .max(previous_effective_ms.saturating_add(1))
+        });
+        if effective_from_ms <= self.last_accepted_at_ms {
+            return Err(TermsError::EffectiveInThePast {
+                effective_from_ms,
+                last_accepted_at_ms: self.last_accepted_at_ms,
+            });
+        }
+        if let Some(previous) = self.earn_rules.last()
+            && effective_from_ms <= previous.effective_from_ms
+        {
+            return Err(TermsError::RulesNotAfterPrevious {
+                effective_from_ms,
+                version: previous.version,
+                previous_ms: previous.effective_from_ms,
+            });
+        }
+        let rules = EarnRules {
+            version: u32::try_from(self.earn_rules.len() + 1)
+                .expect("fewer than 4 billion versions"),
+            effective_from_ms,
+            tier_multipliers,
+            campaigns,
+        };
+        self.earn_rules.push(rules.clone());
+        changes.earn_rules.push(rules.clone());
+        Ok(rules)
+    }
+
+    /// Recovery: restores one stored version of the earn rules (in version order).
+    pub fn restore_earn_rules(&mut self, rules: EarnRules) {
+        self.earn_rules.push(rules);
     }
 
     /// Recovery: restores one stored version of terms (in version order).
@@ -536,6 +636,7 @@ impl Ledger {
             terms_version: draft.terms_version,
             refers_to: draft.refers_to,
             expires_at_ms: draft.expires_at_ms,
+            earn_rule_version: draft.earn_rule_version,
             postings: draft.postings,
             previous_hash: [0; 32],
             hash: [0; 32],
@@ -557,8 +658,8 @@ impl Ledger {
         accepted_at_ms: i64,
     ) -> Result<Draft, ApplyError> {
         let merchant = &submission.merchant_id;
-        let points = submission.points;
         let wallet_before = self.wallet_points(&member_id);
+        let points = submission.points;
         if submission.kind != TransactionKind::Earn && points > wallet_before {
             let owed = if wallet_before < 0 {
                 format!(
@@ -588,6 +689,13 @@ impl Ledger {
                 format!("merchant {merchant} has no terms in force, so its points have no price"),
             )
         })?;
+        // An earn with a spend and no points: the points follow from the earn rules.
+        let (points, earn_rule_version) =
+            if submission.kind == TransactionKind::Earn && submission.points == 0 {
+                self.points_for_spend(submission, &member_id, terms, accepted_at_ms)?
+            } else {
+                (points, None)
+            };
         let (kind, wallet_change, counter_account, expires_at_ms) = match submission.kind {
             TransactionKind::Earn => (
                 EntryKind::Earn,
@@ -635,6 +743,7 @@ impl Ledger {
             postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
         }
         Ok(Draft {
+            earn_rule_version,
             kind,
             member_points_after: checked_wallet(wallet_before, wallet_change)?,
             member_id,
@@ -719,6 +828,7 @@ impl Ledger {
             terms_version: None,
             refers_to: None,
             expires_at_ms: None,
+            earn_rule_version: None,
             postings: vec![
                 Posting {
                     account: AccountKey::OperatorCash,
@@ -738,6 +848,45 @@ impl Ledger {
         self.commit_entry(entry, Some(changes))
             .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
         Ok(sequence)
+    }
+
+    /// The points an earn by spend earns: spend × the merchant's base rate × the earn rules'
+    /// multiplier for the member's tier and the campaigns running when it happened, rounded
+    /// down; and the rules' version, if any rules are in force.
+    fn points_for_spend(
+        &self,
+        submission: &Submission,
+        member_id: &MemberId,
+        terms: &MerchantTerms,
+        accepted_at_ms: i64,
+    ) -> Result<(i64, Option<u32>), ApplyError> {
+        let merchant = &submission.merchant_id;
+        let spend = submission.spend_minor.unwrap_or(0);
+        let base = terms.earn_points_per_minor.ok_or_else(|| {
+            rejected(
+                RejectionReason::EarnRuleMissing,
+                format!(
+                    "merchant {merchant} has no base earn rate in its terms; send the points to award"
+                ),
+            )
+        })?;
+        let rules = self.earn_rules_at(accepted_at_ms);
+        let multiplier = rules.map_or(Decimal::ONE, |rules| {
+            rules.multiplier(
+                self.member_tiers.get(member_id).map(String::as_str),
+                merchant,
+                submission.occurred_at_ms,
+            )
+        });
+        match points_for_spend(spend, base, multiplier) {
+            Some(points) if points > 0 => Ok((points, rules.map(|rules| rules.version))),
+            _ => Err(rejected(
+                RejectionReason::SpendEarnsNoPoints,
+                format!(
+                    "a spend of {spend} minor units earns no whole point at {base} points per minor unit times {multiplier}"
+                ),
+            )),
+        }
     }
 
     /// The receipt of the transaction a reversal, capture or void names.
@@ -857,6 +1006,7 @@ impl Ledger {
         }
         let wallet_before = self.wallet_points(&member_id);
         Ok(Draft {
+            earn_rule_version: None,
             kind,
             member_points_after: checked_wallet(wallet_before, wallet_change)?,
             member_id,
@@ -957,6 +1107,7 @@ impl Ledger {
         };
         let wallet_before = self.wallet_points(&member_id);
         Ok(Draft {
+            earn_rule_version: None,
             kind,
             member_points_after: checked_wallet(wallet_before, released)?,
             member_id,
@@ -1051,6 +1202,7 @@ impl Ledger {
                 terms_version: None,
                 refers_to: Some(sequence),
                 expires_at_ms: None,
+                earn_rule_version: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberHeld(hold.member_id.clone()),
@@ -1157,6 +1309,7 @@ impl Ledger {
                 terms_version: None,
                 refers_to: None,
                 expires_at_ms: None,
+                earn_rule_version: None,
                 postings,
                 previous_hash: [0; 32],
                 hash: [0; 32],
@@ -1184,6 +1337,9 @@ impl Ledger {
             return Err(MemberError::AlreadyAliased(member_id));
         }
         self.members.insert(member_id.clone(), Wallet::default());
+        if let Some(tier) = &tier {
+            self.member_tiers.insert(member_id.clone(), tier.clone());
+        }
         changes.members.push(MemberRecord {
             member_id,
             tier,
@@ -1234,6 +1390,7 @@ impl Ledger {
                 terms_version: None,
                 refers_to: None,
                 expires_at_ms: None,
+                earn_rule_version: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberWallet(alias.clone()),
@@ -1273,8 +1430,11 @@ impl Ledger {
         Ok(receipt)
     }
 
-    /// Recovery: restores an enrolled member.
-    pub fn restore_member(&mut self, member_id: MemberId) {
+    /// Recovery: restores an enrolled member and its tier.
+    pub fn restore_member(&mut self, member_id: MemberId, tier: Option<String>) {
+        if let Some(tier) = tier {
+            self.member_tiers.insert(member_id.clone(), tier);
+        }
         self.members.entry(member_id).or_default();
     }
 

@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod chain;
+pub mod earn_rules;
 pub mod ids;
 pub mod journal;
 pub mod ledger;
@@ -22,6 +23,7 @@ pub mod terms;
 
 pub use account::{AccountId, AccountKey, Asset, CurrencyCode};
 pub use chain::ChainHead;
+pub use earn_rules::{Campaign, EarnRules};
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
 pub use ledger::{

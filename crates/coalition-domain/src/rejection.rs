@@ -64,16 +64,21 @@ pub enum RejectionReason {
     HoldNotOpen = 26,
     /// A capture asks for more points than the hold holds.
     CaptureExceedsHold = 27,
+    /// An earn sent with a spend amount and no points at a merchant whose terms set no base
+    /// earn rate.
+    EarnRuleMissing = 28,
+    /// The spend earns no whole point under the rules in force.
+    SpendEarnsNoPoints = 29,
     /// The earn would take a post-paid merchant's net position with the operator below its
     /// credit limit.
-    CreditLimitExceeded = 28,
+    CreditLimitExceeded = 30,
     /// The earn costs a prepaid merchant more than the funded balance it has left.
-    PrepaidBalanceInsufficient = 29,
+    PrepaidBalanceInsufficient = 31,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 29] = [
+    pub const ALL: [RejectionReason; 31] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -101,6 +106,8 @@ impl RejectionReason {
         Self::ReversalExceedsRemaining,
         Self::HoldNotOpen,
         Self::CaptureExceedsHold,
+        Self::EarnRuleMissing,
+        Self::SpendEarnsNoPoints,
         Self::CreditLimitExceeded,
         Self::PrepaidBalanceInsufficient,
     ];
@@ -147,6 +154,8 @@ impl RejectionReason {
             Self::ReversalExceedsRemaining => "reversal_exceeds_remaining",
             Self::HoldNotOpen => "hold_not_open",
             Self::CaptureExceedsHold => "capture_exceeds_hold",
+            Self::EarnRuleMissing => "earn_rule_missing",
+            Self::SpendEarnsNoPoints => "spend_earns_no_points",
             Self::CreditLimitExceeded => "credit_limit_exceeded",
             Self::PrepaidBalanceInsufficient => "prepaid_balance_insufficient",
         }

@@ -120,6 +120,11 @@ impl Submission {
                     ),
                 ));
             }
+        } else if kind == TransactionKind::Earn
+            && raw.points == 0
+            && raw.spend_minor.is_some_and(|spend| spend > 0)
+        {
+            // An earn by spend: the points follow from the earn rules.
         } else if raw.points <= 0 || raw.points > limits.points_per_transaction_max {
             return Err(Rejection::new(
                 RejectionReason::PointsInvalid,
@@ -255,7 +260,22 @@ mod tests {
             |b| b.member_id = "a b".into(),
             Some(RejectionReason::MemberIdInvalid),
         );
-        check(|b| b.points = 0, Some(RejectionReason::PointsInvalid));
+        check(
+            |b| {
+                b.points = 0;
+                b.spend_minor = None;
+            },
+            Some(RejectionReason::PointsInvalid),
+        );
+        // An earn by spend names a spend and no points.
+        check(|b| b.points = 0, None);
+        check(
+            |b| {
+                b.points = 0;
+                b.kind = Some(TransactionKind::Burn);
+            },
+            Some(RejectionReason::PointsInvalid),
+        );
         check(|b| b.points = -5, Some(RejectionReason::PointsInvalid));
         check(|b| b.points = limits.points_per_transaction_max, None);
         check(

@@ -37,6 +37,9 @@ pub struct MerchantTerms {
     /// its earns are refused, in minor units: `None` for no limit, `Some(0)` for a prepaid
     /// merchant whose earns draw down what it paid in, `Some(limit)` for a post-paid one.
     pub credit_limit_minor: Option<i64>,
+    /// The merchant's base earn rate: points per minor unit of spend, for earns sent with a
+    /// spend amount and no points (see `earn_rules`). `None`: earns must name their points.
+    pub earn_points_per_minor: Option<Decimal>,
 }
 
 /// What one version of terms sets: prices in minor units per point, and permissions.
@@ -52,6 +55,8 @@ pub struct Prices {
     pub cross_merchant_reversals: bool,
     /// See `MerchantTerms::credit_limit_minor`.
     pub credit_limit_minor: Option<i64>,
+    /// See `MerchantTerms::earn_points_per_minor`.
+    pub earn_points_per_minor: Option<Decimal>,
 }
 
 /// Why terms were refused.
@@ -61,6 +66,21 @@ pub enum TermsError {
         "{field} must be from 0 to {PRICE_MINOR_PER_POINT_MAX} minor units per point with at most {PRICE_SCALE_MAX} decimals, got {value}"
     )]
     PriceInvalid { field: &'static str, value: Decimal },
+    #[error(
+        "{field} must be above 0 and at most {} with at most {PRICE_SCALE_MAX} decimals, got {value}",
+        crate::earn_rules::MULTIPLIER_MAX
+    )]
+    FactorInvalid { field: &'static str, value: Decimal },
+    #[error("campaign {name:?}: {problem}")]
+    CampaignInvalid { name: String, problem: String },
+    #[error(
+        "earn rules effective from {effective_from_ms} ms must start after version {version}, effective from {previous_ms} ms"
+    )]
+    RulesNotAfterPrevious {
+        effective_from_ms: i64,
+        version: u32,
+        previous_ms: i64,
+    },
     #[error("the credit limit cannot be negative, got {0} minor units")]
     CreditLimitInvalid(i64),
     #[error(

@@ -25,6 +25,12 @@ enum Step {
         occurred: i64,
         retry_of: Option<u8>,
     },
+    /// An earn sent with a spend and no points.
+    EarnBySpend {
+        merchant: u8,
+        member: u8,
+        spend: i64,
+    },
     Burn {
         merchant: u8,
         member: u8,
@@ -83,6 +89,11 @@ fn step() -> impl Strategy<Value = Step> {
                     retry_of
                 }
             ),
+        3 => (0u8..3, 0u8..6, 1i64..50_000).prop_map(|(merchant, member, spend)| Step::EarnBySpend {
+            merchant,
+            member,
+            spend
+        }),
         3 => (0u8..3, 0u8..6, 1i64..700).prop_map(|(merchant, member, points)| Step::Burn {
             merchant,
             member,
@@ -148,6 +159,7 @@ fn prices(issue_cents: i64, redeem_cents: i64, fee_cents: i64, cross: bool) -> P
         fee_minor_per_point: Decimal::new(fee_cents, 2),
         cross_merchant_reversals: cross,
         credit_limit_minor: (!cross).then_some(CREDIT_LIMIT),
+        earn_points_per_minor: Some(Decimal::new(1, 2)),
     }
 }
 
@@ -205,9 +217,27 @@ proptest! {
                 .add_terms(merchant(index), None, prices(105, 95, 10, index == 1), -1, &mut changes)
                 .unwrap();
         }
+        // Even members are gold; gold earns 1.5×, and merchant 0 runs a double-points
+        // campaign for purchases before time 300.
         for index in 0..6 {
-            ledger.enroll_member(member(index), None, 0, &mut changes).unwrap();
+            let tier = (index % 2 == 0).then(|| "gold".to_owned());
+            ledger.enroll_member(member(index), tier, 0, &mut changes).unwrap();
         }
+        ledger
+            .add_earn_rules(
+                None,
+                [("gold".to_owned(), Decimal::new(15, 1))].into(),
+                vec![coalition_domain::Campaign {
+                    name: "double".into(),
+                    merchant_id: Some(merchant(0)),
+                    starts_at_ms: 0,
+                    ends_at_ms: 300,
+                    multiplier: Decimal::from(2),
+                }],
+                -1,
+                &mut changes,
+            )
+            .unwrap();
         let mut earned: Vec<(u8, u8, i64, String, i64)> = Vec::new();
         // Accepted earns, burns and captures, and holds: (merchant, transaction id, member).
         let mut reversible: Vec<(u8, String, u8)> = Vec::new();
@@ -268,6 +298,34 @@ proptest! {
                             matches!(rejection.reason, RejectionReason::MemberUnknown | RejectionReason::TermsMissing | RejectionReason::CreditLimitExceeded),
                             "{rejection:?}"
                         ),
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::EarnBySpend { merchant, member: index, spend } => {
+                    let mut body = submission(merchant, index, TransactionKind::Earn, 0, format!("spend-{time}"), now);
+                    body.spend_minor = Some(spend);
+                    let owner = ledger.resolve_member(&member(index));
+                    let gold = owner.as_str().trim_start_matches("m-").parse::<u8>().unwrap() % 2 == 0;
+                    let multiplier = ledger
+                        .earn_rules_at(now)
+                        .unwrap()
+                        .multiplier(gold.then_some("gold"), &self::merchant(merchant), now);
+                    let expected = (Decimal::from(spend) * Decimal::new(1, 2) * multiplier).floor();
+                    match ledger.apply(&body, now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            prop_assert_eq!(Decimal::from(receipt.points), expected);
+                            prop_assert_eq!(changes.entries.last().unwrap().earn_rule_version, Some(1));
+                            reversible.push((merchant, format!("spend-{time}"), index));
+                        }
+                        Err(ApplyError::Rejected(rejection)) => {
+                            prop_assert!(matches!(
+                                rejection.reason,
+                                RejectionReason::SpendEarnsNoPoints | RejectionReason::TermsMissing | RejectionReason::CreditLimitExceeded
+                            ), "{rejection:?}");
+                            if rejection.reason == RejectionReason::SpendEarnsNoPoints {
+                                prop_assert_eq!(expected, Decimal::ZERO);
+                            }
+                        }
                         other => prop_assert!(false, "unexpected {other:?}"),
                     }
                 }
@@ -464,11 +522,14 @@ proptest! {
         for terms in &changes.terms {
             replayed.restore_terms(terms.clone());
         }
+        for rules in &changes.earn_rules {
+            replayed.restore_earn_rules(rules.clone());
+        }
         for (id, key) in &changes.accounts {
             replayed.restore_account(*id, key.clone());
         }
         for record in &changes.members {
-            replayed.restore_member(record.member_id.clone());
+            replayed.restore_member(record.member_id.clone(), record.tier.clone());
         }
         for record in &changes.aliases {
             replayed.restore_alias(record.alias.clone(), record.target.clone());

@@ -184,6 +184,9 @@ impl Engine {
         ledger.set_currency(config.currency);
         ledger.set_policy(config.policy);
         let (sender, receiver) = mpsc::channel(config.writer_queue_len_max);
+        // Acceptance times continue from the journal's, whatever the clock says after a
+        // restart, so an entry is never accepted before one already booked.
+        let last_accepted_at_ms = ledger.last_accepted_at_ms();
         let writer = Writer {
             ledger,
             storage: storage.clone(),
@@ -191,7 +194,7 @@ impl Engine {
             batch_len_max: config.batch_len_max,
             receipt_retention_ms: config.receipt_retention_ms(),
             receiver,
-            last_accepted_at_ms: i64::MIN,
+            last_accepted_at_ms,
             currency: config.currency,
             policy: config.policy,
             expiry_run_interval_ms: config.expiry_run_interval_ms,
@@ -361,6 +364,37 @@ impl Engine {
             merchant_id,
             effective_from_ms,
             prices,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// Adds the next version of the alliance's earn rules (tier multipliers and campaigns),
+    /// effective from `effective_from_ms` or, when `None`, from now. Through the writer, like
+    /// terms, so it is ordered exactly with the earns it rates.
+    pub async fn set_earn_rules(
+        &self,
+        effective_from_ms: Option<i64>,
+        tier_multipliers: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+        campaigns: Vec<coalition_domain::Campaign>,
+    ) -> Result<coalition_domain::EarnRules, AdminError> {
+        if let Some(merchant_id) = campaigns
+            .iter()
+            .filter_map(|campaign| campaign.merchant_id.as_ref())
+            .find(|merchant_id| self.registry().merchant(merchant_id).is_none())
+        {
+            return Err(AdminError::Registry(RegistryError::MerchantUnknown(
+                merchant_id.clone(),
+            )));
+        }
+        let (reply, response) = oneshot::channel();
+        self.send(Command::EarnRules {
+            effective_from_ms,
+            tier_multipliers,
+            campaigns,
             reply,
         })
         .await?;

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use coalition_domain::ledger::{ApplyError, ExpirySummary, Outcome};
 use coalition_domain::{
-    Changes, CurrencyCode, Ledger, LedgerPolicy, MemberId, MerchantId, MerchantTerms, Prices,
-    Receipt, Rejection, Submission,
+    Campaign, Changes, CurrencyCode, EarnRules, Ledger, LedgerPolicy, MemberId, MerchantId,
+    MerchantTerms, Prices, Receipt, Rejection, Submission,
 };
 use coalition_storage::Storage;
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +37,13 @@ pub(crate) enum Command {
         prices: Prices,
         reply: oneshot::Sender<Result<MerchantTerms, AdminError>>,
     },
+    /// The next version of the earn rules.
+    EarnRules {
+        effective_from_ms: Option<i64>,
+        tier_multipliers: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+        campaigns: Vec<Campaign>,
+        reply: oneshot::Sender<Result<EarnRules, AdminError>>,
+    },
     /// Money a merchant paid in.
     Fund {
         merchant_id: MerchantId,
@@ -66,6 +73,9 @@ impl Command {
             }
             Command::Expire { reply } => drop(reply.send(Err(error.clone()))),
             Command::Fund { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::EarnRules { reply, .. } => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
             Command::Shutdown => {}
         }
     }
@@ -79,6 +89,7 @@ impl Command {
             | Command::Terms { .. }
             | Command::Expire { .. }
             | Command::Fund { .. }
+            | Command::EarnRules { .. }
             | Command::Shutdown => 1,
         }
     }
@@ -107,6 +118,10 @@ enum Pending {
         ExpirySummary,
     ),
     Fund(oneshot::Sender<Result<(u64, i64), EngineError>>, (u64, i64)),
+    EarnRules(
+        oneshot::Sender<Result<EarnRules, AdminError>>,
+        Result<EarnRules, AdminError>,
+    ),
 }
 
 impl Pending {
@@ -120,6 +135,7 @@ impl Pending {
             Pending::Terms(reply, result) => drop(reply.send(result)),
             Pending::Expire(reply, summary) => drop(reply.send(Ok(summary))),
             Pending::Fund(reply, booked) => drop(reply.send(Ok(booked))),
+            Pending::EarnRules(reply, result) => drop(reply.send(result)),
         }
     }
 
@@ -131,6 +147,9 @@ impl Pending {
             Pending::Terms(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
             Pending::Expire(reply, _) => drop(reply.send(Err(error.clone()))),
             Pending::Fund(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::EarnRules(reply, _) => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
         }
     }
 }
@@ -327,6 +346,29 @@ impl Writer {
                         accepted_until_ms = accepted_until_ms.max(terms.effective_from_ms);
                     }
                     pending.push(Pending::Terms(reply, result));
+                }
+                Command::EarnRules {
+                    effective_from_ms,
+                    tier_multipliers,
+                    campaigns,
+                    reply,
+                } => {
+                    let immediate = effective_from_ms.is_none();
+                    let result = self
+                        .ledger
+                        .add_earn_rules(
+                            effective_from_ms,
+                            tier_multipliers,
+                            campaigns,
+                            accepted_at_ms,
+                            &mut changes,
+                        )
+                        .map_err(AdminError::Terms);
+                    // As for terms: acceptance times move on to the rules' start.
+                    if let (true, Ok(rules)) = (immediate, &result) {
+                        accepted_until_ms = accepted_until_ms.max(rules.effective_from_ms);
+                    }
+                    pending.push(Pending::EarnRules(reply, result));
                 }
                 Command::Fund {
                     merchant_id,

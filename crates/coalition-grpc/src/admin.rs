@@ -57,11 +57,16 @@ fn require_admin(metadata: &MetadataMap, config: &ServerConfig) -> Result<(), St
 pub fn admin_status(error: AdminError) -> Status {
     match &error {
         AdminError::Terms(
-            TermsError::EffectiveInThePast { .. } | TermsError::NotAfterPrevious { .. },
+            TermsError::EffectiveInThePast { .. }
+            | TermsError::NotAfterPrevious { .. }
+            | TermsError::RulesNotAfterPrevious { .. },
         ) => Status::failed_precondition(error.to_string()),
-        AdminError::Terms(TermsError::PriceInvalid { .. } | TermsError::CreditLimitInvalid(_)) => {
-            Status::invalid_argument(error.to_string())
-        }
+        AdminError::Terms(
+            TermsError::PriceInvalid { .. }
+            | TermsError::CreditLimitInvalid(_)
+            | TermsError::FactorInvalid { .. }
+            | TermsError::CampaignInvalid { .. },
+        ) => Status::invalid_argument(error.to_string()),
         AdminError::Registry(
             RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. },
         ) => Status::already_exists(error.to_string()),
@@ -308,6 +313,14 @@ impl AdminService for Admin {
                     },
                     cross_merchant_reversals: request.cross_merchant_reversals,
                     credit_limit_minor: request.credit_limit_minor,
+                    earn_points_per_minor: if request.earn_points_per_minor.trim().is_empty() {
+                        None
+                    } else {
+                        Some(price(
+                            "earn_points_per_minor",
+                            &request.earn_points_per_minor,
+                        )?)
+                    },
                 },
             )
             .await
@@ -315,6 +328,59 @@ impl AdminService for Admin {
         tracing::info!(merchant_id = %terms.merchant_id, version = terms.version, "terms set");
         Ok(Response::new(pb::SetMerchantTermsResponse {
             terms: Some(convert::wire_terms(&terms)),
+        }))
+    }
+
+    async fn set_earn_rules(
+        &self,
+        request: Request<pb::SetEarnRulesRequest>,
+    ) -> Result<Response<pb::SetEarnRulesResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let decimal = |field: &'static str, text: &str| {
+            Decimal::from_str_exact(text.trim())
+                .map_err(|error| invalid(field, format!("{text:?} is not a decimal: {error}")))
+        };
+        let mut tiers = std::collections::BTreeMap::new();
+        for tier in request.tiers {
+            if tier.tier.trim().is_empty() {
+                return Err(invalid("tiers", "a tier multiplier needs the tier's name"));
+            }
+            let multiplier = decimal("tiers.multiplier", &tier.multiplier)?;
+            if tiers.insert(tier.tier.clone(), multiplier).is_some() {
+                return Err(invalid(
+                    "tiers",
+                    format!("tier {:?} is given twice", tier.tier),
+                ));
+            }
+        }
+        let mut campaigns = Vec::new();
+        for campaign in request.campaigns {
+            campaigns.push(coalition_domain::Campaign {
+                merchant_id: if campaign.merchant_id.is_empty() {
+                    None
+                } else {
+                    Some(merchant_id(campaign.merchant_id)?)
+                },
+                starts_at_ms: campaign.starts_at_unix_ms,
+                ends_at_ms: campaign.ends_at_unix_ms,
+                multiplier: decimal("campaigns.multiplier", &campaign.multiplier)?,
+                name: campaign.name,
+            });
+        }
+        let rules = self
+            .engine
+            .set_earn_rules(
+                (request.effective_from_unix_ms != 0).then_some(request.effective_from_unix_ms),
+                tiers,
+                campaigns,
+            )
+            .await
+            .map_err(admin_status)?;
+        tracing::info!(version = rules.version, "earn rules set");
+        Ok(Response::new(pb::SetEarnRulesResponse {
+            version: rules.version,
+            effective_from_unix_ms: rules.effective_from_ms,
         }))
     }
 

@@ -199,6 +199,8 @@ pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
             .collect(),
         hash: entry.hash.to_vec(),
         terms_version: entry.terms_version,
+        refers_to_sequence: entry.refers_to,
+        earn_rule_version: entry.earn_rule_version,
     }
 }
 
@@ -234,5 +236,8 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         fee_minor_per_point: terms.fee_minor_per_point.to_string(),
         cross_merchant_reversals: terms.cross_merchant_reversals,
         credit_limit_minor: terms.credit_limit_minor,
+        earn_points_per_minor: terms
+            .earn_points_per_minor
+            .map_or_else(String::new, |rate| rate.to_string()),
     }
 }

@@ -328,6 +328,15 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                 Column::NullableBigInt(entries.iter().map(|e| e.expires_at_ms).collect()),
             ),
             (
+                "earn_rule_version",
+                Column::NullableBigInt(
+                    entries
+                        .iter()
+                        .map(|e| e.earn_rule_version.map(i64::from))
+                        .collect(),
+                ),
+            ),
+            (
                 "previous_hash",
                 Column::Bytes(entries.iter().map(|e| e.previous_hash.to_vec()).collect()),
             ),
@@ -536,6 +545,15 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                 Column::NullableBigInt(terms.iter().map(|t| t.credit_limit_minor).collect()),
             ),
             (
+                "earn_points_per_minor",
+                Column::NullableText(
+                    terms
+                        .iter()
+                        .map(|t| t.earn_points_per_minor.map(|rate| rate.to_string()))
+                        .collect(),
+                ),
+            ),
+            (
                 "cross_merchant_reversals",
                 Column::BigInt(
                     terms
@@ -547,8 +565,110 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         ],
         on_conflict: "",
     };
+    let rules = &changes.earn_rules;
+    let earn_rules = Table {
+        name: "earn_rules",
+        columns: vec![
+            (
+                "version",
+                Column::BigInt(rules.iter().map(|r| i64::from(r.version)).collect()),
+            ),
+            (
+                "effective_from_ms",
+                Column::BigInt(rules.iter().map(|r| r.effective_from_ms).collect()),
+            ),
+        ],
+        on_conflict: "",
+    };
+    // One row per tier multiplier and per campaign, in order.
+    type MultiplierRow = (
+        i64,
+        i64,
+        &'static str,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        String,
+    );
+    let mut multiplier_rows: Vec<MultiplierRow> = Vec::new();
+    for rules in rules {
+        let version = i64::from(rules.version);
+        for (tier, multiplier) in &rules.tier_multipliers {
+            let position = multiplier_rows
+                .iter()
+                .filter(|row| row.0 == version)
+                .count() as i64;
+            multiplier_rows.push((
+                version,
+                position,
+                "tier",
+                tier.clone(),
+                None,
+                None,
+                None,
+                multiplier.to_string(),
+            ));
+        }
+        for campaign in &rules.campaigns {
+            let position = multiplier_rows
+                .iter()
+                .filter(|row| row.0 == version)
+                .count() as i64;
+            multiplier_rows.push((
+                version,
+                position,
+                "campaign",
+                campaign.name.clone(),
+                campaign.merchant_id.as_ref().map(ToString::to_string),
+                Some(campaign.starts_at_ms),
+                Some(campaign.ends_at_ms),
+                campaign.multiplier.to_string(),
+            ));
+        }
+    }
+    let earn_rule_multipliers = Table {
+        name: "earn_rule_multipliers",
+        columns: vec![
+            (
+                "version",
+                Column::BigInt(multiplier_rows.iter().map(|r| r.0).collect()),
+            ),
+            (
+                "position",
+                Column::BigInt(multiplier_rows.iter().map(|r| r.1).collect()),
+            ),
+            (
+                "kind",
+                Column::Text(multiplier_rows.iter().map(|r| r.2.to_owned()).collect()),
+            ),
+            (
+                "name",
+                Column::Text(multiplier_rows.iter().map(|r| r.3.clone()).collect()),
+            ),
+            (
+                "merchant_id",
+                Column::NullableText(multiplier_rows.iter().map(|r| r.4.clone()).collect()),
+            ),
+            (
+                "starts_at_ms",
+                Column::NullableBigInt(multiplier_rows.iter().map(|r| r.5).collect()),
+            ),
+            (
+                "ends_at_ms",
+                Column::NullableBigInt(multiplier_rows.iter().map(|r| r.6).collect()),
+            ),
+            (
+                "multiplier",
+                Column::Text(multiplier_rows.iter().map(|r| r.7.clone()).collect()),
+            ),
+        ],
+        on_conflict: "",
+    };
     vec![
         terms_table,
+        earn_rules,
+        earn_rule_multipliers,
         accounts,
         members,
         aliases,

@@ -49,6 +49,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "credit limits",
         include_str!("../../../migrations/sqlite/0006_credit_limits.sql"),
     ),
+    (
+        7,
+        "earn by spend",
+        include_str!("../../../migrations/sqlite/0007_earn_by_spend.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -81,6 +86,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "credit limits",
         include_str!("../../../migrations/postgres/0006_credit_limits.sql"),
+    ),
+    (
+        7,
+        "earn by spend",
+        include_str!("../../../migrations/postgres/0007_earn_by_spend.sql"),
     ),
 ];
 

@@ -8,7 +8,7 @@ use coalition_domain::chain::ChainHead;
 use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
 use coalition_domain::registry::{MerchantCategory, MerchantStatus};
 use coalition_domain::{
-    KeyId, Ledger, MemberId, Merchant, MerchantId, MerchantKey, MerchantTerms,
+    Campaign, EarnRules, KeyId, Ledger, MemberId, Merchant, MerchantId, MerchantKey, MerchantTerms,
     MerchantTransactionId, Registry, signing,
 };
 use sqlx::Row;
@@ -24,7 +24,7 @@ macro_rules! entry_columns {
         "sequence, kind, accepted_at_ms, merchant_id, merchant_transaction_id, store_id, \
          terminal_id, occurred_at_ms, body_hash, member_id, points, spend_minor, \
          member_points_after, memo, previous_hash, hash, terms_version, refers_to, \
-         expires_at_ms"
+         expires_at_ms, earn_rule_version"
     };
 }
 pub(crate) use entry_columns;
@@ -58,6 +58,7 @@ pub(crate) struct EntryRow {
     pub terms_version: Option<i64>,
     pub refers_to: Option<i64>,
     pub expires_at_ms: Option<i64>,
+    pub earn_rule_version: Option<i64>,
 }
 
 /// Reads an `EntryRow` from a row of either backend.
@@ -84,6 +85,7 @@ macro_rules! entry_row {
             terms_version: row.try_get("terms_version")?,
             refers_to: row.try_get("refers_to")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
+            earn_rule_version: row.try_get("earn_rule_version")?,
         }
     }};
 }
@@ -189,6 +191,13 @@ impl EntryRow {
                 .transpose()
                 .map_err(|_| corrupt(format!("entry {sequence}: negative reference")))?,
             expires_at_ms: self.expires_at_ms,
+            earn_rule_version: self
+                .earn_rule_version
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| {
+                    corrupt(format!("entry {sequence}: earn rule version out of range"))
+                })?,
             postings,
             previous_hash: hash32(self.previous_hash, "previous hash", sequence)?,
             hash: hash32(self.hash, "hash", sequence)?,
@@ -385,11 +394,11 @@ impl Storage {
                 .iter()
                 .map(|row| Ok((row.try_get::<i64, _>("account_id")?, row.try_get::<String, _>("kind")?, row.try_get::<String, _>("owner")?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let members = sqlx::query("SELECT member_id FROM members")
+            let members = sqlx::query("SELECT member_id, tier FROM members")
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| row.try_get::<String, _>("member_id"))
+                .map(|row| Ok((row.try_get::<String, _>("member_id")?, row.try_get::<Option<String>, _>("tier")?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             let aliases = sqlx::query("SELECT alias, target FROM member_aliases")
                 .fetch_all(pool)
@@ -402,6 +411,9 @@ impl Storage {
         for terms in self.load_terms().await? {
             ledger.restore_terms(terms);
         }
+        for rules in self.load_earn_rules().await? {
+            ledger.restore_earn_rules(rules);
+        }
         let account_count = accounts.len();
         for (id, kind, owner) in accounts {
             let key = AccountKey::from_parts(&kind, &owner)
@@ -409,9 +421,10 @@ impl Storage {
             let id = u64::try_from(id).map_err(|_| corrupt("negative account id"))?;
             ledger.restore_account(AccountId(id), key);
         }
-        for member in members {
+        for (member, tier) in members {
             ledger.restore_member(
                 MemberId::new(member).map_err(|error| corrupt(format!("member id {error}")))?,
+                tier,
             );
         }
         for (alias, target) in aliases {
@@ -466,12 +479,87 @@ impl Storage {
         Ok((ledger, report))
     }
 
+    /// Every version of the alliance's earn rules, in version order.
+    pub async fn load_earn_rules(&self) -> Result<Vec<EarnRules>, StorageError> {
+        let (versions, multipliers) = with_pool!(self, pool => {
+            let versions = sqlx::query("SELECT version, effective_from_ms FROM earn_rules ORDER BY version")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>("version")?, row.try_get::<i64, _>("effective_from_ms")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let multipliers = sqlx::query(
+                "SELECT version, kind, name, merchant_id, starts_at_ms, ends_at_ms, multiplier \
+                 FROM earn_rule_multipliers ORDER BY version, position",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>("version")?,
+                    row.try_get::<String, _>("kind")?,
+                    row.try_get::<String, _>("name")?,
+                    row.try_get::<Option<String>, _>("merchant_id")?,
+                    row.try_get::<Option<i64>, _>("starts_at_ms")?,
+                    row.try_get::<Option<i64>, _>("ends_at_ms")?,
+                    row.try_get::<String, _>("multiplier")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            (versions, multipliers)
+        });
+        let mut rules: Vec<EarnRules> = Vec::with_capacity(versions.len());
+        for (version, effective_from_ms) in versions {
+            rules.push(EarnRules {
+                version: u32::try_from(version)
+                    .map_err(|_| corrupt("earn rule version out of range"))?,
+                effective_from_ms,
+                tier_multipliers: Default::default(),
+                campaigns: Vec::new(),
+            });
+        }
+        for (version, kind, name, merchant_id, starts, ends, multiplier) in multipliers {
+            let target = rules
+                .iter_mut()
+                .find(|rules| i64::from(rules.version) == version)
+                .ok_or_else(|| {
+                    corrupt(format!("earn rule multiplier of unknown version {version}"))
+                })?;
+            let multiplier = rust_decimal::Decimal::from_str_exact(&multiplier)
+                .map_err(|_| corrupt(format!("earn rules {version}: multiplier {multiplier:?}")))?;
+            match (kind.as_str(), starts, ends) {
+                ("tier", _, _) => {
+                    target.tier_multipliers.insert(name, multiplier);
+                }
+                ("campaign", Some(starts_at_ms), Some(ends_at_ms)) => {
+                    target.campaigns.push(Campaign {
+                        name,
+                        merchant_id: merchant_id.map(MerchantId::new).transpose().map_err(
+                            |error| corrupt(format!("earn rules {version}: merchant id {error}")),
+                        )?,
+                        starts_at_ms,
+                        ends_at_ms,
+                        multiplier,
+                    })
+                }
+                _ => {
+                    return Err(corrupt(format!(
+                        "earn rules {version}: malformed multiplier {name:?}"
+                    )));
+                }
+            }
+        }
+        Ok(rules)
+    }
+
     /// Every version of every merchant's terms, in version order.
     pub async fn load_terms(&self) -> Result<Vec<MerchantTerms>, StorageError> {
         let rows = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
-                 fee_minor_per_point, cross_merchant_reversals, credit_limit_minor \
+                 fee_minor_per_point, cross_merchant_reversals, credit_limit_minor, \
+                 earn_points_per_minor \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -487,13 +575,24 @@ impl Storage {
                     row.try_get::<String, _>("fee_minor_per_point")?,
                     row.try_get::<i64, _>("cross_merchant_reversals")?,
                     row.try_get::<Option<i64>, _>("credit_limit_minor")?,
+                    row.try_get::<Option<String>, _>("earn_points_per_minor")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         rows.into_iter()
             .map(
-                |(merchant_id, version, effective_from_ms, issue, redeem, fee, cross, limit)| {
+                |(
+                    merchant_id,
+                    version,
+                    effective_from_ms,
+                    issue,
+                    redeem,
+                    fee,
+                    cross,
+                    limit,
+                    rate,
+                )| {
                     let price = |text: &str| {
                         rust_decimal::Decimal::from_str_exact(text)
                             .map_err(|_| corrupt(format!("terms of {merchant_id}: price {text:?}")))
@@ -509,6 +608,7 @@ impl Storage {
                         fee_minor_per_point: price(&fee)?,
                         cross_merchant_reversals: cross != 0,
                         credit_limit_minor: limit,
+                        earn_points_per_minor: rate.as_deref().map(price).transpose()?,
                     })
                 },
             )

@@ -184,6 +184,23 @@ pub enum AdminCommand {
         /// in minor units; 0 makes it prepaid. Default: no limit.
         #[arg(long)]
         credit_limit_minor: Option<i64>,
+        /// The base earn rate for earns sent with a spend and no points: points per minor
+        /// unit (0.01 is one point per yuan). Default: earns must name their points.
+        #[arg(long, default_value = "")]
+        earn_points_per_minor: String,
+    },
+    /// Set the next version of the alliance's earn rules (tier multipliers and campaigns).
+    SetEarnRules {
+        /// A tier multiplier, TIER=MULTIPLIER (e.g. gold=1.5); repeat for more.
+        #[arg(long = "tier")]
+        tiers: Vec<String>,
+        /// A campaign, NAME,MERCHANT,STARTS_MS,ENDS_MS,MULTIPLIER with MERCHANT "*" for every
+        /// merchant; repeat for more.
+        #[arg(long = "campaign")]
+        campaigns: Vec<String>,
+        /// In force from this acceptance time, Unix milliseconds; default now.
+        #[arg(long)]
+        effective_from_ms: Option<i64>,
     },
     /// Book money a merchant paid in (prepaid funding, or paying down a position).
     Fund {
@@ -633,6 +650,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             effective_from_ms,
             cross_merchant_reversals,
             credit_limit_minor,
+            earn_points_per_minor,
         } => {
             let terms = admin
                 .set_merchant_terms(pb::SetMerchantTermsRequest {
@@ -643,6 +661,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     fee_minor_per_point: fee,
                     cross_merchant_reversals,
                     credit_limit_minor,
+                    earn_points_per_minor,
                 })
                 .await?
                 .into_inner()
@@ -654,6 +673,62 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 terms.issue_price_minor_per_point,
                 terms.redeem_price_minor_per_point,
                 terms.effective_from_unix_ms
+            );
+        }
+        AdminCommand::SetEarnRules {
+            tiers,
+            campaigns,
+            effective_from_ms,
+        } => {
+            let tiers = tiers
+                .iter()
+                .map(|text| {
+                    let (tier, multiplier) = text
+                        .split_once('=')
+                        .with_context(|| format!("--tier {text:?} is not TIER=MULTIPLIER"))?;
+                    Ok(pb::TierMultiplier {
+                        tier: tier.to_owned(),
+                        multiplier: multiplier.to_owned(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let campaigns = campaigns
+                .iter()
+                .map(|text| {
+                    let parts: Vec<&str> = text.split(',').collect();
+                    let [name, merchant, starts, ends, multiplier] = parts[..] else {
+                        bail!(
+                            "--campaign {text:?} is not NAME,MERCHANT,STARTS_MS,ENDS_MS,MULTIPLIER"
+                        );
+                    };
+                    Ok(pb::Campaign {
+                        name: name.to_owned(),
+                        merchant_id: if merchant == "*" {
+                            String::new()
+                        } else {
+                            merchant.to_owned()
+                        },
+                        starts_at_unix_ms: starts
+                            .parse()
+                            .with_context(|| format!("campaign {name}: start {starts:?}"))?,
+                        ends_at_unix_ms: ends
+                            .parse()
+                            .with_context(|| format!("campaign {name}: end {ends:?}"))?,
+                        multiplier: multiplier.to_owned(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let response = admin
+                .set_earn_rules(pb::SetEarnRulesRequest {
+                    effective_from_unix_ms: effective_from_ms.unwrap_or(0),
+                    tiers,
+                    campaigns,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "earn rules version {} in force from {} ms",
+                response.version, response.effective_from_unix_ms
             );
         }
         AdminCommand::Fund {

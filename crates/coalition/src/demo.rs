@@ -294,6 +294,7 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 // Mall tenants take back each other's sales (bought at A, returned at C).
                 cross_merchant_reversals: merchant.category == pb::MerchantCategory::MallTenant,
                 credit_limit_minor: None,
+                earn_points_per_minor: crate::workload::EARN_POINTS_PER_MINOR.into(),
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;

@@ -105,6 +105,9 @@ pub struct DayMerchant {
     pub redeem_price: String,
 }
 
+/// The demo's base earn rate: one point per yuan (100 fen) spent.
+pub const EARN_POINTS_PER_MINOR: &str = "0.01";
+
 /// The demo's terms by category: a point is worth about one fen; issuers pay a margin over
 /// it, redeemers are paid a little under it, and the difference funds the alliance.
 fn prices(category: pb::MerchantCategory) -> (&'static str, &'static str) {
@@ -300,7 +303,8 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
             )
         };
         let member = rng.random_range(0..members.len());
-        // One point per yuan spent, rounded down (earn rules come with valuation).
+        // Earns by spend: the POS sends the amount and no points; the server awards one
+        // point per yuan (the demo's base earn rate, `EARN_POINTS_PER_MINOR`), rounded down.
         let points = spend / 100;
         earned_today[member] += points;
         planned.push(Planned {
@@ -311,7 +315,7 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
                 format!("earn-{index:07}"),
                 pb::TransactionKind::Earn,
                 &members[member],
-                points,
+                0,
                 Some(spend),
                 at_ms,
                 merchant,
@@ -557,10 +561,12 @@ fn plan_follow_ups(
                 follow_up.occurred_at_unix_ms = later(rng);
                 follow_up.kind = pb::TransactionKind::Reversal as i32;
                 follow_up.merchant_transaction_id = format!("refund-{index:07}");
+                // The points the earn by spend was awarded (see `EARN_POINTS_PER_MINOR`).
+                let earned = body.spend_minor.unwrap_or(0) / 100;
                 follow_up.points = if rng.random_range(0..100) < 70 {
-                    body.points
+                    earned
                 } else {
-                    (body.points / 2).max(1)
+                    (earned / 2).max(1)
                 };
                 if tenants.contains(&original.merchant)
                     && rng.random_range(0..100) < REFUND_ELSEWHERE_PERCENT
