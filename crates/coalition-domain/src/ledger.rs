@@ -379,18 +379,8 @@ impl Ledger {
             .get(&merchant_id)
             .and_then(|versions| versions.last())
             .map_or(i64::MIN, |previous| previous.effective_from_ms);
-        // "From now" means after the last accepted entry and after the previous version.
-        let effective_from_ms = effective_from_ms.unwrap_or_else(|| {
-            now_ms
-                .max(self.last_accepted_at_ms.saturating_add(1))
-                .max(previous_effective_ms.saturating_add(1))
-        });
-        if effective_from_ms <= self.last_accepted_at_ms {
-            return Err(TermsError::EffectiveInThePast {
-                effective_from_ms,
-                last_accepted_at_ms: self.last_accepted_at_ms,
-            });
-        }
+        let effective_from_ms =
+            self.effective_from(effective_from_ms, previous_effective_ms, now_ms)?;
         let versions = self.terms.entry(merchant_id.clone()).or_default();
         if let Some(previous) = versions.last()
             && effective_from_ms <= previous.effective_from_ms
@@ -459,17 +449,8 @@ impl Ledger {
             .earn_rules
             .last()
             .map_or(i64::MIN, |previous| previous.effective_from_ms);
-        let effective_from_ms = effective_from_ms.unwrap_or_else(|| {
-            now_ms
-                .max(self.last_accepted_at_ms.saturating_add(1))
-                .max(previous_effective_ms.saturating_add(1))
-        });
-        if effective_from_ms <= self.last_accepted_at_ms {
-            return Err(TermsError::EffectiveInThePast {
-                effective_from_ms,
-                last_accepted_at_ms: self.last_accepted_at_ms,
-            });
-        }
+        let effective_from_ms =
+            self.effective_from(effective_from_ms, previous_effective_ms, now_ms)?;
         if let Some(previous) = self.earn_rules.last()
             && effective_from_ms <= previous.effective_from_ms
         {
@@ -489,6 +470,29 @@ impl Ledger {
         self.earn_rules.push(rules.clone());
         changes.earn_rules.push(rules.clone());
         Ok(rules)
+    }
+
+    /// When a new version of terms or rules starts: as requested, or "from now", meaning
+    /// after the last accepted entry and after the previous version. Never at or before the
+    /// last accepted entry, which would reprice what is booked.
+    fn effective_from(
+        &self,
+        requested_ms: Option<i64>,
+        previous_effective_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, TermsError> {
+        let effective_from_ms = requested_ms.unwrap_or_else(|| {
+            now_ms
+                .max(self.last_accepted_at_ms.saturating_add(1))
+                .max(previous_effective_ms.saturating_add(1))
+        });
+        if effective_from_ms <= self.last_accepted_at_ms {
+            return Err(TermsError::EffectiveInThePast {
+                effective_from_ms,
+                last_accepted_at_ms: self.last_accepted_at_ms,
+            });
+        }
+        Ok(effective_from_ms)
     }
 
     /// Recovery: restores one stored version of the earn rules (in version order).
