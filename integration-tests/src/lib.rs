@@ -294,6 +294,7 @@ impl TestServer {
             terminal_id: "pos-1".into(),
             refers_to_transaction_id: String::new(),
             refers_to_merchant_id: String::new(),
+            legacy_units: 0,
         }
     }
 
@@ -474,6 +475,8 @@ pub async fn register_merchant(
             cross_merchant_reversals: false,
             credit_limit_minor: None,
             earn_points_per_minor: String::new(),
+            legacy_unit: String::new(),
+            points_per_legacy_unit: String::new(),
         })
         .await
         .expect("set the merchant's terms");

@@ -33,6 +33,8 @@ async fn set_terms(server: &TestServer, merchant: &str, redeem_price: &str, cros
             cross_merchant_reversals: cross,
             credit_limit_minor: None,
             earn_points_per_minor: String::new(),
+            legacy_unit: String::new(),
+            points_per_legacy_unit: String::new(),
         })
         .await
         .expect("set terms");
@@ -694,7 +696,122 @@ async fn earns_by_spend_follow_the_rules_in_force(backend: Backend) {
     );
 }
 
+async fn legacy_units_exchange_through_the_trading_account(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1"]).await;
+    let mut admin = server.admin();
+    let set_rate = |rate: &str| pb::SetMerchantTermsRequest {
+        merchant_id: "tenant-1".into(),
+        issue_price_minor_per_point: "1.05".into(),
+        redeem_price_minor_per_point: "0.95".into(),
+        legacy_unit: "MALLSTAR".into(),
+        points_per_legacy_unit: rate.into(),
+        ..Default::default()
+    };
+    admin.set_merchant_terms(set_rate("0.35")).await.unwrap();
+    let exchange =
+        |id: &str, kind: pb::TransactionKind, units: i64, points: i64| pb::TransactionBody {
+            legacy_units: units,
+            ..server.body(&tenant, kind, id, "m-1", points)
+        };
+    use pb::AccountKind::{MerchantIssued, MerchantSettlement, OperatorRounding, OperatorTrading};
+    use pb::TransactionKind::{ExchangeIn, ExchangeOut};
+
+    // 101 units at 0.35 = 35.35 points: 35 points, bought by 100 units; the 101st unit buys no
+    // whole point and goes to rounding.
+    let first = server
+        .submit(tenant.envelope(&exchange("x-1", ExchangeIn, 101, 0)))
+        .await;
+    assert_eq!(accepted(&first).points, 35);
+    assert_eq!(
+        server
+            .account_balance(MerchantIssued, "tenant-1", "MALLSTAR")
+            .await,
+        -101
+    );
+    assert_eq!(
+        server
+            .account_balance(OperatorTrading, "MALLSTAR", "MALLSTAR")
+            .await,
+        100
+    );
+    assert_eq!(
+        server
+            .account_balance(OperatorRounding, "operator", "MALLSTAR")
+            .await,
+        1
+    );
+    assert_eq!(
+        server
+            .account_balance(OperatorTrading, "MALLSTAR", "")
+            .await,
+        -35
+    );
+    // The points are tenant-1's issue: it pays the float as for an earn (35 × 1.05 → 37).
+    assert_eq!(money(&server, MerchantSettlement, "tenant-1").await, -37);
+    assert_eq!(
+        server.transaction("tenant-1", "x-1").await.kind,
+        "exchange_in"
+    );
+
+    // Out: 10 points at 0.35 = 28.57 units: 28 units, bought by 9.8 → 10 points.
+    let out = server
+        .submit(tenant.envelope(&exchange("x-2", ExchangeOut, 0, 10)))
+        .await;
+    assert_eq!(accepted(&out).member_points_balance, 25);
+    assert_eq!(
+        server
+            .account_balance(MerchantIssued, "tenant-1", "MALLSTAR")
+            .await,
+        -73
+    );
+    assert_eq!(
+        server
+            .account_balance(OperatorTrading, "MALLSTAR", "")
+            .await,
+        -25
+    );
+    let too_small = server
+        .submit(tenant.envelope(&exchange("x-3", ExchangeIn, 2, 0)))
+        .await;
+    assert_eq!(rejection(&too_small), pb::RejectionReason::ExchangeTooSmall);
+    let beyond = server
+        .submit(tenant.envelope(&exchange("x-4", ExchangeOut, 0, 26)))
+        .await;
+    assert_eq!(rejection(&beyond), pb::RejectionReason::PointsInsufficient);
+
+    // A new rate applies to later exchanges only; the first keeps its terms version (version
+    // 1 is the test's registration, without a unit).
+    server.clock.advance(1_000);
+    admin.set_merchant_terms(set_rate("0.5")).await.unwrap();
+    let later = server
+        .submit(tenant.envelope(&exchange("x-5", ExchangeIn, 100, 0)))
+        .await;
+    assert_eq!(accepted(&later).points, 50);
+    assert_eq!(
+        server.transaction("tenant-1", "x-1").await.terms_version,
+        Some(2)
+    );
+    assert_eq!(
+        server.transaction("tenant-1", "x-5").await.terms_version,
+        Some(3)
+    );
+    // A unit belongs to one merchant.
+    let taken = admin
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "cinema-1".into(),
+            ..set_rate("1")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), tonic::Code::FailedPrecondition);
+
+    check_and_restart(server, &["m-1"]).await;
+}
+
 on_both_backends!(
+    legacy_units_exchange_through_the_trading_account,
     earns_by_spend_follow_the_rules_in_force,
     credit_limits_and_prepaid_funding_bound_issuance,
     reversals_give_points_and_money_back_at_the_original_prices,

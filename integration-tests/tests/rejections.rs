@@ -128,6 +128,17 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
                 credit_limit_minor: Some(limit),
                 // One point per yuan spent.
                 earn_points_per_minor: "0.01".into(),
+                // The prepaid shop has a legacy unit at 0.35 points each.
+                legacy_unit: if limit == 0 {
+                    "SHOPPTS".into()
+                } else {
+                    String::new()
+                },
+                points_per_legacy_unit: if limit == 0 {
+                    "0.35".into()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             })
             .await
@@ -345,6 +356,22 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
         (
             RejectionReason::PrepaidBalanceInsufficient,
             prepaid.envelope(&server.body(&prepaid, pb::TransactionKind::Earn, "t-18", "m-1", 1)),
+        ),
+        (
+            RejectionReason::ExchangeRateMissing,
+            with_body(&|b| {
+                b.kind = pb::TransactionKind::ExchangeIn as i32;
+                b.points = 0;
+                b.legacy_units = 100;
+            }),
+        ),
+        (
+            RejectionReason::ExchangeTooSmall,
+            prepaid.envelope(&pb::TransactionBody {
+                points: 0,
+                legacy_units: 2,
+                ..server.body(&prepaid, pb::TransactionKind::ExchangeIn, "t-20", "m-1", 0)
+            }),
         ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();

@@ -66,6 +66,8 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             cross_merchant_reversals: false,
             credit_limit_minor: None,
             earn_points_per_minor: String::new(),
+            legacy_unit: String::new(),
+            points_per_legacy_unit: String::new(),
         })
         .await
         .unwrap()
@@ -101,6 +103,8 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             cross_merchant_reversals: false,
             credit_limit_minor: None,
             earn_points_per_minor: String::new(),
+            legacy_unit: String::new(),
+            points_per_legacy_unit: String::new(),
         })
         .await
         .unwrap_err();
@@ -125,6 +129,8 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
                 cross_merchant_reversals: false,
                 credit_limit_minor: None,
                 earn_points_per_minor: String::new(),
+                legacy_unit: String::new(),
+                points_per_legacy_unit: String::new(),
             })
             .await
             .unwrap_err();
@@ -146,6 +152,8 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             cross_merchant_reversals: false,
             credit_limit_minor: None,
             earn_points_per_minor: String::new(),
+            legacy_unit: String::new(),
+            points_per_legacy_unit: String::new(),
         })
         .await
         .unwrap_err();
@@ -380,6 +388,8 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
                 cross_merchant_reversals: false,
                 credit_limit_minor: None,
                 earn_points_per_minor: String::new(),
+                legacy_unit: String::new(),
+                points_per_legacy_unit: String::new(),
             })
             .await
             .unwrap();

@@ -27,14 +27,48 @@ impl CurrencyCode {
     }
 }
 
-/// An asset kept on the books: alliance points, and the settlement currency in integer minor
-/// units (fen for CNY). Amounts of every asset are integers.
+/// The code of a merchant's own legacy points unit: 4 to 12 of `A-Z 0-9` (so that it is
+/// never a currency code or `PTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitCode {
+    bytes: [u8; 12],
+    len: u8,
+}
+
+impl UnitCode {
+    pub fn new(code: &str) -> Option<Self> {
+        let valid = (4..=12).contains(&code.len())
+            && code
+                .bytes()
+                .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit());
+        if !valid {
+            return None;
+        }
+        let mut bytes = [0; 12];
+        bytes[..code.len()].copy_from_slice(code.as_bytes());
+        Some(UnitCode {
+            bytes,
+            len: code.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .expect("checked ASCII at construction")
+    }
+}
+
+/// An asset kept on the books: alliance points, the settlement currency in integer minor
+/// units (fen for CNY), and merchants' own legacy points units. Amounts of every asset are
+/// integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Asset {
     /// Alliance points, integer, no fractions.
     Points,
     /// Money in minor units of the currency.
     Currency(CurrencyCode),
+    /// A merchant's own legacy points unit, exchanged into alliance points and back.
+    Legacy(UnitCode),
 }
 
 impl Asset {
@@ -42,13 +76,15 @@ impl Asset {
         match self {
             Asset::Points => "PTS",
             Asset::Currency(code) => code.as_str(),
+            Asset::Legacy(unit) => unit.as_str(),
         }
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
         match code {
             "PTS" => Some(Asset::Points),
-            other => CurrencyCode::new(other).map(Asset::Currency),
+            other if other.len() == 3 => CurrencyCode::new(other).map(Asset::Currency),
+            other => UnitCode::new(other).map(Asset::Legacy),
         }
     }
 }
@@ -79,6 +115,10 @@ pub enum AccountKey {
     OperatorFees,
     /// Money that crossed the ledger's edge: what merchants paid in (funding) or were paid out.
     OperatorCash,
+    /// The operator's trading account for exchanges between a legacy unit and alliance
+    /// points: it holds the legacy units taken in and the points given out (and the reverse),
+    /// so each asset balances on its own.
+    OperatorTrading(UnitCode),
 }
 
 /// The owner name of the operator's own accounts.
@@ -98,6 +138,7 @@ impl AccountKey {
             AccountKey::OperatorRounding => "operator_rounding",
             AccountKey::OperatorFees => "operator_fees",
             AccountKey::OperatorCash => "operator_cash",
+            AccountKey::OperatorTrading(_) => "operator_trading",
         }
     }
 
@@ -113,6 +154,7 @@ impl AccountKey {
             | AccountKey::OperatorRounding
             | AccountKey::OperatorFees
             | AccountKey::OperatorCash => OPERATOR,
+            AccountKey::OperatorTrading(unit) => unit.as_str(),
         }
     }
 
@@ -135,6 +177,7 @@ impl AccountKey {
             "operator_rounding" if owner == OPERATOR => Some(AccountKey::OperatorRounding),
             "operator_fees" if owner == OPERATOR => Some(AccountKey::OperatorFees),
             "operator_cash" if owner == OPERATOR => Some(AccountKey::OperatorCash),
+            "operator_trading" => UnitCode::new(owner).map(AccountKey::OperatorTrading),
             _ => None,
         }
     }
@@ -164,6 +207,7 @@ mod tests {
             AccountKey::OperatorRounding,
             AccountKey::OperatorFees,
             AccountKey::OperatorCash,
+            AccountKey::OperatorTrading(UnitCode::new("MALLSTAR").unwrap()),
         ];
         for key in keys {
             assert_eq!(
@@ -176,6 +220,12 @@ mod tests {
         let cny = Asset::from_code("CNY").unwrap();
         assert_eq!(cny.code(), "CNY");
         assert_eq!(Asset::from_code("cny"), None);
-        assert_eq!(Asset::from_code("CNYX"), None);
+        assert_eq!(
+            Asset::from_code("CNYX"),
+            Some(Asset::Legacy(UnitCode::new("CNYX").unwrap()))
+        );
+        assert_eq!(Asset::from_code("MALLSTAR").unwrap().code(), "MALLSTAR");
+        assert_eq!(Asset::from_code("mallstar"), None);
+        assert_eq!(Asset::from_code("AVERYLONGUNIT"), None);
     }
 }

@@ -27,6 +27,10 @@ pub enum EntryKind {
     HoldExpiry,
     /// Money a merchant paid in (prepaid funding): no member, no points.
     Funding,
+    /// A member converted a merchant's legacy units into alliance points issued by it.
+    ExchangeIn,
+    /// A member converted alliance points into a merchant's legacy units.
+    ExchangeOut,
     /// The operator booked a member's expired lots to breakage, attributed to their issuers.
     Expiry,
 }
@@ -44,6 +48,8 @@ impl EntryKind {
             EntryKind::Void => "void",
             EntryKind::HoldExpiry => "hold_expiry",
             EntryKind::Funding => "funding",
+            EntryKind::ExchangeIn => "exchange_in",
+            EntryKind::ExchangeOut => "exchange_out",
             EntryKind::Expiry => "expiry",
         }
     }
@@ -60,6 +66,8 @@ impl EntryKind {
             "void" => Some(EntryKind::Void),
             "hold_expiry" => Some(EntryKind::HoldExpiry),
             "funding" => Some(EntryKind::Funding),
+            "exchange_in" => Some(EntryKind::ExchangeIn),
+            "exchange_out" => Some(EntryKind::ExchangeOut),
             "expiry" => Some(EntryKind::Expiry),
             _ => None,
         }

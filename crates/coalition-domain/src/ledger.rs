@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use sha2::{Digest, Sha256};
 
 use crate::account::{AccountId, AccountKey, Asset, CurrencyCode};
@@ -362,7 +363,23 @@ impl Ledger {
             cross_merchant_reversals,
             credit_limit_minor,
             earn_points_per_minor,
+            exchange,
         } = prices;
+        if let Some((unit, rate)) = exchange {
+            check_factor("the exchange rate", rate)?;
+            if let Some(owner) = self.terms.iter().find_map(|(owner, versions)| {
+                (owner != &merchant_id
+                    && versions
+                        .iter()
+                        .any(|terms| terms.exchange.is_some_and(|(taken, _)| taken == unit)))
+                .then(|| owner.clone())
+            }) {
+                return Err(TermsError::UnitTaken {
+                    unit: unit.as_str().to_owned(),
+                    owner,
+                });
+            }
+        }
         if let Some(rate) = earn_points_per_minor {
             check_factor("the base earn rate", rate)?;
         }
@@ -402,6 +419,7 @@ impl Ledger {
             cross_merchant_reversals,
             credit_limit_minor,
             earn_points_per_minor,
+            exchange,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
@@ -617,6 +635,9 @@ impl Ledger {
             }
             TransactionKind::Capture | TransactionKind::Void => {
                 self.draft_hold_settlement(submission, member_id, accepted_at_ms)?
+            }
+            TransactionKind::ExchangeIn | TransactionKind::ExchangeOut => {
+                self.draft_exchange(submission, member_id, accepted_at_ms)?
             }
         };
         let origin = MerchantOrigin {
@@ -891,6 +912,140 @@ impl Ledger {
                 ),
             )),
         }
+    }
+
+    /// An exchange between the merchant's legacy unit and alliance points at the rate in its
+    /// terms. Exchanging in, the member's units become points the merchant issues (a lot of
+    /// its issue, its issue price paid into the float); exchanging out, points go back to the
+    /// merchant (its redeem price paid to it) for its units. Both assets pass through the
+    /// trading account of the unit. Rounding: the side the member receives is rounded down to
+    /// whole units; of what the member gives, the part that bought nothing whole goes to the
+    /// rounding account, so each asset balances in integers.
+    fn draft_exchange(
+        &self,
+        submission: &Submission,
+        member_id: MemberId,
+        accepted_at_ms: i64,
+    ) -> Result<Draft, ApplyError> {
+        let merchant = &submission.merchant_id;
+        let wallet_before = self.wallet_points(&member_id);
+        let outgoing = submission.kind == TransactionKind::ExchangeOut;
+        if outgoing && submission.points > wallet_before {
+            return Err(rejected(
+                RejectionReason::PointsInsufficient,
+                format!(
+                    "member {} has {} points available, the exchange asks for {}",
+                    submission.member_id,
+                    wallet_before.max(0),
+                    submission.points
+                ),
+            ));
+        }
+        let terms = self.terms_at(merchant, accepted_at_ms).ok_or_else(|| {
+            rejected(
+                RejectionReason::TermsMissing,
+                format!("merchant {merchant} has no terms in force, so its points have no price"),
+            )
+        })?;
+        let (unit, rate) = terms.exchange.ok_or_else(|| {
+            rejected(
+                RejectionReason::ExchangeRateMissing,
+                format!("merchant {merchant} has no legacy unit and exchange rate in its terms"),
+            )
+        })?;
+        let whole = |value: Option<Decimal>| value.and_then(|value| value.to_i64());
+        let overflow = || ApplyError::InvariantViolated("exchange overflow".into());
+        let legacy = Asset::Legacy(unit);
+        let trading = AccountKey::OperatorTrading(unit);
+        let wallet = AccountKey::MemberWallet(member_id.clone());
+        let issued = AccountKey::MerchantIssued(merchant.clone());
+        let posting = |account: &AccountKey, asset: Asset, amount: i64| Posting {
+            account: account.clone(),
+            asset,
+            amount,
+        };
+        let (points, units, given_used, given_left) = if outgoing {
+            let points = submission.points;
+            let units = whole(Decimal::from(points).checked_div(rate).map(|v| v.floor()))
+                .ok_or_else(overflow)?;
+            let points_used = whole(Decimal::from(units).checked_mul(rate).map(|v| v.ceil()))
+                .ok_or_else(overflow)?
+                .min(points);
+            (points, units, points_used, points - points_used)
+        } else {
+            let units = submission.legacy_units;
+            let points = whole(Decimal::from(units).checked_mul(rate).map(|v| v.floor()))
+                .ok_or_else(overflow)?;
+            let units_used = whole(Decimal::from(points).checked_div(rate).map(|v| v.ceil()))
+                .ok_or_else(overflow)?
+                .min(units);
+            (points, units, units_used, units - units_used)
+        };
+        if points == 0 || units == 0 {
+            return Err(rejected(
+                RejectionReason::ExchangeTooSmall,
+                format!(
+                    "at {rate} points per {} unit, {} converts to nothing whole",
+                    unit.as_str(),
+                    if outgoing {
+                        format!("{points} points")
+                    } else {
+                        format!("{units} units")
+                    }
+                ),
+            ));
+        }
+        let mut postings = if outgoing {
+            vec![
+                posting(&wallet, Asset::Points, -points),
+                posting(&trading, Asset::Points, given_used),
+                posting(&AccountKey::OperatorRounding, Asset::Points, given_left),
+                posting(&trading, legacy, -units),
+                posting(&issued, legacy, units),
+            ]
+        } else {
+            vec![
+                posting(&issued, legacy, -units),
+                posting(&trading, legacy, given_used),
+                posting(&AccountKey::OperatorRounding, legacy, given_left),
+                posting(&trading, Asset::Points, -points),
+                posting(&wallet, Asset::Points, points),
+            ]
+        };
+        postings.retain(|posting| posting.amount != 0);
+        // The money of the points: issued in by the merchant, or redeemed by it going out.
+        let (side, priced_points) = if outgoing {
+            (Side::Redeem, given_used)
+        } else {
+            (Side::Issue, points)
+        };
+        let legs = self.money_legs(side, merchant, priced_points, terms)?;
+        if !outgoing {
+            self.check_credit(merchant, terms, &legs)?;
+        }
+        postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
+        Ok(Draft {
+            earn_rule_version: None,
+            kind: if outgoing {
+                EntryKind::ExchangeOut
+            } else {
+                EntryKind::ExchangeIn
+            },
+            member_points_after: checked_wallet(
+                wallet_before,
+                if outgoing { -points } else { points },
+            )?,
+            member_id,
+            points,
+            terms_version: Some(terms.version),
+            refers_to: None,
+            expires_at_ms: if outgoing {
+                None
+            } else {
+                self.policy.lot_expiry(submission.occurred_at_ms)
+            },
+            postings,
+        })
     }
 
     /// The receipt of the transaction a reversal, capture or void names.
@@ -1632,7 +1787,7 @@ impl Ledger {
         // Every entry but funding moves one member's wallet.
         let member = || entry.member_id.as_ref().ok_or_else(shape);
         match entry.kind {
-            EntryKind::Earn => {
+            EntryKind::Earn | EntryKind::ExchangeIn => {
                 let origin = entry.origin.as_ref().ok_or_else(shape)?;
                 let lot = Lot {
                     lot_id: LotId {
@@ -1646,18 +1801,28 @@ impl Ledger {
                     points: entry.points,
                 };
                 self.put_lots(member()?, vec![lot], sequence, &mut lots, &mut consumptions);
-                self.reversibles.insert(
-                    sequence,
-                    Reversible {
-                        kind: EntryKind::Earn,
-                        merchant_id: origin.merchant_id.clone(),
-                        member_id: member()?.clone(),
-                        points: entry.points,
-                        reversed: 0,
-                        terms_version: entry.terms_version.ok_or_else(shape)?,
-                        taken: Vec::new(),
-                    },
-                );
+                // An exchange is final: a mistaken one is undone by the opposite exchange.
+                if entry.kind == EntryKind::Earn {
+                    self.reversibles.insert(
+                        sequence,
+                        Reversible {
+                            kind: EntryKind::Earn,
+                            merchant_id: origin.merchant_id.clone(),
+                            member_id: member()?.clone(),
+                            points: entry.points,
+                            reversed: 0,
+                            terms_version: entry.terms_version.ok_or_else(shape)?,
+                            taken: Vec::new(),
+                        },
+                    );
+                }
+            }
+            EntryKind::ExchangeOut => {
+                let taken =
+                    self.take_lots(member()?, entry.points, sequence, None, &mut consumptions)?;
+                if taken.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
+                    return Err(ReplayError::LotsShort(sequence));
+                }
             }
             EntryKind::Burn | EntryKind::Hold => {
                 let origin = entry.origin.as_ref().ok_or_else(shape)?;

@@ -21,7 +21,7 @@ pub mod signing;
 pub mod submission;
 pub mod terms;
 
-pub use account::{AccountId, AccountKey, Asset, CurrencyCode};
+pub use account::{AccountId, AccountKey, Asset, CurrencyCode, UnitCode};
 pub use chain::ChainHead;
 pub use earn_rules::{Campaign, EarnRules};
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};

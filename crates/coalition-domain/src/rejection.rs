@@ -74,11 +74,15 @@ pub enum RejectionReason {
     CreditLimitExceeded = 30,
     /// The earn costs a prepaid merchant more than the funded balance it has left.
     PrepaidBalanceInsufficient = 31,
+    /// An exchange at a merchant whose terms name no legacy unit and rate.
+    ExchangeRateMissing = 32,
+    /// The exchange converts to no whole point (or no whole legacy unit).
+    ExchangeTooSmall = 33,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 31] = [
+    pub const ALL: [RejectionReason; 33] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -110,6 +114,8 @@ impl RejectionReason {
         Self::SpendEarnsNoPoints,
         Self::CreditLimitExceeded,
         Self::PrepaidBalanceInsufficient,
+        Self::ExchangeRateMissing,
+        Self::ExchangeTooSmall,
     ];
 
     /// The stable numeric code, equal to the gRPC enum value.
@@ -158,6 +164,8 @@ impl RejectionReason {
             Self::SpendEarnsNoPoints => "spend_earns_no_points",
             Self::CreditLimitExceeded => "credit_limit_exceeded",
             Self::PrepaidBalanceInsufficient => "prepaid_balance_insufficient",
+            Self::ExchangeRateMissing => "exchange_rate_missing",
+            Self::ExchangeTooSmall => "exchange_too_small",
         }
     }
 }

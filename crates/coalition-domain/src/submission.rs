@@ -18,6 +18,11 @@ pub enum TransactionKind {
     Capture,
     /// Releases the whole hold named by `refers_to`; its points must be 0.
     Void,
+    /// Converts `legacy_units` of the merchant's own unit into alliance points at the rate in
+    /// force; points must be 0.
+    ExchangeIn,
+    /// Converts `points` into the merchant's own legacy units; legacy units must be 0.
+    ExchangeOut,
 }
 
 impl TransactionKind {
@@ -46,6 +51,8 @@ pub struct RawSubmission {
     pub refers_to_merchant_id: String,
     /// The merchant transaction id referred to by a reversal, capture or void.
     pub refers_to_transaction_id: String,
+    /// Legacy units an exchange-in converts.
+    pub legacy_units: i64,
 }
 
 /// A checked submission, ready for the writer.
@@ -62,6 +69,8 @@ pub struct Submission {
     pub terminal_id: String,
     /// The transaction a reversal, capture or void acts on.
     pub refers_to: Option<(MerchantId, MerchantTransactionId)>,
+    /// Legacy units an exchange-in converts; 0 otherwise.
+    pub legacy_units: i64,
     /// SHA-256 of the signed body bytes.
     pub body_hash: [u8; 32],
 }
@@ -110,7 +119,28 @@ impl Submission {
                 format!("member id {error}"),
             )
         })?;
-        if kind == TransactionKind::Void {
+        if kind == TransactionKind::ExchangeIn {
+            if raw.points != 0
+                || raw.legacy_units <= 0
+                || raw.legacy_units > limits.points_per_transaction_max
+            {
+                return Err(Rejection::new(
+                    RejectionReason::PointsInvalid,
+                    format!(
+                        "an exchange-in converts 1 to {} legacy units into points the server computes, so its points must be 0; got {} legacy units and {} points",
+                        limits.points_per_transaction_max, raw.legacy_units, raw.points
+                    ),
+                ));
+            }
+        } else if raw.legacy_units != 0 {
+            return Err(Rejection::new(
+                RejectionReason::PointsInvalid,
+                format!(
+                    "only an exchange-in names legacy units, got {}",
+                    raw.legacy_units
+                ),
+            ));
+        } else if kind == TransactionKind::Void {
             if raw.points != 0 {
                 return Err(Rejection::new(
                     RejectionReason::PointsInvalid,
@@ -209,6 +239,7 @@ impl Submission {
             store_id: raw.store_id,
             terminal_id: raw.terminal_id,
             refers_to,
+            legacy_units: raw.legacy_units,
             body_hash,
         })
     }
@@ -233,6 +264,7 @@ mod tests {
             terminal_id: "pos-1".into(),
             refers_to_merchant_id: String::new(),
             refers_to_transaction_id: String::new(),
+            legacy_units: 0,
         }
     }
 

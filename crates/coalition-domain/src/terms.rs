@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
+use crate::account::UnitCode;
 use crate::ids::MerchantId;
 
 /// The most decimal places a price may have.
@@ -40,6 +41,9 @@ pub struct MerchantTerms {
     /// The merchant's base earn rate: points per minor unit of spend, for earns sent with a
     /// spend amount and no points (see `earn_rules`). `None`: earns must name their points.
     pub earn_points_per_minor: Option<Decimal>,
+    /// The merchant's own legacy points unit and its exchange rate in alliance points per
+    /// legacy unit; both or neither.
+    pub exchange: Option<(UnitCode, Decimal)>,
 }
 
 /// What one version of terms sets: prices in minor units per point, and permissions.
@@ -57,6 +61,8 @@ pub struct Prices {
     pub credit_limit_minor: Option<i64>,
     /// See `MerchantTerms::earn_points_per_minor`.
     pub earn_points_per_minor: Option<Decimal>,
+    /// See `MerchantTerms::exchange`.
+    pub exchange: Option<(UnitCode, Decimal)>,
 }
 
 /// Why terms were refused.
@@ -81,6 +87,8 @@ pub enum TermsError {
         version: u32,
         previous_ms: i64,
     },
+    #[error("legacy unit {unit} already belongs to merchant {owner}")]
+    UnitTaken { unit: String, owner: MerchantId },
     #[error("the credit limit cannot be negative, got {0} minor units")]
     CreditLimitInvalid(i64),
     #[error(

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use coalition_domain::{
     AccountKey, Asset, Changes, Entry, EntryKind, Ledger, LedgerPolicy, MemberId, MerchantId,
     MerchantTerms, MerchantTransactionId, Prices, RejectionReason, Submission, TransactionKind,
+    UnitCode,
 };
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -62,6 +63,12 @@ enum Step {
     Expire,
     /// Merchant 0 pays money in.
     Fund(i64),
+    /// A member exchanges legacy units of merchant 1 in (`units` > 0) or points out.
+    Exchange {
+        member: u8,
+        units: i64,
+        points: i64,
+    },
     /// The finance team sets new prices for a merchant.
     Reprice {
         merchant: u8,
@@ -114,6 +121,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u8..3, prop_oneof![Just(0i64), 1i64..300]).prop_map(|(target, points)| Step::Settle { target, points }),
         1 => Just(Step::Expire),
         1 => (1i64..3_000).prop_map(Step::Fund),
+        2 => (0u8..6, prop_oneof![Just(0i64), 1i64..2_000], 1i64..500).prop_map(|(member, units, points)| Step::Exchange { member, units, points }),
         1 => (0u8..2, 0i64..300, 0i64..300).prop_map(|(merchant, issue_cents, redeem_cents)| {
             Step::Reprice {
                 merchant,
@@ -147,6 +155,7 @@ fn submission(
         store_id: "s".into(),
         terminal_id: "t".into(),
         refers_to: None,
+        legacy_units: 0,
         body_hash: coalition_domain::body_hash(format!("{id}/{points}/{member_index}").as_bytes()),
     }
 }
@@ -160,6 +169,8 @@ fn prices(issue_cents: i64, redeem_cents: i64, fee_cents: i64, cross: bool) -> P
         cross_merchant_reversals: cross,
         credit_limit_minor: (!cross).then_some(CREDIT_LIMIT),
         earn_points_per_minor: Some(Decimal::new(1, 2)),
+        // Merchant 1 has a legacy unit at 0.35 points each.
+        exchange: cross.then(|| (UnitCode::new("STAR").unwrap(), Decimal::new(35, 2))),
     }
 }
 
@@ -415,6 +426,34 @@ proptest! {
                             }
                             prop_assert_eq!(ledger.head(), before_head);
                         }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+                Step::Exchange { member: index, units, points } => {
+                    let outgoing = units == 0;
+                    let kind = if outgoing { TransactionKind::ExchangeOut } else { TransactionKind::ExchangeIn };
+                    let mut body = submission(1, index, kind, if outgoing { points } else { 0 }, format!("exchange-{time}"), now);
+                    body.legacy_units = units;
+                    let before_points = ledger.member_points(&member(index));
+                    let rate = Decimal::new(35, 2);
+                    match ledger.apply(&body, now, &mut changes) {
+                        Ok(Outcome::Applied(receipt)) => {
+                            let entry = changes.entries.last().unwrap();
+                            let star = Asset::Legacy(UnitCode::new("STAR").unwrap());
+                            let legacy_moved: i64 = entry.postings.iter().filter(|p| p.asset == star && p.amount > 0).map(|p| p.amount).sum();
+                            if outgoing {
+                                prop_assert_eq!(receipt.member_points_after, before_points - points);
+                                prop_assert_eq!(Decimal::from(legacy_moved), (Decimal::from(points) / rate).floor());
+                            } else {
+                                prop_assert_eq!(Decimal::from(receipt.points), (Decimal::from(units) * rate).floor());
+                                prop_assert_eq!(legacy_moved, units);
+                                prop_assert_eq!(receipt.member_points_after, before_points + receipt.points);
+                            }
+                        }
+                        Err(ApplyError::Rejected(rejection)) => prop_assert!(matches!(
+                            rejection.reason,
+                            RejectionReason::ExchangeTooSmall | RejectionReason::PointsInsufficient
+                        ), "{rejection:?}"),
                         other => prop_assert!(false, "unexpected {other:?}"),
                     }
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing;
 use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
-use coalition_domain::{Prices, TermsError};
+use coalition_domain::{Prices, TermsError, UnitCode};
 use coalition_engine::{AdminError, Engine, NewMerchant};
 use rust_decimal::Decimal;
 use tonic::metadata::MetadataMap;
@@ -59,7 +59,8 @@ pub fn admin_status(error: AdminError) -> Status {
         AdminError::Terms(
             TermsError::EffectiveInThePast { .. }
             | TermsError::NotAfterPrevious { .. }
-            | TermsError::RulesNotAfterPrevious { .. },
+            | TermsError::RulesNotAfterPrevious { .. }
+            | TermsError::UnitTaken { .. },
         ) => Status::failed_precondition(error.to_string()),
         AdminError::Terms(
             TermsError::PriceInvalid { .. }
@@ -313,6 +314,21 @@ impl AdminService for Admin {
                     },
                     cross_merchant_reversals: request.cross_merchant_reversals,
                     credit_limit_minor: request.credit_limit_minor,
+                    exchange: match (
+                        request.legacy_unit.trim(),
+                        request.points_per_legacy_unit.trim(),
+                    ) {
+                        ("", "") => None,
+                        (unit, rate) => Some((
+                            UnitCode::new(unit).ok_or_else(|| {
+                                invalid(
+                                    "legacy_unit",
+                                    format!("{unit:?} is not 4 to 12 of A-Z 0-9"),
+                                )
+                            })?,
+                            price("points_per_legacy_unit", rate)?,
+                        )),
+                    },
                     earn_points_per_minor: if request.earn_points_per_minor.trim().is_empty() {
                         None
                     } else {

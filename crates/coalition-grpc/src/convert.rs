@@ -1,6 +1,5 @@
 //! Hand-written conversions between the wire types and the domain.
 
-use coalition_domain::MerchantTerms;
 use coalition_domain::account::{AccountKey, OPERATOR};
 use coalition_domain::journal::Entry;
 use coalition_domain::journal::EntryKind;
@@ -8,6 +7,7 @@ use coalition_domain::{
     MemberId, MerchantCategory, MerchantId, RawSubmission, Rejection, RejectionReason,
     TransactionKind,
 };
+use coalition_domain::{MerchantTerms, UnitCode};
 use coalition_engine::{EngineError, Envelope, SubmitOutcome};
 use tonic::Status;
 
@@ -36,6 +36,8 @@ pub fn raw_submission(body: pb::TransactionBody) -> RawSubmission {
         Ok(pb::TransactionKind::Hold) => Some(TransactionKind::Hold),
         Ok(pb::TransactionKind::Capture) => Some(TransactionKind::Capture),
         Ok(pb::TransactionKind::Void) => Some(TransactionKind::Void),
+        Ok(pb::TransactionKind::ExchangeIn) => Some(TransactionKind::ExchangeIn),
+        Ok(pb::TransactionKind::ExchangeOut) => Some(TransactionKind::ExchangeOut),
         Ok(pb::TransactionKind::Unspecified) | Err(_) => None,
     };
     RawSubmission {
@@ -50,6 +52,7 @@ pub fn raw_submission(body: pb::TransactionBody) -> RawSubmission {
         terminal_id: body.terminal_id,
         refers_to_merchant_id: body.refers_to_merchant_id,
         refers_to_transaction_id: body.refers_to_transaction_id,
+        legacy_units: body.legacy_units,
     }
 }
 
@@ -61,6 +64,8 @@ fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
         EntryKind::Hold => pb::TransactionKind::Hold,
         EntryKind::Capture => pb::TransactionKind::Capture,
         EntryKind::Void => pb::TransactionKind::Void,
+        EntryKind::ExchangeIn => pb::TransactionKind::ExchangeIn,
+        EntryKind::ExchangeOut => pb::TransactionKind::ExchangeOut,
         EntryKind::MemberMerge | EntryKind::HoldExpiry | EntryKind::Expiry | EntryKind::Funding => {
             pb::TransactionKind::Unspecified
         }
@@ -116,6 +121,7 @@ pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
         AccountKey::OperatorRounding => pb::AccountKind::OperatorRounding,
         AccountKey::OperatorFees => pb::AccountKind::OperatorFees,
         AccountKey::OperatorCash => pb::AccountKind::OperatorCash,
+        AccountKey::OperatorTrading(_) => pb::AccountKind::OperatorTrading,
     }
 }
 
@@ -134,6 +140,9 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
         Ok(pb::AccountKind::MerchantSettlement) => MerchantId::new(owner_id)
             .map(AccountKey::MerchantSettlement)
             .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::OperatorTrading) => UnitCode::new(&owner_id)
+            .map(AccountKey::OperatorTrading)
+            .ok_or_else(|| invalid(format!("owner_id {owner_id:?} is not a legacy unit code"))),
         Ok(pb::AccountKind::MemberHeld) => MemberId::new(owner_id)
             .map(AccountKey::MemberHeld)
             .map_err(|error| invalid(format!("owner_id {error}"))),
@@ -239,5 +248,11 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         earn_points_per_minor: terms
             .earn_points_per_minor
             .map_or_else(String::new, |rate| rate.to_string()),
+        legacy_unit: terms
+            .exchange
+            .map_or_else(String::new, |(unit, _)| unit.as_str().to_owned()),
+        points_per_legacy_unit: terms
+            .exchange
+            .map_or_else(String::new, |(_, rate)| rate.to_string()),
     }
 }

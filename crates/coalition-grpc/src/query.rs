@@ -139,7 +139,8 @@ impl QueryService for Queries {
                 AccountKey::OperatorFloat
                 | AccountKey::OperatorRounding
                 | AccountKey::OperatorFees
-                | AccountKey::OperatorCash => false,
+                | AccountKey::OperatorCash
+                | AccountKey::OperatorTrading(_) => false,
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(

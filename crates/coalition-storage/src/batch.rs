@@ -545,6 +545,24 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                 Column::NullableBigInt(terms.iter().map(|t| t.credit_limit_minor).collect()),
             ),
             (
+                "legacy_unit",
+                Column::NullableText(
+                    terms
+                        .iter()
+                        .map(|t| t.exchange.map(|(unit, _)| unit.as_str().to_owned()))
+                        .collect(),
+                ),
+            ),
+            (
+                "points_per_legacy_unit",
+                Column::NullableText(
+                    terms
+                        .iter()
+                        .map(|t| t.exchange.map(|(_, rate)| rate.to_string()))
+                        .collect(),
+                ),
+            ),
+            (
                 "earn_points_per_minor",
                 Column::NullableText(
                     terms

@@ -54,6 +54,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "earn by spend",
         include_str!("../../../migrations/sqlite/0007_earn_by_spend.sql"),
     ),
+    (
+        8,
+        "exchange rates",
+        include_str!("../../../migrations/sqlite/0008_exchange_rates.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -91,6 +96,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "earn by spend",
         include_str!("../../../migrations/postgres/0007_earn_by_spend.sql"),
+    ),
+    (
+        8,
+        "exchange rates",
+        include_str!("../../../migrations/postgres/0008_exchange_rates.sql"),
     ),
 ];
 

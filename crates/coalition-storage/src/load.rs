@@ -9,7 +9,7 @@ use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
 use coalition_domain::registry::{MerchantCategory, MerchantStatus};
 use coalition_domain::{
     Campaign, EarnRules, KeyId, Ledger, MemberId, Merchant, MerchantId, MerchantKey, MerchantTerms,
-    MerchantTransactionId, Registry, signing,
+    MerchantTransactionId, Registry, UnitCode, signing,
 };
 use sqlx::Row;
 
@@ -559,7 +559,7 @@ impl Storage {
             sqlx::query(
                 "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
                  fee_minor_per_point, cross_merchant_reversals, credit_limit_minor, \
-                 earn_points_per_minor \
+                 earn_points_per_minor, legacy_unit, points_per_legacy_unit \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -576,6 +576,8 @@ impl Storage {
                     row.try_get::<i64, _>("cross_merchant_reversals")?,
                     row.try_get::<Option<i64>, _>("credit_limit_minor")?,
                     row.try_get::<Option<String>, _>("earn_points_per_minor")?,
+                    row.try_get::<Option<String>, _>("legacy_unit")?,
+                    row.try_get::<Option<String>, _>("points_per_legacy_unit")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
@@ -592,6 +594,8 @@ impl Storage {
                     cross,
                     limit,
                     rate,
+                    unit,
+                    unit_rate,
                 )| {
                     let price = |text: &str| {
                         rust_decimal::Decimal::from_str_exact(text)
@@ -609,6 +613,15 @@ impl Storage {
                         cross_merchant_reversals: cross != 0,
                         credit_limit_minor: limit,
                         earn_points_per_minor: rate.as_deref().map(price).transpose()?,
+                        exchange: match (unit, unit_rate) {
+                            (Some(unit), Some(rate)) => Some((
+                                UnitCode::new(&unit).ok_or_else(|| {
+                                    corrupt(format!("terms of {merchant_id}: legacy unit {unit:?}"))
+                                })?,
+                                price(&rate)?,
+                            )),
+                            _ => None,
+                        },
                     })
                 },
             )

@@ -188,6 +188,13 @@ pub enum AdminCommand {
         /// unit (0.01 is one point per yuan). Default: earns must name their points.
         #[arg(long, default_value = "")]
         earn_points_per_minor: String,
+        /// The merchant's own legacy points unit (4 to 12 of A-Z 0-9), exchanged into
+        /// alliance points at --points-per-legacy-unit.
+        #[arg(long, default_value = "")]
+        legacy_unit: String,
+        /// Alliance points per legacy unit, e.g. 0.35.
+        #[arg(long, default_value = "")]
+        points_per_legacy_unit: String,
     },
     /// Set the next version of the alliance's earn rules (tier multipliers and campaigns).
     SetEarnRules {
@@ -248,6 +255,8 @@ pub enum Kind {
     Hold,
     Capture,
     Void,
+    ExchangeIn,
+    ExchangeOut,
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +288,9 @@ pub enum ClientCommand {
         /// For a reversal of another merchant's transaction: that merchant.
         #[arg(long, default_value = "")]
         refers_to_merchant: String,
+        /// For an exchange-in: the legacy units converted.
+        #[arg(long, default_value_t = 0)]
+        legacy_units: i64,
     },
     /// Read a member's balance with a signed query.
     Balance {
@@ -496,6 +508,7 @@ pub fn example_body() -> pb::TransactionBody {
         terminal_id: "pos-7".into(),
         refers_to_transaction_id: String::new(),
         refers_to_merchant_id: String::new(),
+        legacy_units: 0,
     }
 }
 
@@ -651,6 +664,8 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             cross_merchant_reversals,
             credit_limit_minor,
             earn_points_per_minor,
+            legacy_unit,
+            points_per_legacy_unit,
         } => {
             let terms = admin
                 .set_merchant_terms(pb::SetMerchantTermsRequest {
@@ -662,6 +677,8 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     cross_merchant_reversals,
                     credit_limit_minor,
                     earn_points_per_minor,
+                    legacy_unit,
+                    points_per_legacy_unit,
                 })
                 .await?
                 .into_inner()
@@ -796,6 +813,7 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
             occurred_at_ms,
             refers_to,
             refers_to_merchant,
+            legacy_units,
         } => {
             let body = pb::TransactionBody {
                 merchant_id: identity.merchant,
@@ -807,6 +825,8 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                     Kind::Hold => pb::TransactionKind::Hold,
                     Kind::Capture => pb::TransactionKind::Capture,
                     Kind::Void => pb::TransactionKind::Void,
+                    Kind::ExchangeIn => pb::TransactionKind::ExchangeIn,
+                    Kind::ExchangeOut => pb::TransactionKind::ExchangeOut,
                 } as i32,
                 member_id: member,
                 points,
@@ -816,6 +836,7 @@ async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::R
                 terminal_id: terminal,
                 refers_to_transaction_id: refers_to,
                 refers_to_merchant_id: refers_to_merchant,
+                legacy_units,
             };
             let response = SubmissionServiceClient::new(channel)
                 .submit(pb::SubmitRequest {

@@ -295,6 +295,8 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 cross_merchant_reversals: merchant.category == pb::MerchantCategory::MallTenant,
                 credit_limit_minor: None,
                 earn_points_per_minor: crate::workload::EARN_POINTS_PER_MINOR.into(),
+                legacy_unit: String::new(),
+                points_per_legacy_unit: String::new(),
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;

@@ -244,6 +244,7 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
             terminal_id: format!("pos-{}", store % 7 + 1),
             refers_to_transaction_id: String::new(),
             refers_to_merchant_id: String::new(),
+            legacy_units: 0,
         }
     };
 
