@@ -143,6 +143,91 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
     let balance = stdout(&client(&["balance", "--member", "member-000042"]));
     assert!(balance.contains("has 180 points"), "{balance}");
 
+    // Holds, captures, reversals, exchanges, earn by spend, funding and the expiry run.
+    let submit = |kind: &str, id: &str, points: &str, extra: &[&str]| {
+        let mut all = vec![
+            "submit",
+            "--kind",
+            kind,
+            "--member",
+            "member-000042",
+            "--points",
+            points,
+            "--transaction-id",
+            id,
+        ];
+        all.extend_from_slice(extra);
+        client(&all)
+    };
+    let held = stdout(&submit("hold", "gate-1", "100", &[]));
+    assert!(held.contains("now has 80 points"), "{held}");
+    let captured = stdout(&submit(
+        "capture",
+        "gate-2",
+        "60",
+        &["--refers-to", "gate-1"],
+    ));
+    assert!(captured.contains("now has 120 points"), "{captured}");
+    let refunded = stdout(&submit(
+        "reversal",
+        "refund-1",
+        "20",
+        &["--refers-to", "pos-7-000123"],
+    ));
+    assert!(refunded.contains("now has 100 points"), "{refunded}");
+    let terms = stdout(&admin(&[
+        "set-terms",
+        "--merchant",
+        "tenant-001",
+        "--issue-price",
+        "1.05",
+        "--redeem-price",
+        "0.95",
+        "--earn-points-per-minor",
+        "0.01",
+        "--legacy-unit",
+        "TENANTPTS",
+        "--points-per-legacy-unit",
+        "0.5",
+        "--credit-limit-minor",
+        "100000",
+    ]));
+    assert!(terms.contains("terms version 2"), "{terms}");
+    let rules = stdout(&admin(&[
+        "set-earn-rules",
+        "--tier",
+        "gold=1.5",
+        "--campaign",
+        "opening,*,0,9999999999999,2",
+    ]));
+    assert!(rules.contains("earn rules version 1"), "{rules}");
+    let by_spend = stdout(&submit(
+        "earn",
+        "pos-7-000125",
+        "0",
+        &["--spend-minor", "1000"],
+    ));
+    assert!(by_spend.contains("now has 120 points"), "{by_spend}");
+    let exchanged = stdout(&submit(
+        "exchange-in",
+        "swap-1",
+        "0",
+        &["--legacy-units", "40"],
+    ));
+    assert!(exchanged.contains("now has 140 points"), "{exchanged}");
+    let funded = stdout(&admin(&[
+        "fund",
+        "--merchant",
+        "tenant-001",
+        "--amount-minor",
+        "5000",
+        "--reference",
+        "transfer-1",
+    ]));
+    assert!(funded.contains("funding booked as entry"), "{funded}");
+    let expiry = stdout(&admin(&["expire"]));
+    assert!(expiry.contains("expiry run: 0 points"), "{expiry}");
+
     let wrong_token = Command::new(SERVER)
         .args([
             "admin",
