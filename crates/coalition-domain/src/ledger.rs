@@ -245,6 +245,17 @@ struct Draft {
     postings: Vec<Posting>,
 }
 
+/// An entry the operator makes (no merchant submitted it), before it is sealed.
+struct OperatorEntry {
+    kind: EntryKind,
+    member_id: Option<MemberId>,
+    points: i64,
+    member_points_after: i64,
+    memo: String,
+    refers_to: Option<u64>,
+    postings: Vec<Posting>,
+}
+
 /// Whether points were issued or redeemed, for the money legs.
 #[derive(Debug, Clone, Copy)]
 enum Side {
@@ -840,20 +851,13 @@ impl Ledger {
         changes: &mut Changes,
     ) -> Result<u64, ApplyError> {
         let money = Asset::Currency(self.currency);
-        let entry = self.seal(Entry {
-            sequence: 0,
+        let entry = OperatorEntry {
             kind: EntryKind::Funding,
-            accepted_at_ms: at_ms,
-            origin: None,
             member_id: None,
             points: 0,
-            spend_minor: None,
             member_points_after: 0,
             memo: format!("funding of merchant {merchant_id}: {reference}"),
-            terms_version: None,
             refers_to: None,
-            expires_at_ms: None,
-            earn_rule_version: None,
             postings: vec![
                 Posting {
                     account: AccountKey::OperatorCash,
@@ -866,13 +870,9 @@ impl Ledger {
                     amount: amount_minor,
                 },
             ],
-            previous_hash: [0; 32],
-            hash: [0; 32],
-        });
-        let sequence = entry.sequence;
-        self.commit_entry(entry, Some(changes))
-            .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
-        Ok(sequence)
+        };
+        self.commit_operator_entry(entry, at_ms, changes)
+            .map_err(|error| ApplyError::InvariantViolated(error.to_string()))
     }
 
     /// The points an earn by spend earns: spend × the merchant's base rate × the earn rules'
@@ -1345,23 +1345,16 @@ impl Ledger {
             };
             let member_id = self.resolve_member(&hold.member_id);
             let member_points_after = checked_wallet(self.wallet_points(&member_id), hold.points)?;
-            let entry = self.seal(Entry {
-                sequence: 0,
+            let entry = OperatorEntry {
                 kind: EntryKind::HoldExpiry,
-                accepted_at_ms: at_ms,
-                origin: None,
                 member_id: Some(member_id.clone()),
                 points: hold.points,
-                spend_minor: None,
                 member_points_after,
                 memo: format!(
                     "hold of merchant {} expired at {} ms, neither captured nor voided",
                     hold.merchant_id, hold.expires_at_ms
                 ),
-                terms_version: None,
                 refers_to: Some(sequence),
-                expires_at_ms: None,
-                earn_rule_version: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberHeld(hold.member_id.clone()),
@@ -1374,12 +1367,10 @@ impl Ledger {
                         amount: hold.points,
                     },
                 ],
-                previous_hash: [0; 32],
-                hash: [0; 32],
-            });
+            };
             summary.entries += 1;
             summary.points += entry.points;
-            self.commit_entry(entry, Some(changes))
+            self.commit_operator_entry(entry, at_ms, changes)
                 .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
         }
         Ok(summary)
@@ -1455,27 +1446,18 @@ impl Ledger {
                 },
             ));
             let member_points_after = checked_wallet(self.wallet_points(&member_id), -points)?;
-            let entry = self.seal(Entry {
-                sequence: 0,
+            let entry = OperatorEntry {
                 kind: EntryKind::Expiry,
-                accepted_at_ms: at_ms,
-                origin: None,
                 member_id: Some(member_id),
                 points,
-                spend_minor: None,
                 member_points_after,
                 memo: format!("points expired by {at_ms} ms"),
-                terms_version: None,
                 refers_to: None,
-                expires_at_ms: None,
-                earn_rule_version: None,
                 postings,
-                previous_hash: [0; 32],
-                hash: [0; 32],
-            });
+            };
             summary.entries += 1;
             summary.points += points;
-            self.commit_entry(entry, Some(changes))
+            self.commit_operator_entry(entry, at_ms, changes)
                 .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?;
         }
         Ok(summary)
@@ -1536,20 +1518,13 @@ impl Ledger {
         let mut receipt = None;
         if moved_points > 0 {
             let member_points_after = self.wallet_points(&target) + moved_points;
-            let entry = self.seal(Entry {
-                sequence: 0,
+            let entry = OperatorEntry {
                 kind: EntryKind::MemberMerge,
-                accepted_at_ms: at_ms,
-                origin: None,
                 member_id: Some(target.clone()),
                 points: moved_points,
-                spend_minor: None,
                 member_points_after,
                 memo: format!("member {alias} merged into {target}"),
-                terms_version: None,
                 refers_to: None,
-                expires_at_ms: None,
-                earn_rule_version: None,
                 postings: vec![
                     Posting {
                         account: AccountKey::MemberWallet(alias.clone()),
@@ -1562,11 +1537,9 @@ impl Ledger {
                         amount: moved_points,
                     },
                 ],
-                previous_hash: [0; 32],
-                hash: [0; 32],
-            });
-            let sequence = entry.sequence;
-            self.commit_entry(entry, Some(changes))
+            };
+            let sequence = self
+                .commit_operator_entry(entry, at_ms, changes)
                 .map_err(|error| MemberError::InvariantViolated(error.to_string()))?;
             receipt = Some(Receipt {
                 sequence,
@@ -1694,6 +1667,36 @@ impl Ledger {
             *outstanding.entry(lot.issuer.clone()).or_insert(0) += lot.points;
         }
         outstanding
+    }
+
+    /// Seals and commits an operator entry accepted at `at_ms`; returns its sequence.
+    fn commit_operator_entry(
+        &mut self,
+        entry: OperatorEntry,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<u64, ReplayError> {
+        let entry = self.seal(Entry {
+            sequence: 0,
+            kind: entry.kind,
+            accepted_at_ms: at_ms,
+            origin: None,
+            member_id: entry.member_id,
+            points: entry.points,
+            spend_minor: None,
+            member_points_after: entry.member_points_after,
+            memo: entry.memo,
+            terms_version: None,
+            refers_to: entry.refers_to,
+            expires_at_ms: None,
+            earn_rule_version: None,
+            postings: entry.postings,
+            previous_hash: [0; 32],
+            hash: [0; 32],
+        });
+        let sequence = entry.sequence;
+        self.commit_entry(entry, Some(changes))?;
+        Ok(sequence)
     }
 
     /// Gives an entry its sequence, link and hash at the current head.
