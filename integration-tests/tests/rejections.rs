@@ -373,6 +373,15 @@ async fn every_rejection_reason_is_reachable_and_applies_nothing(backend: Backen
                 ..server.body(&prepaid, pb::TransactionKind::ExchangeIn, "t-20", "m-1", 0)
             }),
         ),
+        (
+            // 10 billion yuan at one point per yuan: above the 10 million point limit.
+            RejectionReason::ComputedPointsAboveLimit,
+            prepaid.envelope(&pb::TransactionBody {
+                points: 0,
+                spend_minor: Some(1_000_000_000_000),
+                ..server.body(&prepaid, pb::TransactionKind::Earn, "t-21", "m-1", 0)
+            }),
+        ),
     ];
     let covered: Vec<RejectionReason> = cases.iter().map(|(reason, _)| *reason).collect();
     assert_eq!(

@@ -904,6 +904,9 @@ impl Ledger {
             )
         });
         match points_for_spend(spend, base, multiplier) {
+            Some(points) if points > self.policy.points_per_transaction_max => {
+                Err(self.above_limit(points))
+            }
             Some(points) if points > 0 => Ok((points, rules.map(|rules| rules.version))),
             _ => Err(rejected(
                 RejectionReason::SpendEarnsNoPoints,
@@ -981,6 +984,9 @@ impl Ledger {
                 .min(units);
             (points, units, units_used, units - units_used)
         };
+        if !outgoing && points > self.policy.points_per_transaction_max {
+            return Err(self.above_limit(points));
+        }
         if points == 0 || units == 0 {
             return Err(rejected(
                 RejectionReason::ExchangeTooSmall,
@@ -1046,6 +1052,16 @@ impl Ledger {
             },
             postings,
         })
+    }
+
+    fn above_limit(&self, points: i64) -> ApplyError {
+        rejected(
+            RejectionReason::ComputedPointsAboveLimit,
+            format!(
+                "the transaction would award {points} points, above the per-transaction limit of {}",
+                self.policy.points_per_transaction_max
+            ),
+        )
     }
 
     /// The receipt of the transaction a reversal, capture or void names.

@@ -52,6 +52,9 @@ pub struct LedgerPolicy {
     /// How long points live after they were earned; `None` for never.
     pub points_lifetime_ms: Option<i64>,
     pub expiry_boundary: ExpiryBoundary,
+    /// The most points one transaction may award when the server computes them (an earn by
+    /// spend, an exchange in); the same limit explicit points are checked against.
+    pub points_per_transaction_max: i64,
 }
 
 impl Default for LedgerPolicy {
@@ -60,6 +63,7 @@ impl Default for LedgerPolicy {
             hold_timeout_ms: DAY_MS,
             points_lifetime_ms: Some(365 * DAY_MS),
             expiry_boundary: ExpiryBoundary::Exact,
+            points_per_transaction_max: crate::limits::Limits::default().points_per_transaction_max,
         }
     }
 }

@@ -78,11 +78,13 @@ pub enum RejectionReason {
     ExchangeRateMissing = 32,
     /// The exchange converts to no whole point (or no whole legacy unit).
     ExchangeTooSmall = 33,
+    /// An earn by spend or an exchange would award more points than the per-transaction limit.
+    ComputedPointsAboveLimit = 34,
 }
 
 impl RejectionReason {
     /// Every reason, in precedence order.
-    pub const ALL: [RejectionReason; 33] = [
+    pub const ALL: [RejectionReason; 34] = [
         Self::SignatureMalformed,
         Self::MerchantUnknown,
         Self::MerchantSuspended,
@@ -116,6 +118,7 @@ impl RejectionReason {
         Self::PrepaidBalanceInsufficient,
         Self::ExchangeRateMissing,
         Self::ExchangeTooSmall,
+        Self::ComputedPointsAboveLimit,
     ];
 
     /// The stable numeric code, equal to the gRPC enum value.
@@ -166,6 +169,7 @@ impl RejectionReason {
             Self::PrepaidBalanceInsufficient => "prepaid_balance_insufficient",
             Self::ExchangeRateMissing => "exchange_rate_missing",
             Self::ExchangeTooSmall => "exchange_too_small",
+            Self::ComputedPointsAboveLimit => "computed_points_above_limit",
         }
     }
 }

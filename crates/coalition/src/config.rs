@@ -256,6 +256,7 @@ impl Config {
                     .points_expiry_boundary
                     .parse()
                     .expect("checked when loaded"),
+                points_per_transaction_max: self.points_per_transaction_max,
             },
             expiry_run_interval_ms: (self.expiry_run_interval_ms > 0)
                 .then_some(self.expiry_run_interval_ms),
