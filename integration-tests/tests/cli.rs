@@ -256,3 +256,27 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
 }
 
 on_both_backends!(the_cli_registers_enrolls_submits_and_reads);
+
+/// Operator keys through the binary: generate, show, rotate; old public keys stay.
+#[test]
+fn operator_keys_are_generated_shown_and_rotated() {
+    let dir = std::env::temp_dir().join(format!("coalition-operator-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().unwrap();
+    let generated = stdout(&coalition(&["operator-key", "generate", "--dir", dir_text]));
+    assert!(generated.starts_with("current operator-1 "), "{generated}");
+    let again = coalition(&["operator-key", "generate", "--dir", dir_text]);
+    assert!(!again.status.success(), "generate never replaces a key");
+    let rotated = stdout(&coalition(&["operator-key", "rotate", "--dir", dir_text]));
+    assert!(rotated.starts_with("current operator-2 "), "{rotated}");
+    let shown = stdout(&coalition(&["operator-key", "show", "--dir", dir_text]));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].starts_with("retired operator-1 "), "{shown}");
+    assert!(lines[1].starts_with("current operator-2 "), "{shown}");
+    // What `generate` printed as the first public key is what its .pub file says.
+    let first_public = generated.split_whitespace().nth(2).unwrap();
+    let stored = std::fs::read_to_string(dir.join("operator-1.pub")).unwrap();
+    assert_eq!(stored.trim(), first_public);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,6 +56,12 @@ pub enum Command {
     },
     /// Print the worked signing example of the README, computed afresh.
     SignExample,
+    /// The operator's signing keys (they sign export manifests and closed periods' chain
+    /// heads): generate the first, show them, rotate to a new one.
+    OperatorKey {
+        #[command(subcommand)]
+        command: OperatorKeyCommand,
+    },
     /// Operator administration over gRPC.
     Admin {
         #[command(flatten)]
@@ -323,6 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Check { database_url } => check(&database_url).await,
         Command::Keygen { out } => keygen(&out),
+        Command::OperatorKey { command } => operator_key(command),
         Command::SignExample => {
             print!("{}", sign_example());
             Ok(())
@@ -427,6 +434,54 @@ pub async fn check(database_url: &str) -> anyhow::Result<()> {
             report.problems.len()
         )
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorKeyCommand {
+    /// Create the first operator key in the directory (refused if it holds keys already).
+    Generate {
+        #[arg(long, default_value = "operator-keys")]
+        dir: PathBuf,
+    },
+    /// Print the current key's id and public key, and every older one.
+    Show {
+        #[arg(long, default_value = "operator-keys")]
+        dir: PathBuf,
+    },
+    /// Make a new key current; the old one signs nothing more but stays verifiable.
+    Rotate {
+        #[arg(long, default_value = "operator-keys")]
+        dir: PathBuf,
+    },
+}
+
+fn operator_key(command: OperatorKeyCommand) -> anyhow::Result<()> {
+    use crate::operator_key;
+    let describe = |key: &operator_key::OperatorKey, dir: &Path| {
+        format!(
+            "{} {} {} ({})",
+            if key.current { "current" } else { "retired" },
+            key.key_id,
+            hex::encode(key.public_key.as_bytes()),
+            dir.join(format!("{}.pub", key.key_id)).display()
+        )
+    };
+    match command {
+        OperatorKeyCommand::Generate { dir } => {
+            let key = operator_key::generate(&dir)?;
+            println!("{}", describe(&key, &dir));
+        }
+        OperatorKeyCommand::Show { dir } => {
+            for key in operator_key::list(&dir)? {
+                println!("{}", describe(&key, &dir));
+            }
+        }
+        OperatorKeyCommand::Rotate { dir } => {
+            let key = operator_key::rotate(&dir)?;
+            println!("{}", describe(&key, &dir));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a secret key file written by `keygen`.
