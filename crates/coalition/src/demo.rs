@@ -647,7 +647,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for problem in &report.problems {
         println!("problem: {problem}");
     }
-    println!("database              {}", database_path.display());
+    match &args.database_url {
+        Some(url) => println!("database              {}", crate::runtime::redacted(url)),
+        None => println!("database              {}", database_path.display()),
+    }
     if !report.is_sound() {
         bail!(
             "ledger check FAILED with {} problems",
