@@ -255,8 +255,6 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-on_both_backends!(the_cli_registers_enrolls_submits_and_reads);
-
 /// Operator keys through the binary: generate, show, rotate; old public keys stay.
 #[test]
 fn operator_keys_are_generated_shown_and_rotated() {
@@ -280,3 +278,91 @@ fn operator_keys_are_generated_shown_and_rotated() {
     assert_eq!(stored.trim(), first_public);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `coalition reconcile` against the database of a running server: every kind of difference,
+/// a malformed row reported with its line, the good rows all matched.
+async fn the_cli_reconciles_a_merchant_file(backend: Backend) {
+    use coalition_grpc::pb;
+    use coalition_integration_tests::{TestServer, accepted};
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1"]).await;
+    for (id, points, spend) in [
+        ("t-1", 100, 10_000),
+        ("t-2", 50, 5_000),
+        ("t-3", 30, 3_000),
+        ("t-5", 10, 1_000),
+    ] {
+        let body = pb::TransactionBody {
+            spend_minor: Some(spend),
+            ..server.body(&tenant, pb::TransactionKind::Earn, id, "m-1", points)
+        };
+        accepted(&server.submit(tenant.envelope(&body)).await);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "coalition-reconcile-{}-{backend:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenant-1.csv");
+    std::fs::write(
+        &file,
+        "merchant_transaction_id,kind,points,amount_minor\n\
+         t-1,earn,100,10000\n\
+         t-2,earn,51,5000\n\
+         t-3,earn,30,2999\n\
+         t-8,earn,lots,1\n\
+         t-9,earn,5,\n\
+         t-1,earn,100,10000\n",
+    )
+    .unwrap();
+    let now = server.now_ms();
+    let out = dir.join("results");
+    let printed = stdout(&coalition(&[
+        "reconcile",
+        "--database-url",
+        &server.database.url,
+        "--merchant",
+        "tenant-1",
+        "--from-ms",
+        &(now - 3_600_000).to_string(),
+        "--to-ms",
+        &(now + 3_600_000).to_string(),
+        "--file",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]));
+    assert!(printed.contains("malformed rows         1"), "{printed}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let counts = &summary["counts"];
+    for (status, expected) in [
+        ("matched", 1),
+        ("points_mismatch", 1),
+        ("amount_mismatch", 1),
+        ("missing_in_clearing", 1),
+        ("duplicated", 1),
+        ("missing_at_merchant", 1),
+    ] {
+        assert_eq!(counts[status], expected, "{status}: {summary}");
+    }
+    assert_eq!(summary["clearing"]["points"], 190);
+    assert_eq!(summary["malformed"][0]["line"], 5);
+    let differences = std::fs::read_to_string(out.join("differences.csv")).unwrap();
+    assert!(
+        differences.contains("missing_at_merchant,t-5,,4,,10,,1000"),
+        "{differences}"
+    );
+    let lines = std::fs::read_to_string(out.join("differences.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert!(lines.contains("\"status\":\"duplicated\""), "{lines}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+on_both_backends!(
+    the_cli_registers_enrolls_submits_and_reads,
+    the_cli_reconciles_a_merchant_file,
+);

@@ -17,7 +17,8 @@ pub use connect::ConnectOptions;
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;
 pub use query::{
-    AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, HistoryPage, OutstandingPoints,
+    AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, ClearedTransaction, HistoryPage,
+    OutstandingPoints,
 };
 
 use sqlx::{PgPool, SqlitePool};

@@ -172,6 +172,64 @@ impl Storage {
     }
 }
 
+/// One transaction of a merchant as cleared, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearedTransaction {
+    pub merchant_transaction_id: String,
+    pub kind: String,
+    pub points: i64,
+    pub spend_minor: Option<i64>,
+    pub sequence: u64,
+}
+
+impl Storage {
+    /// Every transaction `merchant_id` submitted that was accepted in [from_ms, to_ms).
+    pub async fn merchant_transactions(
+        &self,
+        merchant_id: &MerchantId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ClearedTransaction>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT merchant_transaction_id, kind, points, spend_minor, sequence FROM entries \
+                 WHERE merchant_id = $1 AND accepted_at_ms >= $2 AND accepted_at_ms < $3 \
+                 ORDER BY sequence",
+            )
+            .bind(merchant_id.to_string())
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("merchant_transaction_id")?,
+                    row.try_get::<String, _>("kind")?,
+                    row.try_get::<i64, _>("points")?,
+                    row.try_get::<Option<i64>, _>("spend_minor")?,
+                    row.try_get::<i64, _>("sequence")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(merchant_transaction_id, kind, points, spend_minor, sequence)| {
+                    ClearedTransaction {
+                        merchant_transaction_id,
+                        kind,
+                        points,
+                        spend_minor,
+                        sequence: sequence as u64,
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
 /// How many alias hops a lookup follows; matches the ledger's limit.
 const ALIAS_DEPTH_MAX: usize = coalition_domain::ledger::ALIAS_DEPTH_MAX;
 

@@ -48,6 +48,36 @@ pub enum Command {
         )]
         database_url: String,
     },
+    /// Reconcile a merchant's own record (a CSV file) against what clearing booked for it
+    /// in a window of acceptance time; writes differences.csv, malformed.csv and
+    /// summary.json into --out.
+    Reconcile {
+        /// The database to read (read only).
+        #[arg(
+            long,
+            env = "COALITION_DATABASE_URL",
+            default_value = "sqlite://coalition.db"
+        )]
+        database_url: String,
+        #[arg(long)]
+        merchant: String,
+        /// The window's start, Unix milliseconds of acceptance (inclusive).
+        #[arg(long)]
+        from_ms: i64,
+        /// The window's end, Unix milliseconds of acceptance (exclusive).
+        #[arg(long)]
+        to_ms: i64,
+        /// The merchant's CSV: merchant_transaction_id, points, and optionally kind and
+        /// amount_minor.
+        #[arg(long)]
+        file: PathBuf,
+        /// The folder for the results.
+        #[arg(long)]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Generate an ed25519 key: the secret seed goes to a file, the public key is printed.
     Keygen {
         /// Where to write the secret key (hex); refused if the file exists.
@@ -328,6 +358,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Check { database_url } => check(&database_url).await,
+        Command::Reconcile {
+            database_url,
+            merchant,
+            from_ms,
+            to_ms,
+            file,
+            out,
+            quiet,
+        } => reconcile(&database_url, &merchant, from_ms, to_ms, &file, &out, quiet).await,
         Command::Keygen { out } => keygen(&out),
         Command::OperatorKey { command } => operator_key(command),
         Command::SignExample => {
@@ -404,6 +443,64 @@ async fn shutdown_signal() {
 }
 
 /// Runs the ledger check and prints the report; an error when unsound.
+async fn reconcile(
+    database_url: &str,
+    merchant: &str,
+    from_ms: i64,
+    to_ms: i64,
+    file: &Path,
+    out: &Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use crate::reconcile;
+    let merchant_id = coalition_domain::MerchantId::new(merchant)
+        .map_err(|error| anyhow::anyhow!("--merchant {error}"))?;
+    if from_ms >= to_ms {
+        bail!("--from-ms must be before --to-ms");
+    }
+    let started = std::time::Instant::now();
+    let storage = Storage::connect(&ConnectOptions {
+        url: database_url.to_owned(),
+        connections_max: 2,
+        create_if_missing: false,
+    })
+    .await?;
+    let cleared = storage
+        .merchant_transactions(&merchant_id, from_ms, to_ms)
+        .await?;
+    storage.close().await;
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let bar = crate::demo::progress(size as usize, "reading", quiet);
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    );
+    let (rows, malformed) = reconcile::read_merchant_file(reader, |bytes| bar.set_position(bytes))?;
+    bar.finish_and_clear();
+    let report = reconcile::reconcile(rows, cleared, malformed);
+    reconcile::write_report(&report, out)?;
+    println!(
+        "merchant file: {} transactions, {} points, {} amount; clearing: {} transactions, {} points, {} amount",
+        report.merchant.transactions,
+        report.merchant.points,
+        report.merchant.amount_minor,
+        report.clearing.transactions,
+        report.clearing.points,
+        report.clearing.amount_minor
+    );
+    for (status, count) in &report.counts {
+        println!("{status:<22} {count}");
+    }
+    println!("malformed rows         {}", report.malformed.len());
+    println!(
+        "results in {} ({:.2} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub async fn check(database_url: &str) -> anyhow::Result<()> {
     let storage = Storage::connect(&ConnectOptions {
         url: database_url.to_owned(),

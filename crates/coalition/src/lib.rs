@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod operator_key;
+pub mod reconcile;
 pub mod runtime;
 pub mod workload;
