@@ -472,11 +472,7 @@ pub async fn register_merchant(
             issue_price_minor_per_point: ISSUE_PRICE.into(),
             redeem_price_minor_per_point: REDEEM_PRICE.into(),
             fee_minor_per_point: String::new(),
-            cross_merchant_reversals: false,
-            credit_limit_minor: None,
-            earn_points_per_minor: String::new(),
-            legacy_unit: String::new(),
-            points_per_legacy_unit: String::new(),
+            ..Default::default()
         })
         .await
         .expect("set the merchant's terms");

@@ -63,11 +63,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             issue_price_minor_per_point: "2".into(),
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
-            cross_merchant_reversals: false,
-            credit_limit_minor: None,
-            earn_points_per_minor: String::new(),
-            legacy_unit: String::new(),
-            points_per_legacy_unit: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -100,11 +96,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             issue_price_minor_per_point: "3".into(),
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
-            cross_merchant_reversals: false,
-            credit_limit_minor: None,
-            earn_points_per_minor: String::new(),
-            legacy_unit: String::new(),
-            points_per_legacy_unit: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -126,11 +118,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
                 issue_price_minor_per_point: price.into(),
                 redeem_price_minor_per_point: "1".into(),
                 fee_minor_per_point: String::new(),
-                cross_merchant_reversals: false,
-                credit_limit_minor: None,
-                earn_points_per_minor: String::new(),
-                legacy_unit: String::new(),
-                points_per_legacy_unit: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -149,11 +137,7 @@ async fn money_legs_follow_the_terms_and_the_rounding_rule(backend: Backend) {
             issue_price_minor_per_point: "1".into(),
             redeem_price_minor_per_point: "1".into(),
             fee_minor_per_point: String::new(),
-            cross_merchant_reversals: false,
-            credit_limit_minor: None,
-            earn_points_per_minor: String::new(),
-            legacy_unit: String::new(),
-            points_per_legacy_unit: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -385,11 +369,7 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
                 issue_price_minor_per_point: "1.05".into(),
                 redeem_price_minor_per_point: "0.95".into(),
                 fee_minor_per_point: "0.1".into(),
-                cross_merchant_reversals: false,
-                credit_limit_minor: None,
-                earn_points_per_minor: String::new(),
-                legacy_unit: String::new(),
-                points_per_legacy_unit: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
