@@ -214,6 +214,22 @@ async fn a_reversed_earn_already_spent_leaves_a_debt_that_blocks_burns(backend: 
         "{}",
         refused.message
     );
+    // A member in debt cannot be merged away: the debt would have no wallet left.
+    server.enroll(&["m-2"]).await;
+    let merge = server
+        .admin()
+        .alias_member(pb::AliasMemberRequest {
+            alias_member_id: "m-1".into(),
+            target_member_id: "m-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(merge.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        merge.message().contains("owes 80 points"),
+        "{}",
+        merge.message()
+    );
     // New points repay the debt first.
     assert_eq!(
         accepted(&server.earn(&tenant, "e-2", "m-1", 50).await).member_points_balance,

@@ -267,6 +267,35 @@ fn rejected(reason: RejectionReason, message: String) -> ApplyError {
     ApplyError::Rejected(Rejection::new(reason, message))
 }
 
+/// Refuses a burn, hold or exchange out of more points than the wallet has available.
+fn check_available(submission: &Submission, wallet_before: i64) -> Result<(), ApplyError> {
+    if submission.points <= wallet_before {
+        return Ok(());
+    }
+    let owed = if wallet_before < 0 {
+        format!(
+            "; it owes {} points from a reversed earn and can redeem again once they are repaid",
+            -wallet_before
+        )
+    } else {
+        String::new()
+    };
+    let what = match submission.kind {
+        TransactionKind::Hold => "hold",
+        TransactionKind::ExchangeOut => "exchange",
+        _ => "burn",
+    };
+    Err(rejected(
+        RejectionReason::PointsInsufficient,
+        format!(
+            "member {} has {} points available, the {what} asks for {}{owed}",
+            submission.member_id,
+            wallet_before.max(0),
+            submission.points
+        ),
+    ))
+}
+
 fn checked_wallet(before: i64, change: i64) -> Result<i64, ApplyError> {
     before
         .checked_add(change)
@@ -696,35 +725,10 @@ impl Ledger {
         let merchant = &submission.merchant_id;
         let wallet_before = self.wallet_points(&member_id);
         let points = submission.points;
-        if submission.kind != TransactionKind::Earn && points > wallet_before {
-            let owed = if wallet_before < 0 {
-                format!(
-                    "; it owes {} points from a reversed earn and can redeem again once they are repaid",
-                    -wallet_before
-                )
-            } else {
-                String::new()
-            };
-            return Err(rejected(
-                RejectionReason::PointsInsufficient,
-                format!(
-                    "member {} has {} points available, the {} asks for {points}{owed}",
-                    submission.member_id,
-                    wallet_before.max(0),
-                    if submission.kind == TransactionKind::Hold {
-                        "hold"
-                    } else {
-                        "burn"
-                    }
-                ),
-            ));
+        if submission.kind != TransactionKind::Earn {
+            check_available(submission, wallet_before)?;
         }
-        let terms = self.terms_at(merchant, accepted_at_ms).ok_or_else(|| {
-            rejected(
-                RejectionReason::TermsMissing,
-                format!("merchant {merchant} has no terms in force, so its points have no price"),
-            )
-        })?;
+        let terms = self.terms_in_force(merchant, accepted_at_ms)?;
         // An earn with a spend and no points: the points follow from the earn rules.
         let (points, earn_rule_version) =
             if submission.kind == TransactionKind::Earn && submission.points == 0 {
@@ -933,23 +937,10 @@ impl Ledger {
         let merchant = &submission.merchant_id;
         let wallet_before = self.wallet_points(&member_id);
         let outgoing = submission.kind == TransactionKind::ExchangeOut;
-        if outgoing && submission.points > wallet_before {
-            return Err(rejected(
-                RejectionReason::PointsInsufficient,
-                format!(
-                    "member {} has {} points available, the exchange asks for {}",
-                    submission.member_id,
-                    wallet_before.max(0),
-                    submission.points
-                ),
-            ));
+        if outgoing {
+            check_available(submission, wallet_before)?;
         }
-        let terms = self.terms_at(merchant, accepted_at_ms).ok_or_else(|| {
-            rejected(
-                RejectionReason::TermsMissing,
-                format!("merchant {merchant} has no terms in force, so its points have no price"),
-            )
-        })?;
+        let terms = self.terms_in_force(merchant, accepted_at_ms)?;
         let (unit, rate) = terms.exchange.ok_or_else(|| {
             rejected(
                 RejectionReason::ExchangeRateMissing,
@@ -1064,6 +1055,42 @@ impl Ledger {
         )
     }
 
+    /// The terms that price a new transaction of `merchant_id` accepted at `at_ms`.
+    fn terms_in_force(
+        &self,
+        merchant_id: &MerchantId,
+        at_ms: i64,
+    ) -> Result<&MerchantTerms, ApplyError> {
+        self.terms_at(merchant_id, at_ms).ok_or_else(|| {
+            rejected(
+                RejectionReason::TermsMissing,
+                format!(
+                    "merchant {merchant_id} has no terms in force, so its points have no price"
+                ),
+            )
+        })
+    }
+
+    /// A version of terms recorded on a booked entry or lot; terms are insert-only, so a
+    /// missing one is a broken invariant.
+    fn recorded_terms(
+        &self,
+        merchant_id: &MerchantId,
+        version: Option<u32>,
+    ) -> Result<&MerchantTerms, ApplyError> {
+        version
+            .and_then(|version| {
+                self.terms
+                    .get(merchant_id)?
+                    .get((version as usize).checked_sub(1)?)
+            })
+            .ok_or_else(|| {
+                ApplyError::InvariantViolated(format!(
+                    "terms version {version:?} of merchant {merchant_id} is recorded but missing"
+                ))
+            })
+    }
+
     /// The receipt of the transaction a reversal, capture or void names.
     fn referred(&self, submission: &Submission) -> Result<&Receipt, ApplyError> {
         let key = submission.refers_to.as_ref().ok_or_else(|| {
@@ -1127,15 +1154,7 @@ impl Ledger {
                 ),
             ));
         }
-        let terms = self
-            .terms
-            .get(&original.merchant_id)
-            .and_then(|versions| versions.get(original.terms_version as usize - 1))
-            .ok_or_else(|| {
-                ApplyError::InvariantViolated(format!(
-                    "entry {sequence} was priced by terms that are missing"
-                ))
-            })?;
+        let terms = self.recorded_terms(&original.merchant_id, Some(original.terms_version))?;
         let (kind, wallet_change, counter_account, side) = match original.kind {
             EntryKind::Earn => (
                 EntryKind::EarnReversal,
@@ -1265,15 +1284,7 @@ impl Ledger {
                 amount: captured,
             });
             // Captured at the prices locked when the hold was placed.
-            let terms = self
-                .terms
-                .get(&hold.merchant_id)
-                .and_then(|versions| versions.get(hold.terms_version as usize - 1))
-                .ok_or_else(|| {
-                    ApplyError::InvariantViolated(format!(
-                        "the hold of entry {sequence} was priced by terms that are missing"
-                    ))
-                })?;
+            let terms = self.recorded_terms(&hold.merchant_id, Some(hold.terms_version))?;
             let legs = self.money_legs(Side::Redeem, &hold.merchant_id, captured, terms)?;
             postings.extend(legs.into_iter().filter(|posting| posting.amount != 0));
             (EntryKind::Capture, captured, Some(hold.terms_version))
@@ -1437,13 +1448,7 @@ impl Ledger {
             }
             let mut money: BTreeMap<AccountKey, i64> = BTreeMap::new();
             for ((issuer, version), expired) in points_by_price {
-                let Some(terms) = version.and_then(|version| {
-                    self.terms
-                        .get(&issuer)
-                        .and_then(|versions| versions.get(version as usize - 1))
-                }) else {
-                    continue;
-                };
+                let terms = self.recorded_terms(&issuer, version)?;
                 let (charged, paid) = money_leg(expired, terms.issue_price_minor_per_point)
                     .ok_or_else(|| ApplyError::InvariantViolated("money leg overflow".into()))?;
                 *money.entry(AccountKey::OperatorFloat).or_default() -= charged;

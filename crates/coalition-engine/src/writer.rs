@@ -273,6 +273,8 @@ impl Writer {
             invariant_violation = Some(error);
         }
         for command in commands {
+            // After a broken invariant the batch will be aborted: the rest is answered with
+            // the failure rather than applied.
             if invariant_violation.is_some() {
                 command.fail(&EngineError::InvariantViolated(
                     "an earlier part of the batch broke an invariant".into(),
@@ -406,9 +408,6 @@ impl Writer {
                     }
                 }
                 Command::Shutdown => {}
-            }
-            if invariant_violation.is_some() {
-                break;
             }
         }
         if let Some(message) = invariant_violation {
