@@ -362,7 +362,242 @@ async fn the_cli_reconciles_a_merchant_file(backend: Backend) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Settles two consecutive periods with the CLI, exports them (rotating the operator's key in
+/// between), and verifies them alone and together; a tampered copy and the wrong order fail.
+async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backend) {
+    use coalition_grpc::pb;
+    use coalition_integration_tests::{TestServer, accepted};
+    let server = TestServer::start(backend).await;
+    let endpoint = server.server.endpoint();
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1", "m-2"]).await;
+    let admin = |arguments: &[&str]| {
+        let mut all = vec!["admin", "--server", endpoint.as_str()];
+        all.extend_from_slice(arguments);
+        coalition(&all)
+    };
+    for (merchant, share) in [("tenant-1", "0"), ("cinema-1", "0.5")] {
+        stdout(&admin(&[
+            "set-terms",
+            "--merchant",
+            merchant,
+            "--issue-price",
+            "1.05",
+            "--redeem-price",
+            "0.95",
+            "--fee",
+            "0.01",
+            "--breakage-share",
+            share,
+        ]));
+    }
+    let cutoff = server.config.engine().settlement_cutoff;
+    let first = cutoff.next(&cutoff.period_at(server.now_ms()));
+    let second = cutoff.next(&first);
+    server.clock.set(first.start_ms + 3_600_000);
+    accepted(&server.earn(&tenant, "e-1", "m-1", 1_000).await);
+    accepted(&server.earn(&cinema, "e-2", "m-2", 400).await);
+    accepted(&server.burn(&cinema, "b-1", "m-1", 300).await);
+    server.clock.set(second.start_ms + 3_600_000);
+    accepted(&server.burn(&tenant, "b-2", "m-2", 100).await);
+    let body = pb::TransactionBody {
+        spend_minor: Some(12_345),
+        ..server.body(&tenant, pb::TransactionKind::Earn, "e-3", "m-2", 120)
+    };
+    accepted(&server.submit(tenant.envelope(&body)).await);
+    server.clock.set(second.end_ms + 3_600_000);
+
+    let preview = stdout(&admin(&["settle", "preview", "--period", &first.label]));
+    assert!(preview.contains("closed, not finalised"), "{preview}");
+    assert!(
+        preview.contains("sum of nets                         0"),
+        "{preview}"
+    );
+    for period in [&first, &second] {
+        let finalised = stdout(&admin(&["settle", "finalise", "--period", &period.label]));
+        assert!(finalised.contains("finalised now"), "{finalised}");
+        let again = stdout(&admin(&[
+            "settle",
+            "finalise",
+            "--period",
+            &period.label,
+            "--json",
+        ]));
+        let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+        assert_eq!(again["status"], "finalised");
+        assert_eq!(again["settlement"]["period"], period.label.as_str());
+    }
+
+    let dir = std::env::temp_dir().join(format!(
+        "coalition-export-test-{}-{backend:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    let keys = keys.to_str().unwrap();
+    stdout(&coalition(&["operator-key", "generate", "--dir", keys]));
+    let record = dir.join("tenant-1.csv");
+    std::fs::write(
+        &record,
+        "merchant_transaction_id,points,amount_minor\ne-3,120,12345\n=HYPERLINK(1),5,\n",
+    )
+    .unwrap();
+    let export = |period: &str, out: &std::path::Path, reconcile: bool| {
+        let mut arguments = vec![
+            "export",
+            "--database-url",
+            &server.database.url,
+            "--period",
+            period,
+            "--out",
+            out.to_str().unwrap(),
+            "--operator-keys",
+            keys,
+        ];
+        let reconcile_argument = format!("tenant-1={}", record.display());
+        if reconcile {
+            arguments.extend(["--reconcile", &reconcile_argument]);
+        }
+        stdout(&coalition(&arguments))
+    };
+    let first_dir = dir.join("first");
+    let second_dir = dir.join("second");
+    export(&first.label, &first_dir, false);
+    stdout(&coalition(&["operator-key", "rotate", "--dir", keys]));
+    let printed = export(&second.label, &second_dir, true);
+    assert!(
+        printed.contains("signed by operator key operator-2"),
+        "{printed}"
+    );
+    let key_1 = format!("{keys}/operator-1.pub");
+    let key_2 = format!("{keys}/operator-2.pub");
+
+    // The files an auditor reads.
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(&path).unwrap();
+    let balance = read(second_dir.join("trial_balance.csv"));
+    assert!(balance.starts_with("account_kind,owner,asset,opening,debits,credits,closing\n"));
+    assert!(
+        balance.contains("member_wallet,m-2,PTS,400,120,100,420"),
+        "{balance}"
+    );
+    let statement = read(second_dir.join("statements/tenant-1.csv"));
+    assert!(
+        statement.contains(",earn,issuance,tenant-1,e-3,120,-126,-2"),
+        "{statement}"
+    );
+    let differences = read(second_dir.join("reconciliation/tenant-1/differences.csv"));
+    assert!(
+        differences.contains("missing_in_clearing,'=HYPERLINK(1)"),
+        "{differences}"
+    );
+    assert!(
+        differences.contains("missing_at_merchant,b-2"),
+        "{differences}"
+    );
+    let pain = read(second_dir.join("payments.pain.001.xml"));
+    assert!(pain.contains("pain.001.001.09"), "{pain}");
+    let payments = read(second_dir.join("payments.csv"));
+    assert!(payments.contains("\ntenant-1,"), "{payments}");
+
+    // Each alone, and both together in order: they chain.
+    let verified = stdout(&coalition(&[
+        "verify",
+        first_dir.to_str().unwrap(),
+        second_dir.to_str().unwrap(),
+        "--operator-key",
+        &key_1,
+        "--operator-key",
+        &key_2,
+    ]));
+    assert!(
+        verified.contains("2 consecutive periods chain"),
+        "{verified}"
+    );
+    // The old export stays verifiable with the retired key; not with the new one.
+    stdout(&coalition(&[
+        "verify",
+        first_dir.to_str().unwrap(),
+        "--operator-key",
+        &key_1,
+    ]));
+    let wrong_key = coalition(&[
+        "verify",
+        first_dir.to_str().unwrap(),
+        "--operator-key",
+        &key_2,
+    ]);
+    assert!(!wrong_key.status.success());
+    assert!(String::from_utf8_lossy(&wrong_key.stdout).contains("signature does not verify"));
+    // The wrong order does not chain.
+    let reversed = coalition(&[
+        "verify",
+        second_dir.to_str().unwrap(),
+        first_dir.to_str().unwrap(),
+        "--operator-key",
+        &key_1,
+        "--operator-key",
+        &key_2,
+    ]);
+    assert!(!reversed.status.success());
+    assert!(String::from_utf8_lossy(&reversed.stdout).contains("does not continue the hash chain"));
+
+    // One altered byte in any file is reported.
+    for file in [
+        "trial_balance.csv",
+        "entries.jsonl",
+        "settlement.json",
+        "journal.hledger",
+        "manifest.json",
+    ] {
+        let copy = dir.join(format!("tampered-{file}"));
+        copy_dir(&second_dir, &copy);
+        let path = copy.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+        std::fs::write(&path, bytes).unwrap();
+        let output = coalition(&["verify", copy.to_str().unwrap(), "--operator-key", &key_2]);
+        assert!(!output.status.success(), "{file} altered must not verify");
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            printed.contains(file) || printed.contains("manifest.json"),
+            "{file}: {printed}"
+        );
+    }
+    // An export refuses a period that is not finalised, and a folder that is not empty.
+    let third = cutoff.next(&second);
+    let refused = coalition(&[
+        "export",
+        "--database-url",
+        &server.database.url,
+        "--period",
+        &third.label,
+        "--out",
+        dir.join("third").to_str().unwrap(),
+        "--operator-keys",
+        keys,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not finalised"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let path = item.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
 on_both_backends!(
     the_cli_registers_enrolls_submits_and_reads,
     the_cli_reconciles_a_merchant_file,
+    the_cli_settles_exports_and_verifies_consecutive_periods,
 );

@@ -35,6 +35,7 @@ async fn set_terms(server: &TestServer, merchant: &str, redeem_price: &str, cros
             earn_points_per_minor: String::new(),
             legacy_unit: String::new(),
             points_per_legacy_unit: String::new(),
+            breakage_share: String::new(),
         })
         .await
         .expect("set terms");

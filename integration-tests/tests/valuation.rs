@@ -380,13 +380,22 @@ async fn clearing_fees_are_charged_by_the_same_rounding_rule(backend: Backend) {
     // Burn 100 at the cinema: leg 95 paid by the float; fee 10 charged to the cinema.
     accepted(&server.burn(&cinema, "b-1", "m-1", 100).await);
     let balance = |kind, owner: &'static str| money_balance(&server, kind, owner);
+    // The legs go to the settlement accounts, the fees to the merchants' fee accounts.
     assert_eq!(
         balance(pb::AccountKind::MerchantSettlement, "tenant-1").await,
-        -384
+        -350
+    );
+    assert_eq!(
+        balance(pb::AccountKind::MerchantFees, "tenant-1").await,
+        -34
     );
     assert_eq!(
         balance(pb::AccountKind::MerchantSettlement, "cinema-1").await,
-        95 - 10
+        95
+    );
+    assert_eq!(
+        balance(pb::AccountKind::MerchantFees, "cinema-1").await,
+        -10
     );
     assert_eq!(
         balance(pb::AccountKind::OperatorFees, "operator").await,

@@ -104,6 +104,12 @@ pub enum AccountKey {
     /// operator (for points it issued), positive when the operator owes the merchant (for
     /// points redeemed there).
     MerchantSettlement(MerchantId),
+    /// Clearing fees charged to the merchant (negative): kept apart from the price legs so that
+    /// statements and the netting show them; settled with the settlement account.
+    MerchantFees(MerchantId),
+    /// What the settlement of finalised periods left to pay the merchant (positive) or to
+    /// collect from it (negative); the treasury's payments clear it.
+    MerchantPayable(MerchantId),
     /// Points of the merchant's issue that expired unspent, and the float money that was held
     /// against them: breakage attributed to the issuer.
     MerchantBreakage(MerchantId),
@@ -133,6 +139,8 @@ impl AccountKey {
             AccountKey::MerchantIssued(_) => "merchant_issued",
             AccountKey::MerchantRedeemed(_) => "merchant_redeemed",
             AccountKey::MerchantSettlement(_) => "merchant_settlement",
+            AccountKey::MerchantFees(_) => "merchant_fees",
+            AccountKey::MerchantPayable(_) => "merchant_payable",
             AccountKey::MerchantBreakage(_) => "merchant_breakage",
             AccountKey::OperatorFloat => "operator_float",
             AccountKey::OperatorRounding => "operator_rounding",
@@ -149,6 +157,8 @@ impl AccountKey {
             AccountKey::MerchantIssued(merchant)
             | AccountKey::MerchantRedeemed(merchant)
             | AccountKey::MerchantSettlement(merchant)
+            | AccountKey::MerchantFees(merchant)
+            | AccountKey::MerchantPayable(merchant)
             | AccountKey::MerchantBreakage(merchant) => merchant.as_str(),
             AccountKey::OperatorFloat
             | AccountKey::OperatorRounding
@@ -170,6 +180,8 @@ impl AccountKey {
             "merchant_settlement" => MerchantId::new(owner)
                 .ok()
                 .map(AccountKey::MerchantSettlement),
+            "merchant_fees" => MerchantId::new(owner).ok().map(AccountKey::MerchantFees),
+            "merchant_payable" => MerchantId::new(owner).ok().map(AccountKey::MerchantPayable),
             "merchant_breakage" => MerchantId::new(owner)
                 .ok()
                 .map(AccountKey::MerchantBreakage),
@@ -203,6 +215,8 @@ mod tests {
             AccountKey::MerchantIssued(MerchantId::new("tenant-1").unwrap()),
             AccountKey::MerchantRedeemed(MerchantId::new("cinema").unwrap()),
             AccountKey::MerchantSettlement(MerchantId::new("cinema").unwrap()),
+            AccountKey::MerchantFees(MerchantId::new("cinema").unwrap()),
+            AccountKey::MerchantPayable(MerchantId::new("cinema").unwrap()),
             AccountKey::OperatorFloat,
             AccountKey::OperatorRounding,
             AccountKey::OperatorFees,

@@ -33,6 +33,9 @@ pub enum EntryKind {
     ExchangeOut,
     /// The operator booked a member's expired lots to breakage, attributed to their issuers.
     Expiry,
+    /// The closing entry of a finalised settlement period: each merchant's net for the period
+    /// moves from its settlement and fee accounts (and its share of breakage) to its payable.
+    Settlement,
 }
 
 impl EntryKind {
@@ -51,6 +54,7 @@ impl EntryKind {
             EntryKind::ExchangeIn => "exchange_in",
             EntryKind::ExchangeOut => "exchange_out",
             EntryKind::Expiry => "expiry",
+            EntryKind::Settlement => "settlement",
         }
     }
 
@@ -69,6 +73,7 @@ impl EntryKind {
             "exchange_in" => Some(EntryKind::ExchangeIn),
             "exchange_out" => Some(EntryKind::ExchangeOut),
             "expiry" => Some(EntryKind::Expiry),
+            "settlement" => Some(EntryKind::Settlement),
             _ => None,
         }
     }

@@ -22,6 +22,7 @@ use crate::journal::{
 use crate::lots::{Lot, Wallet};
 use crate::policy::LedgerPolicy;
 use crate::rejection::{Rejection, RejectionReason};
+use crate::settlement::{Settlement, closing_postings};
 use crate::submission::{Submission, TransactionKind};
 use crate::terms::{MerchantTerms, Prices, TermsError, check_price, money_leg};
 
@@ -137,6 +138,8 @@ pub struct Changes {
     pub terms: Vec<MerchantTerms>,
     /// Earn rules added.
     pub earn_rules: Vec<EarnRules>,
+    /// Settlement periods finalised.
+    pub settlements: Vec<FinalisedPeriod>,
     /// The account of every posting of `entries`, in the same order as the postings.
     pub posting_account_ids: Vec<AccountId>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
@@ -150,6 +153,7 @@ impl Changes {
             && self.entries.is_empty()
             && self.terms.is_empty()
             && self.earn_rules.is_empty()
+            && self.settlements.is_empty()
     }
 
     /// The current balance of every account the batch touched.
@@ -159,6 +163,15 @@ impl Changes {
             .map(|&(account, asset)| (account, asset, ledger.balance_of(account, asset)))
             .collect()
     }
+}
+
+/// A finalised settlement period: its settlement and the closing entry that booked it (none
+/// when nothing moved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalisedPeriod {
+    pub settlement: Settlement,
+    pub closing_sequence: Option<u64>,
+    pub finalised_at_ms: i64,
 }
 
 /// An earn, burn or capture that a reversal may still act on.
@@ -404,7 +417,14 @@ impl Ledger {
             credit_limit_minor,
             earn_points_per_minor,
             exchange,
+            breakage_share,
         } = prices;
+        if breakage_share.is_sign_negative()
+            || breakage_share > Decimal::ONE
+            || breakage_share.scale() > crate::terms::PRICE_SCALE_MAX
+        {
+            return Err(TermsError::ShareInvalid(breakage_share));
+        }
         if let Some((unit, rate)) = exchange {
             check_factor("the exchange rate", rate)?;
             if let Some(owner) = self.terms.iter().find_map(|(owner, versions)| {
@@ -460,6 +480,7 @@ impl Ledger {
             credit_limit_minor,
             earn_points_per_minor,
             exchange,
+            breakage_share,
         };
         versions.push(terms.clone());
         changes.terms.push(terms.clone());
@@ -797,10 +818,14 @@ impl Ledger {
 
     /// A merchant's net money position with the operator: negative when it owes.
     pub fn merchant_position(&self, merchant_id: &MerchantId) -> i64 {
-        self.account_id(&AccountKey::MerchantSettlement(merchant_id.clone()))
-            .map_or(0, |account| {
-                self.balance_of(account, Asset::Currency(self.currency))
-            })
+        [
+            AccountKey::MerchantSettlement(merchant_id.clone()),
+            AccountKey::MerchantFees(merchant_id.clone()),
+        ]
+        .iter()
+        .filter_map(|key| self.account_id(key))
+        .map(|account| self.balance_of(account, Asset::Currency(self.currency)))
+        .sum()
     }
 
     /// Refuses an earn whose cost would take the merchant's net position below its credit
@@ -816,9 +841,10 @@ impl Ledger {
             return Ok(());
         };
         let settlement = AccountKey::MerchantSettlement(merchant_id.clone());
+        let fees = AccountKey::MerchantFees(merchant_id.clone());
         let cost: i64 = -legs
             .iter()
-            .filter(|posting| posting.account == settlement)
+            .filter(|posting| posting.account == settlement || posting.account == fees)
             .map(|posting| posting.amount)
             .sum::<i64>();
         let position = self.merchant_position(merchant_id);
@@ -877,6 +903,41 @@ impl Ledger {
         };
         self.commit_operator_entry(entry, at_ms, changes)
             .map_err(|error| ApplyError::InvariantViolated(error.to_string()))
+    }
+
+    /// Books the closing entry of a finalised period (see `settlement`) and records the
+    /// period as finalised. Returns what was recorded.
+    pub fn book_settlement(
+        &mut self,
+        settlement: Settlement,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<FinalisedPeriod, ApplyError> {
+        let postings = closing_postings(&settlement, self.currency);
+        let closing_sequence = if postings.is_empty() {
+            None
+        } else {
+            let entry = OperatorEntry {
+                kind: EntryKind::Settlement,
+                member_id: None,
+                points: 0,
+                member_points_after: 0,
+                memo: format!("settlement of period {}", settlement.period),
+                refers_to: None,
+                postings,
+            };
+            Some(
+                self.commit_operator_entry(entry, at_ms, changes)
+                    .map_err(|error| ApplyError::InvariantViolated(error.to_string()))?,
+            )
+        };
+        let finalised = FinalisedPeriod {
+            settlement,
+            closing_sequence,
+            finalised_at_ms: at_ms,
+        };
+        changes.settlements.push(finalised.clone());
+        Ok(finalised)
     }
 
     /// The points an earn by spend earns: spend × the merchant's base rate × the earn rules'
@@ -1340,7 +1401,7 @@ impl Ledger {
         Ok([
             (payer, -charged),
             (payee, paid),
-            (settlement, -fee_charged),
+            (AccountKey::MerchantFees(merchant_id.clone()), -fee_charged),
             (AccountKey::OperatorFees, fee_paid),
             (
                 AccountKey::OperatorRounding,
@@ -1991,7 +2052,7 @@ impl Ledger {
                     points: lot.points,
                 }));
             }
-            EntryKind::Funding => {
+            EntryKind::Funding | EntryKind::Settlement => {
                 if entry.member_id.is_some() || entry.points != 0 {
                     return Err(shape());
                 }

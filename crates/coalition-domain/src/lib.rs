@@ -15,8 +15,10 @@ pub mod ledger;
 pub mod limits;
 mod lots;
 pub mod policy;
+pub mod reconciliation;
 pub mod registry;
 pub mod rejection;
+pub mod settlement;
 pub mod signing;
 pub mod submission;
 pub mod terms;
@@ -27,8 +29,8 @@ pub use earn_rules::{Campaign, EarnRules};
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
 pub use ledger::{
-    AliasRecord, ApplyError, Changes, Ledger, MemberError, MemberRecord, Outcome, Receipt,
-    ReceiptKey, body_hash,
+    AliasRecord, ApplyError, Changes, FinalisedPeriod, Ledger, MemberError, MemberRecord, Outcome,
+    Receipt, ReceiptKey, body_hash,
 };
 pub use limits::Limits;
 pub use policy::{ExpiryBoundary, LedgerPolicy};

@@ -44,6 +44,9 @@ pub struct MerchantTerms {
     /// The merchant's own legacy points unit and its exchange rate in alliance points per
     /// legacy unit; both or neither.
     pub exchange: Option<(UnitCode, Decimal)>,
+    /// The part of the breakage of the merchant's expired points that settlement pays back to
+    /// it, from 0 (the operator keeps all) to 1; see `settlement`.
+    pub breakage_share: Decimal,
 }
 
 /// What one version of terms sets: prices in minor units per point, and permissions.
@@ -63,6 +66,8 @@ pub struct Prices {
     pub earn_points_per_minor: Option<Decimal>,
     /// See `MerchantTerms::exchange`.
     pub exchange: Option<(UnitCode, Decimal)>,
+    /// See `MerchantTerms::breakage_share`.
+    pub breakage_share: Decimal,
 }
 
 /// Why terms were refused.
@@ -89,6 +94,10 @@ pub enum TermsError {
     },
     #[error("legacy unit {unit} already belongs to merchant {owner}")]
     UnitTaken { unit: String, owner: MerchantId },
+    #[error(
+        "the breakage share must be from 0 to 1 with at most {PRICE_SCALE_MAX} decimals, got {0}"
+    )]
+    ShareInvalid(Decimal),
     #[error("the credit limit cannot be negative, got {0} minor units")]
     CreditLimitInvalid(i64),
     #[error(

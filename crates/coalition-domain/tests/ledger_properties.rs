@@ -171,6 +171,12 @@ fn prices(issue_cents: i64, redeem_cents: i64, fee_cents: i64, cross: bool) -> P
         earn_points_per_minor: Some(Decimal::new(1, 2)),
         // Merchant 1 has a legacy unit at 0.35 points each.
         exchange: cross.then(|| (UnitCode::new("STAR").unwrap(), Decimal::new(35, 2))),
+        // Merchant 1 gets half the breakage on its issue back at settlement.
+        breakage_share: if cross {
+            Decimal::new(5, 1)
+        } else {
+            Decimal::ZERO
+        },
     }
 }
 
@@ -182,7 +188,9 @@ fn merchant(index: u8) -> MerchantId {
 
 /// The money an earn (`issue`) or burn of `points` at `terms` leaves on each account, by the
 /// rounding rule: (merchant settlement, float, fees, rounding).
-fn expected_money(issue: bool, points: i64, terms: &MerchantTerms) -> (i64, i64, i64, i64) {
+/// The money an issue or redemption leaves on the merchant's settlement and fee accounts,
+/// the float, the operator's fees and the rounding account.
+fn expected_money(issue: bool, points: i64, terms: &MerchantTerms) -> (i64, i64, i64, i64, i64) {
     let price = if issue {
         terms.issue_price_minor_per_point
     } else {
@@ -195,9 +203,9 @@ fn expected_money(issue: bool, points: i64, terms: &MerchantTerms) -> (i64, i64,
     let (fee_charged, fee_paid) = (int(fee.ceil()), int(fee.floor()));
     let rounding = charged - paid + fee_charged - fee_paid;
     if issue {
-        (-charged - fee_charged, paid, fee_paid, rounding)
+        (-charged, -fee_charged, paid, fee_paid, rounding)
     } else {
-        (paid - fee_charged, -charged, fee_paid, rounding)
+        (paid, -fee_charged, -charged, fee_paid, rounding)
     }
 }
 
@@ -521,9 +529,10 @@ proptest! {
         }
         for (sequence, (kind, merchant_id, version, points, reversed, money)) in by_original {
             let terms = &ledger.merchant_terms(&merchant_id)[version as usize - 1];
-            let (settlement, float, fees, rounding) = expected_money(kind == EntryKind::Earn, points - reversed, terms);
+            let (settlement, merchant_fees, float, fees, rounding) = expected_money(kind == EntryKind::Earn, points - reversed, terms);
             let on = |key: AccountKey| money.get(&key).copied().unwrap_or(0);
             prop_assert_eq!(on(AccountKey::MerchantSettlement(merchant_id.clone())), settlement, "entry {}", sequence);
+            prop_assert_eq!(on(AccountKey::MerchantFees(merchant_id.clone())), merchant_fees, "entry {}", sequence);
             prop_assert_eq!(on(AccountKey::OperatorFloat), float, "entry {}", sequence);
             prop_assert_eq!(on(AccountKey::OperatorFees), fees, "entry {}", sequence);
             prop_assert_eq!(on(AccountKey::OperatorRounding), rounding, "entry {}", sequence);

@@ -5,8 +5,13 @@ use std::sync::{Arc, RwLock};
 use coalition_domain::ledger::ExpirySummary;
 use coalition_domain::ledger::Outcome;
 use coalition_domain::registry::RegistryError;
+use coalition_domain::settlement::{
+    self, Cutoff, Period, PeriodError, Settlement, SettlementError,
+};
 use coalition_domain::signing::{self, SignatureFault};
-use coalition_domain::{CurrencyCode, LedgerPolicy, MerchantTerms, Prices, TermsError};
+use coalition_domain::{
+    CurrencyCode, FinalisedPeriod, LedgerPolicy, MerchantTerms, Prices, TermsError,
+};
 use coalition_domain::{
     KeyId, Limits, MemberError, MemberId, Merchant, MerchantCategory, MerchantId, MerchantKey,
     MerchantStatus, RawSubmission, Receipt, Registry, Rejection, RejectionReason, Submission,
@@ -32,6 +37,8 @@ pub struct EngineConfig {
     pub policy: LedgerPolicy,
     /// How often the writer runs the expiry run by itself; `None` for only on request.
     pub expiry_run_interval_ms: Option<i64>,
+    /// When one settlement period ends and the next begins, each day.
+    pub settlement_cutoff: Cutoff,
 }
 
 impl EngineConfig {
@@ -42,6 +49,10 @@ impl EngineConfig {
         self.limits.offline_window_ms + self.limits.future_skew_max_ms + RECEIPT_RETENTION_MARGIN_MS
     }
 }
+
+/// The default daily cut-off: 04:00, after the mall's late-night trade, in UTC+8.
+pub const CUTOFF_TIME_DEFAULT: &str = "04:00";
+pub const CUTOFF_OFFSET_DEFAULT: &str = "+08:00";
 
 /// The largest single funding, in minor units: a guard against a misplaced decimal point.
 pub const FUNDING_MINOR_MAX: i64 = 1_000_000_000_000;
@@ -59,6 +70,8 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             policy: LedgerPolicy::default(),
             expiry_run_interval_ms: Some(3_600_000),
+            settlement_cutoff: Cutoff::parse(CUTOFF_TIME_DEFAULT, CUTOFF_OFFSET_DEFAULT)
+                .expect("a valid cut-off"),
         }
     }
 }
@@ -89,7 +102,49 @@ pub enum AdminError {
         message: String,
     },
     #[error(transparent)]
+    Period(#[from] PeriodError),
+    #[error(
+        "period {period} is still open: its cut-off is {end_ms} (Unix ms) and it can be finalised after that"
+    )]
+    PeriodOpen { period: String, end_ms: i64 },
+    #[error("the settlement of period {period} cannot be computed: {error}")]
+    Settlement {
+        period: String,
+        error: SettlementError,
+    },
+    #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// Where a settlement period stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodStatus {
+    /// Before its cut-off.
+    Open,
+    /// Past its cut-off, not finalised.
+    Closed,
+    /// Finalised: recorded and its closing entry booked.
+    Finalised,
+}
+
+/// A period's settlement and where the period stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementView {
+    pub settlement: Settlement,
+    pub status: PeriodStatus,
+    pub closing_sequence: Option<u64>,
+    pub finalised_at_ms: Option<i64>,
+}
+
+impl SettlementView {
+    fn finalised(record: FinalisedPeriod) -> SettlementView {
+        SettlementView {
+            settlement: record.settlement,
+            status: PeriodStatus::Finalised,
+            closing_sequence: record.closing_sequence,
+            finalised_at_ms: Some(record.finalised_at_ms),
+        }
+    }
 }
 
 impl From<StorageError> for AdminError {
@@ -187,7 +242,14 @@ impl Engine {
         // Acceptance times continue from the journal's, whatever the clock says after a
         // restart, so an entry is never accepted before one already booked.
         let last_accepted_at_ms = ledger.last_accepted_at_ms();
+        let finalised_periods = storage
+            .finalised_periods()
+            .await?
+            .into_iter()
+            .map(|record| record.settlement.period)
+            .collect();
         let writer = Writer {
+            finalised_periods,
             ledger,
             storage: storage.clone(),
             clock: clock.clone(),
@@ -451,6 +513,132 @@ impl Engine {
         let (reply, response) = oneshot::channel();
         self.send(Command::Expire { reply }).await?;
         response.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// The daily settlement cut-off.
+    pub fn settlement_cutoff(&self) -> Cutoff {
+        self.inner.config.settlement_cutoff
+    }
+
+    /// The period named `label` (`None`: the one open now).
+    pub fn settlement_period(&self, label: Option<&str>) -> Result<Period, PeriodError> {
+        let cutoff = self.inner.config.settlement_cutoff;
+        match label {
+            None => Ok(cutoff.period_at(self.now_ms())),
+            Some(label) => cutoff.period(label.trim()),
+        }
+    }
+
+    /// Computes a period's settlement from what the database holds: for an open period the
+    /// entries committed so far.
+    async fn compute_settlement(&self, period: &Period) -> Result<Settlement, AdminError> {
+        let storage = self.storage();
+        let read = storage
+            .period_entries(period.start_ms, period.end_ms)
+            .await?;
+        let attributions = match (read.entries.first(), read.entries.last()) {
+            (Some(first), Some(last)) => {
+                storage
+                    .period_attributions(first.sequence, last.sequence)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let shares = storage.breakage_shares_at(period.end_ms - 1).await?;
+        settlement::compute(
+            period,
+            self.inner.config.currency,
+            read.previous_hash,
+            &read.entries,
+            &attributions,
+            &shares,
+        )
+        .map_err(|error| AdminError::Settlement {
+            period: period.label.clone(),
+            error,
+        })
+    }
+
+    /// A period's settlement, booking nothing: what was recorded for a finalised period,
+    /// what it would be for one that is open or closed.
+    pub async fn preview_settlement(
+        &self,
+        label: Option<&str>,
+    ) -> Result<SettlementView, AdminError> {
+        let period = self.settlement_period(label)?;
+        if let Some(record) = self.storage().finalised_period(&period.label).await? {
+            return Ok(SettlementView::finalised(record));
+        }
+        let settlement = self.compute_settlement(&period).await?;
+        let status = if self.now_ms() >= period.end_ms {
+            PeriodStatus::Closed
+        } else {
+            PeriodStatus::Open
+        };
+        Ok(SettlementView {
+            settlement,
+            status,
+            closing_sequence: None,
+            finalised_at_ms: None,
+        })
+    }
+
+    /// Finalises a period whose cut-off has passed: books its closing entry and records it.
+    /// Finalising again returns the recorded settlement and books nothing; the flag says
+    /// whether this call finalised it.
+    pub async fn finalise_settlement(
+        &self,
+        label: &str,
+    ) -> Result<(SettlementView, bool), AdminError> {
+        let period = self.settlement_period(Some(label))?;
+        if let Some(record) = self.storage().finalised_period(&period.label).await? {
+            return Ok((SettlementView::finalised(record), false));
+        }
+        // Acceptance time must have passed the cut-off in the writer: from then on every
+        // entry of the period is committed and none can join it.
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Close {
+            end_ms: period.end_ms,
+            reply,
+        })
+        .await?;
+        if !response.await.map_err(|_| EngineError::ShuttingDown)?? {
+            return Err(AdminError::PeriodOpen {
+                period: period.label,
+                end_ms: period.end_ms,
+            });
+        }
+        let settlement = self.compute_settlement(&period).await?;
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Finalise {
+            settlement: Box::new(settlement),
+            reply,
+        })
+        .await?;
+        match response.await.map_err(|_| EngineError::ShuttingDown)?? {
+            Some(record) => {
+                tracing::info!(
+                    period = %period.label,
+                    closing_sequence = ?record.closing_sequence,
+                    "settlement period finalised"
+                );
+                Ok((SettlementView::finalised(record), true))
+            }
+            // Finalised by a concurrent call in the meantime.
+            None => {
+                let record = self
+                    .storage()
+                    .finalised_period(&period.label)
+                    .await?
+                    .ok_or_else(|| {
+                        AdminError::Engine(EngineError::InvariantViolated(format!(
+                            "period {} is finalised in memory but not in the database",
+                            period.label
+                        )))
+                    })?;
+                Ok((SettlementView::finalised(record), false))
+            }
+        }
     }
 
     /// Registers a merchant: checked against a copy of the registry, written to the

@@ -13,6 +13,6 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    AdminError, Engine, EngineConfig, EngineError, EnrollSummary, Envelope, NewMerchant,
-    SubmitOutcome,
+    AdminError, CUTOFF_OFFSET_DEFAULT, CUTOFF_TIME_DEFAULT, Engine, EngineConfig, EngineError,
+    EnrollSummary, Envelope, NewMerchant, PeriodStatus, SettlementView, SubmitOutcome,
 };

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coalition_domain::ledger::{ApplyError, ExpirySummary, Outcome};
+use coalition_domain::settlement::Settlement;
 use coalition_domain::{
-    Campaign, Changes, CurrencyCode, EarnRules, Ledger, LedgerPolicy, MemberId, MerchantId,
-    MerchantTerms, Prices, Receipt, Rejection, Submission,
+    Campaign, Changes, CurrencyCode, EarnRules, FinalisedPeriod, Ledger, LedgerPolicy, MemberId,
+    MerchantId, MerchantTerms, Prices, Receipt, Rejection, Submission,
 };
 use coalition_storage::Storage;
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +56,18 @@ pub(crate) enum Command {
     Expire {
         reply: oneshot::Sender<Result<ExpirySummary, EngineError>>,
     },
+    /// Moves acceptance time to at least now and answers whether it has reached `end_ms`:
+    /// when it has, every entry accepted before `end_ms` is committed and no later one can be.
+    Close {
+        end_ms: i64,
+        reply: oneshot::Sender<Result<bool, EngineError>>,
+    },
+    /// Books a computed period's closing entry and records it finalised; `None` when the
+    /// period was finalised before (nothing is booked).
+    Finalise {
+        settlement: Box<Settlement>,
+        reply: oneshot::Sender<Result<Option<FinalisedPeriod>, EngineError>>,
+    },
     /// Finish what was received before this command, then stop.
     Shutdown,
 }
@@ -73,6 +86,8 @@ impl Command {
             }
             Command::Expire { reply } => drop(reply.send(Err(error.clone()))),
             Command::Fund { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Close { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Finalise { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::EarnRules { reply, .. } => {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
@@ -90,6 +105,8 @@ impl Command {
             | Command::Expire { .. }
             | Command::Fund { .. }
             | Command::EarnRules { .. }
+            | Command::Close { .. }
+            | Command::Finalise { .. }
             | Command::Shutdown => 1,
         }
     }
@@ -122,6 +139,11 @@ enum Pending {
         oneshot::Sender<Result<EarnRules, AdminError>>,
         Result<EarnRules, AdminError>,
     ),
+    Close(oneshot::Sender<Result<bool, EngineError>>, bool),
+    Finalise(
+        oneshot::Sender<Result<Option<FinalisedPeriod>, EngineError>>,
+        Option<FinalisedPeriod>,
+    ),
 }
 
 impl Pending {
@@ -136,6 +158,8 @@ impl Pending {
             Pending::Expire(reply, summary) => drop(reply.send(Ok(summary))),
             Pending::Fund(reply, booked) => drop(reply.send(Ok(booked))),
             Pending::EarnRules(reply, result) => drop(reply.send(result)),
+            Pending::Close(reply, closed) => drop(reply.send(Ok(closed))),
+            Pending::Finalise(reply, finalised) => drop(reply.send(Ok(finalised))),
         }
     }
 
@@ -150,6 +174,8 @@ impl Pending {
             Pending::EarnRules(reply, _) => {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
+            Pending::Close(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Finalise(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
 }
@@ -170,6 +196,8 @@ pub(crate) struct Writer {
     pub expiry_run_interval_ms: Option<i64>,
     /// When the scheduled expiry run is next due.
     pub next_expiry_run_ms: i64,
+    /// The labels of finalised settlement periods.
+    pub finalised_periods: std::collections::HashSet<String>,
 }
 
 /// How often an idle writer wakes to expire holds and run scheduled expiry.
@@ -267,6 +295,8 @@ impl Writer {
         let mut pending = Vec::with_capacity(commands.len());
         let mut invariant_violation = None;
         let mut submissions_count = 0usize;
+        // Periods finalised by this batch: forgotten again if it does not commit.
+        let mut finalised_now = Vec::new();
         // Holds past their deadline are released before anything else is decided, so that
         // no capture succeeds after its hold timed out and released points are available.
         if let Err(error) = self.housekeeping(accepted_at_ms, &mut changes) {
@@ -407,10 +437,40 @@ impl Writer {
                         }
                     }
                 }
+                Command::Close { end_ms, reply } => {
+                    pending.push(Pending::Close(reply, accepted_at_ms >= end_ms));
+                }
+                Command::Finalise { settlement, reply } => {
+                    if self.finalised_periods.contains(&settlement.period) {
+                        pending.push(Pending::Finalise(reply, None));
+                        continue;
+                    }
+                    let label = settlement.period.clone();
+                    match self
+                        .ledger
+                        .book_settlement(*settlement, accepted_at_ms, &mut changes)
+                    {
+                        Ok(finalised) => {
+                            self.finalised_periods.insert(label.clone());
+                            finalised_now.push(label);
+                            pending.push(Pending::Finalise(reply, Some(finalised)));
+                        }
+                        Err(error) => {
+                            invariant_violation = Some(error.to_string());
+                            pending.push(Pending::Finalise(reply, None));
+                        }
+                    }
+                }
                 Command::Shutdown => {}
             }
         }
+        let forget_finalised = |writer: &mut Writer| {
+            for label in &finalised_now {
+                writer.finalised_periods.remove(label);
+            }
+        };
         if let Some(message) = invariant_violation {
+            forget_finalised(self);
             tracing::error!(%message, "ledger invariant violated; the batch is aborted");
             self.abort(pending, EngineError::InvariantViolated(message))
                 .await;
@@ -440,6 +500,7 @@ impl Writer {
                     .forget_receipts_before(accepted_at_ms - self.receipt_retention_ms);
             }
             Err(error) => {
+                forget_finalised(self);
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
                 self.abort(pending, EngineError::StorageUnavailable(error.to_string()))
                     .await;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use coalition_domain::reconciliation::{self, Malformed, MerchantRow};
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing;
 use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
@@ -65,6 +66,7 @@ pub fn admin_status(error: AdminError) -> Status {
         AdminError::Terms(
             TermsError::PriceInvalid { .. }
             | TermsError::CreditLimitInvalid(_)
+            | TermsError::ShareInvalid(_)
             | TermsError::FactorInvalid { .. }
             | TermsError::CampaignInvalid { .. },
         ) => Status::invalid_argument(error.to_string()),
@@ -82,6 +84,9 @@ pub fn admin_status(error: AdminError) -> Status {
         AdminError::Registry(_) | AdminError::Member(_) | AdminError::Invalid { .. } => {
             Status::invalid_argument(error.to_string())
         }
+        AdminError::Period(_) => Status::invalid_argument(error.to_string()),
+        AdminError::PeriodOpen { .. } => Status::failed_precondition(error.to_string()),
+        AdminError::Settlement { .. } => Status::internal(error.to_string()),
         AdminError::Engine(engine) => convert::engine_status(engine.clone()),
     }
 }
@@ -337,6 +342,11 @@ impl AdminService for Admin {
                             &request.earn_points_per_minor,
                         )?)
                     },
+                    breakage_share: if request.breakage_share.trim().is_empty() {
+                        Decimal::ZERO
+                    } else {
+                        price("breakage_share", &request.breakage_share)?
+                    },
                 },
             )
             .await
@@ -436,6 +446,110 @@ impl AdminService for Admin {
             points: summary.points,
             breakage_minor: summary.money_minor,
         }))
+    }
+
+    async fn preview_settlement(
+        &self,
+        request: Request<pb::PreviewSettlementRequest>,
+    ) -> Result<Response<pb::PreviewSettlementResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let period = request.into_inner().period;
+        let label = (!period.trim().is_empty()).then_some(period.as_str());
+        let view = self
+            .engine
+            .preview_settlement(label)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::PreviewSettlementResponse {
+            settlement: Some(convert::settlement(view)),
+        }))
+    }
+
+    async fn finalise_settlement(
+        &self,
+        request: Request<pb::FinaliseSettlementRequest>,
+    ) -> Result<Response<pb::FinaliseSettlementResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let period = request.into_inner().period;
+        if period.trim().is_empty() {
+            return Err(invalid(
+                "period",
+                "name the period to finalise (YYYY-MM-DD)",
+            ));
+        }
+        let (view, finalised_now) = self
+            .engine
+            .finalise_settlement(&period)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::FinaliseSettlementResponse {
+            settlement: Some(convert::settlement(view)),
+            already_finalised: !finalised_now,
+        }))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<tonic::Streaming<pb::ReconcileRequest>>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|message| message.item) {
+            Some(pb::reconcile_request::Item::Header(header)) => header,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a reconciliation names the merchant and the period (header)",
+                ));
+            }
+        };
+        let merchant = merchant_id(header.merchant_id)?;
+        let period = self
+            .engine
+            .settlement_period(Some(&header.period))
+            .map_err(|error| invalid("period", error))?;
+        let mut rows = Vec::new();
+        let mut malformed = Vec::new();
+        let mut number = 0u64;
+        while let Some(message) = stream.message().await? {
+            match message.item {
+                Some(pb::reconcile_request::Item::Row(row)) => {
+                    number += 1;
+                    let id = row.merchant_transaction_id.trim();
+                    if id.is_empty() {
+                        malformed.push(Malformed {
+                            line: number,
+                            problem: "merchant_transaction_id is empty".into(),
+                        });
+                        continue;
+                    }
+                    rows.push(MerchantRow {
+                        line: number,
+                        merchant_transaction_id: id.to_owned(),
+                        kind: row.kind,
+                        points: row.points,
+                        amount_minor: row.amount_minor,
+                    });
+                }
+                Some(pb::reconcile_request::Item::Header(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a reconciliation has one header, as its first message",
+                    ));
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "a reconciliation message carries a header or a row",
+                    ));
+                }
+            }
+        }
+        let cleared = self
+            .engine
+            .storage()
+            .merchant_transactions(&merchant, period.start_ms, period.end_ms)
+            .await
+            .map_err(|error| admin_status(error.into()))?;
+        let report = reconciliation::reconcile(rows, cleared, malformed);
+        Ok(Response::new(convert::reconcile_report(report)))
     }
 
     async fn alias_member(

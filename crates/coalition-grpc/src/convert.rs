@@ -3,12 +3,13 @@
 use coalition_domain::account::{AccountKey, OPERATOR};
 use coalition_domain::journal::Entry;
 use coalition_domain::journal::EntryKind;
+use coalition_domain::reconciliation::{Report, SideTotals, Status as ReconcileStatus};
 use coalition_domain::{
     MemberId, MerchantCategory, MerchantId, RawSubmission, Rejection, RejectionReason,
     TransactionKind,
 };
 use coalition_domain::{MerchantTerms, UnitCode};
-use coalition_engine::{EngineError, Envelope, SubmitOutcome};
+use coalition_engine::{EngineError, Envelope, PeriodStatus, SettlementView, SubmitOutcome};
 use tonic::Status;
 
 use crate::pb;
@@ -66,9 +67,11 @@ fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
         EntryKind::Void => pb::TransactionKind::Void,
         EntryKind::ExchangeIn => pb::TransactionKind::ExchangeIn,
         EntryKind::ExchangeOut => pb::TransactionKind::ExchangeOut,
-        EntryKind::MemberMerge | EntryKind::HoldExpiry | EntryKind::Expiry | EntryKind::Funding => {
-            pb::TransactionKind::Unspecified
-        }
+        EntryKind::MemberMerge
+        | EntryKind::HoldExpiry
+        | EntryKind::Expiry
+        | EntryKind::Funding
+        | EntryKind::Settlement => pb::TransactionKind::Unspecified,
     }
 }
 
@@ -117,6 +120,8 @@ pub fn account_kind(kind: &AccountKey) -> pb::AccountKind {
         AccountKey::MerchantIssued(_) => pb::AccountKind::MerchantIssued,
         AccountKey::MerchantRedeemed(_) => pb::AccountKind::MerchantRedeemed,
         AccountKey::MerchantSettlement(_) => pb::AccountKind::MerchantSettlement,
+        AccountKey::MerchantFees(_) => pb::AccountKind::MerchantFees,
+        AccountKey::MerchantPayable(_) => pb::AccountKind::MerchantPayable,
         AccountKey::OperatorFloat => pb::AccountKind::OperatorFloat,
         AccountKey::OperatorRounding => pb::AccountKind::OperatorRounding,
         AccountKey::OperatorFees => pb::AccountKind::OperatorFees,
@@ -148,6 +153,12 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
             .map_err(|error| invalid(format!("owner_id {error}"))),
         Ok(pb::AccountKind::MerchantBreakage) => MerchantId::new(owner_id)
             .map(AccountKey::MerchantBreakage)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantFees) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantFees)
+            .map_err(|error| invalid(format!("owner_id {error}"))),
+        Ok(pb::AccountKind::MerchantPayable) => MerchantId::new(owner_id)
+            .map(AccountKey::MerchantPayable)
             .map_err(|error| invalid(format!("owner_id {error}"))),
         Ok(
             kind @ (pb::AccountKind::OperatorFloat
@@ -243,6 +254,7 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         issue_price_minor_per_point: terms.issue_price_minor_per_point.to_string(),
         redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
         fee_minor_per_point: terms.fee_minor_per_point.to_string(),
+        breakage_share: terms.breakage_share.to_string(),
         cross_merchant_reversals: terms.cross_merchant_reversals,
         credit_limit_minor: terms.credit_limit_minor,
         earn_points_per_minor: terms
@@ -254,5 +266,109 @@ pub fn wire_terms(terms: &MerchantTerms) -> pb::MerchantTerms {
         points_per_legacy_unit: terms
             .exchange
             .map_or_else(String::new, |(_, rate)| rate.to_string()),
+    }
+}
+
+/// A period's settlement on the wire.
+pub fn settlement(view: SettlementView) -> pb::Settlement {
+    let SettlementView {
+        settlement,
+        status,
+        closing_sequence,
+        finalised_at_ms,
+    } = view;
+    pb::Settlement {
+        period: settlement.period,
+        start_unix_ms: settlement.start_ms,
+        end_unix_ms: settlement.end_ms,
+        currency: settlement.currency,
+        status: match status {
+            PeriodStatus::Open => pb::SettlementStatus::Open,
+            PeriodStatus::Closed => pb::SettlementStatus::Closed,
+            PeriodStatus::Finalised => pb::SettlementStatus::Finalised,
+        } as i32,
+        first_sequence: settlement.first_sequence,
+        last_sequence: settlement.last_sequence,
+        previous_hash: settlement.previous_hash,
+        head_hash: settlement.head_hash,
+        merchants: settlement
+            .merchants
+            .into_iter()
+            .map(|net| pb::MerchantSettlement {
+                merchant_id: net.merchant_id,
+                points_issued: net.points_issued,
+                points_redeemed: net.points_redeemed,
+                issuance_minor: net.issuance_minor,
+                issuance_reversed_minor: net.issuance_reversed_minor,
+                redemptions_minor: net.redemptions_minor,
+                redemptions_reversed_minor: net.redemptions_reversed_minor,
+                fees_minor: net.fees_minor,
+                funding_minor: net.funding_minor,
+                breakage_minor: net.breakage_minor,
+                breakage_share: net.breakage_share,
+                breakage_share_minor: net.breakage_share_minor,
+                net_minor: net.net_minor,
+            })
+            .collect(),
+        operator: Some(pb::OperatorSettlement {
+            float_minor: settlement.operator.float_minor,
+            fees_minor: settlement.operator.fees_minor,
+            rounding_minor: settlement.operator.rounding_minor,
+            cash_minor: settlement.operator.cash_minor,
+            breakage_kept_minor: settlement.operator.breakage_kept_minor,
+            net_minor: settlement.operator.net_minor,
+        }),
+        matrix: settlement
+            .matrix
+            .into_iter()
+            .map(|cell| pb::MatrixCell {
+                issuer_id: cell.issuer,
+                redeemer_id: cell.redeemer,
+                points: cell.points,
+                value_minor: cell.value_minor,
+            })
+            .collect(),
+        closing_sequence,
+        finalised_at_unix_ms: finalised_at_ms.unwrap_or(0),
+    }
+}
+
+/// A reconciliation report on the wire.
+pub fn reconcile_report(report: Report) -> pb::ReconcileResponse {
+    let totals = |side: SideTotals| pb::ReconcileTotals {
+        transactions: side.transactions,
+        points: side.points,
+        amount_minor: side.amount_minor,
+    };
+    pb::ReconcileResponse {
+        matched: report.counts.get("matched").copied().unwrap_or(0),
+        merchant: Some(totals(report.merchant)),
+        clearing: Some(totals(report.clearing)),
+        differences: report
+            .differences
+            .into_iter()
+            .map(|difference| pb::ReconcileDifference {
+                status: match difference.status {
+                    ReconcileStatus::Matched => pb::ReconcileStatus::Matched,
+                    ReconcileStatus::PointsMismatch => pb::ReconcileStatus::PointsMismatch,
+                    ReconcileStatus::AmountMismatch => pb::ReconcileStatus::AmountMismatch,
+                    ReconcileStatus::MissingInClearing => pb::ReconcileStatus::MissingInClearing,
+                    ReconcileStatus::MissingAtMerchant => pb::ReconcileStatus::MissingAtMerchant,
+                    ReconcileStatus::Duplicated => pb::ReconcileStatus::Duplicated,
+                } as i32,
+                merchant_transaction_id: difference.merchant_transaction_id,
+                merchant_row: difference.merchant_line.unwrap_or(0),
+                entry_sequence: difference.entry_sequence.unwrap_or(0),
+                merchant_points: difference.merchant_points,
+                clearing_points: difference.clearing_points,
+                merchant_amount_minor: difference.merchant_amount_minor,
+                clearing_amount_minor: difference.clearing_amount_minor,
+            })
+            .collect(),
+        malformed: report
+            .malformed
+            .into_iter()
+            .map(|row| format!("row {}: {}", row.line, row.problem))
+            .collect(),
     }
 }

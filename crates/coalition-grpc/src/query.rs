@@ -135,7 +135,9 @@ impl QueryService for Queries {
                 AccountKey::MerchantIssued(owner)
                 | AccountKey::MerchantRedeemed(owner)
                 | AccountKey::MerchantSettlement(owner)
-                | AccountKey::MerchantBreakage(owner) => owner == merchant,
+                | AccountKey::MerchantBreakage(owner)
+                | AccountKey::MerchantFees(owner)
+                | AccountKey::MerchantPayable(owner) => owner == merchant,
                 AccountKey::OperatorFloat
                 | AccountKey::OperatorRounding
                 | AccountKey::OperatorFees

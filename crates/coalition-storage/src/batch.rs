@@ -580,6 +580,77 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
                         .collect(),
                 ),
             ),
+            (
+                "breakage_share",
+                Column::Text(terms.iter().map(|t| t.breakage_share.to_string()).collect()),
+            ),
+        ],
+        on_conflict: "",
+    };
+    let periods = &changes.settlements;
+    let settlement_periods = Table {
+        name: "settlement_periods",
+        columns: vec![
+            (
+                "period",
+                Column::Text(
+                    periods
+                        .iter()
+                        .map(|p| p.settlement.period.clone())
+                        .collect(),
+                ),
+            ),
+            (
+                "start_ms",
+                Column::BigInt(periods.iter().map(|p| p.settlement.start_ms).collect()),
+            ),
+            (
+                "end_ms",
+                Column::BigInt(periods.iter().map(|p| p.settlement.end_ms).collect()),
+            ),
+            (
+                "first_sequence",
+                Column::BigInt(
+                    periods
+                        .iter()
+                        .map(|p| to_i64(p.settlement.first_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "last_sequence",
+                Column::BigInt(
+                    periods
+                        .iter()
+                        .map(|p| to_i64(p.settlement.last_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "closing_sequence",
+                Column::NullableBigInt(
+                    periods
+                        .iter()
+                        .map(|p| p.closing_sequence.map(to_i64))
+                        .collect(),
+                ),
+            ),
+            (
+                "finalised_at_ms",
+                Column::BigInt(periods.iter().map(|p| p.finalised_at_ms).collect()),
+            ),
+            (
+                "settlement",
+                Column::Text(
+                    periods
+                        .iter()
+                        .map(|p| {
+                            serde_json::to_string(&p.settlement)
+                                .expect("a settlement always serialises")
+                        })
+                        .collect(),
+                ),
+            ),
         ],
         on_conflict: "",
     };
@@ -695,6 +766,7 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         lots,
         lot_consumptions,
         balance_table,
+        settlement_periods,
     ]
 }
 

@@ -59,6 +59,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "exchange rates",
         include_str!("../../../migrations/sqlite/0008_exchange_rates.sql"),
     ),
+    (
+        9,
+        "settlement",
+        include_str!("../../../migrations/sqlite/0009_settlement.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -101,6 +106,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "exchange rates",
         include_str!("../../../migrations/postgres/0008_exchange_rates.sql"),
+    ),
+    (
+        9,
+        "settlement",
+        include_str!("../../../migrations/postgres/0009_settlement.sql"),
     ),
 ];
 

@@ -12,6 +12,7 @@ mod connect;
 mod load;
 mod lock;
 mod query;
+mod settlement;
 
 pub use connect::ConnectOptions;
 pub use load::{CheckReport, LoadedState};
@@ -20,6 +21,7 @@ pub use query::{
     AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, ClearedTransaction, HistoryPage,
     OutstandingPoints,
 };
+pub use settlement::PeriodEntries;
 
 use sqlx::{PgPool, SqlitePool};
 

@@ -559,7 +559,7 @@ impl Storage {
             sqlx::query(
                 "SELECT merchant_id, version, effective_from_ms, issue_price_minor_per_point, redeem_price_minor_per_point, \
                  fee_minor_per_point, cross_merchant_reversals, credit_limit_minor, \
-                 earn_points_per_minor, legacy_unit, points_per_legacy_unit \
+                 earn_points_per_minor, legacy_unit, points_per_legacy_unit, breakage_share \
                  FROM merchant_terms ORDER BY merchant_id, version",
             )
             .fetch_all(pool)
@@ -578,6 +578,7 @@ impl Storage {
                     row.try_get::<Option<String>, _>("earn_points_per_minor")?,
                     row.try_get::<Option<String>, _>("legacy_unit")?,
                     row.try_get::<Option<String>, _>("points_per_legacy_unit")?,
+                    row.try_get::<String, _>("breakage_share")?,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
@@ -596,6 +597,7 @@ impl Storage {
                     rate,
                     unit,
                     unit_rate,
+                    share,
                 )| {
                     let price = |text: &str| {
                         rust_decimal::Decimal::from_str_exact(text)
@@ -622,6 +624,7 @@ impl Storage {
                             )),
                             _ => None,
                         },
+                        breakage_share: price(&share)?,
                     })
                 },
             )

@@ -3,6 +3,7 @@
 
 use coalition_domain::account::{AccountKey, Asset};
 use coalition_domain::journal::{Entry, EntryKind};
+pub use coalition_domain::reconciliation::ClearedTransaction;
 use coalition_domain::{MemberId, MerchantId, MerchantTransactionId, Receipt, ReceiptKey};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -170,16 +171,6 @@ impl Storage {
             None => Ok(None),
         }
     }
-}
-
-/// One transaction of a merchant as cleared, for reconciliation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClearedTransaction {
-    pub merchant_transaction_id: String,
-    pub kind: String,
-    pub points: i64,
-    pub spend_minor: Option<i64>,
-    pub sequence: u64,
 }
 
 impl Storage {

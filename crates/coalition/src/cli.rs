@@ -61,12 +61,16 @@ pub enum Command {
         database_url: String,
         #[arg(long)]
         merchant: String,
-        /// The window's start, Unix milliseconds of acceptance (inclusive).
-        #[arg(long)]
-        from_ms: i64,
+        /// The settlement period to compare with (its entries by acceptance time).
+        #[command(flatten)]
+        period: PeriodArgs,
+        /// Instead of --period: the window's start, Unix milliseconds of acceptance
+        /// (inclusive).
+        #[arg(long, conflicts_with = "period", requires = "to_ms")]
+        from_ms: Option<i64>,
         /// The window's end, Unix milliseconds of acceptance (exclusive).
-        #[arg(long)]
-        to_ms: i64,
+        #[arg(long, conflicts_with = "period", requires = "from_ms")]
+        to_ms: Option<i64>,
         /// The merchant's CSV: merchant_transaction_id, points, and optionally kind and
         /// amount_minor.
         #[arg(long)]
@@ -77,6 +81,41 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Export a finalised settlement period as a folder for auditors: entries, postings,
+    /// trial balance, settlement, statements, payments, reconciliations, an hledger journal,
+    /// and a manifest signed by the operator's current key.
+    Export {
+        /// The database to read (read only).
+        #[arg(
+            long,
+            env = "COALITION_DATABASE_URL",
+            default_value = "sqlite://coalition.db"
+        )]
+        database_url: String,
+        #[command(flatten)]
+        period: PeriodArgs,
+        /// The folder to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The operator's key directory (see `coalition operator-key`).
+        #[arg(long)]
+        operator_keys: PathBuf,
+        /// Reconcile a merchant's own record into the export, MERCHANT=FILE; repeat for more.
+        #[arg(long = "reconcile")]
+        reconcile: Vec<crate::export::ReconcileInput>,
+    },
+    /// Verify exports with nothing but the folders and the operator's public key: signature,
+    /// file digests, hash chain, balanced entries, trial balance, settlement. Several folders
+    /// of consecutive periods must chain. Exits non-zero on any problem.
+    Verify {
+        /// Export folders, in period order.
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        /// The operator's public key: a `.pub` file or 64 hex digits. Repeat it to accept
+        /// exports signed before a key rotation.
+        #[arg(long = "operator-key", required = true)]
+        operator_keys: Vec<String>,
     },
     /// Generate an ed25519 key: the secret seed goes to a file, the public key is printed.
     Keygen {
@@ -106,6 +145,32 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+}
+
+/// A settlement period named on the command line, and the cut-off that defines periods (the
+/// server's `settlement_cutoff` and `settlement_utc_offset`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeriodArgs {
+    /// The period: the local date it starts, YYYY-MM-DD.
+    #[arg(long)]
+    pub period: Option<String>,
+    /// The daily cut-off, local HH:MM.
+    #[arg(long, env = "COALITION_SETTLEMENT_CUTOFF", default_value = coalition_engine::CUTOFF_TIME_DEFAULT)]
+    pub cutoff: String,
+    /// The UTC offset of the cut-off, +HH:MM or -HH:MM.
+    #[arg(long, env = "COALITION_SETTLEMENT_UTC_OFFSET", default_value = coalition_engine::CUTOFF_OFFSET_DEFAULT, allow_hyphen_values = true)]
+    pub utc_offset: String,
+}
+
+impl PeriodArgs {
+    /// The period named, if one is.
+    pub fn period(&self) -> anyhow::Result<Option<coalition_domain::settlement::Period>> {
+        let Some(label) = &self.period else {
+            return Ok(None);
+        };
+        let cutoff = coalition_domain::settlement::Cutoff::parse(&self.cutoff, &self.utc_offset)?;
+        Ok(Some(cutoff.period(label)?))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +296,10 @@ pub enum AdminCommand {
         /// Alliance points per legacy unit, e.g. 0.35.
         #[arg(long, default_value = "")]
         points_per_legacy_unit: String,
+        /// The share of breakage on the merchant's issue paid back to it at settlement, a
+        /// decimal from 0 to 1.
+        #[arg(long, default_value = "0")]
+        breakage_share: String,
     },
     /// Set the next version of the alliance's earn rules (tier multipliers and campaigns).
     SetEarnRules {
@@ -258,12 +327,39 @@ pub enum AdminCommand {
     },
     /// Run the expiry run now: book every expired lot to breakage (idempotent).
     Expire,
+    /// Settlement periods: preview one, or finalise one whose cut-off has passed.
+    Settle {
+        #[command(subcommand)]
+        command: SettleCommand,
+    },
     /// Make one member id an alias of another, moving its points.
     Alias {
         #[arg(long)]
         alias: String,
         #[arg(long)]
         target: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettleCommand {
+    /// Compute a period's settlement and book nothing (the open period when none is named).
+    Preview {
+        /// The period, YYYY-MM-DD (the local date it starts).
+        #[arg(long)]
+        period: Option<String>,
+        /// Print the settlement as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finalise a period: book its closing entry and record it. Again: the same result.
+    Finalise {
+        /// The period, YYYY-MM-DD.
+        #[arg(long)]
+        period: String,
+        /// Print the settlement as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -361,12 +457,57 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile {
             database_url,
             merchant,
+            period,
             from_ms,
             to_ms,
             file,
             out,
             quiet,
-        } => reconcile(&database_url, &merchant, from_ms, to_ms, &file, &out, quiet).await,
+        } => {
+            let (from_ms, to_ms) = match (period.period()?, from_ms, to_ms) {
+                (Some(period), _, _) => (period.start_ms, period.end_ms),
+                (None, Some(from_ms), Some(to_ms)) => (from_ms, to_ms),
+                _ => bail!("name the window: --period, or --from-ms and --to-ms"),
+            };
+            reconcile(&database_url, &merchant, from_ms, to_ms, &file, &out, quiet).await
+        }
+        Command::Export {
+            database_url,
+            period,
+            out,
+            operator_keys,
+            reconcile,
+        } => {
+            let Some(named) = period.period()? else {
+                bail!("name the period to export with --period YYYY-MM-DD");
+            };
+            let cutoff =
+                coalition_domain::settlement::Cutoff::parse(&period.cutoff, &period.utc_offset)?;
+            let summary = crate::export::export(&crate::export::ExportOptions {
+                database_url,
+                period: named,
+                cutoff,
+                out: out.clone(),
+                operator_keys,
+                reconcile,
+            })
+            .await?;
+            println!(
+                "exported period {} (entries {}..{}, head {}) to {}: {} files, signed by operator key {}",
+                summary.manifest.period,
+                summary.manifest.first_sequence,
+                summary.manifest.last_sequence,
+                summary.manifest.head_hash,
+                out.display(),
+                summary.manifest.files.len() + 2,
+                summary.manifest.operator_key_id
+            );
+            Ok(())
+        }
+        Command::Verify {
+            folders,
+            operator_keys,
+        } => verify(&folders, &operator_keys),
         Command::Keygen { out } => keygen(&out),
         Command::OperatorKey { command } => operator_key(command),
         Command::SignExample => {
@@ -440,6 +581,58 @@ async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+/// Verifies export folders and prints every problem; an error when there is any.
+fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
+    let mut keys = Vec::with_capacity(operator_keys.len());
+    for operator_key in operator_keys {
+        keys.push(
+            match hex::decode(operator_key.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            {
+                Some(bytes) => ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .context("--operator-key is not an ed25519 public key")?,
+                None => crate::operator_key::read_public_key(Path::new(operator_key))?,
+            },
+        );
+    }
+    let mut problems = 0usize;
+    let mut previous: Option<crate::verify::Verified> = None;
+    for folder in folders {
+        let verified = crate::verify::verify_folder(folder, &keys)?;
+        let mut found = verified.problems.clone();
+        if let Some(earlier) = &previous {
+            found.extend(crate::verify::chain_problems(earlier, &verified));
+        }
+        match (&verified.manifest, found.is_empty()) {
+            (Some(manifest), true) => println!(
+                "{}: period {} verified: signature, {} files, entries {}..{} chained from {} to {}, balanced, trial balance and settlement recomputed",
+                folder.display(),
+                manifest.period,
+                manifest.files.len(),
+                manifest.first_sequence,
+                manifest.last_sequence,
+                &manifest.previous_hash[..16.min(manifest.previous_hash.len())],
+                &manifest.head_hash[..16.min(manifest.head_hash.len())]
+            ),
+            _ => {
+                for problem in &found {
+                    println!("{}: {problem}", folder.display());
+                }
+            }
+        }
+        problems += found.len();
+        previous = Some(verified);
+    }
+    if problems > 0 {
+        bail!("{problems} problems found: the export does not verify");
+    }
+    if folders.len() > 1 {
+        println!("{} consecutive periods chain", folders.len());
+    }
+    Ok(())
 }
 
 /// Runs the ledger check and prints the report; an error when unsound.
@@ -818,6 +1011,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             earn_points_per_minor,
             legacy_unit,
             points_per_legacy_unit,
+            breakage_share,
         } => {
             let terms = admin
                 .set_merchant_terms(pb::SetMerchantTermsRequest {
@@ -831,6 +1025,7 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                     earn_points_per_minor,
                     legacy_unit,
                     points_per_legacy_unit,
+                    breakage_share,
                 })
                 .await?
                 .into_inner()
@@ -917,6 +1112,38 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 "funding booked as entry {}; {merchant} now stands at {} minor units",
                 response.entry_sequence, response.position_minor
             );
+        }
+        AdminCommand::Settle { command } => {
+            let (settlement, note, json) = match command {
+                SettleCommand::Preview { period, json } => {
+                    let response = admin
+                        .preview_settlement(pb::PreviewSettlementRequest {
+                            period: period.unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner();
+                    (response.settlement, "preview: nothing booked", json)
+                }
+                SettleCommand::Finalise { period, json } => {
+                    let response = admin
+                        .finalise_settlement(pb::FinaliseSettlementRequest { period })
+                        .await?
+                        .into_inner();
+                    let note = if response.already_finalised {
+                        "already finalised: nothing booked"
+                    } else {
+                        "finalised now: closing entry booked"
+                    };
+                    (response.settlement, note, json)
+                }
+            };
+            let settlement = settlement.context("the server returned no settlement")?;
+            if json {
+                println!("{}", crate::settlement::settlement_json(&settlement)?);
+            } else {
+                print!("{}", crate::settlement::settlement_table(&settlement, None));
+                println!("{note}");
+            }
         }
         AdminCommand::Expire => {
             let response = admin

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use coalition_domain::settlement::Cutoff;
 use coalition_domain::{CurrencyCode, ExpiryBoundary, LedgerPolicy, Limits};
 use coalition_engine::EngineConfig;
 use coalition_grpc::ServerConfig;
@@ -55,6 +56,11 @@ pub struct Config {
     pub points_expiry_boundary: String,
     /// How often the server runs the expiry run by itself; 0 for only on request.
     pub expiry_run_interval_ms: i64,
+    /// The daily settlement cut-off, local time `HH:MM`: a transaction accepted at or after it
+    /// falls into the next period.
+    pub settlement_cutoff: String,
+    /// The alliance's UTC offset for the cut-off and period names, `+HH:MM` or `-HH:MM`.
+    pub settlement_utc_offset: String,
     /// How long a graceful shutdown waits for open calls before closing their connections.
     pub shutdown_grace_ms: u64,
     /// "text" or "json".
@@ -93,6 +99,8 @@ impl Default for Config {
                 .map_or(0, |lifetime| lifetime / DAY_MS),
             points_expiry_boundary: engine.policy.expiry_boundary.to_string(),
             expiry_run_interval_ms: engine.expiry_run_interval_ms.unwrap_or(0),
+            settlement_cutoff: coalition_engine::CUTOFF_TIME_DEFAULT.into(),
+            settlement_utc_offset: coalition_engine::CUTOFF_OFFSET_DEFAULT.into(),
             shutdown_grace_ms: 10_000,
             log_format: "text".into(),
             log_filter: "info".into(),
@@ -222,6 +230,8 @@ impl Config {
                 self.settlement_currency
             )));
         }
+        Cutoff::parse(&self.settlement_cutoff, &self.settlement_utc_offset)
+            .map_err(|error| ConfigError::Invalid(format!("settlement: {error}")))?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be \"text\" or \"json\", got {:?}",
@@ -260,6 +270,8 @@ impl Config {
             },
             expiry_run_interval_ms: (self.expiry_run_interval_ms > 0)
                 .then_some(self.expiry_run_interval_ms),
+            settlement_cutoff: Cutoff::parse(&self.settlement_cutoff, &self.settlement_utc_offset)
+                .expect("checked when loaded"),
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::config::Config;
+use crate::demo_settlement;
 use crate::runtime::RunningServer;
 use crate::workload::{Day, MallDayProfile, generate};
 
@@ -297,6 +298,12 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
                 earn_points_per_minor: crate::workload::EARN_POINTS_PER_MINOR.into(),
                 legacy_unit: String::new(),
                 points_per_legacy_unit: String::new(),
+                // Mall tenants get a fifth of the breakage on their points back at settlement.
+                breakage_share: if merchant.category == pb::MerchantCategory::MallTenant {
+                    "0.2".into()
+                } else {
+                    "0".into()
+                },
             })
             .await
             .with_context(|| format!("setting the terms of {}", merchant.signer.merchant_id))?;
@@ -389,6 +396,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         day.members.len()
     );
 
+    let accepted_from_ms = coalition_engine::SystemClock.now_ms();
     let bar = progress(day.carry_in.len(), "carry-in", args.quiet);
     let carry_in = drive(
         channel.clone(),
@@ -457,24 +465,69 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await?
         .into_inner();
 
+    let accepted_to_ms = coalition_engine::SystemClock.now_ms();
     server.shutdown().await?;
 
     // A year later, the morning's expiry run: points earned before the demo day that were
     // never spent reach the end of their life; today's points still have hours to go. The
     // server restarts on the same database with its clock a year ahead.
     let year_later_ms = day_end_ms + 365 * DAY_MS - 18 * HOUR_MS;
+    let year_later_clock = coalition_engine::ManualClock::new(year_later_ms);
     // The run is requested here, so the schedule is off for this start.
     let expiry_config = Config {
         expiry_run_interval_ms: 0,
         ..config.clone()
     };
-    let server = RunningServer::start_with_clock(
-        &expiry_config,
-        Arc::new(coalition_engine::ManualClock::new(year_later_ms)),
-    )
-    .await?;
+    let server =
+        RunningServer::start_with_clock(&expiry_config, Arc::new(year_later_clock.clone())).await?;
     let expiry_channel = Channel::from_shared(server.endpoint())?.connect().await?;
     let mut admin = AdminServiceClient::with_interceptor(expiry_channel, AdminToken::new(&token)?);
+    // The finance team settles the day: every period the day's traffic was accepted in (one,
+    // or two when the run crossed the cut-off), finalised twice to show the second books
+    // nothing. The closing entries land in the period open now, a year later.
+    let cutoff = expiry_config.engine().settlement_cutoff;
+    let periods = demo_settlement::periods_between(&cutoff, accepted_from_ms, accepted_to_ms);
+    let settlements = demo_settlement::finalise(&mut admin, &periods).await?;
+    // One mall tenant's own record of its busiest period, with planted differences,
+    // reconciled over the gRPC stream.
+    let (busiest, _) = settlements
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, settlement)| settlement.last_sequence - settlement.first_sequence)
+        .context("the day has a period")?;
+    // The busiest mall tenant of that period.
+    let mut busiest_tenant = None;
+    for merchant in &day.merchants {
+        if merchant.category != pb::MerchantCategory::MallTenant {
+            continue;
+        }
+        let merchant_id = coalition_domain::MerchantId::new(merchant.signer.merchant_id.clone())
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let cleared = server
+            .engine
+            .storage()
+            .merchant_transactions(
+                &merchant_id,
+                periods[busiest].start_ms,
+                periods[busiest].end_ms,
+            )
+            .await?;
+        if busiest_tenant
+            .as_ref()
+            .is_none_or(|(_, most): &(_, Vec<_>)| cleared.len() > most.len())
+        {
+            busiest_tenant = Some((merchant_id, cleared));
+        }
+    }
+    let (tenant_id, cleared) = busiest_tenant.context("the day has a mall tenant")?;
+    let record_path = args
+        .dir
+        .join(format!("merchant-record-{}.csv", tenant_id.as_str()));
+    let (record, planted) = demo_settlement::merchant_record(&cleared, &record_path)?;
+    let (reconciled, unparsable) =
+        demo_settlement::reconcile_over_grpc(&mut admin, &tenant_id, &periods[busiest], &record)
+            .await?;
+    let found = demo_settlement::found(&reconciled, unparsable);
     let expiry = admin
         .run_expiry(pb::RunExpiryRequest {})
         .await
@@ -484,6 +537,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .run_expiry(pb::RunExpiryRequest {})
         .await?
         .into_inner();
+    // The expiry run's period, settled once its cut-off has passed: breakage is the
+    // operator's, except the share the terms give back to the issuer (a fifth, for tenants).
+    let expiry_period = cutoff.period_at(year_later_ms);
+    year_later_clock.set(expiry_period.end_ms);
+    let expiry_settlement = demo_settlement::finalise(&mut admin, &[expiry_period])
+        .await?
+        .pop()
+        .context("the expiry period's settlement")?;
     server.shutdown().await?;
 
     let expected = &day.expected;
@@ -560,10 +621,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         && follow_ups.accepted == day.follow_ups.len() as u64
         && follow_ups.rejected.is_empty()
         && expiry.points > 0
-        && expiry_again.entries == 0;
+        && expiry_again.entries == 0
+        && found == planted;
+    println!(
+        "reconciliation        {} record of period {} over gRPC: {} matched; found {} missing at the merchant, {} points and {} amount mismatches, {} missing in clearing, {} duplicated, {} malformed (planted {}, {}, {}, {}, {}, {})",
+        tenant_id.as_str(),
+        periods[busiest].label,
+        reconciled.matched,
+        found.missing_at_merchant,
+        found.points_mismatch,
+        found.amount_mismatch,
+        found.missing_in_clearing,
+        found.duplicated,
+        found.malformed,
+        planted.missing_at_merchant,
+        planted.points_mismatch,
+        planted.amount_mismatch,
+        planted.missing_in_clearing,
+        planted.duplicated,
+        planted.malformed
+    );
 
     println!();
     println!("== Ledger check (recomputed from the database after shutdown) ==");
+    let database_url_for_export = database_url.clone();
     let storage = Storage::connect(&ConnectOptions {
         url: database_url,
         connections_max: 2,
@@ -609,10 +690,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ledger.balance_of(id, coalition_domain::Asset::Points),
                 balance,
             )),
-            coalition_domain::AccountKey::MerchantSettlement(_) if balance < 0 => {
+            coalition_domain::AccountKey::MerchantPayable(_) if balance < 0 => {
                 owed_by_issuers -= balance
             }
-            coalition_domain::AccountKey::MerchantSettlement(_) => owed_to_redeemers += balance,
+            coalition_domain::AccountKey::MerchantPayable(_) => owed_to_redeemers += balance,
             coalition_domain::AccountKey::OperatorFloat => float += balance,
             coalition_domain::AccountKey::OperatorRounding => rounding += balance,
             coalition_domain::AccountKey::OperatorFees => fees += balance,
@@ -621,7 +702,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let currency = money.code();
     println!(
-        "money legs            merchants owe {} {currency}, are owed {} {currency}; float {} {currency}, fees {} {currency}, rounding {} {currency}",
+        "money legs            settled: merchants owe {} {currency}, are owed {} {currency}; float {} {currency}, fees {} {currency}, rounding {} {currency}",
         minor_units(owed_by_issuers),
         minor_units(owed_to_redeemers),
         minor_units(float),
@@ -660,6 +741,71 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "ledger check          OK: every entry balances, the hash chain verifies, balances and lots equal the postings"
     );
+
+    println!();
+    println!(
+        "== Settlement (cut-off {}, amounts in minor units of {}) ==",
+        cutoff.describe(),
+        config.settlement_currency
+    );
+    for settlement in &settlements {
+        print!(
+            "{}",
+            crate::settlement::settlement_table(settlement, Some(10))
+        );
+    }
+    println!();
+    print!(
+        "{}",
+        crate::settlement::settlement_table(&expiry_settlement, Some(5))
+    );
+
+    println!();
+    println!("== Export and proof ==");
+    let trail = demo_settlement::export_periods(
+        &database_url_for_export,
+        &args.dir,
+        cutoff,
+        &periods,
+        crate::export::ReconcileInput {
+            merchant: tenant_id.clone(),
+            file: record_path.clone(),
+        },
+    )
+    .await?;
+    let key = crate::operator_key::read_public_key(&trail.public_key)?;
+    let mut previous: Option<crate::verify::Verified> = None;
+    for folder in &trail.exports {
+        let verified = crate::verify::verify_folder(folder, std::slice::from_ref(&key))?;
+        let mut problems = verified.problems.clone();
+        if let Some(earlier) = &previous {
+            problems.extend(crate::verify::chain_problems(earlier, &verified));
+        }
+        for problem in &problems {
+            println!("problem: {}: {problem}", folder.display());
+        }
+        if !problems.is_empty() {
+            bail!("the export {} does not verify", folder.display());
+        }
+        println!(
+            "export                {} verified: signature, file digests, hash chain, balanced entries, trial balance, settlement",
+            folder.display()
+        );
+        previous = Some(verified);
+    }
+    println!("operator public key   {}", trail.public_key.display());
+    println!("merchant record       {}", record_path.display());
+    for folder in &trail.exports {
+        println!(
+            "check by hand         coalition verify {} --operator-key {}",
+            folder.display(),
+            trail.public_key.display()
+        );
+        println!(
+            "                      hledger check -f {}",
+            folder.join("journal.hledger").display()
+        );
+    }
     if !as_planted {
         bail!("the outcomes differ from what the generator planted");
     }

@@ -5,7 +5,11 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod demo_settlement;
+pub mod export;
 pub mod operator_key;
 pub mod reconcile;
 pub mod runtime;
+pub mod settlement;
+pub mod verify;
 pub mod workload;

@@ -1,0 +1,751 @@
+//! Settlement periods and the multilateral netting of a period through the operator.
+//!
+//! A period is a day cut at a configured local time: the period labelled `2026-11-22` with a
+//! 04:00 cut-off at +08:00 holds every entry accepted from 2026-11-22 04:00 to 2026-11-23
+//! 04:00 local time. Acceptance times never go backwards, so a period is a contiguous range
+//! of sequence numbers, and a transaction accepted after the cut-off falls into the next one.
+//!
+//! The settlement of a period is computed from its entries alone (and the breakage share of
+//! each issuer's terms), so the server's preview, its finalisation and an auditor's
+//! `coalition verify` of an export all run this same function on the same entries:
+//!
+//! - per merchant, from the money postings to its settlement and fee accounts, by the kind of
+//!   the entry: issuance owed (earns, exchanges in), issuance reversed (refunds), redemptions
+//!   due (burns, captures, exchanges out), redemptions reversed (cancellations), fees, money
+//!   paid in (funding), and its share of the breakage of its expired points (rounded down,
+//!   the operator keeps the rest); their sum is the merchant's one net amount: positive, the
+//!   operator pays it; negative, the merchant pays the operator;
+//! - the operator's line: the movement of its own accounts (float, fees, rounding, cash) and
+//!   the breakage it keeps. The merchants' nets and the operator's sum to exactly zero, because
+//!   every entry balances; `compute` asserts it;
+//! - the bilateral matrix: whose points were redeemed where, from lot attribution, with the
+//!   redemption money of each redeeming entry split over the issuers of the points it took
+//!   (largest remainder), so that each redeemer's column sums to its redemptions due.
+//!
+//! Closing entries of earlier periods (kind `settlement`) fall into the period in which they
+//! are booked and are left out of its netting: they move amounts already settled.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::{Deserialize, Serialize};
+
+use crate::account::{AccountKey, Asset, CurrencyCode};
+use crate::ids::MerchantId;
+use crate::journal::{Entry, EntryKind, Posting};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Why a period or a cut-off could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeriodError {
+    #[error("the cut-off time must be HH:MM from 00:00 to 23:59, got {0:?}")]
+    CutoffTime(String),
+    #[error("the UTC offset must be +HH:MM or -HH:MM within ±14:00, got {0:?}")]
+    Offset(String),
+    #[error("a period is named by its first day as YYYY-MM-DD, got {0:?}")]
+    Label(String),
+}
+
+/// The daily cut-off: a local time of day in a fixed UTC offset (the alliance's time zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    /// Minutes after local midnight.
+    pub minute_of_day: u32,
+    /// The local time's offset from UTC, in minutes.
+    pub offset_minutes: i32,
+}
+
+/// One settlement period: entries accepted in `[start_ms, end_ms)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    /// The local date on which the period starts, `YYYY-MM-DD`.
+    pub label: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+fn parse_hh_mm(text: &str) -> Option<(u32, u32)> {
+    let (hours, minutes) = text.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    let hours: u32 = hours.parse().ok()?;
+    let minutes: u32 = minutes.parse().ok()?;
+    (minutes < 60).then_some((hours, minutes))
+}
+
+impl Cutoff {
+    /// Parses a local time `HH:MM` and an offset `+HH:MM` / `-HH:MM`.
+    pub fn parse(time: &str, offset: &str) -> Result<Cutoff, PeriodError> {
+        let (hours, minutes) = parse_hh_mm(time)
+            .filter(|(hours, _)| *hours < 24)
+            .ok_or_else(|| PeriodError::CutoffTime(time.to_owned()))?;
+        let bad_offset = || PeriodError::Offset(offset.to_owned());
+        let sign = match offset.as_bytes().first() {
+            Some(b'+') => 1,
+            Some(b'-') => -1,
+            _ => return Err(bad_offset()),
+        };
+        let (offset_hours, offset_minutes) = parse_hh_mm(&offset[1..]).ok_or_else(bad_offset)?;
+        let offset_total = offset_hours * 60 + offset_minutes;
+        if offset_total > 14 * 60 {
+            return Err(bad_offset());
+        }
+        Ok(Cutoff {
+            minute_of_day: hours * 60 + minutes,
+            offset_minutes: sign * offset_total as i32,
+        })
+    }
+
+    /// The local time of day and offset, as configured.
+    pub fn describe(&self) -> String {
+        let offset = self.offset_minutes.unsigned_abs();
+        format!(
+            "{:02}:{:02} at UTC{}{:02}:{:02}",
+            self.minute_of_day / 60,
+            self.minute_of_day % 60,
+            if self.offset_minutes < 0 { '-' } else { '+' },
+            offset / 60,
+            offset % 60
+        )
+    }
+
+    fn shift_ms(&self) -> i64 {
+        i64::from(self.minute_of_day) * 60_000 - i64::from(self.offset_minutes) * 60_000
+    }
+
+    /// The period that starts on the local date `label` (`YYYY-MM-DD`).
+    pub fn period(&self, label: &str) -> Result<Period, PeriodError> {
+        let bad = || PeriodError::Label(label.to_owned());
+        if label.len() != 10 {
+            return Err(bad());
+        }
+        let date: jiff::civil::Date = label.parse().map_err(|_| bad())?;
+        let days = date
+            .since(jiff::civil::Date::constant(1970, 1, 1))
+            .map_err(|_| bad())?
+            .get_days();
+        Ok(self.period_of_day(i64::from(days)))
+    }
+
+    /// The period an entry accepted at `at_ms` belongs to.
+    pub fn period_at(&self, at_ms: i64) -> Period {
+        self.period_of_day((at_ms - self.shift_ms()).div_euclid(DAY_MS))
+    }
+
+    /// The local date and time of `at_ms` in the cut-off's offset, as
+    /// `YYYY-MM-DDTHH:MM:SS.mmm+HH:MM`.
+    pub fn local_time(&self, at_ms: i64) -> String {
+        let local_ms = at_ms + i64::from(self.offset_minutes) * 60_000;
+        let day = local_ms.div_euclid(DAY_MS);
+        let within = local_ms.rem_euclid(DAY_MS);
+        let date = jiff::civil::Date::constant(1970, 1, 1)
+            .checked_add(jiff::Span::new().days(day))
+            .expect("acceptance times stay within jiff's calendar");
+        let offset = self.offset_minutes.unsigned_abs();
+        format!(
+            "{date}T{:02}:{:02}:{:02}.{:03}{}{:02}:{:02}",
+            within / 3_600_000,
+            within / 60_000 % 60,
+            within / 1000 % 60,
+            within % 1000,
+            if self.offset_minutes < 0 { '-' } else { '+' },
+            offset / 60,
+            offset % 60
+        )
+    }
+
+    /// The local date of `at_ms`, `YYYY-MM-DD`.
+    pub fn local_date(&self, at_ms: i64) -> String {
+        self.local_time(at_ms)[..10].to_owned()
+    }
+
+    /// The period after `period`.
+    pub fn next(&self, period: &Period) -> Period {
+        self.period_at(period.end_ms)
+    }
+
+    fn period_of_day(&self, day: i64) -> Period {
+        let date = jiff::civil::Date::constant(1970, 1, 1)
+            .checked_add(jiff::Span::new().days(day))
+            .expect("days of acceptance times stay within jiff's calendar");
+        let start_ms = day * DAY_MS + self.shift_ms();
+        Period {
+            label: date.to_string(),
+            start_ms,
+            end_ms: start_ms + DAY_MS,
+        }
+    }
+}
+
+/// A merchant's part of a period's settlement, in minor units of the settlement currency,
+/// signed from the merchant's side: positive is money the operator owes the merchant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantNet {
+    pub merchant_id: String,
+    /// Points the merchant issued (earns and exchanges in, less refunds).
+    pub points_issued: i64,
+    /// Points redeemed at the merchant (burns, captures, exchanges out, less cancellations).
+    pub points_redeemed: i64,
+    pub issuance_minor: i64,
+    pub issuance_reversed_minor: i64,
+    pub redemptions_minor: i64,
+    pub redemptions_reversed_minor: i64,
+    pub fees_minor: i64,
+    pub funding_minor: i64,
+    /// The float money of the merchant's points that expired in the period (kept by the
+    /// operator as breakage, except the share below).
+    pub breakage_minor: i64,
+    /// The share of breakage the merchant's terms give back to it, as a decimal from 0 to 1.
+    pub breakage_share: String,
+    pub breakage_share_minor: i64,
+    /// The one amount to pay (positive) or collect (negative).
+    pub net_minor: i64,
+}
+
+impl MerchantNet {
+    /// The period's movement of the merchant's settlement account.
+    pub fn settlement_movement_minor(&self) -> i64 {
+        self.issuance_minor
+            + self.issuance_reversed_minor
+            + self.redemptions_minor
+            + self.redemptions_reversed_minor
+            + self.funding_minor
+    }
+}
+
+/// The operator's side of the netting: the movement of its own money accounts in the period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorNet {
+    pub float_minor: i64,
+    pub fees_minor: i64,
+    pub rounding_minor: i64,
+    pub cash_minor: i64,
+    pub breakage_kept_minor: i64,
+    pub net_minor: i64,
+}
+
+/// Points of `issuer`'s issue redeemed at `redeemer`, and the redemption money paid for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixCell {
+    pub issuer: String,
+    pub redeemer: String,
+    pub points: i64,
+    pub value_minor: i64,
+}
+
+/// The settlement of one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub period: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub currency: String,
+    /// The first and last sequence numbers of the period's entries (0 and 0 when it has none).
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    /// The chain hash before the period's first entry and after its last, hex.
+    pub previous_hash: String,
+    pub head_hash: String,
+    pub merchants: Vec<MerchantNet>,
+    pub operator: OperatorNet,
+    pub matrix: Vec<MatrixCell>,
+}
+
+/// Points of an issuer's lots that a redeeming entry consumed (from lot attribution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub entry_sequence: u64,
+    pub issuer: String,
+    pub points: i64,
+}
+
+/// Why a period's settlement could not be computed: the entries are not what a sound ledger
+/// writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettlementError {
+    #[error("entry {0} is not in the period's sequence (gap or accepted outside the period)")]
+    NotContiguous(u64),
+    #[error("entry {sequence} ({kind}) posts money to {account}, which its kind never does")]
+    UnexpectedPosting {
+        sequence: u64,
+        kind: &'static str,
+        account: String,
+    },
+    #[error(
+        "redeeming entry {sequence} redeemed {points} points but lot attribution names {attributed}"
+    )]
+    AttributionShort {
+        sequence: u64,
+        points: i64,
+        attributed: i64,
+    },
+    #[error("attribution names entry {0}, which is not a redemption of the period")]
+    AttributionStray(u64),
+    #[error("the breakage share {0:?} is not a decimal from 0 to 1")]
+    Share(String),
+    #[error("the netting does not sum to zero: merchants {merchants}, operator {operator}")]
+    NotZero { merchants: i64, operator: i64 },
+    #[error("amounts overflow")]
+    Overflow,
+}
+
+/// Whether an entry is a redemption whose lot attribution the matrix splits.
+pub fn is_redemption(kind: EntryKind) -> bool {
+    matches!(
+        kind,
+        EntryKind::Burn | EntryKind::Capture | EntryKind::ExchangeOut
+    )
+}
+
+/// The netting bucket a merchant settlement posting of an entry of `kind` belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Issuance,
+    IssuanceReversed,
+    Redemption,
+    RedemptionReversed,
+    Funding,
+}
+
+impl Category {
+    pub fn of(kind: EntryKind) -> Option<Category> {
+        match kind {
+            EntryKind::Earn | EntryKind::ExchangeIn => Some(Category::Issuance),
+            EntryKind::EarnReversal => Some(Category::IssuanceReversed),
+            EntryKind::Burn | EntryKind::Capture | EntryKind::ExchangeOut => {
+                Some(Category::Redemption)
+            }
+            EntryKind::BurnReversal => Some(Category::RedemptionReversed),
+            EntryKind::Funding => Some(Category::Funding),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Category::Issuance => "issuance",
+            Category::IssuanceReversed => "issuance_reversed",
+            Category::Redemption => "redemption",
+            Category::RedemptionReversed => "redemption_reversed",
+            Category::Funding => "funding",
+        }
+    }
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The money a merchant posting of `entry` moves on `merchant`'s settlement and fee accounts.
+fn merchant_amounts(entry: &Entry, merchant: &MerchantId, money: Asset) -> (i64, i64) {
+    let mut amount = 0;
+    let mut fee = 0;
+    for posting in entry.postings.iter().filter(|p| p.asset == money) {
+        match &posting.account {
+            AccountKey::MerchantSettlement(owner) if owner == merchant => amount += posting.amount,
+            AccountKey::MerchantFees(owner) if owner == merchant => fee += posting.amount,
+            _ => {}
+        }
+    }
+    (amount, fee)
+}
+
+/// The netting line of `merchant`, created empty on first use.
+fn line<'a>(
+    merchants: &'a mut BTreeMap<String, MerchantNet>,
+    merchant: &MerchantId,
+) -> &'a mut MerchantNet {
+    merchants
+        .entry(merchant.as_str().to_owned())
+        .or_insert_with(|| MerchantNet {
+            merchant_id: merchant.as_str().to_owned(),
+            ..MerchantNet::default()
+        })
+}
+
+/// Splits `value` over `weights` in proportion, rounding down and giving the remaining minor
+/// units to the largest remainders (ties to the earlier weight), so the parts sum to `value`.
+pub fn split_largest_remainder(value: i64, weights: &[i64]) -> Vec<i64> {
+    let total: i128 = weights.iter().map(|&weight| i128::from(weight)).sum();
+    if total == 0 {
+        return vec![0; weights.len()];
+    }
+    let mut parts = Vec::with_capacity(weights.len());
+    let mut remainders = Vec::with_capacity(weights.len());
+    for (index, &weight) in weights.iter().enumerate() {
+        let exact = i128::from(value) * i128::from(weight);
+        parts.push(exact.div_euclid(total));
+        remainders.push((exact.rem_euclid(total), index));
+    }
+    let left = i128::from(value) - parts.iter().sum::<i128>();
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, index) in remainders.iter().take(left as usize) {
+        parts[index] += 1;
+    }
+    parts
+        .into_iter()
+        .map(|part| i64::try_from(part).expect("a part is at most the value"))
+        .collect()
+}
+
+/// Computes the settlement of `period` from its entries (in sequence order, all of them),
+/// the lot attribution of its redemptions, and each issuer's breakage share (merchants not
+/// named share nothing). `previous_hash` is the chain hash before the period's first entry.
+pub fn compute(
+    period: &Period,
+    currency: CurrencyCode,
+    previous_hash: [u8; 32],
+    entries: &[Entry],
+    attributions: &[Attribution],
+    shares: &BTreeMap<String, Decimal>,
+) -> Result<Settlement, SettlementError> {
+    let money = Asset::Currency(currency);
+    let mut merchants: BTreeMap<String, MerchantNet> = BTreeMap::new();
+    let mut operator = OperatorNet::default();
+    let mut redemptions: BTreeMap<u64, (String, i64, i64)> = BTreeMap::new();
+    let mut expected_sequence = entries.first().map(|entry| entry.sequence);
+    for entry in entries {
+        if Some(entry.sequence) != expected_sequence
+            || entry.accepted_at_ms < period.start_ms
+            || entry.accepted_at_ms >= period.end_ms
+        {
+            return Err(SettlementError::NotContiguous(entry.sequence));
+        }
+        expected_sequence = Some(entry.sequence + 1);
+        if entry.kind == EntryKind::Settlement {
+            continue;
+        }
+        let category = Category::of(entry.kind);
+        for posting in &entry.postings {
+            let unexpected = || SettlementError::UnexpectedPosting {
+                sequence: entry.sequence,
+                kind: entry.kind.code(),
+                account: posting.account.to_string(),
+            };
+            if posting.asset == Asset::Points {
+                match &posting.account {
+                    // Issued accounts are negative by the points put into circulation.
+                    AccountKey::MerchantIssued(merchant) => {
+                        line(&mut merchants, merchant).points_issued -= posting.amount
+                    }
+                    AccountKey::MerchantRedeemed(merchant) => {
+                        line(&mut merchants, merchant).points_redeemed += posting.amount
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if posting.asset != money {
+                continue;
+            }
+            match &posting.account {
+                AccountKey::MerchantSettlement(merchant) => {
+                    let line = line(&mut merchants, merchant);
+                    match category {
+                        Some(Category::Issuance) => line.issuance_minor += posting.amount,
+                        Some(Category::IssuanceReversed) => {
+                            line.issuance_reversed_minor += posting.amount
+                        }
+                        Some(Category::Redemption) => line.redemptions_minor += posting.amount,
+                        Some(Category::RedemptionReversed) => {
+                            line.redemptions_reversed_minor += posting.amount
+                        }
+                        Some(Category::Funding) => line.funding_minor += posting.amount,
+                        None => return Err(unexpected()),
+                    }
+                }
+                AccountKey::MerchantFees(merchant) => {
+                    line(&mut merchants, merchant).fees_minor += posting.amount
+                }
+                AccountKey::MerchantBreakage(merchant) => {
+                    if entry.kind != EntryKind::Expiry {
+                        return Err(unexpected());
+                    }
+                    line(&mut merchants, merchant).breakage_minor += posting.amount;
+                }
+                AccountKey::MerchantPayable(_) => return Err(unexpected()),
+                AccountKey::OperatorFloat => operator.float_minor += posting.amount,
+                AccountKey::OperatorFees => operator.fees_minor += posting.amount,
+                AccountKey::OperatorRounding => operator.rounding_minor += posting.amount,
+                AccountKey::OperatorCash => operator.cash_minor += posting.amount,
+                _ => return Err(unexpected()),
+            }
+        }
+        if is_redemption(entry.kind)
+            && let Some(origin) = &entry.origin
+        {
+            let (value, _) = merchant_amounts(entry, &origin.merchant_id, money);
+            redemptions.insert(
+                entry.sequence,
+                (origin.merchant_id.as_str().to_owned(), entry.points, value),
+            );
+        }
+    }
+
+    for line in merchants.values_mut() {
+        let share = shares
+            .get(&line.merchant_id)
+            .copied()
+            .unwrap_or(Decimal::ZERO);
+        if share.is_sign_negative() || share > Decimal::ONE {
+            return Err(SettlementError::Share(share.to_string()));
+        }
+        line.breakage_share = share.normalize().to_string();
+        line.breakage_share_minor = (Decimal::from(line.breakage_minor) * share)
+            .floor()
+            .to_i64()
+            .ok_or(SettlementError::Overflow)?;
+        line.net_minor =
+            line.settlement_movement_minor() + line.fees_minor + line.breakage_share_minor;
+        operator.breakage_kept_minor += line.breakage_minor - line.breakage_share_minor;
+    }
+    operator.net_minor = operator.float_minor
+        + operator.fees_minor
+        + operator.rounding_minor
+        + operator.cash_minor
+        + operator.breakage_kept_minor;
+    let merchants_total: i64 = merchants.values().map(|line| line.net_minor).sum();
+    if merchants_total + operator.net_minor != 0 {
+        return Err(SettlementError::NotZero {
+            merchants: merchants_total,
+            operator: operator.net_minor,
+        });
+    }
+
+    let matrix = bilateral_matrix(&redemptions, attributions)?;
+    let (first_sequence, last_sequence, head) = match (entries.first(), entries.last()) {
+        (Some(first), Some(last)) => (first.sequence, last.sequence, last.hash),
+        _ => (0, 0, previous_hash),
+    };
+    if let Some(first) = entries.first()
+        && first.previous_hash != previous_hash
+    {
+        return Err(SettlementError::NotContiguous(first.sequence));
+    }
+    Ok(Settlement {
+        period: period.label.clone(),
+        start_ms: period.start_ms,
+        end_ms: period.end_ms,
+        currency: currency.as_str().to_owned(),
+        first_sequence,
+        last_sequence,
+        previous_hash: hex(&previous_hash),
+        head_hash: hex(&head),
+        merchants: merchants.into_values().collect(),
+        operator,
+        matrix,
+    })
+}
+
+/// The matrix from each redemption's attribution: `redemptions` maps a redeeming entry to its
+/// redeemer, points and redemption money.
+fn bilateral_matrix(
+    redemptions: &BTreeMap<u64, (String, i64, i64)>,
+    attributions: &[Attribution],
+) -> Result<Vec<MatrixCell>, SettlementError> {
+    let mut by_entry: BTreeMap<u64, Vec<&Attribution>> = BTreeMap::new();
+    for attribution in attributions {
+        if !redemptions.contains_key(&attribution.entry_sequence) {
+            return Err(SettlementError::AttributionStray(
+                attribution.entry_sequence,
+            ));
+        }
+        by_entry
+            .entry(attribution.entry_sequence)
+            .or_default()
+            .push(attribution);
+    }
+    let mut cells: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for (sequence, (redeemer, points, value)) in redemptions {
+        // A capture may also have repaid a debt with released points; the redemption is the
+        // first `points` of what it consumed, in attribution order.
+        let mut left = *points;
+        let mut pieces: Vec<(&str, i64)> = Vec::new();
+        for attribution in by_entry.get(sequence).into_iter().flatten() {
+            let taken = attribution.points.min(left);
+            if taken > 0 {
+                pieces.push((&attribution.issuer, taken));
+                left -= taken;
+            }
+        }
+        if left != 0 {
+            return Err(SettlementError::AttributionShort {
+                sequence: *sequence,
+                points: *points,
+                attributed: points - left,
+            });
+        }
+        let weights: Vec<i64> = pieces.iter().map(|(_, points)| *points).collect();
+        for ((issuer, points), part) in pieces.iter().zip(split_largest_remainder(*value, &weights))
+        {
+            let cell = cells
+                .entry(((*issuer).to_owned(), redeemer.clone()))
+                .or_default();
+            cell.0 += points;
+            cell.1 += part;
+        }
+    }
+    Ok(cells
+        .into_iter()
+        .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
+            issuer,
+            redeemer,
+            points,
+            value_minor,
+        })
+        .collect())
+}
+
+/// The postings of a period's closing entry: each merchant's net moves from its settlement
+/// and fee accounts and its breakage share to its payable account. Empty when nothing moves.
+pub fn closing_postings(settlement: &Settlement, currency: CurrencyCode) -> Vec<Posting> {
+    let money = Asset::Currency(currency);
+    let mut postings = Vec::new();
+    for line in &settlement.merchants {
+        let Ok(merchant) = MerchantId::new(&line.merchant_id) else {
+            continue;
+        };
+        let legs = [
+            (
+                AccountKey::MerchantSettlement(merchant.clone()),
+                -line.settlement_movement_minor(),
+            ),
+            (AccountKey::MerchantFees(merchant.clone()), -line.fees_minor),
+            (
+                AccountKey::MerchantBreakage(merchant.clone()),
+                -line.breakage_share_minor,
+            ),
+            (AccountKey::MerchantPayable(merchant), line.net_minor),
+        ];
+        postings.extend(legs.into_iter().filter(|(_, amount)| *amount != 0).map(
+            |(account, amount)| Posting {
+                account,
+                asset: money,
+                amount,
+            },
+        ));
+    }
+    postings
+}
+
+/// One line of a merchant's statement: an entry of the period that moved its money.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    pub merchant_id: String,
+    pub sequence: u64,
+    pub accepted_at_ms: i64,
+    pub kind: String,
+    pub category: String,
+    /// The merchant that submitted the entry (another one for a cross-merchant refund), and
+    /// its transaction id; empty for operator entries.
+    pub submitted_by: String,
+    pub merchant_transaction_id: String,
+    pub points: i64,
+    pub amount_minor: i64,
+    pub fee_minor: i64,
+}
+
+/// Every entry of the period that moved `merchant`'s settlement or fee account: the lines of
+/// its statement, which sum to its net less its breakage share.
+pub fn statement_lines(
+    entries: &[Entry],
+    merchant: &MerchantId,
+    currency: CurrencyCode,
+) -> Vec<StatementLine> {
+    let money = Asset::Currency(currency);
+    entries
+        .iter()
+        .filter(|entry| entry.kind != EntryKind::Settlement)
+        .filter_map(|entry| {
+            let touches = entry.postings.iter().any(|posting| {
+                matches!(&posting.account,
+                    AccountKey::MerchantSettlement(owner) | AccountKey::MerchantFees(owner)
+                        if owner == merchant)
+            });
+            if !touches {
+                return None;
+            }
+            let (amount_minor, fee_minor) = merchant_amounts(entry, merchant, money);
+            Some(StatementLine {
+                merchant_id: merchant.as_str().to_owned(),
+                sequence: entry.sequence,
+                accepted_at_ms: entry.accepted_at_ms,
+                kind: entry.kind.code().to_owned(),
+                category: Category::of(entry.kind)
+                    .map_or("other", Category::code)
+                    .to_owned(),
+                submitted_by: entry
+                    .origin
+                    .as_ref()
+                    .map(|origin| origin.merchant_id.as_str().to_owned())
+                    .unwrap_or_default(),
+                merchant_transaction_id: entry
+                    .origin
+                    .as_ref()
+                    .map(|origin| origin.merchant_transaction_id.as_str().to_owned())
+                    .unwrap_or_default(),
+                points: entry.points,
+                amount_minor,
+                fee_minor,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_cut_at_the_local_cutoff() {
+        let cutoff = Cutoff::parse("04:00", "+08:00").unwrap();
+        let period = cutoff.period("2026-11-22").unwrap();
+        // 2026-11-22T04:00+08:00 is 2026-11-21T20:00Z.
+        assert_eq!(period.start_ms, 1_795_291_200_000);
+        assert_eq!(period.end_ms - period.start_ms, DAY_MS);
+        assert_eq!(cutoff.period_at(period.start_ms), period);
+        assert_eq!(cutoff.period_at(period.end_ms - 1), period);
+        assert_eq!(cutoff.period_at(period.end_ms).label, "2026-11-23");
+        assert_eq!(cutoff.period_at(period.start_ms - 1).label, "2026-11-21");
+        assert_eq!(cutoff.next(&period).start_ms, period.end_ms);
+        assert_eq!(cutoff.describe(), "04:00 at UTC+08:00");
+        assert_eq!(
+            cutoff.local_time(period.start_ms + 1_234),
+            "2026-11-22T04:00:01.234+08:00"
+        );
+        assert_eq!(cutoff.local_date(period.end_ms - 1), "2026-11-23");
+        let west = Cutoff::parse("23:30", "-05:00").unwrap();
+        let period = west.period("1969-12-31").unwrap();
+        assert_eq!(west.period_at(period.start_ms), period);
+        for bad in ["24:00", "4:00", "04:60", ""] {
+            assert!(Cutoff::parse(bad, "+08:00").is_err(), "{bad}");
+        }
+        for bad in ["08:00", "+8:00", "+14:30", "+08"] {
+            assert!(Cutoff::parse("04:00", bad).is_err(), "{bad}");
+        }
+        for bad in ["2026-13-01", "2026-11-31", "26-11-22", "2026-11-22x"] {
+            assert!(cutoff.period(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn largest_remainder_splits_exactly() {
+        assert_eq!(split_largest_remainder(100, &[1, 1, 1]), vec![34, 33, 33]);
+        assert_eq!(
+            split_largest_remainder(-100, &[1, 1, 1]),
+            vec![-33, -33, -34]
+        );
+        assert_eq!(split_largest_remainder(7, &[0, 5]), vec![0, 7]);
+        assert_eq!(split_largest_remainder(0, &[]), Vec::<i64>::new());
+        for value in [-1001, -1, 0, 1, 999, 123_457] {
+            let weights = [3, 7, 11, 1];
+            assert_eq!(
+                split_largest_remainder(value, &weights).iter().sum::<i64>(),
+                value
+            );
+        }
+    }
+}

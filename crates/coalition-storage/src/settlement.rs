@@ -1,0 +1,252 @@
+//! Reads for settlement and exports: a period's entries, the lot attribution of its
+//! redemptions, opening balances, and the record of finalised periods.
+
+use coalition_domain::chain::GENESIS_HASH;
+use coalition_domain::settlement::{Attribution, Settlement};
+use coalition_domain::{AccountKey, Asset, Entry, FinalisedPeriod};
+use sqlx::Row;
+
+use crate::{Storage, StorageError, with_pool};
+
+/// How many entries one read of a period fetches.
+const PAGE_LEN: i64 = 20_000;
+
+fn corrupt(message: impl Into<String>) -> StorageError {
+    StorageError::Corrupt(message.into())
+}
+
+/// The entries of a period and the chain hash just before them.
+#[derive(Debug, Clone)]
+pub struct PeriodEntries {
+    pub previous_hash: [u8; 32],
+    pub entries: Vec<Entry>,
+}
+
+impl Storage {
+    /// The range of sequence numbers accepted in `[start_ms, end_ms)`, if any.
+    pub async fn period_range(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Option<(u64, u64)>, StorageError> {
+        let (first, last) = with_pool!(self, pool => {
+            let row = sqlx::query(
+                "SELECT MIN(sequence) AS first, MAX(sequence) AS last FROM entries \
+                 WHERE accepted_at_ms >= $1 AND accepted_at_ms < $2",
+            )
+            .bind(start_ms)
+            .bind(end_ms)
+            .fetch_one(pool)
+            .await?;
+            (
+                row.try_get::<Option<i64>, _>("first")?,
+                row.try_get::<Option<i64>, _>("last")?,
+            )
+        });
+        Ok(match (first, last) {
+            (Some(first), Some(last)) => Some((first as u64, last as u64)),
+            _ => None,
+        })
+    }
+
+    /// The chain hash after the last entry accepted before `start_ms` (genesis if none).
+    async fn hash_before(&self, start_ms: i64) -> Result<[u8; 32], StorageError> {
+        let hash = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT hash FROM entries WHERE sequence = \
+                 (SELECT MAX(sequence) FROM entries WHERE accepted_at_ms < $1)",
+            )
+            .bind(start_ms)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get::<Vec<u8>, _>("hash"))
+            .transpose()?
+        });
+        match hash {
+            None => Ok(GENESIS_HASH),
+            Some(bytes) => bytes
+                .try_into()
+                .map_err(|_| corrupt("an entry hash is not 32 bytes")),
+        }
+    }
+
+    /// Every entry accepted in `[start_ms, end_ms)`, in order, with the hash before the first.
+    pub async fn period_entries(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<PeriodEntries, StorageError> {
+        let previous_hash = self.hash_before(start_ms).await?;
+        let mut entries = Vec::new();
+        if let Some((first, last)) = self.period_range(start_ms, end_ms).await? {
+            let mut after = first - 1;
+            while after < last {
+                let limit = PAGE_LEN.min((last - after) as i64);
+                let page = self.entries_after(after, limit).await?;
+                let Some(tail) = page.last() else {
+                    return Err(corrupt(format!("entries {after}..{last} are missing")));
+                };
+                after = tail.sequence;
+                entries.extend(page);
+            }
+        }
+        Ok(PeriodEntries {
+            previous_hash,
+            entries,
+        })
+    }
+
+    /// Which issuer's lots each redemption (burn, capture, exchange out) with sequence in
+    /// `[first, last]` consumed.
+    pub async fn period_attributions(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Attribution>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT c.entry_sequence, l.issuer, c.points FROM lot_consumptions c \
+                 JOIN lots l ON l.entry_sequence = c.lot_entry_sequence AND l.lot_index = c.lot_index \
+                 JOIN entries e ON e.sequence = c.entry_sequence \
+                 WHERE c.entry_sequence >= $1 AND c.entry_sequence <= $2 \
+                 AND e.kind IN ('burn', 'capture', 'exchange_out') \
+                 ORDER BY c.entry_sequence, c.lot_entry_sequence, c.lot_index",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>("entry_sequence")?,
+                    row.try_get::<String, _>("issuer")?,
+                    row.try_get::<i64, _>("points")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(entry_sequence, issuer, points)| Attribution {
+                entry_sequence: entry_sequence as u64,
+                issuer,
+                points,
+            })
+            .collect())
+    }
+
+    /// Every account's balance per asset after the entries before `sequence`.
+    pub async fn balances_before(
+        &self,
+        sequence: u64,
+    ) -> Result<Vec<(AccountKey, Asset, i64)>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT a.kind, a.owner, p.asset, CAST(SUM(p.amount) AS BIGINT) AS balance FROM postings p \
+                 JOIN accounts a ON a.account_id = p.account_id \
+                 WHERE p.entry_sequence < $1 GROUP BY a.kind, a.owner, p.asset",
+            )
+            .bind(sequence as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("kind")?,
+                    row.try_get::<String, _>("owner")?,
+                    row.try_get::<String, _>("asset")?,
+                    row.try_get::<i64, _>("balance")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(kind, owner, asset, balance)| {
+                let account = AccountKey::from_parts(&kind, &owner)
+                    .ok_or_else(|| corrupt(format!("account {kind}:{owner}")))?;
+                let asset =
+                    Asset::from_code(&asset).ok_or_else(|| corrupt(format!("asset {asset}")))?;
+                Ok((account, asset, balance))
+            })
+            .collect()
+    }
+
+    /// Each merchant's breakage share in the terms in force at `at_ms` (merchants without
+    /// terms then are absent: they have no share).
+    pub async fn breakage_shares_at(
+        &self,
+        at_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, rust_decimal::Decimal>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT t.merchant_id, t.breakage_share FROM merchant_terms t \
+                 WHERE t.version = (SELECT MAX(v.version) FROM merchant_terms v \
+                 WHERE v.merchant_id = t.merchant_id AND v.effective_from_ms <= $1)",
+            )
+            .bind(at_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("merchant_id")?,
+                    row.try_get::<String, _>("breakage_share")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(merchant, share)| {
+                let share = rust_decimal::Decimal::from_str_exact(&share)
+                    .map_err(|_| corrupt(format!("breakage share {share:?} of {merchant}")))?;
+                Ok((merchant, share))
+            })
+            .collect()
+    }
+
+    /// Every finalised period, in order.
+    pub async fn finalised_periods(&self) -> Result<Vec<FinalisedPeriod>, StorageError> {
+        self.finalised_where("").await
+    }
+
+    /// The finalised period named `label`, if it is.
+    pub async fn finalised_period(
+        &self,
+        label: &str,
+    ) -> Result<Option<FinalisedPeriod>, StorageError> {
+        Ok(self.finalised_where(label).await?.pop())
+    }
+
+    async fn finalised_where(&self, label: &str) -> Result<Vec<FinalisedPeriod>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT closing_sequence, finalised_at_ms, settlement FROM settlement_periods \
+                 WHERE $1 = '' OR period = $1 ORDER BY start_ms",
+            )
+            .bind(label)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<Option<i64>, _>("closing_sequence")?,
+                    row.try_get::<i64, _>("finalised_at_ms")?,
+                    row.try_get::<String, _>("settlement")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(closing_sequence, finalised_at_ms, settlement)| {
+                let settlement: Settlement = serde_json::from_str(&settlement)
+                    .map_err(|error| corrupt(format!("a stored settlement: {error}")))?;
+                Ok(FinalisedPeriod {
+                    settlement,
+                    closing_sequence: closing_sequence.map(|sequence| sequence as u64),
+                    finalised_at_ms,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,1118 @@
+//! `coalition export`: one finalised settlement period's books as a folder that an auditor
+//! verifies with nothing but the folder and the operator's public key (see `verify`).
+//!
+//! Amounts are exact integers: points, and money in minor units of the settlement currency.
+//! Signed amounts follow the ledger: positive is a debit. CSV text cells that a spreadsheet
+//! would read as a formula are neutralised; amount columns never are. The JSON lines files
+//! carry the same data unaltered, and `entries.jsonl` every field the hash chain covers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
+use coalition_domain::settlement::{self, Attribution, Cutoff, Period, Settlement};
+use coalition_domain::{
+    AccountKey, Asset, CurrencyCode, FinalisedPeriod, MemberId, MerchantId, MerchantTransactionId,
+};
+use coalition_storage::{ConnectOptions, Storage};
+use ed25519_dalek::Signer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::reconcile::neutralise;
+
+/// What the operator's signature over the manifest is domain-separated by.
+pub const MANIFEST_SIGNATURE_DOMAIN: &[u8] = b"coalition.v1.export-manifest\0";
+/// The manifest's format name.
+pub const MANIFEST_FORMAT: &str = "coalition-export/1";
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const SIGNATURE_FILE: &str = "manifest.sig";
+
+/// One posting as exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostingRecord {
+    pub entry_sequence: u64,
+    pub account_kind: String,
+    pub owner: String,
+    pub asset: String,
+    pub amount: i64,
+}
+
+/// One entry as exported: every field its hash covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    pub sequence: u64,
+    pub kind: String,
+    pub accepted_at_ms: i64,
+    pub merchant_id: Option<String>,
+    pub merchant_transaction_id: Option<String>,
+    pub store_id: Option<String>,
+    pub terminal_id: Option<String>,
+    pub occurred_at_ms: Option<i64>,
+    pub body_hash: Option<String>,
+    pub member_id: Option<String>,
+    pub points: i64,
+    pub spend_minor: Option<i64>,
+    pub member_points_after: i64,
+    pub memo: String,
+    pub terms_version: Option<u32>,
+    pub refers_to: Option<u64>,
+    pub expires_at_ms: Option<i64>,
+    pub earn_rule_version: Option<u32>,
+    pub postings: Vec<PostingRecord>,
+    pub previous_hash: String,
+    pub hash: String,
+}
+
+impl EntryRecord {
+    pub fn from_entry(entry: &Entry) -> EntryRecord {
+        let origin = entry.origin.as_ref();
+        EntryRecord {
+            sequence: entry.sequence,
+            kind: entry.kind.code().to_owned(),
+            accepted_at_ms: entry.accepted_at_ms,
+            merchant_id: origin.map(|origin| origin.merchant_id.as_str().to_owned()),
+            merchant_transaction_id: origin
+                .map(|origin| origin.merchant_transaction_id.as_str().to_owned()),
+            store_id: origin.map(|origin| origin.store_id.clone()),
+            terminal_id: origin.map(|origin| origin.terminal_id.clone()),
+            occurred_at_ms: origin.map(|origin| origin.occurred_at_ms),
+            body_hash: origin.map(|origin| hex::encode(origin.body_hash)),
+            member_id: entry
+                .member_id
+                .as_ref()
+                .map(|member| member.as_str().to_owned()),
+            points: entry.points,
+            spend_minor: entry.spend_minor,
+            member_points_after: entry.member_points_after,
+            memo: entry.memo.clone(),
+            terms_version: entry.terms_version,
+            refers_to: entry.refers_to,
+            expires_at_ms: entry.expires_at_ms,
+            earn_rule_version: entry.earn_rule_version,
+            postings: entry
+                .postings
+                .iter()
+                .map(|posting| PostingRecord {
+                    entry_sequence: entry.sequence,
+                    account_kind: posting.account.kind().to_owned(),
+                    owner: posting.account.owner().to_owned(),
+                    asset: posting.asset.code().to_owned(),
+                    amount: posting.amount,
+                })
+                .collect(),
+            previous_hash: hex::encode(entry.previous_hash),
+            hash: hex::encode(entry.hash),
+        }
+    }
+
+    /// The entry back, for recomputing its hash; an error names what does not parse.
+    pub fn to_entry(&self) -> anyhow::Result<Entry> {
+        let sequence = self.sequence;
+        let hash32 = |field: &str, text: &str| -> anyhow::Result<[u8; 32]> {
+            hex::decode(text)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .with_context(|| format!("entry {sequence}: {field} is not 32 bytes of hex"))
+        };
+        let origin = match (&self.merchant_id, &self.merchant_transaction_id) {
+            (Some(merchant), Some(transaction)) => Some(MerchantOrigin {
+                merchant_id: MerchantId::new(merchant.clone())
+                    .map_err(|error| anyhow::anyhow!("entry {sequence}: {error}"))?,
+                merchant_transaction_id: MerchantTransactionId::new(transaction.clone())
+                    .map_err(|error| anyhow::anyhow!("entry {sequence}: {error}"))?,
+                store_id: self.store_id.clone().unwrap_or_default(),
+                terminal_id: self.terminal_id.clone().unwrap_or_default(),
+                occurred_at_ms: self.occurred_at_ms.unwrap_or_default(),
+                body_hash: hash32("body_hash", self.body_hash.as_deref().unwrap_or(""))?,
+            }),
+            (None, None) => None,
+            _ => bail!("entry {sequence}: merchant_id and merchant_transaction_id come together"),
+        };
+        let postings = self
+            .postings
+            .iter()
+            .map(|posting| {
+                Ok(Posting {
+                    account: AccountKey::from_parts(&posting.account_kind, &posting.owner)
+                        .with_context(|| {
+                            format!(
+                                "entry {sequence}: account {}:{} is not an account",
+                                posting.account_kind, posting.owner
+                            )
+                        })?,
+                    asset: Asset::from_code(&posting.asset).with_context(|| {
+                        format!(
+                            "entry {sequence}: asset {:?} is not an asset",
+                            posting.asset
+                        )
+                    })?,
+                    amount: posting.amount,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Entry {
+            sequence,
+            kind: EntryKind::from_code(&self.kind)
+                .with_context(|| format!("entry {sequence}: kind {:?} is unknown", self.kind))?,
+            accepted_at_ms: self.accepted_at_ms,
+            origin,
+            member_id: self
+                .member_id
+                .clone()
+                .map(MemberId::new)
+                .transpose()
+                .map_err(|error| anyhow::anyhow!("entry {sequence}: {error}"))?,
+            points: self.points,
+            spend_minor: self.spend_minor,
+            member_points_after: self.member_points_after,
+            memo: self.memo.clone(),
+            terms_version: self.terms_version,
+            refers_to: self.refers_to,
+            expires_at_ms: self.expires_at_ms,
+            earn_rule_version: self.earn_rule_version,
+            postings,
+            previous_hash: hash32("previous_hash", &self.previous_hash)?,
+            hash: hash32("hash", &self.hash)?,
+        })
+    }
+}
+
+/// One account's line of the trial balance, per asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialBalanceLine {
+    pub account_kind: String,
+    pub owner: String,
+    pub asset: String,
+    pub opening: i64,
+    /// The sum of the period's positive postings.
+    pub debits: i64,
+    /// The sum of the period's negative postings, as a positive number.
+    pub credits: i64,
+    pub closing: i64,
+}
+
+/// Asset, account kind, owner: how balances are keyed and sorted.
+pub type BalanceKey = (String, String, String);
+
+impl TrialBalanceLine {
+    pub fn key(&self) -> BalanceKey {
+        (
+            self.asset.clone(),
+            self.account_kind.clone(),
+            self.owner.clone(),
+        )
+    }
+}
+
+/// The trial balance: opening balances, then every posting of `entries`.
+pub fn trial_balance(
+    opening: &BTreeMap<BalanceKey, i64>,
+    entries: &[Entry],
+) -> anyhow::Result<Vec<TrialBalanceLine>> {
+    let mut lines: BTreeMap<BalanceKey, TrialBalanceLine> = BTreeMap::new();
+    let line = |lines: &mut BTreeMap<BalanceKey, TrialBalanceLine>, key: &BalanceKey| {
+        lines
+            .entry(key.clone())
+            .or_insert_with(|| TrialBalanceLine {
+                account_kind: key.1.clone(),
+                owner: key.2.clone(),
+                asset: key.0.clone(),
+                opening: 0,
+                debits: 0,
+                credits: 0,
+                closing: 0,
+            })
+            .clone()
+    };
+    for (key, amount) in opening {
+        if *amount != 0 {
+            let mut entry = line(&mut lines, key);
+            entry.opening = *amount;
+            lines.insert(key.clone(), entry);
+        }
+    }
+    for entry in entries {
+        for posting in &entry.postings {
+            let key = (
+                posting.asset.code().to_owned(),
+                posting.account.kind().to_owned(),
+                posting.account.owner().to_owned(),
+            );
+            let mut row = line(&mut lines, &key);
+            if posting.amount >= 0 {
+                row.debits = row
+                    .debits
+                    .checked_add(posting.amount)
+                    .context("debits overflow")?;
+            } else {
+                row.credits = row
+                    .credits
+                    .checked_sub(posting.amount)
+                    .context("credits overflow")?;
+            }
+            lines.insert(key, row);
+        }
+    }
+    let mut out: Vec<TrialBalanceLine> = lines.into_values().collect();
+    for row in &mut out {
+        row.closing = row
+            .opening
+            .checked_add(row.debits)
+            .and_then(|value| value.checked_sub(row.credits))
+            .context("closing balance overflows")?;
+    }
+    Ok(out)
+}
+
+/// Opening and closing sums per asset; each must be zero.
+pub fn trial_balance_sums(lines: &[TrialBalanceLine]) -> BTreeMap<String, (i128, i128)> {
+    let mut sums: BTreeMap<String, (i128, i128)> = BTreeMap::new();
+    for line in lines {
+        let sum = sums.entry(line.asset.clone()).or_default();
+        sum.0 += i128::from(line.opening);
+        sum.1 += i128::from(line.closing);
+    }
+    sums
+}
+
+/// One file of the export and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What the operator signs: the period, its place in the hash chain, and every file's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub period: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub currency: String,
+    pub entries: u64,
+    /// 0 and 0 when the period has no entries.
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    /// The chain hash before the period's first entry, and after its last (the head).
+    pub previous_hash: String,
+    pub head_hash: String,
+    /// Where the period's own closing entry was booked (in the next period), if any.
+    pub closing_sequence: Option<u64>,
+    pub finalised_at_ms: i64,
+    pub created_at_ms: i64,
+    pub operator_key_id: String,
+    pub operator_public_key: String,
+    pub files: Vec<FileDigest>,
+}
+
+/// The finalised period's record as `settlement.json` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementRecord {
+    pub closing_sequence: Option<u64>,
+    pub finalised_at_ms: i64,
+    pub settlement: Settlement,
+}
+
+/// A reconciliation to include: the merchant and its file.
+#[derive(Debug, Clone)]
+pub struct ReconcileInput {
+    pub merchant: MerchantId,
+    pub file: PathBuf,
+}
+
+impl std::str::FromStr for ReconcileInput {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (merchant, file) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected MERCHANT=FILE, got {text:?}"))?;
+        Ok(ReconcileInput {
+            merchant: MerchantId::new(merchant).map_err(|error| error.to_string())?,
+            file: PathBuf::from(file),
+        })
+    }
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub database_url: String,
+    pub period: Period,
+    pub cutoff: Cutoff,
+    pub out: PathBuf,
+    pub operator_keys: PathBuf,
+    pub reconcile: Vec<ReconcileInput>,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub manifest: Manifest,
+    pub settlement: Settlement,
+}
+
+/// Writes files into the export folder and remembers them for the manifest.
+struct Folder {
+    root: PathBuf,
+    written: Vec<String>,
+}
+
+impl Folder {
+    fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        self.written.push(relative.to_owned());
+        Ok(())
+    }
+
+    fn csv<R>(
+        &mut self,
+        relative: &str,
+        header: &[&str],
+        rows: impl IntoIterator<Item = R>,
+        cells: impl Fn(R) -> Vec<Cell>,
+    ) -> anyhow::Result<()> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(header)?;
+        for row in rows {
+            let record: Vec<String> = cells(row).into_iter().map(Cell::render).collect();
+            writer.write_record(&record)?;
+        }
+        let bytes = writer.into_inner().context("cannot finish a CSV")?;
+        self.write(relative, &bytes)
+    }
+
+    fn jsonl<T: Serialize>(
+        &mut self,
+        relative: &str,
+        rows: impl IntoIterator<Item = T>,
+    ) -> anyhow::Result<()> {
+        let mut bytes = Vec::new();
+        for row in rows {
+            serde_json::to_writer(&mut bytes, &row)?;
+            bytes.push(b'\n');
+        }
+        self.write(relative, &bytes)
+    }
+}
+
+/// A CSV cell: text is neutralised against formula injection, numbers are written as is.
+pub enum Cell {
+    Text(String),
+    Number(i64),
+    Optional(Option<i64>),
+}
+
+impl Cell {
+    fn render(self) -> String {
+        match self {
+            Cell::Text(text) => neutralise(&text),
+            Cell::Number(number) => number.to_string(),
+            Cell::Optional(number) => number.map_or_else(String::new, |n| n.to_string()),
+        }
+    }
+}
+
+fn text(value: impl Into<String>) -> Cell {
+    Cell::Text(value.into())
+}
+
+/// The digits after the decimal point of a currency's major unit (ISO 4217).
+pub fn minor_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// Minor units as a decimal amount of the major unit, exactly.
+pub fn major_amount(minor: i64, digits: u32) -> String {
+    if digits == 0 {
+        return minor.to_string();
+    }
+    let scale = 10i64.pow(digits);
+    let sign = if minor < 0 { "-" } else { "" };
+    let magnitude = minor.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / scale as u64,
+        magnitude % scale as u64,
+        width = digits as usize
+    )
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A commodity symbol hledger reads whatever the code: always quoted.
+fn commodity(asset: &str) -> String {
+    format!("\"{asset}\"")
+}
+
+/// An account name for hledger: kind, then owner, separated by a colon.
+fn hledger_account(kind: &str, owner: &str) -> String {
+    // Account names end at two spaces or a tab; ids never hold either, but be sure.
+    format!("{kind}:{owner}")
+        .replace(['\t', ';'], "_")
+        .replace("  ", " _")
+}
+
+/// The plain-text double-entry journal: opening balances, one transaction per entry, and a
+/// final transaction asserting every closing balance, so `hledger check` proves that each
+/// entry balances and that the trial balance's closing follows from the postings.
+fn hledger_journal(
+    settlement: &Settlement,
+    cutoff: &Cutoff,
+    opening: &BTreeMap<BalanceKey, i64>,
+    entries: &[Entry],
+    closing: &[TrialBalanceLine],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "; Coalition export of settlement period {} ({}), entries {}..{}\n; amounts: points and minor units of {}; positive is a debit\n",
+        settlement.period,
+        cutoff.describe(),
+        settlement.first_sequence,
+        settlement.last_sequence,
+        settlement.currency
+    );
+    let opening_lines: Vec<_> = opening.iter().filter(|(_, amount)| **amount != 0).collect();
+    if !opening_lines.is_empty() {
+        let _ = writeln!(out, "{} opening balances", settlement.period);
+        for ((asset, kind, owner), amount) in opening_lines {
+            let _ = writeln!(
+                out,
+                "    {}  {} {}",
+                hledger_account(kind, owner),
+                amount,
+                commodity(asset)
+            );
+        }
+        out.push('\n');
+    }
+    for entry in entries {
+        let description = match &entry.origin {
+            Some(origin) => format!(
+                "{} {} {}",
+                entry.kind.code(),
+                origin.merchant_id.as_str(),
+                origin.merchant_transaction_id.as_str()
+            ),
+            None if entry.memo.is_empty() => entry.kind.code().to_owned(),
+            None => format!("{} {}", entry.kind.code(), entry.memo),
+        };
+        let _ = writeln!(
+            out,
+            "{} ({}) {}\n    ; accepted_at: {}",
+            cutoff.local_date(entry.accepted_at_ms),
+            entry.sequence,
+            description.replace(['\n', '\r', ';'], " "),
+            cutoff.local_time(entry.accepted_at_ms)
+        );
+        for posting in &entry.postings {
+            let _ = writeln!(
+                out,
+                "    {}  {} {}",
+                hledger_account(posting.account.kind(), posting.account.owner()),
+                posting.amount,
+                commodity(posting.asset.code())
+            );
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{} closing balances (assertions)",
+        cutoff.local_date(settlement.end_ms - 1)
+    );
+    for line in closing {
+        let _ = writeln!(
+            out,
+            "    {}  0 {} = {} {}",
+            hledger_account(&line.account_kind, &line.owner),
+            commodity(&line.asset),
+            line.closing,
+            commodity(&line.asset)
+        );
+    }
+    out
+}
+
+/// Exports a finalised period. Reads the database only.
+pub async fn export(options: &ExportOptions) -> anyhow::Result<ExportSummary> {
+    let period = &options.period;
+    if options.out.exists()
+        && std::fs::read_dir(&options.out)
+            .with_context(|| format!("cannot read {}", options.out.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} exists and is not empty; an export goes into a new folder",
+            options.out.display()
+        );
+    }
+    let (key_id, signing_key) = crate::operator_key::current_signer(&options.operator_keys)?;
+    let storage = Storage::connect(&ConnectOptions {
+        url: options.database_url.clone(),
+        connections_max: 2,
+        create_if_missing: false,
+    })
+    .await?;
+    let result = read_and_write(options, period, &storage, key_id, &signing_key).await;
+    storage.close().await;
+    result
+}
+
+async fn read_and_write(
+    options: &ExportOptions,
+    period: &Period,
+    storage: &Storage,
+    key_id: String,
+    signing_key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<ExportSummary> {
+    let Some(FinalisedPeriod {
+        settlement,
+        closing_sequence,
+        finalised_at_ms,
+    }) = storage.finalised_period(&period.label).await?
+    else {
+        bail!(
+            "period {} is not finalised; finalise it first (coalition admin settle finalise --period {})",
+            period.label,
+            period.label
+        );
+    };
+    if settlement.start_ms != period.start_ms || settlement.end_ms != period.end_ms {
+        bail!(
+            "period {} was finalised as [{}, {}) but the cut-off given makes it [{}, {}): pass the server's --cutoff and --utc-offset",
+            period.label,
+            settlement.start_ms,
+            settlement.end_ms,
+            period.start_ms,
+            period.end_ms
+        );
+    }
+    let read = storage
+        .period_entries(period.start_ms, period.end_ms)
+        .await?;
+    let entries = read.entries;
+    let first_sequence = entries.first().map_or(0, |entry| entry.sequence);
+    let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
+    if (first_sequence, last_sequence) != (settlement.first_sequence, settlement.last_sequence)
+        || hex::encode(read.previous_hash) != settlement.previous_hash
+    {
+        bail!(
+            "the database's entries of period {} are not the ones it was finalised with",
+            period.label
+        );
+    }
+    let attributions = if entries.is_empty() {
+        Vec::new()
+    } else {
+        storage
+            .period_attributions(first_sequence, last_sequence)
+            .await?
+    };
+    let opening_before = if entries.is_empty() {
+        storage
+            .period_range(i64::MIN, period.start_ms)
+            .await?
+            .map_or(1, |(_, last)| last + 1)
+    } else {
+        first_sequence
+    };
+    let mut opening: BTreeMap<BalanceKey, i64> = BTreeMap::new();
+    for (account, asset, balance) in storage.balances_before(opening_before).await? {
+        opening.insert(
+            (
+                asset.code().to_owned(),
+                account.kind().to_owned(),
+                account.owner().to_owned(),
+            ),
+            balance,
+        );
+    }
+    let registry = storage.load_registry().await?;
+    let name_of = |merchant: &str| {
+        MerchantId::new(merchant)
+            .ok()
+            .and_then(|id| registry.merchant(&id).map(|merchant| merchant.name.clone()))
+            .unwrap_or_else(|| merchant.to_owned())
+    };
+    let currency = CurrencyCode::new(&settlement.currency)
+        .with_context(|| format!("currency {:?}", settlement.currency))?;
+
+    let mut folder = Folder {
+        root: options.out.clone(),
+        written: Vec::new(),
+    };
+    std::fs::create_dir_all(&folder.root)
+        .with_context(|| format!("cannot create {}", folder.root.display()))?;
+
+    // Entries and postings.
+    let records: Vec<EntryRecord> = entries.iter().map(EntryRecord::from_entry).collect();
+    folder.jsonl("entries.jsonl", &records)?;
+    folder.csv(
+        "entries.csv",
+        &[
+            "sequence",
+            "kind",
+            "accepted_at_ms",
+            "accepted_at",
+            "merchant_id",
+            "merchant_transaction_id",
+            "store_id",
+            "terminal_id",
+            "occurred_at_ms",
+            "member_id",
+            "points",
+            "spend_minor",
+            "member_points_after",
+            "memo",
+            "terms_version",
+            "refers_to",
+            "expires_at_ms",
+            "earn_rule_version",
+            "previous_hash",
+            "hash",
+        ],
+        &records,
+        |record| {
+            vec![
+                Cell::Number(record.sequence as i64),
+                text(&record.kind),
+                Cell::Number(record.accepted_at_ms),
+                text(options.cutoff.local_time(record.accepted_at_ms)),
+                text(record.merchant_id.clone().unwrap_or_default()),
+                text(record.merchant_transaction_id.clone().unwrap_or_default()),
+                text(record.store_id.clone().unwrap_or_default()),
+                text(record.terminal_id.clone().unwrap_or_default()),
+                Cell::Optional(record.occurred_at_ms),
+                text(record.member_id.clone().unwrap_or_default()),
+                Cell::Number(record.points),
+                Cell::Optional(record.spend_minor),
+                Cell::Number(record.member_points_after),
+                text(&record.memo),
+                Cell::Optional(record.terms_version.map(i64::from)),
+                Cell::Optional(record.refers_to.map(|sequence| sequence as i64)),
+                Cell::Optional(record.expires_at_ms),
+                Cell::Optional(record.earn_rule_version.map(i64::from)),
+                text(&record.previous_hash),
+                text(&record.hash),
+            ]
+        },
+    )?;
+    let postings: Vec<&PostingRecord> = records.iter().flat_map(|r| &r.postings).collect();
+    folder.jsonl("postings.jsonl", &postings)?;
+    folder.csv(
+        "postings.csv",
+        &["entry_sequence", "account_kind", "owner", "asset", "amount"],
+        &postings,
+        |posting| {
+            vec![
+                Cell::Number(posting.entry_sequence as i64),
+                text(&posting.account_kind),
+                text(&posting.owner),
+                text(&posting.asset),
+                Cell::Number(posting.amount),
+            ]
+        },
+    )?;
+
+    // The trial balance.
+    let balance = trial_balance(&opening, &entries)?;
+    for (asset, (opening_sum, closing_sum)) in trial_balance_sums(&balance) {
+        if opening_sum != 0 || closing_sum != 0 {
+            bail!(
+                "the trial balance of {asset} does not sum to zero: opening {opening_sum}, closing {closing_sum}"
+            );
+        }
+    }
+    folder.jsonl("trial_balance.jsonl", &balance)?;
+    folder.csv(
+        "trial_balance.csv",
+        &[
+            "account_kind",
+            "owner",
+            "asset",
+            "opening",
+            "debits",
+            "credits",
+            "closing",
+        ],
+        &balance,
+        |line| {
+            vec![
+                text(&line.account_kind),
+                text(&line.owner),
+                text(&line.asset),
+                Cell::Number(line.opening),
+                Cell::Number(line.debits),
+                Cell::Number(line.credits),
+                Cell::Number(line.closing),
+            ]
+        },
+    )?;
+
+    // The settlement, its matrix, and the attribution it was computed from.
+    let record = SettlementRecord {
+        closing_sequence,
+        finalised_at_ms,
+        settlement: settlement.clone(),
+    };
+    folder.write(
+        "settlement.json",
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    folder.jsonl("settlement.jsonl", &settlement.merchants)?;
+    let operator = &settlement.operator;
+    let mut settlement_rows: Vec<Vec<Cell>> = settlement
+        .merchants
+        .iter()
+        .map(|net| {
+            vec![
+                text(&net.merchant_id),
+                Cell::Number(net.points_issued),
+                Cell::Number(net.points_redeemed),
+                Cell::Number(net.issuance_minor),
+                Cell::Number(net.issuance_reversed_minor),
+                Cell::Number(net.redemptions_minor),
+                Cell::Number(net.redemptions_reversed_minor),
+                Cell::Number(net.fees_minor),
+                Cell::Number(net.funding_minor),
+                Cell::Number(net.breakage_minor),
+                text(&net.breakage_share),
+                Cell::Number(net.breakage_share_minor),
+                Cell::Number(net.net_minor),
+            ]
+        })
+        .collect();
+    settlement_rows.push(vec![
+        text("operator"),
+        Cell::Number(0),
+        Cell::Number(0),
+        Cell::Number(operator.float_minor),
+        Cell::Number(0),
+        Cell::Number(operator.rounding_minor),
+        Cell::Number(0),
+        Cell::Number(operator.fees_minor),
+        Cell::Number(operator.cash_minor),
+        Cell::Number(operator.breakage_kept_minor),
+        text(""),
+        Cell::Number(0),
+        Cell::Number(operator.net_minor),
+    ]);
+    folder.csv(
+        "settlement.csv",
+        &[
+            "party",
+            "points_issued",
+            "points_redeemed",
+            "issuance_minor",
+            "issuance_reversed_minor",
+            "redemptions_minor",
+            "redemptions_reversed_minor",
+            "fees_minor",
+            "funding_minor",
+            "breakage_minor",
+            "breakage_share",
+            "breakage_share_minor",
+            "net_minor",
+        ],
+        settlement_rows,
+        |row| row,
+    )?;
+    folder.jsonl("matrix.jsonl", &settlement.matrix)?;
+    folder.csv(
+        "matrix.csv",
+        &["issuer", "redeemer", "points", "value_minor"],
+        &settlement.matrix,
+        |cell| {
+            vec![
+                text(&cell.issuer),
+                text(&cell.redeemer),
+                Cell::Number(cell.points),
+                Cell::Number(cell.value_minor),
+            ]
+        },
+    )?;
+    folder.csv(
+        "attributions.csv",
+        &["entry_sequence", "issuer", "points"],
+        &attributions,
+        |attribution: &Attribution| {
+            vec![
+                Cell::Number(attribution.entry_sequence as i64),
+                text(&attribution.issuer),
+                Cell::Number(attribution.points),
+            ]
+        },
+    )?;
+    folder.jsonl("attributions.jsonl", &attributions)?;
+
+    // A statement per merchant.
+    for net in &settlement.merchants {
+        let merchant =
+            MerchantId::new(net.merchant_id.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let lines = settlement::statement_lines(&entries, &merchant, currency);
+        folder.jsonl(&format!("statements/{}.jsonl", merchant.as_str()), &lines)?;
+        folder.csv(
+            &format!("statements/{}.csv", merchant.as_str()),
+            &[
+                "sequence",
+                "accepted_at",
+                "kind",
+                "category",
+                "submitted_by",
+                "merchant_transaction_id",
+                "points",
+                "amount_minor",
+                "fee_minor",
+            ],
+            &lines,
+            |line| {
+                vec![
+                    Cell::Number(line.sequence as i64),
+                    text(options.cutoff.local_time(line.accepted_at_ms)),
+                    text(&line.kind),
+                    text(&line.category),
+                    text(&line.submitted_by),
+                    text(&line.merchant_transaction_id),
+                    Cell::Number(line.points),
+                    Cell::Number(line.amount_minor),
+                    Cell::Number(line.fee_minor),
+                ]
+            },
+        )?;
+    }
+
+    // Reconciliations of merchants' own records.
+    for input in &options.reconcile {
+        let cleared = storage
+            .merchant_transactions(&input.merchant, period.start_ms, period.end_ms)
+            .await?;
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(&input.file)
+                .with_context(|| format!("cannot open {}", input.file.display()))?,
+        );
+        let (rows, malformed) = crate::reconcile::read_merchant_file(reader, |_| {})?;
+        let report = crate::reconcile::reconcile(rows, cleared, malformed);
+        let relative = format!("reconciliation/{}", input.merchant.as_str());
+        crate::reconcile::write_report(&report, &folder.root.join(&relative))?;
+        for file in [
+            "differences.csv",
+            "differences.jsonl",
+            "malformed.csv",
+            "summary.json",
+        ] {
+            folder.written.push(format!("{relative}/{file}"));
+        }
+    }
+
+    // Payments for the treasury.
+    let digits = minor_digits(&settlement.currency);
+    let payments: Vec<_> = settlement
+        .merchants
+        .iter()
+        .filter(|net| net.net_minor != 0)
+        .collect();
+    folder.csv(
+        "payments.csv",
+        &[
+            "merchant_id",
+            "merchant_name",
+            "direction",
+            "amount_minor",
+            "amount",
+            "currency",
+            "end_to_end_id",
+            "remittance",
+        ],
+        &payments,
+        |net| {
+            vec![
+                text(&net.merchant_id),
+                text(name_of(&net.merchant_id)),
+                text(if net.net_minor > 0 {
+                    "operator_pays"
+                } else {
+                    "merchant_pays"
+                }),
+                Cell::Number(net.net_minor.abs()),
+                text(major_amount(net.net_minor.abs(), digits)),
+                text(&settlement.currency),
+                text(end_to_end_id(&settlement.period, &net.merchant_id)),
+                text(format!("Coalition settlement {}", settlement.period)),
+            ]
+        },
+    )?;
+    let pain = pain_001(&settlement, &options.cutoff, finalised_at_ms, &name_of);
+    folder.write("payments.pain.001.xml", pain.as_bytes())?;
+
+    // The plain-text journal.
+    folder.write(
+        "journal.hledger",
+        hledger_journal(&settlement, &options.cutoff, &opening, &entries, &balance).as_bytes(),
+    )?;
+
+    // The manifest, signed.
+    let mut files = Vec::with_capacity(folder.written.len());
+    folder.written.sort();
+    for relative in &folder.written {
+        let bytes = std::fs::read(folder.root.join(relative))
+            .with_context(|| format!("cannot read back {relative}"))?;
+        files.push(FileDigest {
+            path: relative.clone(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_owned(),
+        period: settlement.period.clone(),
+        start_ms: settlement.start_ms,
+        end_ms: settlement.end_ms,
+        currency: settlement.currency.clone(),
+        entries: entries.len() as u64,
+        first_sequence,
+        last_sequence,
+        previous_hash: settlement.previous_hash.clone(),
+        head_hash: settlement.head_hash.clone(),
+        closing_sequence,
+        finalised_at_ms,
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64),
+        operator_key_id: key_id,
+        operator_public_key: hex::encode(signing_key.verifying_key().as_bytes()),
+        files,
+    };
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
+    std::fs::write(folder.root.join(MANIFEST_FILE), &manifest_bytes)
+        .context("cannot write the manifest")?;
+    let signature = signing_key.sign(&signed_message(&manifest_bytes));
+    std::fs::write(
+        folder.root.join(SIGNATURE_FILE),
+        format!("{}\n", hex::encode(signature.to_bytes())),
+    )
+    .context("cannot write the manifest's signature")?;
+    Ok(ExportSummary {
+        manifest,
+        settlement,
+    })
+}
+
+/// What the operator's key signs: the domain, then the manifest's bytes as written.
+pub fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
+    let mut message = MANIFEST_SIGNATURE_DOMAIN.to_vec();
+    message.extend_from_slice(manifest_bytes);
+    message
+}
+
+fn end_to_end_id(period: &str, merchant: &str) -> String {
+    // ISO 20022 identifiers are at most 35 characters.
+    let id = format!("COAL-{}-{merchant}", period.replace('-', ""));
+    id.chars().take(35).collect()
+}
+
+/// ISO 20022 pain.001.001.09 credit transfers for the amounts the operator pays out. Merchants'
+/// bank details are not part of the ledger: the creditor account is identified by the
+/// merchant id, for the treasury to map to its payee records.
+fn pain_001(
+    settlement: &Settlement,
+    cutoff: &Cutoff,
+    finalised_at_ms: i64,
+    name_of: &dyn Fn(&str) -> String,
+) -> String {
+    let digits = minor_digits(&settlement.currency);
+    let payouts: Vec<_> = settlement
+        .merchants
+        .iter()
+        .filter(|net| net.net_minor > 0)
+        .collect();
+    let total: i64 = payouts.iter().map(|net| net.net_minor).sum();
+    let created = &cutoff.local_time(finalised_at_ms)[..19];
+    let execution_date = cutoff.local_date(settlement.end_ms);
+    let message_id = format!("COAL-SETTLE-{}", settlement.period.replace('-', ""));
+    let mut out = String::new();
+    let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = writeln!(
+        out,
+        r#"<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.09">"#
+    );
+    let _ = writeln!(out, "  <CstmrCdtTrfInitn>");
+    let _ = writeln!(
+        out,
+        "    <GrpHdr>\n      <MsgId>{message_id}</MsgId>\n      <CreDtTm>{created}</CreDtTm>\n      <NbOfTxs>{}</NbOfTxs>\n      <CtrlSum>{}</CtrlSum>\n      <InitgPty><Nm>Coalition operator</Nm></InitgPty>\n    </GrpHdr>",
+        payouts.len(),
+        major_amount(total, digits)
+    );
+    let _ = writeln!(
+        out,
+        "    <PmtInf>\n      <PmtInfId>{message_id}-1</PmtInfId>\n      <PmtMtd>TRF</PmtMtd>\n      <NbOfTxs>{}</NbOfTxs>\n      <CtrlSum>{}</CtrlSum>\n      <ReqdExctnDt><Dt>{execution_date}</Dt></ReqdExctnDt>\n      <Dbtr><Nm>Coalition operator</Nm></Dbtr>\n      <DbtrAcct><Id><Othr><Id>COALITION-SETTLEMENT</Id></Othr></Id></DbtrAcct>\n      <DbtrAgt><FinInstnId><Othr><Id>NOTPROVIDED</Id></Othr></FinInstnId></DbtrAgt>",
+        payouts.len(),
+        major_amount(total, digits)
+    );
+    for net in payouts {
+        let _ = writeln!(
+            out,
+            "      <CdtTrfTxInf>\n        <PmtId><EndToEndId>{}</EndToEndId></PmtId>\n        <Amt><InstdAmt Ccy=\"{}\">{}</InstdAmt></Amt>\n        <Cdtr><Nm>{}</Nm></Cdtr>\n        <CdtrAcct><Id><Othr><Id>{}</Id></Othr></Id></CdtrAcct>\n        <RmtInf><Ustrd>Coalition settlement {}</Ustrd></RmtInf>\n      </CdtTrfTxInf>",
+            xml_escape(&end_to_end_id(&settlement.period, &net.merchant_id)),
+            xml_escape(&settlement.currency),
+            major_amount(net.net_minor, digits),
+            xml_escape(&name_of(&net.merchant_id)),
+            xml_escape(&net.merchant_id),
+            xml_escape(&settlement.period)
+        );
+    }
+    let _ = writeln!(out, "    </PmtInf>\n  </CstmrCdtTrfInitn>\n</Document>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_amounts_are_exact() {
+        assert_eq!(major_amount(12_345, 2), "123.45");
+        assert_eq!(major_amount(-5, 2), "-0.05");
+        assert_eq!(major_amount(7, 0), "7");
+        assert_eq!(major_amount(1_001, 3), "1.001");
+        assert_eq!(minor_digits("JPY"), 0);
+        assert_eq!(minor_digits("CNY"), 2);
+    }
+
+    #[test]
+    fn xml_text_is_escaped() {
+        assert_eq!(
+            xml_escape("A&B <C> \"d\" 'e'"),
+            "A&amp;B &lt;C&gt; &quot;d&quot; &apos;e&apos;"
+        );
+    }
+}

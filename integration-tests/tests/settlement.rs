@@ -1,0 +1,368 @@
+//! Settlement and reconciliation through the gRPC admin API on both backends: periods cut by
+//! acceptance time at the configured cut-off, preview as often as wanted, finalise once
+//! (again: the same settlement, nothing booked, also after a restart), nets that sum to zero
+//! through the operator, closing entries that clear the merchants' settlement and fee
+//! accounts into what is payable, the bilateral matrix from lot attribution, breakage shared
+//! by the terms, and a merchant's record reconciled over the stream.
+
+use coalition_domain::settlement::{Cutoff, Period};
+use coalition_grpc::pb;
+use coalition_integration_tests::{
+    Backend, TestDatabase, TestServer, accepted, on_both_backends, test_config,
+};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+async fn set_terms(server: &TestServer, merchant: &str, fee: &str, breakage_share: &str) {
+    server
+        .admin()
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: merchant.into(),
+            issue_price_minor_per_point: "1.05".into(),
+            redeem_price_minor_per_point: "0.95".into(),
+            fee_minor_per_point: fee.into(),
+            breakage_share: breakage_share.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set terms");
+}
+
+async fn money(server: &TestServer, kind: pb::AccountKind, owner: &str) -> i64 {
+    server.account_balance(kind, owner, "CNY").await
+}
+
+fn cutoff(server: &TestServer) -> Cutoff {
+    server.config.engine().settlement_cutoff
+}
+
+/// Moves the clock to an hour into the next period, so a test's entries share one period.
+fn start_of_next_period(server: &TestServer) -> Period {
+    let cutoff = cutoff(server);
+    let next = cutoff.next(&cutoff.period_at(server.now_ms()));
+    server.clock.set(next.start_ms + HOUR_MS);
+    next
+}
+
+async fn preview(server: &TestServer, period: &str) -> pb::Settlement {
+    server
+        .admin()
+        .preview_settlement(pb::PreviewSettlementRequest {
+            period: period.into(),
+        })
+        .await
+        .expect("preview")
+        .into_inner()
+        .settlement
+        .expect("a settlement")
+}
+
+async fn finalise(
+    server: &TestServer,
+    period: &str,
+) -> Result<pb::FinaliseSettlementResponse, tonic::Status> {
+    server
+        .admin()
+        .finalise_settlement(pb::FinaliseSettlementRequest {
+            period: period.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn line<'a>(settlement: &'a pb::Settlement, merchant: &str) -> &'a pb::MerchantSettlement {
+    settlement
+        .merchants
+        .iter()
+        .find(|line| line.merchant_id == merchant)
+        .unwrap_or_else(|| panic!("{merchant} has a line"))
+}
+
+fn nets_sum(settlement: &pb::Settlement) -> i64 {
+    settlement
+        .merchants
+        .iter()
+        .map(|line| line.net_minor)
+        .sum::<i64>()
+        + settlement.operator.expect("operator").net_minor
+}
+
+async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1", "m-2"]).await;
+    set_terms(&server, "tenant-1", "0.01", "0").await;
+    set_terms(&server, "cinema-1", "0.01", "0.5").await;
+    let period = start_of_next_period(&server);
+
+    accepted(&server.earn(&tenant, "e-1", "m-1", 1_000).await);
+    accepted(&server.earn(&cinema, "e-2", "m-2", 200).await);
+    // 300 of tenant-1's points redeemed at the cinema, 50 of the cinema's at tenant-1.
+    accepted(&server.burn(&cinema, "b-1", "m-1", 300).await);
+    accepted(&server.burn(&tenant, "b-2", "m-2", 50).await);
+
+    // Preview while open: as often as wanted, nothing booked.
+    let open = preview(&server, &period.label).await;
+    assert_eq!(open.status, pb::SettlementStatus::Open as i32);
+    assert_eq!(
+        open,
+        preview(&server, "").await,
+        "empty names the open period"
+    );
+    assert_eq!(nets_sum(&open), 0);
+    let refused = finalise(&server, &period.label).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        money(&server, pb::AccountKind::MerchantPayable, "tenant-1").await,
+        0
+    );
+
+    // Past the cut-off: a late earn falls into the next period.
+    server.clock.set(period.end_ms + 1_000);
+    let late = accepted(&server.earn(&cinema, "e-late", "m-2", 10).await).entry_sequence;
+    let closed = preview(&server, &period.label).await;
+    assert_eq!(closed.status, pb::SettlementStatus::Closed as i32);
+    assert!(closed.last_sequence < late);
+
+    let finalised = finalise(&server, &period.label).await.expect("finalise");
+    assert!(!finalised.already_finalised);
+    let settlement = finalised.settlement.expect("a settlement");
+    assert_eq!(settlement.status, pb::SettlementStatus::Finalised as i32);
+    assert_eq!(nets_sum(&settlement), 0);
+    let closing = settlement.closing_sequence.expect("a closing entry");
+    assert!(closing > late);
+
+    // tenant-1: issued 1000 at 1.05 (1050 owed, fee 10), redeemed 50 at 0.95 (47.5 → 47
+    // due, fee 0.5 → 1).
+    let tenant_line = line(&settlement, "tenant-1");
+    assert_eq!(
+        (tenant_line.points_issued, tenant_line.points_redeemed),
+        (1_000, 50)
+    );
+    assert_eq!(tenant_line.issuance_minor, -1_050);
+    assert_eq!(tenant_line.redemptions_minor, 47);
+    assert_eq!(tenant_line.fees_minor, -10 - 1);
+    assert_eq!(tenant_line.net_minor, -1_050 + 47 - 11);
+    // cinema-1: issued 200 (210, fee 2), redeemed 300 (285, fee 3).
+    let cinema_line = line(&settlement, "cinema-1");
+    assert_eq!(cinema_line.net_minor, -210 + 285 - 2 - 3);
+    assert_eq!(cinema_line.breakage_share, "0.5");
+
+    // The matrix: whose points were redeemed where, tying to the redemptions.
+    let cell = |issuer: &str, redeemer: &str| {
+        settlement
+            .matrix
+            .iter()
+            .find(|cell| cell.issuer_id == issuer && cell.redeemer_id == redeemer)
+            .map(|cell| (cell.points, cell.value_minor))
+    };
+    assert_eq!(cell("tenant-1", "cinema-1"), Some((300, 285)));
+    assert_eq!(cell("cinema-1", "tenant-1"), Some((50, 47)));
+    for redeemer in ["tenant-1", "cinema-1"] {
+        let from_matrix: i64 = settlement
+            .matrix
+            .iter()
+            .filter(|cell| cell.redeemer_id == redeemer)
+            .map(|cell| cell.value_minor)
+            .sum();
+        assert_eq!(from_matrix, line(&settlement, redeemer).redemptions_minor);
+    }
+
+    // The closing entry cleared the settlement and fee accounts into what is payable; the
+    // late earn stays in the open period.
+    use pb::AccountKind::{MerchantFees, MerchantPayable, MerchantSettlement};
+    assert_eq!(money(&server, MerchantSettlement, "tenant-1").await, 0);
+    assert_eq!(money(&server, MerchantFees, "tenant-1").await, 0);
+    assert_eq!(
+        money(&server, MerchantPayable, "tenant-1").await,
+        tenant_line.net_minor
+    );
+    assert_eq!(money(&server, MerchantSettlement, "cinema-1").await, -11);
+    assert_eq!(
+        money(&server, MerchantPayable, "cinema-1").await,
+        cinema_line.net_minor
+    );
+
+    // Finalising again returns the same settlement and books nothing.
+    let again = finalise(&server, &period.label).await.expect("again");
+    assert!(again.already_finalised);
+    assert_eq!(again.settlement.as_ref(), Some(&settlement));
+    assert_eq!(preview(&server, &period.label).await, settlement);
+
+    // The next period holds the late earn and the closing entry, which it does not net again.
+    let next = preview(&server, &cutoff(&server).next(&period).label).await;
+    assert_eq!(next.first_sequence, late);
+    assert_eq!(next.last_sequence, closing);
+    assert_eq!(line(&next, "cinema-1").points_issued, 10);
+    assert!(
+        next.merchants
+            .iter()
+            .all(|line| line.merchant_id == "cinema-1")
+    );
+    assert_eq!(nets_sum(&next), 0);
+
+    // A restart remembers: still finalised, still nothing booked.
+    let server = server.restart().await;
+    let after_restart = finalise(&server, &period.label)
+        .await
+        .expect("after restart");
+    assert!(after_restart.already_finalised);
+    assert_eq!(after_restart.settlement, Some(settlement));
+    assert!(server.check().await.is_sound());
+}
+
+async fn breakage_is_shared_as_the_terms_say(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let mut config = test_config(&database.url);
+    config.points_lifetime_days = 30;
+    config.expiry_run_interval_ms = 0;
+    let server = TestServer::start_on(database, config).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1"]).await;
+    set_terms(&server, "tenant-1", "0", "0").await;
+    set_terms(&server, "cinema-1", "0", "0.3").await;
+    start_of_next_period(&server);
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    accepted(&server.earn(&cinema, "e-2", "m-1", 333).await);
+
+    server.clock.advance(31 * DAY_MS);
+    let expiry_period = cutoff(&server).period_at(server.now_ms());
+    let run = server
+        .admin()
+        .run_expiry(pb::RunExpiryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.points, 433);
+    server.clock.set(expiry_period.end_ms);
+    let settlement = finalise(&server, &expiry_period.label)
+        .await
+        .expect("finalise")
+        .settlement
+        .unwrap();
+    // The float held for cinema-1's 333 points: 333 × 1.05 = 349.65 → 349 (the float gets
+    // the rounded-down leg); 30% of it, rounded down, goes back to the cinema.
+    let cinema_line = line(&settlement, "cinema-1");
+    assert_eq!(cinema_line.breakage_minor, 349);
+    assert_eq!(cinema_line.breakage_share_minor, 104);
+    assert_eq!(cinema_line.net_minor, 104);
+    let tenant_line = line(&settlement, "tenant-1");
+    assert_eq!(tenant_line.breakage_minor, 105);
+    assert_eq!(tenant_line.breakage_share_minor, 0);
+    let operator = settlement.operator.unwrap();
+    assert_eq!(operator.breakage_kept_minor, 105 + 349 - 104);
+    assert_eq!(nets_sum(&settlement), 0);
+    assert_eq!(
+        money(&server, pb::AccountKind::MerchantPayable, "cinema-1").await,
+        104
+    );
+    assert!(server.check().await.is_sound());
+}
+
+async fn a_bad_period_name_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let status = finalise(&server, "2026-13-01").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = finalise(&server, "").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = server
+        .admin()
+        .preview_settlement(pb::PreviewSettlementRequest {
+            period: "yesterday".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}
+
+async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1"]).await;
+    let period = start_of_next_period(&server);
+    for (id, points, spend) in [
+        ("t-1", 100, 10_000),
+        ("t-2", 50, 5_000),
+        ("t-3", 30, 3_000),
+        ("t-4", 10, 1_000),
+    ] {
+        let body = pb::TransactionBody {
+            spend_minor: Some(spend),
+            ..server.body(&tenant, pb::TransactionKind::Earn, id, "m-1", points)
+        };
+        accepted(&server.submit(tenant.envelope(&body)).await);
+    }
+    let row = |id: &str, points: i64, amount: Option<i64>| pb::ReconcileRequest {
+        item: Some(pb::reconcile_request::Item::Row(pb::MerchantRecordRow {
+            merchant_transaction_id: id.into(),
+            points,
+            amount_minor: amount,
+            kind: "earn".into(),
+        })),
+    };
+    let messages = vec![
+        pb::ReconcileRequest {
+            item: Some(pb::reconcile_request::Item::Header(pb::ReconcileHeader {
+                merchant_id: "tenant-1".into(),
+                period: period.label.clone(),
+            })),
+        },
+        row("t-1", 100, Some(10_000)),
+        row("t-2", 51, Some(5_000)),
+        row("t-3", 30, Some(2_999)),
+        row("t-9", 5, None),
+        row("t-1", 100, Some(10_000)),
+        row("", 7, None),
+    ];
+    let report = server
+        .admin()
+        .reconcile(tokio_stream::iter(messages))
+        .await
+        .expect("reconcile")
+        .into_inner();
+    assert_eq!(report.matched, 1);
+    let statuses: Vec<(i32, &str, u64)> = report
+        .differences
+        .iter()
+        .map(|d| (d.status, d.merchant_transaction_id.as_str(), d.merchant_row))
+        .collect();
+    use pb::ReconcileStatus as S;
+    assert_eq!(
+        statuses,
+        vec![
+            (S::PointsMismatch as i32, "t-2", 2),
+            (S::AmountMismatch as i32, "t-3", 3),
+            (S::MissingInClearing as i32, "t-9", 4),
+            (S::Duplicated as i32, "t-1", 5),
+            (S::MissingAtMerchant as i32, "t-4", 0),
+        ]
+    );
+    assert_eq!(
+        report.malformed,
+        vec!["row 6: merchant_transaction_id is empty".to_owned()]
+    );
+    let merchant = report.merchant.unwrap();
+    let clearing = report.clearing.unwrap();
+    assert_eq!((merchant.transactions, merchant.points), (5, 286));
+    assert_eq!((clearing.transactions, clearing.points), (4, 190));
+
+    // A stream that does not start with its header is refused.
+    let status = server
+        .admin()
+        .reconcile(tokio_stream::iter(vec![row("t-1", 100, None)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+on_both_backends!(
+    a_period_settles_once_nets_to_zero_and_clears_the_accounts,
+    breakage_is_shared_as_the_terms_say,
+    a_bad_period_name_is_refused,
+    a_merchant_record_reconciles_over_the_stream,
+);
