@@ -6,6 +6,7 @@
 
 use coalition_domain::chain::{ChainHead, verify_chain};
 use coalition_domain::ledger::{ApplyError, Outcome};
+use coalition_domain::settlement;
 use std::collections::{BTreeMap, BTreeSet};
 
 use coalition_domain::{
@@ -594,6 +595,59 @@ proptest! {
             prop_assert_eq!(replayed.balance_of(id, money), ledger.balance_of(id, money), "{}", key);
         }
         prop_assert_eq!(replayed.outstanding_by_issuer(), ledger.outstanding_by_issuer());
+
+        // Settling everything booked as one period: the nets through the operator sum to
+        // exactly zero (compute refuses otherwise), the matrix ties to each redeemer's
+        // redemptions, and the closing entry clears every merchant's settlement and fee
+        // accounts into what is payable, leaving breakage less the share paid back.
+        let issuer_of: BTreeMap<(u64, u32), String> = changes
+            .lots
+            .iter()
+            .map(|lot| ((lot.lot_id.entry_sequence, lot.lot_id.index), lot.issuer.as_str().to_owned()))
+            .collect();
+        let kinds: BTreeMap<u64, EntryKind> = changes.entries.iter().map(|e| (e.sequence, e.kind)).collect();
+        let attributions: Vec<settlement::Attribution> = changes
+            .lot_consumptions
+            .iter()
+            .filter(|c| matches!(kinds[&c.entry_sequence], EntryKind::Burn | EntryKind::Capture | EntryKind::ExchangeOut))
+            .map(|c| settlement::Attribution {
+                entry_sequence: c.entry_sequence,
+                issuer: issuer_of[&(c.lot_id.entry_sequence, c.lot_id.index)].clone(),
+                points: c.points,
+            })
+            .collect();
+        let everything = settlement::Period { label: "everything".into(), start_ms: i64::MIN, end_ms: i64::MAX };
+        let shares: BTreeMap<String, Decimal> = [(merchant(1).as_str().to_owned(), Decimal::new(5, 1))].into();
+        let entries = changes.entries.clone();
+        let settled = settlement::compute(&everything, ledger.currency(), coalition_domain::chain::GENESIS_HASH, &entries, &attributions, &shares);
+        let settled = match settled {
+            Ok(settled) => settled,
+            Err(error) => return Err(TestCaseError::fail(format!("settlement: {error}"))),
+        };
+        prop_assert_eq!(settled.merchants.iter().map(|m| m.net_minor).sum::<i64>() + settled.operator.net_minor, 0);
+        for line in &settled.merchants {
+            let from_matrix: i64 = settled.matrix.iter().filter(|cell| cell.redeemer == line.merchant_id).map(|cell| cell.value_minor).sum();
+            prop_assert_eq!(from_matrix, line.redemptions_minor, "matrix of {}", line.merchant_id);
+        }
+        let finalised = ledger.book_settlement(settled.clone(), clock + 10, &mut changes).unwrap();
+        prop_assert_eq!(finalised.closing_sequence.is_some(), !settlement::closing_postings(&settled, ledger.currency()).is_empty());
+        if let Some(sequence) = finalised.closing_sequence {
+            let closing = changes.entries.last().unwrap();
+            prop_assert_eq!(closing.sequence, sequence);
+            prop_assert_eq!(closing.kind, EntryKind::Settlement);
+            prop_assert_eq!(closing.check_balanced(), Ok(()));
+        }
+        prop_assert_eq!(ledger.check_invariants(), Ok(()));
+        let balance = |key: AccountKey| {
+            ledger.accounts().find(|(k, _)| **k == key).map_or(0, |(_, id)| ledger.balance_of(id, money))
+        };
+        for line in &settled.merchants {
+            let id = MerchantId::new(line.merchant_id.clone()).unwrap();
+            prop_assert_eq!(balance(AccountKey::MerchantSettlement(id.clone())), 0);
+            prop_assert_eq!(balance(AccountKey::MerchantFees(id.clone())), 0);
+            prop_assert_eq!(balance(AccountKey::MerchantPayable(id.clone())), line.net_minor);
+            prop_assert_eq!(balance(AccountKey::MerchantBreakage(id)), line.breakage_minor - line.breakage_share_minor);
+        }
     }
 }
 
