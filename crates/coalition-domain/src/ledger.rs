@@ -816,11 +816,14 @@ impl Ledger {
         })
     }
 
-    /// A merchant's net money position with the operator: negative when it owes.
+    /// A merchant's net money position with the operator: negative when it owes. The open
+    /// period's settlement and fees, and what finalised periods left payable: a settlement
+    /// says what is owed, only money paid in (funding) moves the position up.
     pub fn merchant_position(&self, merchant_id: &MerchantId) -> i64 {
         [
             AccountKey::MerchantSettlement(merchant_id.clone()),
             AccountKey::MerchantFees(merchant_id.clone()),
+            AccountKey::MerchantPayable(merchant_id.clone()),
         ]
         .iter()
         .filter_map(|key| self.account_id(key))

@@ -629,7 +629,14 @@ proptest! {
             let from_matrix: i64 = settled.matrix.iter().filter(|cell| cell.redeemer == line.merchant_id).map(|cell| cell.value_minor).sum();
             prop_assert_eq!(from_matrix, line.redemptions_minor, "matrix of {}", line.merchant_id);
         }
+        let positions: Vec<i64> = settled.merchants.iter().map(|line| ledger.merchant_position(&MerchantId::new(line.merchant_id.clone()).unwrap())).collect();
         let finalised = ledger.book_settlement(settled.clone(), clock + 10, &mut changes).unwrap();
+        // Settling says what is owed; it pays nothing: a merchant's position (what credit
+        // limits look at) moves only by the breakage share it is now owed.
+        for (line, before) in settled.merchants.iter().zip(positions) {
+            let after = ledger.merchant_position(&MerchantId::new(line.merchant_id.clone()).unwrap());
+            prop_assert_eq!(after, before + line.breakage_share_minor, "position of {}", line.merchant_id);
+        }
         prop_assert_eq!(finalised.closing_sequence.is_some(), !settlement::closing_postings(&settled, ledger.currency()).is_empty());
         if let Some(sequence) = finalised.closing_sequence {
             let closing = changes.entries.last().unwrap();

@@ -289,6 +289,22 @@ pub fn verify_folder(folder: &Path, keys: &[VerifyingKey]) -> anyhow::Result<Ver
                     manifest.currency
                 )),
             }
+            // Each statement ties to its merchant's line: its amounts and fees sum to the net
+            // less the breakage share (breakage is not an entry of the merchant's).
+            for net in &record.settlement.merchants {
+                let name = format!("statements/{}.jsonl", net.merchant_id);
+                let lines: Vec<settlement::StatementLine> = read_jsonl(folder, &name, problems);
+                let sum: i64 = lines
+                    .iter()
+                    .map(|line| line.amount_minor + line.fee_minor)
+                    .sum();
+                if sum != net.net_minor - net.breakage_share_minor {
+                    problems.push(format!(
+                        "{name}: sums to {sum}, the settlement's net less breakage share is {}",
+                        net.net_minor - net.breakage_share_minor
+                    ));
+                }
+            }
             if record.settlement.period != manifest.period
                 || record.settlement.head_hash != manifest.head_hash
             {
