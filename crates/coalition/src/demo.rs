@@ -487,7 +487,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // nothing. The closing entries land in the period open now, a year later.
     let cutoff = expiry_config.engine().settlement_cutoff;
     let periods = demo_settlement::periods_between(&cutoff, accepted_from_ms, accepted_to_ms);
+    let settling = Instant::now();
     let settlements = demo_settlement::finalise(&mut admin, &periods).await?;
+    let settled_in = settling.elapsed();
     // One mall tenant's own record of its busiest period, with planted differences,
     // reconciled over the gRPC stream.
     let (busiest, _) = settlements
@@ -748,6 +750,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cutoff.describe(),
         config.settlement_currency
     );
+    println!(
+        "finalised             {} period(s) in {:.2} s over gRPC (each twice; the second books nothing)",
+        periods.len(),
+        settled_in.as_secs_f64()
+    );
     for settlement in &settlements {
         print!(
             "{}",
@@ -762,6 +769,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!();
     println!("== Export and proof ==");
+    let exporting = Instant::now();
     let trail = demo_settlement::export_periods(
         &database_url_for_export,
         &args.dir,
@@ -774,6 +782,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     let key = crate::operator_key::read_public_key(&trail.public_key)?;
+    let exported_in = exporting.elapsed();
+    let verifying = Instant::now();
     let mut previous: Option<crate::verify::Verified> = None;
     for folder in &trail.exports {
         let verified = crate::verify::verify_folder(folder, std::slice::from_ref(&key))?;
@@ -793,6 +803,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         previous = Some(verified);
     }
+    println!(
+        "export and verify     exported in {:.2} s, verified in {:.2} s",
+        exported_in.as_secs_f64(),
+        verifying.elapsed().as_secs_f64()
+    );
     println!("operator public key   {}", trail.public_key.display());
     println!("merchant record       {}", record_path.display());
     for folder in &trail.exports {
