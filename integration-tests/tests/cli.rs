@@ -428,6 +428,23 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         assert_eq!(again["settlement"]["period"], period.label.as_str());
     }
 
+    // Both merchants owe after these periods: a payout to either is refused.
+    let refused = admin(&[
+        "payout",
+        "--merchant",
+        "cinema-1",
+        "--amount-minor",
+        "1",
+        "--reference",
+        "COAL-1",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("would pay more than that"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let dir = std::env::temp_dir().join(format!(
         "coalition-export-test-{}-{backend:?}",
         std::process::id()

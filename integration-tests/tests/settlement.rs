@@ -206,6 +206,45 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
     );
     assert_eq!(nets_sum(&next), 0);
 
+    // The treasury pays the cinema what it is owed. More than is payable is refused and
+    // changes nothing; a merchant that owes is paid nothing.
+    let payout = |merchant: &str, amount_minor: i64| {
+        let mut admin = server.admin();
+        let request = pb::RecordPayoutRequest {
+            merchant_id: merchant.into(),
+            amount_minor,
+            reference: format!("COAL-{}-{merchant}", period.label),
+        };
+        async move { admin.record_payout(request).await }
+    };
+    let too_much = payout("cinema-1", cinema_line.net_minor + 1)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_much.code(),
+        tonic::Code::FailedPrecondition,
+        "{too_much:?}"
+    );
+    let owes = payout("tenant-1", 1).await.unwrap_err();
+    assert_eq!(owes.code(), tonic::Code::FailedPrecondition, "{owes:?}");
+    let zero = payout("cinema-1", 0).await.unwrap_err();
+    assert_eq!(zero.code(), tonic::Code::InvalidArgument, "{zero:?}");
+    assert_eq!(
+        money(&server, MerchantPayable, "cinema-1").await,
+        cinema_line.net_minor
+    );
+    let paid = payout("cinema-1", cinema_line.net_minor)
+        .await
+        .expect("payout")
+        .into_inner();
+    assert_eq!(paid.payable_minor, 0);
+    assert_eq!(money(&server, MerchantPayable, "cinema-1").await, 0);
+    // A payout settles an earlier period: it is not business of the open one.
+    let with_payout = preview(&server, &cutoff(&server).next(&period).label).await;
+    assert_eq!(with_payout.last_sequence, paid.entry_sequence);
+    assert_eq!(with_payout.merchants, next.merchants);
+    assert_eq!(nets_sum(&with_payout), 0);
+
     // A restart remembers: still finalised, still nothing booked.
     let server = server.restart().await;
     let after_restart = finalise(&server, &period.label)

@@ -36,6 +36,8 @@ pub enum EntryKind {
     /// The closing entry of a finalised settlement period: each merchant's net for the period
     /// moves from its settlement and fee accounts (and its share of breakage) to its payable.
     Settlement,
+    /// Money the operator paid a merchant against what finalised periods left payable to it.
+    Payout,
 }
 
 impl EntryKind {
@@ -55,6 +57,7 @@ impl EntryKind {
             EntryKind::ExchangeOut => "exchange_out",
             EntryKind::Expiry => "expiry",
             EntryKind::Settlement => "settlement",
+            EntryKind::Payout => "payout",
         }
     }
 
@@ -74,6 +77,7 @@ impl EntryKind {
             "exchange_out" => Some(EntryKind::ExchangeOut),
             "expiry" => Some(EntryKind::Expiry),
             "settlement" => Some(EntryKind::Settlement),
+            "payout" => Some(EntryKind::Payout),
             _ => None,
         }
     }

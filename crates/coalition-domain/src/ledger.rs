@@ -883,13 +883,63 @@ impl Ledger {
         at_ms: i64,
         changes: &mut Changes,
     ) -> Result<u64, ApplyError> {
+        self.book_cash(
+            EntryKind::Funding,
+            AccountKey::MerchantSettlement(merchant_id.clone()),
+            amount_minor,
+            format!("funding of merchant {merchant_id}: {reference}"),
+            at_ms,
+            changes,
+        )
+    }
+
+    /// What finalised periods left payable to a merchant (negative: what it owes).
+    pub fn merchant_payable(&self, merchant_id: &MerchantId) -> i64 {
+        self.account_id(&AccountKey::MerchantPayable(merchant_id.clone()))
+            .map_or(0, |account| {
+                self.balance_of(account, Asset::Currency(self.currency))
+            })
+    }
+
+    /// Books money the operator paid a merchant: its payable falls by `amount_minor`, the
+    /// operator's cash account records the payment. The caller checks the amount against
+    /// the payable. Returns the entry's sequence.
+    pub fn pay_out(
+        &mut self,
+        merchant_id: &MerchantId,
+        amount_minor: i64,
+        reference: &str,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<u64, ApplyError> {
+        self.book_cash(
+            EntryKind::Payout,
+            AccountKey::MerchantPayable(merchant_id.clone()),
+            -amount_minor,
+            format!("payout to merchant {merchant_id}: {reference}"),
+            at_ms,
+            changes,
+        )
+    }
+
+    /// Money crossing the ledger's edge: `amount_minor` to `account`, the opposite to the
+    /// operator's cash account.
+    fn book_cash(
+        &mut self,
+        kind: EntryKind,
+        account: AccountKey,
+        amount_minor: i64,
+        memo: String,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Result<u64, ApplyError> {
         let money = Asset::Currency(self.currency);
         let entry = OperatorEntry {
-            kind: EntryKind::Funding,
+            kind,
             member_id: None,
             points: 0,
             member_points_after: 0,
-            memo: format!("funding of merchant {merchant_id}: {reference}"),
+            memo,
             refers_to: None,
             postings: vec![
                 Posting {
@@ -898,7 +948,7 @@ impl Ledger {
                     amount: -amount_minor,
                 },
                 Posting {
-                    account: AccountKey::MerchantSettlement(merchant_id.clone()),
+                    account,
                     asset: money,
                     amount: amount_minor,
                 },
@@ -2055,7 +2105,7 @@ impl Ledger {
                     points: lot.points,
                 }));
             }
-            EntryKind::Funding | EntryKind::Settlement => {
+            EntryKind::Funding | EntryKind::Settlement | EntryKind::Payout => {
                 if entry.member_id.is_some() || entry.points != 0 {
                     return Err(shape());
                 }

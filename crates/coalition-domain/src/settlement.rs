@@ -415,7 +415,10 @@ pub fn compute(
             return Err(SettlementError::NotContiguous(entry.sequence));
         }
         expected_sequence = Some(entry.sequence + 1);
-        if entry.kind == EntryKind::Settlement {
+        // Closing entries and payouts move money between a merchant's payable and its own
+        // accounts or the operator's cash: settling what earlier periods left, not business
+        // of this one.
+        if matches!(entry.kind, EntryKind::Settlement | EntryKind::Payout) {
             continue;
         }
         let category = Category::of(entry.kind);

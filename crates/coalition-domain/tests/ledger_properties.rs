@@ -655,6 +655,17 @@ proptest! {
             prop_assert_eq!(balance(AccountKey::MerchantPayable(id.clone())), line.net_minor);
             prop_assert_eq!(balance(AccountKey::MerchantBreakage(id)), line.breakage_minor - line.breakage_share_minor);
         }
+        // Paying out what is payable clears it, and settling the payouts' period nets nothing.
+        let before_payouts = changes.entries.len();
+        for line in settled.merchants.iter().filter(|line| line.net_minor > 0) {
+            let id = MerchantId::new(line.merchant_id.clone()).unwrap();
+            ledger.pay_out(&id, line.net_minor, "transfer", clock + 20, &mut changes).unwrap();
+            prop_assert_eq!(ledger.merchant_payable(&id), 0);
+        }
+        prop_assert_eq!(ledger.check_invariants(), Ok(()));
+        let payouts = &changes.entries[before_payouts..];
+        let after = settlement::compute(&everything, ledger.currency(), payouts.first().map_or([0; 32], |entry| entry.previous_hash), payouts, &[], &shares);
+        prop_assert!(matches!(&after, Ok(nothing) if nothing.merchants.is_empty() && nothing.operator.net_minor == 0), "{:?}", after);
     }
 }
 

@@ -107,6 +107,14 @@ pub enum AdminError {
         "period {period} is still open: its cut-off is {end_ms} (Unix ms) and it can be finalised after that"
     )]
     PeriodOpen { period: String, end_ms: i64 },
+    #[error(
+        "merchant {merchant_id} is owed {payable_minor} minor units from finalised periods; a payout of {amount_minor} would pay more than that"
+    )]
+    PayoutExceedsPayable {
+        merchant_id: MerchantId,
+        payable_minor: i64,
+        amount_minor: i64,
+    },
     #[error("the settlement of period {period} cannot be computed: {error}")]
     Settlement {
         period: String,
@@ -473,9 +481,53 @@ impl Engine {
         amount_minor: i64,
         reference: String,
     ) -> Result<(u64, i64), AdminError> {
-        if self.registry().merchant(&merchant_id).is_none() {
+        self.check_money_movement(&merchant_id, amount_minor, &reference)?;
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Fund {
+            merchant_id,
+            amount_minor,
+            reference,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+            .map_err(AdminError::Engine)
+    }
+
+    /// Books money the operator paid a merchant against what finalised periods left payable
+    /// to it (never more). Returns the entry's sequence and what is still payable.
+    pub async fn pay_out(
+        &self,
+        merchant_id: MerchantId,
+        amount_minor: i64,
+        reference: String,
+    ) -> Result<(u64, i64), AdminError> {
+        self.check_money_movement(&merchant_id, amount_minor, &reference)?;
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Payout {
+            merchant_id,
+            amount_minor,
+            reference,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
+    }
+
+    /// The checks funding and payouts share: a known merchant, a sane amount, a reference.
+    fn check_money_movement(
+        &self,
+        merchant_id: &MerchantId,
+        amount_minor: i64,
+        reference: &str,
+    ) -> Result<(), AdminError> {
+        if self.registry().merchant(merchant_id).is_none() {
             return Err(AdminError::Registry(RegistryError::MerchantUnknown(
-                merchant_id,
+                merchant_id.clone(),
             )));
         }
         if amount_minor <= 0 || amount_minor > FUNDING_MINOR_MAX {
@@ -489,22 +541,11 @@ impl Engine {
         if reference.trim().is_empty() || reference.len() > 200 {
             return Err(AdminError::Invalid {
                 field: "reference",
-                message: "a funding needs a reference (the bank transfer's), at most 200 bytes"
+                message: "a payment needs a reference (the bank transfer's), at most 200 bytes"
                     .into(),
             });
         }
-        let (reply, response) = oneshot::channel();
-        self.send(Command::Fund {
-            merchant_id,
-            amount_minor,
-            reference,
-            reply,
-        })
-        .await?;
-        response
-            .await
-            .map_err(|_| AdminError::Engine(EngineError::ShuttingDown))?
-            .map_err(AdminError::Engine)
+        Ok(())
     }
 
     /// The expiry run: books every lot expired by now to breakage. Idempotent: a second run

@@ -52,6 +52,13 @@ pub(crate) enum Command {
         reference: String,
         reply: oneshot::Sender<Result<(u64, i64), EngineError>>,
     },
+    /// Money paid to a merchant, at most what is payable to it.
+    Payout {
+        merchant_id: MerchantId,
+        amount_minor: i64,
+        reference: String,
+        reply: oneshot::Sender<Result<(u64, i64), AdminError>>,
+    },
     /// The expiry run.
     Expire {
         reply: oneshot::Sender<Result<ExpirySummary, EngineError>>,
@@ -87,6 +94,9 @@ impl Command {
             Command::Expire { reply } => drop(reply.send(Err(error.clone()))),
             Command::Fund { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::Close { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Payout { reply, .. } => {
+                drop(reply.send(Err(AdminError::Engine(error.clone()))))
+            }
             Command::Finalise { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::EarnRules { reply, .. } => {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
@@ -107,6 +117,7 @@ impl Command {
             | Command::EarnRules { .. }
             | Command::Close { .. }
             | Command::Finalise { .. }
+            | Command::Payout { .. }
             | Command::Shutdown => 1,
         }
     }
@@ -140,6 +151,10 @@ enum Pending {
         Result<EarnRules, AdminError>,
     ),
     Close(oneshot::Sender<Result<bool, EngineError>>, bool),
+    Payout(
+        oneshot::Sender<Result<(u64, i64), AdminError>>,
+        Result<(u64, i64), AdminError>,
+    ),
     Finalise(
         oneshot::Sender<Result<Option<FinalisedPeriod>, EngineError>>,
         Option<FinalisedPeriod>,
@@ -159,6 +174,7 @@ impl Pending {
             Pending::Fund(reply, booked) => drop(reply.send(Ok(booked))),
             Pending::EarnRules(reply, result) => drop(reply.send(result)),
             Pending::Close(reply, closed) => drop(reply.send(Ok(closed))),
+            Pending::Payout(reply, result) => drop(reply.send(result)),
             Pending::Finalise(reply, finalised) => drop(reply.send(Ok(finalised))),
         }
     }
@@ -175,6 +191,7 @@ impl Pending {
                 drop(reply.send(Err(AdminError::Engine(error.clone()))))
             }
             Pending::Close(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Payout(reply, _) => drop(reply.send(Err(AdminError::Engine(error.clone())))),
             Pending::Finalise(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
@@ -434,6 +451,41 @@ impl Writer {
                         Err(error) => {
                             invariant_violation = Some(error.to_string());
                             pending.push(Pending::Expire(reply, ExpirySummary::default()));
+                        }
+                    }
+                }
+                Command::Payout {
+                    merchant_id,
+                    amount_minor,
+                    reference,
+                    reply,
+                } => {
+                    let payable = self.ledger.merchant_payable(&merchant_id);
+                    if amount_minor > payable {
+                        pending.push(Pending::Payout(
+                            reply,
+                            Err(AdminError::PayoutExceedsPayable {
+                                merchant_id,
+                                payable_minor: payable,
+                                amount_minor,
+                            }),
+                        ));
+                        continue;
+                    }
+                    match self.ledger.pay_out(
+                        &merchant_id,
+                        amount_minor,
+                        &reference,
+                        accepted_at_ms,
+                        &mut changes,
+                    ) {
+                        Ok(sequence) => {
+                            let payable = self.ledger.merchant_payable(&merchant_id);
+                            pending.push(Pending::Payout(reply, Ok((sequence, payable))));
+                        }
+                        Err(error) => {
+                            invariant_violation = Some(error.to_string());
+                            pending.push(Pending::Payout(reply, Ok((0, 0))));
                         }
                     }
                 }

@@ -85,7 +85,9 @@ pub fn admin_status(error: AdminError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         AdminError::Period(_) => Status::invalid_argument(error.to_string()),
-        AdminError::PeriodOpen { .. } => Status::failed_precondition(error.to_string()),
+        AdminError::PeriodOpen { .. } | AdminError::PayoutExceedsPayable { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
         AdminError::Settlement { .. } => Status::internal(error.to_string()),
         AdminError::Engine(engine) => convert::engine_status(engine.clone()),
     }
@@ -428,6 +430,27 @@ impl AdminService for Admin {
         Ok(Response::new(pb::FundMerchantResponse {
             entry_sequence,
             position_minor,
+        }))
+    }
+
+    async fn record_payout(
+        &self,
+        request: Request<pb::RecordPayoutRequest>,
+    ) -> Result<Response<pb::RecordPayoutResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let request = request.into_inner();
+        let (entry_sequence, payable_minor) = self
+            .engine
+            .pay_out(
+                merchant_id(request.merchant_id)?,
+                request.amount_minor,
+                request.reference,
+            )
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::RecordPayoutResponse {
+            entry_sequence,
+            payable_minor,
         }))
     }
 

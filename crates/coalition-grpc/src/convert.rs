@@ -71,7 +71,8 @@ fn wire_kind(kind: EntryKind) -> pb::TransactionKind {
         | EntryKind::HoldExpiry
         | EntryKind::Expiry
         | EntryKind::Funding
-        | EntryKind::Settlement => pb::TransactionKind::Unspecified,
+        | EntryKind::Settlement
+        | EntryKind::Payout => pb::TransactionKind::Unspecified,
     }
 }
 

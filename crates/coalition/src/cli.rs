@@ -325,6 +325,17 @@ pub enum AdminCommand {
         #[arg(long)]
         reference: String,
     },
+    /// Book money the operator paid a merchant against what settlement left payable to it.
+    Payout {
+        #[arg(long)]
+        merchant: String,
+        /// The amount paid, in minor units.
+        #[arg(long)]
+        amount_minor: i64,
+        /// The payment's reference (the transfer's end-to-end id).
+        #[arg(long)]
+        reference: String,
+    },
     /// Run the expiry run now: book every expired lot to breakage (idempotent).
     Expire,
     /// Settlement periods: preview one, or finalise one whose cut-off has passed.
@@ -1111,6 +1122,24 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
             println!(
                 "funding booked as entry {}; {merchant} now stands at {} minor units",
                 response.entry_sequence, response.position_minor
+            );
+        }
+        AdminCommand::Payout {
+            merchant,
+            amount_minor,
+            reference,
+        } => {
+            let response = admin
+                .record_payout(pb::RecordPayoutRequest {
+                    merchant_id: merchant.clone(),
+                    amount_minor,
+                    reference,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "payout booked as entry {}; {} minor units still payable to {merchant}",
+                response.entry_sequence, response.payable_minor
             );
         }
         AdminCommand::Settle { command } => {

@@ -490,6 +490,39 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let settling = Instant::now();
     let settlements = demo_settlement::finalise(&mut admin, &periods).await?;
     let settled_in = settling.elapsed();
+    // The treasury executes the day's payments file: every merchant the operator owes is paid
+    // and the transfer booked, which clears what is payable to it.
+    let mut payouts = (0u64, 0i64);
+    for settlement in &settlements {
+        for line in settlement
+            .merchants
+            .iter()
+            .filter(|line| line.net_minor > 0)
+        {
+            let paid = admin
+                .record_payout(pb::RecordPayoutRequest {
+                    merchant_id: line.merchant_id.clone(),
+                    amount_minor: line.net_minor,
+                    reference: format!(
+                        "COAL-{}-{}",
+                        settlement.period.replace('-', ""),
+                        line.merchant_id
+                    ),
+                })
+                .await
+                .with_context(|| format!("paying {}", line.merchant_id))?
+                .into_inner();
+            if paid.payable_minor != 0 {
+                bail!(
+                    "{} is still owed {} after its payout",
+                    line.merchant_id,
+                    paid.payable_minor
+                );
+            }
+            payouts.0 += 1;
+            payouts.1 += line.net_minor;
+        }
+    }
     // One mall tenant's own record of its busiest period, with planted differences,
     // reconciled over the gRPC stream.
     let (busiest, _) = settlements
@@ -754,6 +787,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "finalised             {} period(s) in {:.2} s over gRPC (each twice; the second books nothing)",
         periods.len(),
         settled_in.as_secs_f64()
+    );
+    println!(
+        "payouts               {} transfers of {} {} booked from the payments file; what merchants owe stays payable until they pay",
+        payouts.0,
+        minor_units(payouts.1),
+        config.settlement_currency
     );
     for settlement in &settlements {
         print!(
