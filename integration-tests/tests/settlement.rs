@@ -88,6 +88,25 @@ fn nets_sum(settlement: &pb::Settlement) -> i64 {
         + settlement.operator.expect("operator").net_minor
 }
 
+/// Runs one statement directly on the test database.
+async fn execute(url: &str, statement: &'static str) -> Result<(), String> {
+    use sqlx::Connection;
+    let result = if url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .map(|_| ())
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .map(|_| ())
+    };
+    result.map_err(|error| error.to_string())
+}
+
 async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (tenant, cinema) = server.tenant_and_cinema().await;
@@ -187,6 +206,15 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
         money(&server, MerchantPayable, "cinema-1").await,
         cinema_line.net_minor
     );
+
+    // The record cannot be changed behind the server's back.
+    for statement in [
+        "UPDATE settlement_periods SET finalised_at_ms = 0",
+        "DELETE FROM settlement_periods",
+    ] {
+        let refused = execute(&server.database.url, statement).await.unwrap_err();
+        assert!(refused.contains("immutable"), "{refused}");
+    }
 
     // Finalising again returns the same settlement and books nothing.
     let again = finalise(&server, &period.label).await.expect("again");
