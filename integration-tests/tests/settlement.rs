@@ -347,6 +347,46 @@ async fn a_bad_period_name_is_refused(backend: Backend) {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 }
 
+async fn a_breakage_share_outside_zero_to_one_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.tenant_and_cinema().await;
+    for share in ["1.5", "-0.1", "0.1234567", "half"] {
+        let status = server
+            .admin()
+            .set_merchant_terms(pb::SetMerchantTermsRequest {
+                merchant_id: "tenant-1".into(),
+                issue_price_minor_per_point: "1.05".into(),
+                redeem_price_minor_per_point: "0.95".into(),
+                breakage_share: share.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{share}: {status:?}"
+        );
+        assert!(status.message().contains("breakage"), "{share}: {status:?}");
+    }
+    // Nothing was stored: registration set version 1, the next accepted terms are version 2.
+    let terms = server
+        .admin()
+        .set_merchant_terms(pb::SetMerchantTermsRequest {
+            merchant_id: "tenant-1".into(),
+            issue_price_minor_per_point: "1.05".into(),
+            redeem_price_minor_per_point: "0.95".into(),
+            breakage_share: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .terms
+        .unwrap();
+    assert_eq!((terms.version, terms.breakage_share.as_str()), (2, "1"));
+}
+
 async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (tenant, _) = server.tenant_and_cinema().await;
@@ -431,5 +471,6 @@ on_both_backends!(
     a_period_settles_once_nets_to_zero_and_clears_the_accounts,
     breakage_is_shared_as_the_terms_say,
     a_bad_period_name_is_refused,
+    a_breakage_share_outside_zero_to_one_is_refused,
     a_merchant_record_reconciles_over_the_stream,
 );

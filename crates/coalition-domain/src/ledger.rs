@@ -826,9 +826,15 @@ impl Ledger {
             AccountKey::MerchantPayable(merchant_id.clone()),
         ]
         .iter()
-        .filter_map(|key| self.account_id(key))
-        .map(|account| self.balance_of(account, Asset::Currency(self.currency)))
+        .map(|key| self.money_of(key))
         .sum()
+    }
+
+    /// An account's balance in the settlement currency (0 for an account never posted to).
+    fn money_of(&self, key: &AccountKey) -> i64 {
+        self.account_id(key).map_or(0, |account| {
+            self.balance_of(account, Asset::Currency(self.currency))
+        })
     }
 
     /// Refuses an earn whose cost would take the merchant's net position below its credit
@@ -895,10 +901,7 @@ impl Ledger {
 
     /// What finalised periods left payable to a merchant (negative: what it owes).
     pub fn merchant_payable(&self, merchant_id: &MerchantId) -> i64 {
-        self.account_id(&AccountKey::MerchantPayable(merchant_id.clone()))
-            .map_or(0, |account| {
-                self.balance_of(account, Asset::Currency(self.currency))
-            })
+        self.money_of(&AccountKey::MerchantPayable(merchant_id.clone()))
     }
 
     /// Books money the operator paid a merchant: its payable falls by `amount_minor`, the

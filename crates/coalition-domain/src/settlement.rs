@@ -22,8 +22,8 @@
 //!   redemption money of each redeeming entry split over the issuers of the points it took
 //!   (largest remainder), so that each redeemer's column sums to its redemptions due.
 //!
-//! Closing entries of earlier periods (kind `settlement`) fall into the period in which they
-//! are booked and are left out of its netting: they move amounts already settled.
+//! Closing entries of earlier periods (kind `settlement`) and payouts fall into the period in
+//! which they are booked and are left out of its netting: they move amounts already settled.
 
 use std::collections::BTreeMap;
 
@@ -335,10 +335,6 @@ impl Category {
     }
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The money a merchant posting of `entry` moves on `merchant`'s settlement and fee accounts.
 fn merchant_amounts(entry: &Entry, merchant: &MerchantId, money: Asset) -> (i64, i64) {
     let mut amount = 0;
@@ -535,8 +531,8 @@ pub fn compute(
         currency: currency.as_str().to_owned(),
         first_sequence,
         last_sequence,
-        previous_hash: hex(&previous_hash),
-        head_hash: hex(&head),
+        previous_hash: hex::encode(previous_hash),
+        head_hash: hex::encode(head),
         merchants: merchants.into_values().collect(),
         operator,
         matrix,

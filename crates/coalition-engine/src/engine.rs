@@ -250,12 +250,7 @@ impl Engine {
         // Acceptance times continue from the journal's, whatever the clock says after a
         // restart, so an entry is never accepted before one already booked.
         let last_accepted_at_ms = ledger.last_accepted_at_ms();
-        let finalised_periods = storage
-            .finalised_periods()
-            .await?
-            .into_iter()
-            .map(|record| record.settlement.period)
-            .collect();
+        let finalised_periods = storage.finalised_labels().await?.into_iter().collect();
         let writer = Writer {
             finalised_periods,
             ledger,

@@ -205,9 +205,13 @@ impl Storage {
             .collect()
     }
 
-    /// Every finalised period, in order.
-    pub async fn finalised_periods(&self) -> Result<Vec<FinalisedPeriod>, StorageError> {
-        self.finalised_where("").await
+    /// The labels of every finalised period.
+    pub async fn finalised_labels(&self) -> Result<Vec<String>, StorageError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>("SELECT period FROM settlement_periods")
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// The finalised period named `label`, if it is.
@@ -215,38 +219,32 @@ impl Storage {
         &self,
         label: &str,
     ) -> Result<Option<FinalisedPeriod>, StorageError> {
-        Ok(self.finalised_where(label).await?.pop())
-    }
-
-    async fn finalised_where(&self, label: &str) -> Result<Vec<FinalisedPeriod>, StorageError> {
-        let rows = with_pool!(self, pool => {
+        let row = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT closing_sequence, finalised_at_ms, settlement FROM settlement_periods \
-                 WHERE $1 = '' OR period = $1 ORDER BY start_ms",
+                 WHERE period = $1",
             )
             .bind(label)
-            .fetch_all(pool)
+            .fetch_optional(pool)
             .await?
-            .iter()
             .map(|row| {
-                Ok((
+                Ok::<_, sqlx::Error>((
                     row.try_get::<Option<i64>, _>("closing_sequence")?,
                     row.try_get::<i64, _>("finalised_at_ms")?,
                     row.try_get::<String, _>("settlement")?,
                 ))
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
+            .transpose()?
         });
-        rows.into_iter()
-            .map(|(closing_sequence, finalised_at_ms, settlement)| {
-                let settlement: Settlement = serde_json::from_str(&settlement)
-                    .map_err(|error| corrupt(format!("a stored settlement: {error}")))?;
-                Ok(FinalisedPeriod {
-                    settlement,
-                    closing_sequence: closing_sequence.map(|sequence| sequence as u64),
-                    finalised_at_ms,
-                })
+        row.map(|(closing_sequence, finalised_at_ms, settlement)| {
+            let settlement: Settlement = serde_json::from_str(&settlement)
+                .map_err(|error| corrupt(format!("a stored settlement: {error}")))?;
+            Ok(FinalisedPeriod {
+                settlement,
+                closing_sequence: closing_sequence.map(|sequence| sequence as u64),
+                finalised_at_ms,
             })
-            .collect()
+        })
+        .transpose()
     }
 }

@@ -494,7 +494,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let cutoff =
                 coalition_domain::settlement::Cutoff::parse(&period.cutoff, &period.utc_offset)?;
-            let summary = crate::export::export(&crate::export::ExportOptions {
+            let manifest = crate::export::export(&crate::export::ExportOptions {
                 database_url,
                 period: named,
                 cutoff,
@@ -505,13 +505,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             println!(
                 "exported period {} (entries {}..{}, head {}) to {}: {} files, signed by operator key {}",
-                summary.manifest.period,
-                summary.manifest.first_sequence,
-                summary.manifest.last_sequence,
-                summary.manifest.head_hash,
+                manifest.period,
+                manifest.first_sequence,
+                manifest.last_sequence,
+                manifest.head_hash,
                 out.display(),
-                summary.manifest.files.len() + 2,
-                summary.manifest.operator_key_id
+                manifest.files.len() + 2,
+                manifest.operator_key_id
             );
             Ok(())
         }

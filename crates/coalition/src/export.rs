@@ -212,36 +212,38 @@ pub fn trial_balance(
     opening: &BTreeMap<BalanceKey, i64>,
     entries: &[Entry],
 ) -> anyhow::Result<Vec<TrialBalanceLine>> {
-    let mut lines: BTreeMap<BalanceKey, TrialBalanceLine> = BTreeMap::new();
-    let line = |lines: &mut BTreeMap<BalanceKey, TrialBalanceLine>, key: &BalanceKey| {
+    fn line(
+        lines: &mut BTreeMap<BalanceKey, TrialBalanceLine>,
+        key: BalanceKey,
+    ) -> &mut TrialBalanceLine {
         lines
-            .entry(key.clone())
-            .or_insert_with(|| TrialBalanceLine {
-                account_kind: key.1.clone(),
-                owner: key.2.clone(),
-                asset: key.0.clone(),
+            .entry(key)
+            .or_insert_with_key(|(asset, kind, owner)| TrialBalanceLine {
+                account_kind: kind.clone(),
+                owner: owner.clone(),
+                asset: asset.clone(),
                 opening: 0,
                 debits: 0,
                 credits: 0,
                 closing: 0,
             })
-            .clone()
-    };
+    }
+    let mut lines: BTreeMap<BalanceKey, TrialBalanceLine> = BTreeMap::new();
     for (key, amount) in opening {
         if *amount != 0 {
-            let mut entry = line(&mut lines, key);
-            entry.opening = *amount;
-            lines.insert(key.clone(), entry);
+            line(&mut lines, key.clone()).opening = *amount;
         }
     }
     for entry in entries {
         for posting in &entry.postings {
-            let key = (
-                posting.asset.code().to_owned(),
-                posting.account.kind().to_owned(),
-                posting.account.owner().to_owned(),
+            let row = line(
+                &mut lines,
+                (
+                    posting.asset.code().to_owned(),
+                    posting.account.kind().to_owned(),
+                    posting.account.owner().to_owned(),
+                ),
             );
-            let mut row = line(&mut lines, &key);
             if posting.amount >= 0 {
                 row.debits = row
                     .debits
@@ -253,7 +255,6 @@ pub fn trial_balance(
                     .checked_sub(posting.amount)
                     .context("credits overflow")?;
             }
-            lines.insert(key, row);
         }
     }
     let mut out: Vec<TrialBalanceLine> = lines.into_values().collect();
@@ -347,13 +348,6 @@ pub struct ExportOptions {
     pub out: PathBuf,
     pub operator_keys: PathBuf,
     pub reconcile: Vec<ReconcileInput>,
-}
-
-/// What an export wrote.
-#[derive(Debug, Clone)]
-pub struct ExportSummary {
-    pub manifest: Manifest,
-    pub settlement: Settlement,
 }
 
 /// Writes files into the export folder and remembers them for the manifest.
@@ -563,7 +557,7 @@ fn hledger_journal(
 }
 
 /// Exports a finalised period. Reads the database only.
-pub async fn export(options: &ExportOptions) -> anyhow::Result<ExportSummary> {
+pub async fn export(options: &ExportOptions) -> anyhow::Result<Manifest> {
     let period = &options.period;
     if options.out.exists()
         && std::fs::read_dir(&options.out)
@@ -594,7 +588,7 @@ async fn read_and_write(
     storage: &Storage,
     key_id: String,
     signing_key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<ExportSummary> {
+) -> anyhow::Result<Manifest> {
     let Some(FinalisedPeriod {
         settlement,
         closing_sequence,
@@ -1021,10 +1015,7 @@ async fn read_and_write(
         format!("{}\n", hex::encode(signature.to_bytes())),
     )
     .context("cannot write the manifest's signature")?;
-    Ok(ExportSummary {
-        manifest,
-        settlement,
-    })
+    Ok(manifest)
 }
 
 /// What the operator's key signs: the domain, then the manifest's bytes as written.
