@@ -387,6 +387,69 @@ async fn a_breakage_share_outside_zero_to_one_is_refused(backend: Backend) {
     assert_eq!((terms.version, terms.breakage_share.as_str()), (2, "1"));
 }
 
+/// A member in debt (a reversed earn whose points were on hold) leaves the car park: the
+/// capture takes part of the held lot and the released rest of the same lot repays the debt.
+/// Both are booked, and the matrix attributes only what the capture took.
+async fn a_partial_capture_that_repays_debt_commits_and_attributes_what_it_took(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    let parking = server
+        .merchant("parking-1", pb::MerchantCategory::Parking)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let period = start_of_next_period(&server);
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    let hold = server.body(&parking, pb::TransactionKind::Hold, "h-1", "m-1", 100);
+    accepted(&server.submit(parking.envelope(&hold)).await);
+    let refund = server.referring_body(
+        &tenant,
+        pb::TransactionKind::Reversal,
+        "r-1",
+        "m-1",
+        100,
+        "e-1",
+        "tenant-1",
+    );
+    let refund = server.submit(tenant.envelope(&refund)).await;
+    assert_eq!(accepted(&refund).member_points_balance, -100);
+    let capture = server.referring_body(
+        &parking,
+        pb::TransactionKind::Capture,
+        "c-1",
+        "m-1",
+        60,
+        "h-1",
+        "parking-1",
+    );
+    let capture = server.submit(parking.envelope(&capture)).await;
+    // The 40 released points repaid 40 of the debt.
+    assert_eq!(accepted(&capture).member_points_balance, -60);
+
+    server.clock.set(period.end_ms);
+    let settlement = finalise(&server, &period.label)
+        .await
+        .expect("finalise")
+        .settlement
+        .unwrap();
+    let cells: Vec<(&str, &str, i64)> = settlement
+        .matrix
+        .iter()
+        .map(|cell| {
+            (
+                cell.issuer_id.as_str(),
+                cell.redeemer_id.as_str(),
+                cell.points,
+            )
+        })
+        .collect();
+    assert_eq!(cells, vec![("tenant-1", "parking-1", 60)]);
+    assert_eq!(nets_sum(&settlement), 0);
+    let report = server.check().await;
+    assert!(report.is_sound(), "{:?}", report.problems);
+    let server = server.restart().await;
+    assert_eq!(server.balance("m-1").await, -60);
+}
+
 async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (tenant, _) = server.tenant_and_cinema().await;
@@ -473,4 +536,5 @@ on_both_backends!(
     a_bad_period_name_is_refused,
     a_breakage_share_outside_zero_to_one_is_refused,
     a_merchant_record_reconciles_over_the_stream,
+    a_partial_capture_that_repays_debt_commits_and_attributes_what_it_took,
 );

@@ -214,6 +214,11 @@ pub struct LotConsumption {
     pub entry_sequence: u64,
     pub lot_id: LotId,
     pub points: i64,
+    /// The points repaid the member's debt as they came into the wallet (new points, or a
+    /// hold's released rest) instead of being taken by the entry itself. Stored apart: a
+    /// partial capture may both take from a lot and repay debt from the same lot, and lot
+    /// attribution (whose points a redemption took) must see only what was taken.
+    pub repaid: bool,
 }
 
 #[cfg(test)]

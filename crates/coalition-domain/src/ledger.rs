@@ -2034,6 +2034,7 @@ impl Ledger {
                     entry_sequence: sequence,
                     lot_id: lot.lot_id,
                     points: lot.points,
+                    repaid: false,
                 }));
                 self.restore_lots(member()?, released, sequence, &mut consumptions);
                 if entry.kind == EntryKind::Capture {
@@ -2106,6 +2107,7 @@ impl Ledger {
                     entry_sequence: sequence,
                     lot_id: lot.lot_id,
                     points: lot.points,
+                    repaid: false,
                 }));
             }
             EntryKind::Funding | EntryKind::Settlement | EntryKind::Payout => {
@@ -2184,6 +2186,7 @@ impl Ledger {
             entry_sequence: sequence,
             lot_id: piece.lot_id,
             points: piece.points,
+            repaid: false,
         }));
         Ok(taken)
     }
@@ -2207,6 +2210,7 @@ impl Ledger {
                     entry_sequence: sequence,
                     lot_id,
                     points: repaid,
+                    repaid: true,
                 });
             }
             if let Some(expires_at_ms) = expires_at_ms {

@@ -277,7 +277,7 @@ pub enum SettlementError {
     #[error(
         "redeeming entry {sequence} redeemed {points} points but lot attribution names {attributed}"
     )]
-    AttributionShort {
+    AttributionMismatch {
         sequence: u64,
         points: i64,
         attributed: i64,
@@ -559,22 +559,20 @@ fn bilateral_matrix(
     }
     let mut cells: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (sequence, (redeemer, points, value)) in redemptions {
-        // A capture may also have repaid a debt with released points; the redemption is the
-        // first `points` of what it consumed, in attribution order.
-        let mut left = *points;
-        let mut pieces: Vec<(&str, i64)> = Vec::new();
-        for attribution in by_entry.get(sequence).into_iter().flatten() {
-            let taken = attribution.points.min(left);
-            if taken > 0 {
-                pieces.push((&attribution.issuer, taken));
-                left -= taken;
-            }
-        }
-        if left != 0 {
-            return Err(SettlementError::AttributionShort {
+        // Attribution is what the entry took out of lots (debt repaid by a capture's released
+        // rest is recorded apart), so it names exactly the points redeemed.
+        let pieces: Vec<(&str, i64)> = by_entry
+            .get(sequence)
+            .into_iter()
+            .flatten()
+            .map(|attribution| (attribution.issuer.as_str(), attribution.points))
+            .collect();
+        let attributed: i64 = pieces.iter().map(|(_, points)| points).sum();
+        if attributed != *points {
+            return Err(SettlementError::AttributionMismatch {
                 sequence: *sequence,
                 points: *points,
-                attributed: points - left,
+                attributed,
             });
         }
         let weights: Vec<i64> = pieces.iter().map(|(_, points)| *points).collect();
@@ -728,6 +726,45 @@ mod tests {
         for bad in ["2026-13-01", "2026-11-31", "26-11-22", "2026-11-22x"] {
             assert!(cutoff.period(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_matrix_needs_attribution_of_exactly_the_points_redeemed() {
+        let attribution = |entry_sequence: u64, issuer: &str, points: i64| Attribution {
+            entry_sequence,
+            issuer: issuer.to_owned(),
+            points,
+        };
+        // Entry 7 redeemed 10 points at the cinema for 95 minor units.
+        let redemptions: BTreeMap<u64, (String, i64, i64)> =
+            [(7, ("cinema".to_owned(), 10, 95))].into();
+        let cells = bilateral_matrix(
+            &redemptions,
+            &[attribution(7, "tenant-a", 7), attribution(7, "tenant-b", 3)],
+        )
+        .unwrap();
+        let values: Vec<(&str, i64, i64)> = cells
+            .iter()
+            .map(|cell| (cell.issuer.as_str(), cell.points, cell.value_minor))
+            .collect();
+        assert_eq!(values, vec![("tenant-a", 7, 67), ("tenant-b", 3, 28)]);
+        for wrong in [
+            vec![attribution(7, "tenant-a", 7)],
+            vec![attribution(7, "tenant-a", 7), attribution(7, "tenant-b", 4)],
+        ] {
+            assert!(matches!(
+                bilateral_matrix(&redemptions, &wrong),
+                Err(SettlementError::AttributionMismatch {
+                    sequence: 7,
+                    points: 10,
+                    ..
+                })
+            ));
+        }
+        assert_eq!(
+            bilateral_matrix(&redemptions, &[attribution(8, "tenant-a", 1)]),
+            Err(SettlementError::AttributionStray(8))
+        );
     }
 
     #[test]

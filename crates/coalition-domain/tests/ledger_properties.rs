@@ -609,7 +609,7 @@ proptest! {
         let attributions: Vec<settlement::Attribution> = changes
             .lot_consumptions
             .iter()
-            .filter(|c| matches!(kinds[&c.entry_sequence], EntryKind::Burn | EntryKind::Capture | EntryKind::ExchangeOut))
+            .filter(|c| !c.repaid && matches!(kinds[&c.entry_sequence], EntryKind::Burn | EntryKind::Capture | EntryKind::ExchangeOut))
             .map(|c| settlement::Attribution {
                 entry_sequence: c.entry_sequence,
                 issuer: issuer_of[&(c.lot_id.entry_sequence, c.lot_id.index)].clone(),

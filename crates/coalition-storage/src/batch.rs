@@ -4,7 +4,7 @@
 
 use coalition_domain::account::{AccountId, Asset};
 use coalition_domain::ledger::Changes;
-use coalition_domain::{KeyId, Merchant, MerchantId, MerchantKey, MerchantStatus};
+use coalition_domain::{KeyId, LotConsumption, Merchant, MerchantId, MerchantKey, MerchantStatus};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
 use crate::{Storage, StorageError, with_pool};
@@ -140,6 +140,48 @@ fn to_i64(value: u64) -> i64 {
 }
 
 /// Turns a batch's changes into tables, in foreign-key order.
+/// Points taken out of lots (`lot_consumptions`) or that repaid a member's debt
+/// (`debt_repayments`): the same columns.
+fn consumption_table(name: &'static str, consumptions: &[&LotConsumption]) -> Table {
+    Table {
+        name,
+        columns: vec![
+            (
+                "entry_sequence",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| to_i64(c.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_entry_sequence",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| to_i64(c.lot_id.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_index",
+                Column::BigInt(
+                    consumptions
+                        .iter()
+                        .map(|c| i64::from(c.lot_id.index))
+                        .collect(),
+                ),
+            ),
+            (
+                "points",
+                Column::BigInt(consumptions.iter().map(|c| c.points).collect()),
+            ),
+        ],
+        on_conflict: "",
+    }
+}
+
 fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table> {
     let accounts = Table {
         name: "accounts",
@@ -436,44 +478,12 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         ],
         on_conflict: "",
     };
-    let consumptions = &changes.lot_consumptions;
-    let lot_consumptions = Table {
-        name: "lot_consumptions",
-        columns: vec![
-            (
-                "entry_sequence",
-                Column::BigInt(
-                    consumptions
-                        .iter()
-                        .map(|c| to_i64(c.entry_sequence))
-                        .collect(),
-                ),
-            ),
-            (
-                "lot_entry_sequence",
-                Column::BigInt(
-                    consumptions
-                        .iter()
-                        .map(|c| to_i64(c.lot_id.entry_sequence))
-                        .collect(),
-                ),
-            ),
-            (
-                "lot_index",
-                Column::BigInt(
-                    consumptions
-                        .iter()
-                        .map(|c| i64::from(c.lot_id.index))
-                        .collect(),
-                ),
-            ),
-            (
-                "points",
-                Column::BigInt(consumptions.iter().map(|c| c.points).collect()),
-            ),
-        ],
-        on_conflict: "",
-    };
+    let (repaid, taken): (Vec<&LotConsumption>, Vec<&LotConsumption>) = changes
+        .lot_consumptions
+        .iter()
+        .partition(|consumption| consumption.repaid);
+    let lot_consumptions = consumption_table("lot_consumptions", &taken);
+    let debt_repayments = consumption_table("debt_repayments", &repaid);
     let balance_table = Table {
         name: "account_balances",
         columns: vec![
@@ -765,6 +775,7 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         postings,
         lots,
         lot_consumptions,
+        debt_repayments,
         balance_table,
         settlement_periods,
     ]

@@ -64,6 +64,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "settlement",
         include_str!("../../../migrations/sqlite/0009_settlement.sql"),
     ),
+    (
+        10,
+        "debt repayments",
+        include_str!("../../../migrations/sqlite/0010_debt_repayments.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -111,6 +116,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "settlement",
         include_str!("../../../migrations/postgres/0009_settlement.sql"),
+    ),
+    (
+        10,
+        "debt repayments",
+        include_str!("../../../migrations/postgres/0010_debt_repayments.sql"),
     ),
 ];
 

@@ -692,7 +692,9 @@ impl Storage {
             sqlx::query(
                 "SELECT l.issuer AS issuer, CAST(SUM(l.points - COALESCE(c.consumed, 0)) AS BIGINT) AS outstanding \
                  FROM lots l LEFT JOIN ( \
-                    SELECT lot_entry_sequence, lot_index, SUM(points) AS consumed FROM lot_consumptions \
+                    SELECT lot_entry_sequence, lot_index, SUM(points) AS consumed FROM ( \
+                      SELECT lot_entry_sequence, lot_index, points FROM lot_consumptions UNION ALL \
+                      SELECT lot_entry_sequence, lot_index, points FROM debt_repayments) u \
                     GROUP BY lot_entry_sequence, lot_index) c \
                  ON c.lot_entry_sequence = l.entry_sequence AND c.lot_index = l.lot_index \
                  GROUP BY l.issuer",

@@ -498,7 +498,9 @@ impl Storage {
                         ELSE '365+' END AS age_days, \
                    CAST(SUM(l.points - COALESCE(c.consumed, 0)) AS BIGINT) AS points \
                  FROM lots l LEFT JOIN ( \
-                    SELECT lot_entry_sequence, lot_index, SUM(points) AS consumed FROM lot_consumptions \
+                    SELECT lot_entry_sequence, lot_index, SUM(points) AS consumed FROM ( \
+                      SELECT lot_entry_sequence, lot_index, points FROM lot_consumptions UNION ALL \
+                      SELECT lot_entry_sequence, lot_index, points FROM debt_repayments) u \
                     GROUP BY lot_entry_sequence, lot_index) c \
                  ON c.lot_entry_sequence = l.entry_sequence AND c.lot_index = l.lot_index \
                  WHERE (CAST($2 AS TEXT) IS NULL OR l.issuer = $2) \
