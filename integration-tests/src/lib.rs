@@ -270,7 +270,7 @@ impl TestServer {
             .await
             .expect("enroll")
             .into_inner();
-        assert!(response.refused.is_empty(), "{:?}", response.refused);
+        assert!(response.refusals.is_empty(), "{:?}", response.refusals);
     }
 
     /// A transaction body happening now.
@@ -490,7 +490,7 @@ pub async fn register_merchant(
             .await
             .expect("enroll")
             .into_inner();
-        assert!(response.refused.is_empty(), "{:?}", response.refused);
+        assert!(response.refusals.is_empty(), "{:?}", response.refusals);
     }
     MerchantSigner::new(merchant_id, "key-1", key)
 }

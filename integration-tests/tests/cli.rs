@@ -512,10 +512,15 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         differences.contains("missing_at_merchant,b-2"),
         "{differences}"
     );
-    let pain = read(second_dir.join("payments.pain.001.xml"));
-    assert!(pain.contains("pain.001.001.09"), "{pain}");
+    // Both merchants owe: the operator pays nobody, so there is no pain.001, and the
+    // manifest says why; the payments file lists what each owes.
+    assert!(!second_dir.join("payments.pain.001.xml").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(second_dir.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["omitted"][0]["path"], "payments.pain.001.xml");
     let payments = read(second_dir.join("payments.csv"));
     assert!(payments.contains("\ntenant-1,"), "{payments}");
+    assert!(!payments.contains("operator_pays"), "{payments}");
 
     // Each alone, and both together in order: they chain.
     let verified = stdout(&coalition(&[
@@ -600,6 +605,315 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Validates pain.001.001.09 files against the official XSD (shipped in PyPI's `sepaxml`)
+/// with `xmlschema`. Both are installed into the test's target folder when missing, so the
+/// check runs wherever the tests do; it fails, never skips, when it cannot.
+fn validate_pain_001(files: &[&std::path::Path]) {
+    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let packages = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-xsd");
+    {
+        let mut installed = INSTALLED.lock().unwrap();
+        if !*installed {
+            let probe = Command::new("python3")
+                .args(["-c", "import xmlschema, sepaxml"])
+                .env("PYTHONPATH", &packages)
+                .output()
+                .expect("python3 is needed to validate pain.001 against its XSD");
+            if !probe.status.success() {
+                for arguments in [
+                    vec!["xmlschema==4.3.2"],
+                    vec!["--no-deps", "sepaxml==2.7.0"],
+                ] {
+                    let output = Command::new("python3")
+                        .args(["-m", "pip", "install", "--quiet", "--target"])
+                        .arg(&packages)
+                        .args(arguments)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        output.status.success(),
+                        "cannot install the XSD validator: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            }
+            *installed = true;
+        }
+    }
+    let script = "import sys, importlib.resources, xmlschema\n\
+        xsd = importlib.resources.files('sepaxml').joinpath('schemas/pain.001.001.09.xsd')\n\
+        schema = xmlschema.XMLSchema(str(xsd))\n\
+        for path in sys.argv[1:]:\n    schema.validate(path)\n    print('valid', path)\n";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .args(files)
+        .env("PYTHONPATH", &packages)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pain.001 is not valid against pain.001.001.09.xsd: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The payments file pays each merchant what is payable after netting over every finalised
+/// period, exactly what RecordPayout accepts; a merchant owed this period but owing more from
+/// before pays the difference; references are unique and at most 35 characters; pain.001 is
+/// valid, or absent when nobody is paid; merchant ids name files safely.
+async fn payments_pay_only_what_is_payable(backend: Backend) {
+    use coalition_grpc::pb;
+    use coalition_integration_tests::{TestServer, accepted};
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    // Redeemers only: the operator owes them. "con" is a name Windows reserves; the two long
+    // ids agree in their first 21 characters.
+    let long_1 = "northwing-tenant-shop-0001";
+    let long_2 = "northwing-tenant-shop-0002";
+    let mut redeemers = Vec::new();
+    for id in ["cinema-1", "con", long_1, long_2] {
+        redeemers.push(server.merchant(id, pb::MerchantCategory::Cinema).await);
+    }
+    server.enroll(&["m-1"]).await;
+    let cutoff = server.config.engine().settlement_cutoff;
+    let first = cutoff.next(&cutoff.period_at(server.now_ms()));
+    let second = cutoff.next(&first);
+    let third = cutoff.next(&second);
+    server.clock.set(first.start_ms + 3_600_000);
+    accepted(&server.earn(&tenant, "e-1", "m-1", 10_000).await);
+    for (index, (redeemer, points)) in redeemers.iter().zip([1_000, 500, 100, 100]).enumerate() {
+        accepted(
+            &server
+                .burn(redeemer, &format!("b-{index}"), "m-1", points)
+                .await,
+        );
+    }
+    // Second period: the tenant redeems (owed 950 for it) while it still owes 10,500.
+    server.clock.set(second.start_ms + 3_600_000);
+    accepted(&server.burn(&tenant, "b-t", "m-1", 1_000).await);
+    server.clock.set(third.start_ms + 3_600_000);
+    accepted(&server.earn(&tenant, "e-3", "m-1", 1).await);
+    server.clock.set(third.end_ms + 3_600_000);
+    let mut admin = server.admin();
+    let finalise = |period: String| {
+        let mut admin = server.admin();
+        async move {
+            admin
+                .finalise_settlement(pb::FinaliseSettlementRequest { period })
+                .await
+                .unwrap()
+        }
+    };
+
+    let dir = std::env::temp_dir().join(format!(
+        "coalition-payments-test-{}-{backend:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    stdout(&coalition(&[
+        "operator-key",
+        "generate",
+        "--dir",
+        keys.to_str().unwrap(),
+    ]));
+    let key = keys.join("operator-1.pub");
+    let export = |label: &str| {
+        let out = dir.join(label);
+        stdout(&coalition(&[
+            "export",
+            "--database-url",
+            &server.database.url,
+            "--period",
+            label,
+            "--out",
+            out.to_str().unwrap(),
+            "--operator-keys",
+            keys.to_str().unwrap(),
+        ]));
+        stdout(&coalition(&[
+            "verify",
+            out.to_str().unwrap(),
+            "--operator-key",
+            key.to_str().unwrap(),
+        ]));
+        out
+    };
+    /// The rows of payments.csv: merchant, direction, amount, period net, payable, reference.
+    fn payments(folder: &std::path::Path) -> Vec<(String, String, i64, i64, i64, String)> {
+        let mut reader = csv::Reader::from_path(folder.join("payments.csv")).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let column = |name: &str| headers.iter().position(|header| header == name).unwrap();
+        let number = |record: &csv::StringRecord, name: &str| -> i64 {
+            record[column(name)].parse().unwrap()
+        };
+        reader
+            .records()
+            .map(|record| {
+                let record = record.unwrap();
+                (
+                    record[column("merchant_id")].to_owned(),
+                    record[column("direction")].to_owned(),
+                    number(&record, "amount_minor"),
+                    number(&record, "period_net_minor"),
+                    number(&record, "payable_minor"),
+                    record[column("end_to_end_id")].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    finalise(first.label.clone()).await;
+    let first_dir = export(&first.label);
+    let lines = payments(&first_dir);
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|(merchant, direction, amount, ..)| (merchant.as_str(), direction.as_str(), *amount))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("cinema-1", "operator_pays", 950),
+            ("con", "operator_pays", 475),
+            (long_1, "operator_pays", 95),
+            (long_2, "operator_pays", 95),
+            ("tenant-1", "merchant_pays", 10_500),
+        ]
+    );
+    let references: std::collections::BTreeSet<_> =
+        lines.iter().map(|line| line.5.clone()).collect();
+    assert_eq!(
+        references.len(),
+        lines.len(),
+        "references are unique: {references:?}"
+    );
+    assert!(references.iter().all(|reference| reference.len() <= 35));
+    assert!(references.contains(&format!("COAL-{}-cinema-1", first.label.replace('-', ""))));
+    // The reserved name got a safe file name, and verify found the statement by it.
+    assert!(first_dir.join("statements/%63on.csv").exists());
+    let pain = std::fs::read_to_string(first_dir.join("payments.pain.001.xml")).unwrap();
+    assert_eq!(pain.matches("<CdtTrfTxInf>").count(), 4, "{pain}");
+    assert!(pain.contains("<CtrlSum>16.15</CtrlSum>"), "{pain}");
+    assert!(!pain.contains("tenant-1</Id>"), "{pain}");
+    // Each payment is exactly what RecordPayout accepts: one minor unit more is refused.
+    let (_, _, amount, _, _, reference) = &lines[0];
+    let refused = admin
+        .record_payout(pb::RecordPayoutRequest {
+            merchant_id: "cinema-1".into(),
+            amount_minor: amount + 1,
+            reference: reference.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let paid = admin
+        .record_payout(pb::RecordPayoutRequest {
+            merchant_id: "cinema-1".into(),
+            amount_minor: *amount,
+            reference: reference.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.payable_minor, 0);
+
+    // The tenant's own net of the second period is +950, but it still owes 10,500: the file
+    // collects 9,550 and pays it nothing. The unpaid redeemers are still owed.
+    finalise(second.label.clone()).await;
+    let second_dir = export(&second.label);
+    let lines = payments(&second_dir);
+    let tenant_line = lines.iter().find(|line| line.0 == "tenant-1").unwrap();
+    assert_eq!(
+        (
+            tenant_line.1.as_str(),
+            tenant_line.2,
+            tenant_line.3,
+            tenant_line.4
+        ),
+        ("merchant_pays", 9_550, 950, -9_550)
+    );
+    assert!(
+        lines.iter().all(|line| line.0 != "cinema-1"),
+        "cinema-1 was paid"
+    );
+    let pain = std::fs::read_to_string(second_dir.join("payments.pain.001.xml")).unwrap();
+    assert!(!pain.contains("tenant-1"), "{pain}");
+    assert_eq!(pain.matches("<CdtTrfTxInf>").count(), 3, "{pain}");
+    let refused = admin
+        .record_payout(pb::RecordPayoutRequest {
+            merchant_id: "tenant-1".into(),
+            amount_minor: 950,
+            reference: "COAL-x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    // Pay what the file says, and the third period owes nobody anything: no pain.001.
+    for (merchant, direction, amount, _, _, reference) in &lines {
+        if direction == "operator_pays" {
+            admin
+                .record_payout(pb::RecordPayoutRequest {
+                    merchant_id: merchant.clone(),
+                    amount_minor: *amount,
+                    reference: reference.clone(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    finalise(third.label.clone()).await;
+    let third_dir = export(&third.label);
+    assert!(!third_dir.join("payments.pain.001.xml").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(third_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["omitted"][0]["path"], "payments.pain.001.xml");
+    assert!(
+        payments(&third_dir)
+            .iter()
+            .all(|line| line.1 == "merchant_pays")
+    );
+
+    validate_pain_001(&[
+        &first_dir.join("payments.pain.001.xml"),
+        &second_dir.join("payments.pain.001.xml"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Logs written to a file or a pipe carry no colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour() {
+    use std::io::Read;
+    let dir = std::env::temp_dir().join(format!("coalition-log-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = format!("sqlite://{}", dir.join("ledger.db").display());
+    let (mut server, _) = spawn_server(
+        SERVER,
+        &database,
+        &[
+            ("COALITION_LOG_FORMAT", "text"),
+            ("COALITION_LOG_FILTER", "info"),
+        ],
+    );
+    // The server has logged its start by the time it printed its address.
+    server.kill().unwrap();
+    let mut logs = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("INFO"), "nothing was logged: {logs:?}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a pipe: {logs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for item in std::fs::read_dir(from).unwrap() {
@@ -617,4 +931,5 @@ on_both_backends!(
     the_cli_registers_enrolls_submits_and_reads,
     the_cli_reconciles_a_merchant_file,
     the_cli_settles_exports_and_verifies_consecutive_periods,
+    payments_pay_only_what_is_payable,
 );

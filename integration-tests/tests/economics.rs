@@ -119,7 +119,7 @@ async fn reversals_give_points_and_money_back_at_the_original_prices(backend: Ba
     assert_eq!(money(&server, MerchantSettlement, "tenant-1").await, -701);
     assert_eq!(points(&server, MerchantIssued, "tenant-1").await, -667);
     let entry = server.transaction("tenant-1", "refund-1").await;
-    assert_eq!(entry.kind, "earn_reversal");
+    assert_eq!(entry.entry_kind(), pb::EntryKind::EarnReversal);
     assert_eq!(entry.terms_version, Some(1));
 
     // Bought at tenant-1, returned at tenant-2, whose terms allow it: the money is reversed
@@ -182,8 +182,11 @@ async fn reversals_give_points_and_money_back_at_the_original_prices(backend: Ba
     .await;
     assert_eq!(accepted(&cancel).member_points_balance, 500);
     assert_eq!(
-        server.transaction("cinema-1", "cancel-1").await.kind,
-        "burn_reversal"
+        server
+            .transaction("cinema-1", "cancel-1")
+            .await
+            .entry_kind(),
+        pb::EntryKind::BurnReversal
     );
     assert_eq!(money(&server, MerchantSettlement, "cinema-1").await, 0);
     assert_eq!(points(&server, MerchantRedeemed, "cinema-1").await, 0);
@@ -768,8 +771,8 @@ async fn legacy_units_exchange_through_the_trading_account(backend: Backend) {
     // The points are tenant-1's issue: it pays the float as for an earn (35 × 1.05 → 37).
     assert_eq!(money(&server, MerchantSettlement, "tenant-1").await, -37);
     assert_eq!(
-        server.transaction("tenant-1", "x-1").await.kind,
-        "exchange_in"
+        server.transaction("tenant-1", "x-1").await.entry_kind(),
+        pb::EntryKind::ExchangeIn
     );
 
     // Out: 10 points at 0.35 = 28.57 units: 28 units, bought by 9.8 → 10 points.

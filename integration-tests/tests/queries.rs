@@ -109,7 +109,7 @@ async fn balances_as_of_a_time_and_history_in_pages(backend: Backend) {
         .into_inner();
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.entries[0].merchant_transaction_id, "b-1");
-    assert_eq!(page.entries[0].kind, "burn");
+    assert_eq!(page.entries[0].entry_kind(), pb::EntryKind::Burn);
 }
 
 async fn a_merchant_reads_only_what_concerns_it(backend: Backend) {
@@ -323,10 +323,249 @@ async fn admin_calls_need_the_token(backend: Backend) {
         (
             enrolled.enrolled,
             enrolled.already_enrolled,
-            enrolled.refused.len()
+            enrolled.refusals.len()
         ),
         (1, 1, 1)
     );
+    assert_eq!(enrolled.refusals[0].member_id, "bad id");
+    assert_eq!(
+        enrolled.refusals[0].reason(),
+        pb::EnrollmentRefusalReason::MemberIdInvalid
+    );
+    // An id that stands for another member cannot be enrolled: refused with its code, in
+    // request order, next to members that are enrolled.
+    server.enroll(&["m-2"]).await;
+    server
+        .admin()
+        .alias_member(pb::AliasMemberRequest {
+            alias_member_id: "card-7".into(),
+            target_member_id: "m-2".into(),
+        })
+        .await
+        .unwrap();
+    let enrolled = server
+        .admin()
+        .enroll_members(pb::EnrollMembersRequest {
+            members: ["m-3", "card-7", "no/way?", "m-4"]
+                .iter()
+                .map(|m| pb::MemberEnrollment {
+                    member_id: m.to_string(),
+                    tier: None,
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enrolled.enrolled, 2);
+    let refusals: Vec<_> = enrolled
+        .refusals
+        .iter()
+        .map(|refusal| (refusal.member_id.as_str(), refusal.reason()))
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            ("card-7", pb::EnrollmentRefusalReason::MemberIdIsAlias),
+            ("no/way?", pb::EnrollmentRefusalReason::MemberIdInvalid),
+        ]
+    );
+    assert!(enrolled.refusals[0].message.contains("alias"));
+    // The deprecated text list still carries the same refusals.
+    #[allow(deprecated)]
+    let text = enrolled.refused.clone();
+    assert_eq!(text.len(), 2);
+}
+
+/// The scheme of the admin token's header is case-insensitive (RFC 6750, RFC 7235).
+async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    for (header, allowed) in [
+        (
+            format!("bearer {}", coalition_integration_tests::ADMIN_TOKEN),
+            true,
+        ),
+        (
+            format!("BEARER {}", coalition_integration_tests::ADMIN_TOKEN),
+            true,
+        ),
+        (
+            format!("Bearer {}", coalition_integration_tests::ADMIN_TOKEN),
+            true,
+        ),
+        (
+            format!("Basic {}", coalition_integration_tests::ADMIN_TOKEN),
+            false,
+        ),
+        (
+            format!("Bearer{}", coalition_integration_tests::ADMIN_TOKEN),
+            false,
+        ),
+        ("bearer wrong-token-wrong-token-wrong".to_owned(), false),
+    ] {
+        let mut request = tonic::Request::new(pb::GetMerchantRequest {
+            merchant_id: "tenant-1".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let result = coalition_grpc::client::AdminServiceClient::new(server.channel.clone())
+            .get_merchant(request)
+            .await;
+        match (allowed, result) {
+            (true, Ok(response)) => assert_eq!(response.into_inner().merchant_id, "tenant-1"),
+            (false, Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header}")
+            }
+            (allowed, result) => panic!("{header}: allowed {allowed}, got {result:?}"),
+        }
+    }
+}
+
+/// Every entry kind comes back as an enum value (and, deprecated, as its name); a member
+/// who was never enrolled is NOT_FOUND, never a balance of 0.
+async fn entries_carry_their_kind_and_unknown_members_are_not_found(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1", "m-empty"]).await;
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    accepted(&server.burn(&cinema, "b-1", "m-1", 30).await);
+    for (signer, kind, id, points, refers_to) in [
+        (&tenant, pb::TransactionKind::Reversal, "r-1", 10, "e-1"),
+        (&cinema, pb::TransactionKind::Reversal, "r-2", 5, "b-1"),
+        (&cinema, pb::TransactionKind::Hold, "h-1", 20, ""),
+        (&cinema, pb::TransactionKind::Capture, "c-1", 15, "h-1"),
+    ] {
+        let body = server.referring_body(signer, kind, id, "m-1", points, refers_to, "");
+        accepted(&server.submit(signer.envelope(&body)).await);
+    }
+    let page = server
+        .admin_queries()
+        .get_member_history(pb::GetMemberHistoryRequest {
+            query: pb::MemberHistoryQuery {
+                merchant_id: String::new(),
+                issued_at_unix_ms: server.now_ms(),
+                member_id: "m-1".into(),
+                before_sequence: None,
+                page_len: 0,
+            }
+            .encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<_> = page
+        .entries
+        .iter()
+        .map(|entry| entry.entry_kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            pb::EntryKind::Capture,
+            pb::EntryKind::Hold,
+            pb::EntryKind::BurnReversal,
+            pb::EntryKind::EarnReversal,
+            pb::EntryKind::Burn,
+            pb::EntryKind::Earn,
+        ]
+    );
+    // The deprecated name is the enum's name, lowercase, without its prefix.
+    for entry in &page.entries {
+        #[allow(deprecated)]
+        let name = entry.kind.clone();
+        assert_eq!(
+            format!("ENTRY_KIND_{}", name.to_uppercase()),
+            entry.entry_kind().as_str_name()
+        );
+    }
+    let lines = server
+        .admin_queries()
+        .get_account_history(pb::GetAccountHistoryRequest {
+            query: pb::AccountHistoryQuery {
+                merchant_id: String::new(),
+                issued_at_unix_ms: server.now_ms(),
+                account_kind: pb::AccountKind::MerchantIssued as i32,
+                owner_id: "tenant-1".into(),
+                asset: String::new(),
+                before_sequence: None,
+                page_len: 0,
+            }
+            .encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines;
+    let kinds: Vec<_> = lines.iter().map(|line| line.entry_kind()).collect();
+    assert_eq!(kinds, [pb::EntryKind::EarnReversal, pb::EntryKind::Earn]);
+
+    // Never enrolled: NOT_FOUND for the operator and for a merchant, balance and history.
+    let balance_of = |member: &str| pb::BalanceQuery {
+        merchant_id: "tenant-1".into(),
+        issued_at_unix_ms: server.now_ms(),
+        account_kind: pb::AccountKind::MemberWallet as i32,
+        owner_id: member.into(),
+        as_of_unix_ms: None,
+        asset: String::new(),
+    };
+    let (query, signature) = tenant.sign_query(&balance_of("stranger"));
+    let status = server
+        .queries()
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(
+        status.message().contains("stranger"),
+        "{}",
+        status.message()
+    );
+    let status = server
+        .admin_queries()
+        .get_balance(pb::GetBalanceRequest {
+            query: balance_of("stranger").encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = server
+        .admin_queries()
+        .get_member_history(pb::GetMemberHistoryRequest {
+            query: pb::MemberHistoryQuery {
+                merchant_id: String::new(),
+                issued_at_unix_ms: server.now_ms(),
+                member_id: "stranger".into(),
+                before_sequence: None,
+                page_len: 0,
+            }
+            .encode_to_vec(),
+            signature: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    // Enrolled with no points: a balance of 0.
+    let (query, signature) = tenant.sign_query(&balance_of("m-empty"));
+    let empty = server
+        .queries()
+        .get_balance(pb::GetBalanceRequest {
+            query,
+            signature: Some(signature),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(empty.points, 0);
 }
 
 async fn health_and_reflection_answer(backend: Backend) {
@@ -401,6 +640,8 @@ async fn health_and_reflection_answer(backend: Backend) {
 }
 
 on_both_backends!(
+    the_bearer_scheme_is_case_insensitive,
+    entries_carry_their_kind_and_unknown_members_are_not_found,
     balances_as_of_a_time_and_history_in_pages,
     a_merchant_reads_only_what_concerns_it,
     admin_calls_need_the_token,

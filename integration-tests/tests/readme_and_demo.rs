@@ -49,6 +49,31 @@ fn the_readme_shows_the_worked_example_as_computed() {
         signing::verify(&public_key, signing::SUBMISSION_DOMAIN, &body, &signature),
         Ok(())
     );
+    // The signed query: its bytes decode to the query the README describes, and the
+    // signature verifies over the query prefix and those bytes, and over nothing else.
+    let query = value("query (hex)");
+    assert_eq!(
+        <pb::BalanceQuery as prost::Message>::decode(query.as_slice()).unwrap(),
+        coalition::cli::example_query()
+    );
+    assert_eq!(
+        value("signed query message"),
+        [signing::QUERY_DOMAIN, query.as_slice()].concat()
+    );
+    let query_signature = signing::parse_signature(&value("query signature")).unwrap();
+    assert_eq!(
+        signing::verify(&public_key, signing::QUERY_DOMAIN, &query, &query_signature),
+        Ok(())
+    );
+    assert!(
+        signing::verify(
+            &public_key,
+            signing::SUBMISSION_DOMAIN,
+            &query,
+            &query_signature
+        )
+        .is_err()
+    );
 }
 
 async fn the_readme_example_is_accepted_by_a_server(backend: Backend) {
@@ -58,7 +83,7 @@ async fn the_readme_example_is_accepted_by_a_server(backend: Backend) {
         &server.channel,
         "tenant-001",
         pb::MerchantCategory::MallTenant,
-        key,
+        key.clone(),
         &["member-000042"],
     )
     .await;
@@ -67,6 +92,24 @@ async fn the_readme_example_is_accepted_by_a_server(backend: Backend) {
     body.occurred_at_unix_ms = server.now_ms();
     let result = server.submit(signer.envelope(&body)).await;
     assert_eq!(accepted(&result).member_points_balance, 180);
+    // The signed query of the README, issued now, reads that balance back.
+    let mut query = coalition::cli::example_query();
+    query.issued_at_unix_ms = server.now_ms();
+    let query_bytes = prost::Message::encode_to_vec(&query);
+    let signature = signing::sign(&key, signing::QUERY_DOMAIN, &query_bytes);
+    let balance = pb::query_service_client::QueryServiceClient::new(server.channel.clone())
+        .get_balance(pb::GetBalanceRequest {
+            query: query_bytes,
+            signature: Some(pb::QuerySignature {
+                merchant_id: "tenant-001".into(),
+                key_id: signer.key_id.clone(),
+                signature: signature.to_vec(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(balance.points, 180);
 }
 
 async fn the_demo_clears_a_mall_day(backend: Backend) {

@@ -69,6 +69,118 @@ async fn a_retry_returns_the_original_result_and_a_changed_body_conflicts(backen
     accepted(&server.earn(&other, "e-1", "m-1", 1).await);
 }
 
+async fn a_retry_long_after_the_offline_window_gets_its_original_result(backend: Backend) {
+    let database = coalition_integration_tests::TestDatabase::new(backend).await;
+    let mut config = coalition_integration_tests::test_config(&database.url);
+    config.offline_window_ms = 6_000;
+    let server = TestServer::start_on(database, config).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    // A terminal flushes its offline backlog: the transaction happened 3.5 s ago, inside the
+    // 6 s window, and is booked, but the answer is lost.
+    let mut body = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 100);
+    body.occurred_at_unix_ms = server.now_ms() - 3_500;
+    let envelope = tenant.envelope(&body);
+    let first = accepted(&server.submit(envelope.clone()).await).clone();
+    assert!(!first.duplicate);
+    // 3.5 s later the very same envelope is past the window: it is still the original.
+    server.clock.advance(3_500);
+    let again = server.submit(envelope.clone()).await;
+    let again = accepted(&again);
+    assert!(again.duplicate);
+    assert_eq!(again.entry_sequence, first.entry_sequence);
+    assert_eq!(again.member_points_balance, 100);
+    // A changed body under that id is a conflict, not "too old"; a new id that old is too old.
+    let mut changed = body.clone();
+    changed.points = 101;
+    assert_eq!(
+        rejection(&server.submit(tenant.envelope(&changed)).await),
+        pb::RejectionReason::TransactionIdConflict
+    );
+    let mut late = body.clone();
+    late.merchant_transaction_id = "e-2".into();
+    assert_eq!(
+        rejection(&server.submit(tenant.envelope(&late)).await),
+        pb::RejectionReason::OccurredAtBeyondOfflineWindow
+    );
+    // Two days on the writer has long forgotten the receipt (it keeps those of the window,
+    // the skew and an hour, and forgets after each batch): the journal still answers.
+    server.clock.advance(2 * 86_400_000);
+    accepted(&server.earn(&tenant, "e-3", "m-1", 1).await);
+    let much_later = server.submit(envelope.clone()).await;
+    assert!(accepted(&much_later).duplicate);
+    assert_eq!(accepted(&much_later).entry_sequence, first.entry_sequence);
+    // And after a restart (whose clock starts at the wall clock again: move it on).
+    let server = server.restart().await;
+    server.clock.advance(3 * 86_400_000);
+    let restarted = server.submit(envelope.clone()).await;
+    assert!(accepted(&restarted).duplicate);
+    assert_eq!(accepted(&restarted).entry_sequence, first.entry_sequence);
+    // Also in a batch, next to a new transaction that is too old.
+    let results = server
+        .submissions()
+        .submit_batch(pb::SubmitBatchRequest {
+            envelopes: vec![envelope.clone(), tenant.envelope(&late)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(accepted(&results[0]).duplicate);
+    assert_eq!(
+        rejection(&results[1]),
+        pb::RejectionReason::OccurredAtBeyondOfflineWindow
+    );
+    assert_eq!(server.balance("m-1").await, 101, "nothing was booked twice");
+    assert!(server.check().await.is_sound());
+}
+
+async fn a_retry_signed_with_a_revoked_key_is_refused_and_re_signing_it_returns_the_original(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let body = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 100);
+    let first = accepted(&server.submit(tenant.envelope(&body)).await).clone();
+    let new = new_key();
+    let mut admin = server.admin();
+    admin
+        .add_merchant_key(pb::AddMerchantKeyRequest {
+            merchant_id: "tenant-1".into(),
+            key: Some(pb::MerchantKey {
+                key_id: "key-2".into(),
+                public_key: new.verifying_key().as_bytes().to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    admin
+        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+            merchant_id: "tenant-1".into(),
+            key_id: "key-1".into(),
+        })
+        .await
+        .unwrap();
+    // The old key tells nothing, not even whether the transaction was booked.
+    assert_eq!(
+        rejection(&server.submit(tenant.envelope(&body)).await),
+        pb::RejectionReason::KeyRevoked
+    );
+    // The same body bytes signed with the key in force: the original result.
+    let rotated = coalition_grpc::client::MerchantSigner::new("tenant-1", "key-2", new);
+    let resent = server.submit(rotated.envelope(&body)).await;
+    let resent = accepted(&resent);
+    assert!(resent.duplicate);
+    assert_eq!(resent.entry_sequence, first.entry_sequence);
+    assert_eq!(server.balance("m-1").await, 100);
+}
+
 async fn a_batch_keeps_every_good_item_around_the_bad_ones(backend: Backend) {
     let server = TestServer::start(backend).await;
     let tenant = server
@@ -178,6 +290,221 @@ async fn the_stream_answers_every_request_with_its_reference(backend: Backend) {
     }
     assert_eq!(references.len(), 200);
     assert_eq!(server.balance("m-1").await, 199);
+}
+
+async fn a_bad_request_on_the_stream_is_one_refused_item_and_the_stream_goes_on(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    // Five earns, a request without an envelope, five more.
+    let mut requests = Vec::new();
+    for index in 0..11 {
+        let envelope = (index != 5).then(|| {
+            tenant.envelope(&server.body(
+                &tenant,
+                pb::TransactionKind::Earn,
+                &format!("s-{index}"),
+                "m-1",
+                1,
+            ))
+        });
+        requests.push(pb::SubmitStreamRequest {
+            client_reference: format!("ref-{index}"),
+            envelope,
+        });
+    }
+    let mut responses = server
+        .submissions()
+        .submit_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = HashSet::new();
+    while let Some(response) = responses.message().await.expect("the stream ends with OK") {
+        let result = response.result.unwrap();
+        if response.client_reference == "ref-5" {
+            assert_eq!(rejection(&result), pb::RejectionReason::SignatureMalformed);
+            let message = match &result.outcome {
+                Some(pb::submission_result::Outcome::Rejected(rejected)) => &rejected.message,
+                other => panic!("{other:?}"),
+            };
+            assert!(message.contains("no envelope"), "{message}");
+        } else {
+            assert!(!accepted(&result).duplicate);
+        }
+        assert!(answered.insert(response.client_reference));
+    }
+    assert_eq!(answered.len(), 11, "every request is answered");
+    // Exactly the answered earns are booked.
+    assert_eq!(server.balance("m-1").await, 10);
+}
+
+async fn a_message_over_the_size_limit_is_resource_exhausted(backend: Backend) {
+    let database = coalition_integration_tests::TestDatabase::new(backend).await;
+    let mut config = coalition_integration_tests::test_config(&database.url);
+    config.message_size_max_bytes = 64 * 1024;
+    let server = TestServer::start_on(database, config).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let envelope =
+        tenant.envelope(&server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 1));
+    let too_big = pb::SubmitBatchRequest {
+        envelopes: vec![envelope.clone(); 1_000],
+    };
+    let status = server
+        .submissions()
+        .submit_batch(too_big)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // On a stream: the earlier request is answered, then the stream ends with the same code.
+    let mut huge = envelope.clone();
+    huge.body = vec![0; 100 * 1024];
+    let requests = vec![
+        pb::SubmitStreamRequest {
+            client_reference: "small".into(),
+            envelope: Some(envelope),
+        },
+        pb::SubmitStreamRequest {
+            client_reference: "huge".into(),
+            envelope: Some(huge),
+        },
+    ];
+    let mut responses = server
+        .submissions()
+        .submit_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = Vec::new();
+    let ended = loop {
+        match responses.message().await {
+            Ok(Some(response)) => answered.push(response.client_reference),
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
+    assert_eq!(answered, ["small"]);
+    assert_eq!(server.balance("m-1").await, 1);
+}
+
+async fn public_keys_are_canonical_and_belong_to_one_merchant(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut admin = server.admin();
+    let register = |merchant_id: &str, public_key: Vec<u8>| pb::RegisterMerchantRequest {
+        merchant_id: merchant_id.into(),
+        name: merchant_id.into(),
+        category: pb::MerchantCategory::MallTenant as i32,
+        keys: vec![pb::MerchantKey {
+            key_id: "key-1".into(),
+            public_key,
+            ..Default::default()
+        }],
+    };
+    // y = p + 3 names the same point as y = 3: not canonical, refused with the bytes to use.
+    let mut non_canonical = vec![0xffu8; 32];
+    non_canonical[0] = 0xf0;
+    non_canonical[31] = 0x7f;
+    let mut canonical = vec![0u8; 32];
+    canonical[0] = 3;
+    let refused = admin
+        .register_merchant(register("tenant-a", non_canonical.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("canonical")
+            && refused.message().contains(&hex::encode(&canonical)),
+        "{}",
+        refused.message()
+    );
+    // The canonical encoding is taken, once: not by a second merchant, nor as a second key.
+    admin
+        .register_merchant(register("tenant-a", canonical.clone()))
+        .await
+        .unwrap();
+    let twice = admin
+        .register_merchant(register("tenant-b", canonical.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::AlreadyExists);
+    assert!(twice.message().contains("tenant-a"), "{}", twice.message());
+    let twin = admin
+        .register_merchant(register("tenant-b", non_canonical.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(twin.code(), tonic::Code::InvalidArgument);
+    let as_second_key = admin
+        .add_merchant_key(pb::AddMerchantKeyRequest {
+            merchant_id: "tenant-a".into(),
+            key: Some(pb::MerchantKey {
+                key_id: "key-2".into(),
+                public_key: non_canonical,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(as_second_key.code(), tonic::Code::InvalidArgument);
+    let shown = admin
+        .get_merchant(pb::GetMerchantRequest {
+            merchant_id: "tenant-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.keys.len(), 1);
+    assert_eq!(shown.keys[0].public_key, canonical, "stored as registered");
+    let missing = admin
+        .get_merchant(pb::GetMerchantRequest {
+            merchant_id: "tenant-b".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+/// New merchant ids cannot form a path: they name export files and folders.
+async fn new_merchant_ids_cannot_form_paths(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for hostile in [
+        "../matrix",
+        "..",
+        ".hidden",
+        "a/b",
+        "x:y",
+        "-flag",
+        &"m".repeat(65),
+    ] {
+        let refused = server
+            .admin()
+            .register_merchant(pb::RegisterMerchantRequest {
+                merchant_id: hostile.into(),
+                name: "hostile".into(),
+                category: pb::MerchantCategory::MallTenant as i32,
+                keys: vec![pb::MerchantKey {
+                    key_id: "key-1".into(),
+                    public_key: new_key().verifying_key().as_bytes().to_vec(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{hostile}");
+        assert!(
+            refused.message().contains("merchant id"),
+            "{}",
+            refused.message()
+        );
+    }
+    server
+        .merchant("tenant.east-1_a", pb::MerchantCategory::MallTenant)
+        .await;
 }
 
 async fn concurrent_burns_for_one_member_never_overdraw(backend: Backend) {
@@ -387,6 +714,12 @@ on_both_backends!(
     concurrent_burns_for_one_member_never_overdraw,
     keys_rotate_and_a_suspended_merchant_comes_back,
     aliases_merge_wallets_and_resolve_later_submissions,
+    a_retry_long_after_the_offline_window_gets_its_original_result,
+    a_retry_signed_with_a_revoked_key_is_refused_and_re_signing_it_returns_the_original,
+    a_bad_request_on_the_stream_is_one_refused_item_and_the_stream_goes_on,
+    a_message_over_the_size_limit_is_resource_exhausted,
+    public_keys_are_canonical_and_belong_to_one_merchant,
+    new_merchant_ids_cannot_form_paths,
 );
 
 /// The writer keeps only recent receipts in memory; an old transaction id reused with a new
@@ -415,12 +748,11 @@ async fn an_old_transaction_id_conflicts_after_its_receipt_left_memory(backend: 
         rejection(&reused),
         pb::RejectionReason::TransactionIdConflict
     );
-    // The very same body is now beyond the offline window.
+    // The very same body, now beyond the offline window, is still answered with its
+    // original result from the journal.
     let late_retry = server.submit(tenant.envelope(&original)).await;
-    assert_eq!(
-        rejection(&late_retry),
-        pb::RejectionReason::OccurredAtBeyondOfflineWindow
-    );
+    assert!(accepted(&late_retry).duplicate);
+    assert_eq!(accepted(&late_retry).entry_sequence, 1);
     // A retry of a recent one, in the same batch as a reuse of the old id, still gets the
     // original result, and the reuse is still refused.
     let recent = server.body(&tenant, pb::TransactionKind::Earn, "e-2", "m-1", 1);

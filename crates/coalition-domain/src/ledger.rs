@@ -680,6 +680,10 @@ impl Ledger {
                 ),
             ));
         }
+        // Only now that it is known to be new may its age refuse it.
+        if let Some(rejection) = &submission.refused_if_new {
+            return Err(ApplyError::Rejected(rejection.clone()));
+        }
         let member_id = self.resolve_member(&submission.member_id);
         if !self.members.contains_key(&member_id) {
             return Err(rejected(

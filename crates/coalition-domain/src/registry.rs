@@ -116,6 +116,18 @@ pub enum RegistryError {
     NoKeys,
     #[error("the merchant name must be 1 to 200 characters")]
     NameInvalid,
+    #[error("merchant id {merchant_id:?} {error}")]
+    MerchantIdNotAllowed {
+        merchant_id: String,
+        error: crate::ids::MerchantIdError,
+    },
+    #[error(
+        "the public key is already registered as key {key_id} of merchant {merchant_id}; a key belongs to one merchant"
+    )]
+    PublicKeyInUse {
+        merchant_id: MerchantId,
+        key_id: KeyId,
+    },
 }
 
 /// The most characters in a merchant's display name.
@@ -129,6 +141,39 @@ pub struct Registry {
 impl Registry {
     pub fn merchant(&self, merchant_id: &MerchantId) -> Option<&Merchant> {
         self.merchants.get(merchant_id)
+    }
+
+    /// Refuses what a new registration may not take: a merchant id outside the alphabet of
+    /// new merchants, or a public key registered already (to this or another merchant).
+    /// Checked for new merchants and keys only; what was registered before is still read.
+    pub fn check_new(
+        &self,
+        merchant_id: &MerchantId,
+        keys: &[MerchantKey],
+    ) -> Result<(), RegistryError> {
+        if !self.merchants.contains_key(merchant_id) {
+            crate::ids::check_new_merchant_id(merchant_id.as_str()).map_err(|error| {
+                RegistryError::MerchantIdNotAllowed {
+                    merchant_id: merchant_id.to_string(),
+                    error,
+                }
+            })?;
+        }
+        for key in keys {
+            for merchant in self.merchants.values() {
+                if let Some(existing) = merchant
+                    .keys
+                    .iter()
+                    .find(|existing| existing.public_key == key.public_key)
+                {
+                    return Err(RegistryError::PublicKeyInUse {
+                        merchant_id: merchant.merchant_id.clone(),
+                        key_id: existing.key_id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn merchants(&self) -> impl Iterator<Item = &Merchant> {

@@ -1,5 +1,8 @@
 //! Business rejections are data: one stable, numbered list of reasons, ordered by the
-//! precedence in which they are checked. The numbers and names are part of the public API
+//! precedence in which they are checked, with one exception: idempotency (a duplicate or
+//! `TransactionIdConflict`) is decided before the time checks (`OccurredAtInFuture`,
+//! `OccurredAtBeyondOfflineWindow`), so that a retry of a booked transaction always gets its
+//! original result. The numbers and names are part of the public API
 //! (the gRPC enum uses the same numbers); a reason is never renumbered or reused.
 
 use std::fmt;
@@ -8,7 +11,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum RejectionReason {
-    /// The signature is not 64 bytes, or the envelope lacks a merchant or key id.
+    /// The signature is not 64 bytes, the envelope lacks a merchant or key id, or a stream
+    /// request carries no envelope.
     SignatureMalformed = 1,
     /// No merchant with this id is registered.
     MerchantUnknown = 2,
@@ -30,7 +34,7 @@ pub enum RejectionReason {
     BodyMerchantMismatch = 10,
     /// The merchant transaction id is empty, too long or has characters outside the alphabet.
     TransactionIdInvalid = 11,
-    /// The body does not say whether it is an earn or a burn.
+    /// The body does not name its kind.
     KindUnspecified = 12,
     /// The member id is empty, too long or malformed.
     MemberIdInvalid = 13,

@@ -692,6 +692,108 @@ pub fn statement_lines(
         .collect()
 }
 
+/// Which way a payment goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentDirection {
+    /// The operator pays the merchant (what `RecordPayout` books).
+    OperatorPays,
+    /// The merchant pays the operator (booked as funding when it arrives).
+    MerchantPays,
+}
+
+impl PaymentDirection {
+    pub fn code(self) -> &'static str {
+        match self {
+            PaymentDirection::OperatorPays => "operator_pays",
+            PaymentDirection::MerchantPays => "merchant_pays",
+        }
+    }
+}
+
+/// One line of a period's payments file: what is payable to a merchant, or owed by it, after
+/// the period's closing entry, netted over every finalised period (one transfer a merchant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub merchant_id: String,
+    pub direction: PaymentDirection,
+    /// Always positive: the transfer's amount.
+    pub amount_minor: i64,
+    /// The period's own net for the merchant (0 for a merchant paid only what earlier
+    /// periods left payable).
+    pub period_net_minor: i64,
+    /// The payable balance after the closing entry: `amount_minor` with the sign of the
+    /// direction (positive when the operator pays).
+    pub payable_minor: i64,
+    /// The end-to-end reference of the transfer: unique and at most 35 characters.
+    pub end_to_end_id: String,
+}
+
+/// ISO 20022 limits identifiers such as `EndToEndId` to 35 characters.
+pub const END_TO_END_ID_LEN_MAX: usize = 35;
+
+/// The end-to-end reference of a merchant's payment for `period` (`YYYY-MM-DD`): the period
+/// and the merchant id, `COAL-20261207-tenant-001`, when that fits in 35 characters. A longer
+/// id is cut and numbered by `ordinal` (the payment's 1-based place in the period's file), as
+/// `COAL-20261207-7+northwing-tenant-s`: merchant ids never contain `+`, so a numbered
+/// reference never equals a whole one, and two numbered ones differ by their ordinal. Unique
+/// within a period by construction, and across periods by the date.
+pub fn end_to_end_id(period: &str, merchant_id: &str, ordinal: usize) -> String {
+    let prefix = format!("COAL-{}-", period.replace('-', ""));
+    let whole = format!("{prefix}{merchant_id}");
+    if whole.len() <= END_TO_END_ID_LEN_MAX {
+        return whole;
+    }
+    let numbered = format!("{prefix}{ordinal}+");
+    let room = END_TO_END_ID_LEN_MAX.saturating_sub(numbered.len());
+    // Merchant ids are ASCII, so cutting at a byte is cutting at a character.
+    let cut: String = merchant_id.chars().take(room).collect();
+    let id = format!("{numbered}{cut}");
+    assert!(
+        id.len() <= END_TO_END_ID_LEN_MAX,
+        "an end-to-end id over 35 characters"
+    );
+    id
+}
+
+/// The payments of a finalised period: one line per merchant whose payable balance after the
+/// closing entry (`payables`, from the ledger) is not zero, sorted by merchant id. A merchant
+/// owed money for this period but owing more from before is not paid: it pays the
+/// difference. Each payment to a merchant is exactly what `RecordPayout` accepts for it at
+/// that point; what merchants owe is listed as `merchant_pays`.
+pub fn payments(settlement: &Settlement, payables: &BTreeMap<String, i64>) -> Vec<Payment> {
+    let nets: BTreeMap<&str, i64> = settlement
+        .merchants
+        .iter()
+        .map(|net| (net.merchant_id.as_str(), net.net_minor))
+        .collect();
+    let mut lines = Vec::new();
+    for (merchant_id, &payable_minor) in payables {
+        if payable_minor == 0 {
+            continue;
+        }
+        let ordinal = lines.len() + 1;
+        lines.push(Payment {
+            merchant_id: merchant_id.clone(),
+            direction: if payable_minor > 0 {
+                PaymentDirection::OperatorPays
+            } else {
+                PaymentDirection::MerchantPays
+            },
+            amount_minor: payable_minor.abs(),
+            period_net_minor: nets.get(merchant_id.as_str()).copied().unwrap_or(0),
+            payable_minor,
+            end_to_end_id: end_to_end_id(&settlement.period, merchant_id, ordinal),
+        });
+    }
+    let references: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|line| line.end_to_end_id.as_str())
+        .collect();
+    assert_eq!(references.len(), lines.len(), "end-to-end ids are unique");
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,5 +885,81 @@ mod tests {
                 value
             );
         }
+    }
+
+    #[test]
+    fn end_to_end_ids_are_unique_and_short() {
+        assert_eq!(
+            end_to_end_id("2026-12-07", "tenant-001", 1),
+            "COAL-20261207-tenant-001"
+        );
+        // 35 characters exactly still fit whole.
+        let fits = "m".repeat(35 - "COAL-20261207-".len());
+        assert_eq!(end_to_end_id("2026-12-07", &fits, 9).len(), 35);
+        assert!(!end_to_end_id("2026-12-07", &fits, 9).contains('+'));
+        // Two long ids that share their first 21 characters: cut the same, numbered apart.
+        let first = end_to_end_id("2026-12-07", "northwing-tenant-shop-0001", 1);
+        let second = end_to_end_id("2026-12-07", "northwing-tenant-shop-0002", 2);
+        assert_ne!(first, second);
+        assert!(first.len() <= 35 && second.len() <= 35, "{first} {second}");
+        assert_eq!(first, "COAL-20261207-1+northwing-tenant-sh");
+        // Many long ids in one period, and the largest ordinals, stay unique and short.
+        let mut seen = std::collections::BTreeSet::new();
+        for ordinal in 1..=20_000 {
+            let id = end_to_end_id("2026-12-07", &"x".repeat(64), ordinal);
+            assert!(id.len() <= 35, "{id}");
+            assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn payments_pay_what_is_payable_after_netting() {
+        let net = |merchant_id: &str, net_minor: i64| MerchantNet {
+            merchant_id: merchant_id.into(),
+            points_issued: 0,
+            points_redeemed: 0,
+            issuance_minor: 0,
+            issuance_reversed_minor: 0,
+            redemptions_minor: 0,
+            redemptions_reversed_minor: 0,
+            fees_minor: 0,
+            funding_minor: 0,
+            breakage_minor: 0,
+            breakage_share: "0".into(),
+            breakage_share_minor: 0,
+            net_minor,
+        };
+        let settlement = Settlement {
+            period: "2027-12-01".into(),
+            start_ms: 0,
+            end_ms: 1,
+            currency: "CNY".into(),
+            first_sequence: 1,
+            last_sequence: 1,
+            previous_hash: String::new(),
+            head_hash: String::new(),
+            // A tenant's breakage share (+300) while it still owes 1,000 from before; a
+            // cinema owed 500 this period and 200 from before; a restaurant with nothing.
+            merchants: vec![net("cinema", 500), net("restaurant", 0), net("tenant", 300)],
+            operator: OperatorNet::default(),
+            matrix: Vec::new(),
+        };
+        let payables = BTreeMap::from([
+            ("cinema".to_owned(), 700),
+            ("restaurant".to_owned(), 0),
+            ("tenant".to_owned(), -700),
+        ]);
+        let lines = payments(&settlement, &payables);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].merchant_id, "cinema");
+        assert_eq!(lines[0].direction, PaymentDirection::OperatorPays);
+        assert_eq!(
+            (lines[0].amount_minor, lines[0].period_net_minor),
+            (700, 500)
+        );
+        assert_eq!(lines[1].merchant_id, "tenant");
+        assert_eq!(lines[1].direction, PaymentDirection::MerchantPays);
+        assert_eq!((lines[1].amount_minor, lines[1].payable_minor), (700, -700));
+        assert_eq!(lines[1].period_net_minor, 300);
     }
 }

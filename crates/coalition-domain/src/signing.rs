@@ -18,6 +18,10 @@ pub enum PublicKeyError {
     WrongLength { len: usize },
     #[error("the bytes are not a valid ed25519 point")]
     NotAPoint,
+    #[error(
+        "the key is not in canonical encoding (its point encodes as {canonical}); register the canonical bytes"
+    )]
+    NotCanonical { canonical: String },
     #[error("the key is a weak (small-order) key, which cannot bind a signature to a message")]
     Weak,
 }
@@ -28,6 +32,15 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, PublicKeyError> {
         .try_into()
         .map_err(|_| PublicKeyError::WrongLength { len: bytes.len() })?;
     let key = VerifyingKey::from_bytes(array).map_err(|_| PublicKeyError::NotAPoint)?;
+    // Decompression accepts y coordinates of p and above, and an x sign bit on x = 0: such
+    // bytes name the same point as their canonical twin. One point must have one encoding,
+    // or the same key could be registered twice under different bytes.
+    let canonical = key.to_edwards().compress().to_bytes();
+    if &canonical != array {
+        return Err(PublicKeyError::NotCanonical {
+            canonical: hex::encode(canonical),
+        });
+    }
     if key.is_weak() {
         return Err(PublicKeyError::Weak);
     }
@@ -120,5 +133,59 @@ mod tests {
         );
         let good = key(3).verifying_key();
         assert_eq!(parse_public_key(good.as_bytes()), Ok(good));
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        // y = p + 3 (p = 2^255 - 19): f0ff..ff7f decodes to the point with y = 3, whose
+        // canonical encoding is 03 00..00. Whether that point is on the curve decides which
+        // error comes first, so take a y whose point exists: search upwards from 2.
+        let p_plus = |offset: u8| {
+            let mut bytes = [0xffu8; 32];
+            bytes[0] = 0xed + offset;
+            bytes[31] = 0x7f;
+            bytes
+        };
+        let mut found = false;
+        for offset in 0..18u8 {
+            let non_canonical = p_plus(offset);
+            let mut canonical = [0u8; 32];
+            canonical[0] = offset;
+            match (
+                parse_public_key(&non_canonical),
+                parse_public_key(&canonical),
+            ) {
+                (Err(PublicKeyError::NotAPoint), Err(PublicKeyError::NotAPoint)) => {}
+                (Err(PublicKeyError::NotCanonical { canonical: named }), canonical_result) => {
+                    assert_eq!(named, hex::encode(canonical), "offset {offset}");
+                    // The canonical twin is refused only if it is weak, never for encoding.
+                    assert!(
+                        !matches!(canonical_result, Err(PublicKeyError::NotCanonical { .. })),
+                        "offset {offset}"
+                    );
+                    found = true;
+                }
+                other => panic!("offset {offset}: {other:?}"),
+            }
+        }
+        assert!(found, "no y from 0 to 17 gave a point");
+        // The example from outside: f0ff..ff7f is y = p + 3.
+        let mut y_p_plus_3 = [0xffu8; 32];
+        y_p_plus_3[0] = 0xf0;
+        y_p_plus_3[31] = 0x7f;
+        let mut y_3 = [0u8; 32];
+        y_3[0] = 3;
+        assert_eq!(
+            parse_public_key(&y_p_plus_3),
+            Err(PublicKeyError::NotCanonical {
+                canonical: hex::encode(y_3)
+            })
+        );
+        assert!(parse_public_key(&y_3).is_ok());
+        // The sign bit set on a point with x = 0 (y = 1, the identity) is not canonical either.
+        let mut negative_zero = [0u8; 32];
+        negative_zero[0] = 1;
+        negative_zero[31] = 0x80;
+        assert!(parse_public_key(&negative_zero).is_err());
     }
 }

@@ -73,6 +73,11 @@ pub struct Submission {
     pub legacy_units: i64,
     /// SHA-256 of the signed body bytes.
     pub body_hash: [u8; 32],
+    /// The refusal that applies only if this is a new transaction (`occurred_at` outside the
+    /// offline window or too far ahead). A retry of a booked transaction is answered with
+    /// its original result however old it is, so the writer decides this after the
+    /// idempotency lookup, never before.
+    pub refused_if_new: Option<Rejection>,
 }
 
 impl Submission {
@@ -110,7 +115,7 @@ impl Submission {
         let kind = raw.kind.ok_or_else(|| {
             Rejection::new(
                 RejectionReason::KindUnspecified,
-                "the body must say whether it is an earn or a burn",
+                "the body must name its kind: earn, burn, reversal, hold, capture, void, exchange in or exchange out",
             )
         })?;
         let member_id = MemberId::new(raw.member_id).map_err(|error| {
@@ -208,26 +213,10 @@ impl Submission {
             }
             None
         };
-        if raw.occurred_at_ms > now_ms.saturating_add(limits.future_skew_max_ms) {
-            return Err(Rejection::new(
-                RejectionReason::OccurredAtInFuture,
-                format!(
-                    "occurred_at is {} ms ahead of the server clock; at most {} ms is allowed",
-                    raw.occurred_at_ms - now_ms,
-                    limits.future_skew_max_ms
-                ),
-            ));
-        }
-        if raw.occurred_at_ms < now_ms.saturating_sub(limits.offline_window_ms) {
-            return Err(Rejection::new(
-                RejectionReason::OccurredAtBeyondOfflineWindow,
-                format!(
-                    "occurred_at is {} ms in the past; the offline window is {} ms",
-                    now_ms - raw.occurred_at_ms,
-                    limits.offline_window_ms
-                ),
-            ));
-        }
+        // The time checks refuse only a new transaction: a retry of one already booked gets
+        // its original result however late it comes, so `Ledger::apply` decides them after
+        // the idempotency lookup.
+        let refused_if_new = check_occurred_at(raw.occurred_at_ms, now_ms, limits).err();
         Ok(Submission {
             merchant_id,
             merchant_transaction_id,
@@ -241,8 +230,39 @@ impl Submission {
             refers_to,
             legacy_units: raw.legacy_units,
             body_hash,
+            refused_if_new,
         })
     }
+}
+
+/// Whether a transaction that happened at `occurred_at_ms` may still be booked at `now_ms`:
+/// not further ahead than the clock skew allows, not older than the offline window.
+pub fn check_occurred_at(
+    occurred_at_ms: i64,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<(), Rejection> {
+    if occurred_at_ms > now_ms.saturating_add(limits.future_skew_max_ms) {
+        return Err(Rejection::new(
+            RejectionReason::OccurredAtInFuture,
+            format!(
+                "occurred_at is {} ms ahead of the server clock; at most {} ms is allowed",
+                occurred_at_ms - now_ms,
+                limits.future_skew_max_ms
+            ),
+        ));
+    }
+    if occurred_at_ms < now_ms.saturating_sub(limits.offline_window_ms) {
+        return Err(Rejection::new(
+            RejectionReason::OccurredAtBeyondOfflineWindow,
+            format!(
+                "occurred_at is {} ms in the past; the offline window is {} ms",
+                now_ms - occurred_at_ms,
+                limits.offline_window_ms
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -272,7 +292,12 @@ mod tests {
         let mut body = raw();
         change(&mut body);
         let result = Submission::check(body, "tenant", [0; 32], NOW, &Limits::default());
-        assert_eq!(result.err().map(|rejection| rejection.reason), expected);
+        // A time refusal is carried to the writer, to be decided after idempotency.
+        let reason = match result {
+            Ok(submission) => submission.refused_if_new.map(|rejection| rejection.reason),
+            Err(rejection) => Some(rejection.reason),
+        };
+        assert_eq!(reason, expected);
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub struct NewMerchant {
 pub struct EnrollSummary {
     pub enrolled: u64,
     pub already_enrolled: u64,
-    pub refused: Vec<String>,
+    /// The members refused, with why, in the order given.
+    pub refused: Vec<(MemberId, MemberError)>,
 }
 
 struct Inner {
@@ -690,6 +691,7 @@ impl Engine {
             keys: merchant.keys,
         };
         let mut copy = self.registry().clone();
+        copy.check_new(&merchant.merchant_id, &merchant.keys)?;
         copy.register(merchant.clone())?;
         self.inner.storage.insert_merchant(&merchant).await?;
         self.replace_registry(copy);
@@ -703,6 +705,7 @@ impl Engine {
     ) -> Result<(), AdminError> {
         let _guard = self.inner.admin.lock().await;
         let mut copy = self.registry().clone();
+        copy.check_new(merchant_id, std::slice::from_ref(&key))?;
         copy.add_key(merchant_id, key.clone())?;
         self.inner
             .storage

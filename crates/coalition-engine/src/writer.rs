@@ -348,14 +348,14 @@ impl Writer {
                     let mut summary = EnrollSummary::default();
                     for (member_id, tier) in members {
                         match self.ledger.enroll_member(
-                            member_id,
+                            member_id.clone(),
                             tier,
                             accepted_at_ms,
                             &mut changes,
                         ) {
                             Ok(true) => summary.enrolled += 1,
                             Ok(false) => summary.already_enrolled += 1,
-                            Err(error) => summary.refused.push(error.to_string()),
+                            Err(error) => summary.refused.push((member_id, error)),
                         }
                     }
                     pending.push(Pending::Enroll(reply, summary));

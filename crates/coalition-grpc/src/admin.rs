@@ -29,9 +29,14 @@ pub fn is_admin(metadata: &MetadataMap, config: &ServerConfig) -> bool {
     else {
         return false;
     };
-    let Some(presented) = value.strip_prefix("Bearer ") else {
+    // The scheme is case-insensitive (RFC 7235, section 2.1, which RFC 6750 follows).
+    let Some((scheme, presented)) = value.split_once(' ') else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let presented = presented.trim_start_matches(' ');
     // Compare in time independent of where the first difference is.
     presented.len() == token.len()
         && presented
@@ -71,7 +76,9 @@ pub fn admin_status(error: AdminError) -> Status {
             | TermsError::CampaignInvalid { .. },
         ) => Status::invalid_argument(error.to_string()),
         AdminError::Registry(
-            RegistryError::MerchantExists(_) | RegistryError::KeyExists { .. },
+            RegistryError::MerchantExists(_)
+            | RegistryError::KeyExists { .. }
+            | RegistryError::PublicKeyInUse { .. },
         ) => Status::already_exists(error.to_string()),
         AdminError::Registry(
             RegistryError::MerchantUnknown(_) | RegistryError::KeyUnknown { .. },
@@ -270,23 +277,57 @@ impl AdminService for Admin {
             )));
         }
         let mut valid = Vec::with_capacity(members.len());
-        let mut refused = Vec::new();
-        for member in members {
+        // Refusals keep request order: the position of each, then sorted.
+        let mut refusals = Vec::new();
+        for (position, member) in members.into_iter().enumerate() {
             match MemberId::new(member.member_id.clone()) {
-                Ok(id) => valid.push((id, member.tier)),
-                Err(error) => refused.push(format!("member id {:?} {error}", member.member_id)),
+                Ok(id) => valid.push((position, id, member.tier)),
+                Err(error) => refusals.push((
+                    position,
+                    pb::EnrollmentRefusal {
+                        message: format!("member id {:?} {error}", member.member_id),
+                        member_id: member.member_id,
+                        reason: pb::EnrollmentRefusalReason::MemberIdInvalid as i32,
+                    },
+                )),
             }
         }
+        let positions: std::collections::HashMap<MemberId, usize> = valid
+            .iter()
+            .map(|(position, id, _)| (id.clone(), *position))
+            .collect();
         let summary = self
             .engine
-            .enroll_members(valid)
+            .enroll_members(valid.into_iter().map(|(_, id, tier)| (id, tier)).collect())
             .await
             .map_err(convert::engine_status)?;
-        refused.extend(summary.refused);
+        for (member_id, error) in summary.refused {
+            let reason = match &error {
+                MemberError::AlreadyAliased(_) => pb::EnrollmentRefusalReason::MemberIdIsAlias,
+                // Enrolling checks nothing else; anything more is the writer's failure.
+                other => return Err(Status::internal(other.to_string())),
+            };
+            refusals.push((
+                positions.get(&member_id).copied().unwrap_or(usize::MAX),
+                pb::EnrollmentRefusal {
+                    member_id: member_id.to_string(),
+                    reason: reason as i32,
+                    message: error.to_string(),
+                },
+            ));
+        }
+        refusals.sort_by_key(|(position, _)| *position);
+        let refusals: Vec<_> = refusals.into_iter().map(|(_, refusal)| refusal).collect();
+        // The deprecated text list is still filled for clients that read it.
+        #[allow(deprecated)]
         Ok(Response::new(pb::EnrollMembersResponse {
             enrolled: summary.enrolled,
             already_enrolled: summary.already_enrolled,
-            refused,
+            refused: refusals
+                .iter()
+                .map(|refusal| refusal.message.clone())
+                .collect(),
+            refusals,
         }))
     }
 
@@ -517,7 +558,12 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
         require_admin(request.metadata(), &self.config)?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|message| message.item) {
+        let header = match stream
+            .message()
+            .await
+            .map_err(crate::server::request_stream_status)?
+            .and_then(|message| message.item)
+        {
             Some(pb::reconcile_request::Item::Header(header)) => header,
             _ => {
                 return Err(Status::invalid_argument(
@@ -533,7 +579,11 @@ impl AdminService for Admin {
         let mut rows = Vec::new();
         let mut malformed = Vec::new();
         let mut number = 0u64;
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(crate::server::request_stream_status)?
+        {
             match message.item {
                 Some(pb::reconcile_request::Item::Row(row)) => {
                     number += 1;

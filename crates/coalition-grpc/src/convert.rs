@@ -185,11 +185,35 @@ pub fn account_key(kind: i32, owner_id: String) -> Result<AccountKey, Status> {
     }
 }
 
+/// The wire enum of an entry kind.
+pub fn entry_kind(kind: EntryKind) -> pb::EntryKind {
+    match kind {
+        EntryKind::Earn => pb::EntryKind::Earn,
+        EntryKind::Burn => pb::EntryKind::Burn,
+        EntryKind::MemberMerge => pb::EntryKind::MemberMerge,
+        EntryKind::EarnReversal => pb::EntryKind::EarnReversal,
+        EntryKind::BurnReversal => pb::EntryKind::BurnReversal,
+        EntryKind::Hold => pb::EntryKind::Hold,
+        EntryKind::Capture => pb::EntryKind::Capture,
+        EntryKind::Void => pb::EntryKind::Void,
+        EntryKind::HoldExpiry => pb::EntryKind::HoldExpiry,
+        EntryKind::Funding => pb::EntryKind::Funding,
+        EntryKind::ExchangeIn => pb::EntryKind::ExchangeIn,
+        EntryKind::ExchangeOut => pb::EntryKind::ExchangeOut,
+        EntryKind::Expiry => pb::EntryKind::Expiry,
+        EntryKind::Settlement => pb::EntryKind::Settlement,
+        EntryKind::Payout => pb::EntryKind::Payout,
+    }
+}
+
 pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
     let origin = entry.origin.as_ref();
+    // The deprecated string kind is still filled for clients that read it.
+    #[allow(deprecated)]
     pb::JournalEntry {
         sequence: entry.sequence,
         kind: entry.kind.code().to_owned(),
+        entry_kind: entry_kind(entry.kind) as i32,
         accepted_at_unix_ms: entry.accepted_at_ms,
         merchant_id: origin
             .map(|o| o.merchant_id.to_string())

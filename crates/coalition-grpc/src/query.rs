@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use coalition_domain::account::{AccountKey, Asset};
 use coalition_domain::signing::QUERY_DOMAIN;
-use coalition_domain::{MemberId, MerchantId, MerchantTransactionId};
+use coalition_domain::{EntryKind, MemberId, MerchantId, MerchantTransactionId};
 use coalition_engine::{Engine, Envelope};
 use coalition_storage::StorageError;
 use prost::Message;
@@ -100,14 +100,28 @@ impl Queries {
         ))
     }
 
+    /// The enrolled member an id or alias stands for; NOT_FOUND when there is none, so a POS
+    /// can tell "not a member" from "no points".
     async fn resolve_member(&self, member_id: String) -> Result<MemberId, Status> {
         let member = MemberId::new(member_id)
             .map_err(|error| Status::invalid_argument(format!("member_id {error}")))?;
-        self.engine
-            .storage()
+        let storage = self.engine.storage();
+        let resolved = storage
             .resolve_member(&member)
             .await
-            .map_err(storage_status)
+            .map_err(storage_status)?;
+        if !storage
+            .member_enrolled(&resolved)
+            .await
+            .map_err(storage_status)?
+        {
+            return Err(Status::not_found(if resolved == member {
+                format!("member {member} is not enrolled")
+            } else {
+                format!("member {member} (an alias of {resolved}) is not enrolled")
+            }));
+        }
+        Ok(resolved)
     }
 }
 
@@ -126,8 +140,14 @@ impl QueryService for Queries {
         )?;
         let asset = asset_of(&query.asset)?;
         let mut account = convert::account_key(query.account_kind, query.owner_id)?;
-        if let AccountKey::MemberWallet(member) = &account {
-            account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
+        match &account {
+            AccountKey::MemberWallet(member) => {
+                account = AccountKey::MemberWallet(self.resolve_member(member.to_string()).await?);
+            }
+            AccountKey::MemberHeld(member) => {
+                account = AccountKey::MemberHeld(self.resolve_member(member.to_string()).await?);
+            }
+            _ => {}
         }
         if let Reader::Merchant(merchant) = &reader {
             let allowed = match &account {
@@ -276,15 +296,23 @@ impl QueryService for Queries {
         Ok(Response::new(pb::GetAccountHistoryResponse {
             lines: lines
                 .into_iter()
-                .map(|line| pb::AccountHistoryLine {
-                    entry_sequence: line.entry_sequence,
-                    accepted_at_unix_ms: line.accepted_at_ms,
-                    kind: line.kind,
-                    merchant_transaction_id: line.merchant_transaction_id.unwrap_or_default(),
-                    amount: line.amount,
-                    balance_after: line.balance_after,
+                .map(|line| {
+                    let kind = EntryKind::from_code(&line.kind).ok_or_else(|| {
+                        Status::internal(format!("entry kind {:?} is unknown", line.kind))
+                    })?;
+                    // The deprecated string kind is still filled for clients that read it.
+                    #[allow(deprecated)]
+                    Ok(pb::AccountHistoryLine {
+                        entry_sequence: line.entry_sequence,
+                        accepted_at_unix_ms: line.accepted_at_ms,
+                        entry_kind: convert::entry_kind(kind) as i32,
+                        kind: line.kind,
+                        merchant_transaction_id: line.merchant_transaction_id.unwrap_or_default(),
+                        amount: line.amount,
+                        balance_after: line.balance_after,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, Status>>()?,
             next_before_sequence: next,
         }))
     }

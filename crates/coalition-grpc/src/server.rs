@@ -137,6 +137,44 @@ fn counted_incoming(
     ReceiverStream::new(receiver)
 }
 
+/// Whether a status is tonic's refusal of a message over the size limit, which it answers
+/// with OUT_OF_RANGE.
+fn is_oversized(code: &str, message: &str) -> bool {
+    code == "11" && (message.contains("too large") || message.contains("too%20large"))
+}
+
+/// Answers a request over `message_size_max_bytes` with RESOURCE_EXHAUSTED, as gRPC's status
+/// code guide and the other gRPC implementations do, instead of tonic's OUT_OF_RANGE. A
+/// unary request too large is refused before the handler runs, in a trailers-only response
+/// whose status is in the headers, which is where this rewrites it.
+fn oversized_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let code = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|value| value.to_str().ok());
+    if let (Some(code), Some(message)) = (code, message)
+        && is_oversized(code, message)
+    {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// The status a streaming call ends with when its request stream failed: RESOURCE_EXHAUSTED
+/// for a message over the size limit (as for unary calls), the status as it came otherwise.
+pub fn request_stream_status(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        tonic::Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets calls
 /// in flight finish (their batches commit and are acknowledged), and returns.
 pub async fn serve(
@@ -186,6 +224,9 @@ pub async fn serve(
     .max_decoding_message_size(size)
     .max_encoding_message_size(size);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -190,36 +190,90 @@ impl SubmissionService for Submissions {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             // Each request is processed on its own task so many are in flight at once and
-            // the writer can batch them; the semaphore bounds how many.
+            // the writer can batch them; the semaphore bounds how many. Every task answers
+            // its item before the stream can end: the response stream closes only when the
+            // last sender (the tasks' clones and this one) is dropped.
             let in_flight = Arc::new(Semaphore::new(in_flight_max));
+            // A whole-call failure (the writer could not commit) ends the stream, but only
+            // after every item handed to the writer before it has been answered.
+            let failure: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+            let mut tasks = tokio::task::JoinSet::new();
             while let Some(message) = incoming.next().await {
                 let message = match message {
                     Ok(message) => message,
                     Err(status) => {
-                        tracing::debug!(%status, "submission stream ended by the client");
+                        // The client reset the stream, or sent what cannot be read (a message
+                        // over the size limit): the stream ends with that, after every item
+                        // read before is answered.
+                        tracing::debug!(%status, "submission stream's requests failed");
+                        failure
+                            .lock()
+                            .expect("the failure slot is never poisoned")
+                            .get_or_insert(crate::server::request_stream_status(status));
                         break;
                     }
                 };
+                if failure
+                    .lock()
+                    .expect("the failure slot is never poisoned")
+                    .is_some()
+                {
+                    break;
+                }
+                // Finished tasks are reaped as the stream goes, so a long stream holds only
+                // what is in flight.
+                while tasks.try_join_next().is_some() {}
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
                 let engine = engine.clone();
                 let sender = sender.clone();
-                tokio::spawn(async move {
+                let failure = failure.clone();
+                tasks.spawn(async move {
                     let _permit = permit;
-                    let response = match message.envelope {
-                        None => Err(Status::invalid_argument("envelope is required")),
-                        Some(envelope) => {
-                            process(&engine, vec![envelope]).await.map(|mut results| {
-                                pb::SubmitStreamResponse {
-                                    client_reference: message.client_reference,
-                                    result: results.pop(),
-                                }
-                            })
+                    let client_reference = message.client_reference;
+                    let result = match message.envelope {
+                        // A request without an envelope is one refused item, not the end
+                        // of the stream.
+                        None => {
+                            let rejection = Rejection::new(
+                                RejectionReason::SignatureMalformed,
+                                "the request carries no envelope",
+                            );
+                            record_rejection(&rejection);
+                            Ok(convert::rejected(&rejection, String::new()))
                         }
+                        Some(envelope) => process(&engine, vec![envelope])
+                            .await
+                            .map(|mut results| results.pop().expect("one result per envelope")),
                     };
-                    let _ = sender.send(response).await;
+                    match result {
+                        Ok(result) => {
+                            let _ = sender
+                                .send(Ok(pb::SubmitStreamResponse {
+                                    client_reference,
+                                    result: Some(result),
+                                }))
+                                .await;
+                        }
+                        Err(status) => {
+                            failure
+                                .lock()
+                                .expect("the failure slot is never poisoned")
+                                .get_or_insert(status);
+                        }
+                    }
                 });
+            }
+            // Every item handed over is answered before the stream ends, with an error
+            // last if the writer failed.
+            while tasks.join_next().await.is_some() {}
+            let failure = failure
+                .lock()
+                .expect("the failure slot is never poisoned")
+                .take();
+            if let Some(status) = failure {
+                let _ = sender.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

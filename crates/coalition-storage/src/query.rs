@@ -245,6 +245,17 @@ impl Storage {
         MemberId::new(current)
             .map_err(|error| StorageError::Corrupt(format!("alias target {error}")))
     }
+
+    /// Whether exactly this member id is enrolled (aliases are not followed).
+    pub async fn member_enrolled(&self, member_id: &MemberId) -> Result<bool, StorageError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query("SELECT 1 FROM members WHERE member_id = $1")
+                .bind(member_id.as_str())
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        }))
+    }
 }
 
 /// How many keys one SQLite receipt lookup binds (two parameters each).

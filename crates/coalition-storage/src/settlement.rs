@@ -172,6 +172,35 @@ impl Storage {
             .collect()
     }
 
+    /// What is payable to each merchant (negative: what it owes) in `asset` after the entries
+    /// up to and including `sequence`; merchants at zero are left out.
+    pub async fn merchant_payables_through(
+        &self,
+        sequence: u64,
+        asset: Asset,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT a.owner, CAST(SUM(p.amount) AS BIGINT) AS balance FROM postings p \
+                 JOIN accounts a ON a.account_id = p.account_id \
+                 WHERE a.kind = $1 AND p.asset = $2 AND p.entry_sequence <= $3 GROUP BY a.owner",
+            )
+            // The stored kind of `AccountKey::MerchantPayable`.
+            .bind("merchant_payable")
+            .bind(asset.code())
+            .bind(sequence as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get::<String, _>("owner")?, row.try_get::<i64, _>("balance")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows
+            .into_iter()
+            .filter(|(_, balance)| *balance != 0)
+            .collect())
+    }
+
     /// Each merchant's breakage share in the terms in force at `at_ms` (merchants without
     /// terms then are absent: they have no share).
     pub async fn breakage_shares_at(

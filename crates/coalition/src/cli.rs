@@ -536,8 +536,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_filter));
+    // Colour only on a terminal: a file or a pipe gets plain text (and NO_COLOR is honoured).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = if config.log_format == "json" {
         builder.json().try_init()
@@ -603,8 +607,8 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
             {
-                Some(bytes) => ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                    .context("--operator-key is not an ed25519 public key")?,
+                Some(bytes) => coalition_domain::signing::parse_public_key(&bytes)
+                    .context("--operator-key is not a usable ed25519 public key")?,
                 None => crate::operator_key::read_public_key(Path::new(operator_key))?,
             },
         );
@@ -837,8 +841,10 @@ pub fn sign_example() -> String {
     let body = example_body();
     let body_bytes = prost::Message::encode_to_vec(&body);
     let signature = signing::sign(&key, signing::SUBMISSION_DOMAIN, &body_bytes);
+    let query_bytes = prost::Message::encode_to_vec(&example_query());
+    let query_signature = signing::sign(&key, signing::QUERY_DOMAIN, &query_bytes);
     format!(
-        "secret key seed (hex): {}\npublic key (hex):      {}\nbody (hex):            {}\nsigned message (hex): {}\nsignature (hex):       {}\n",
+        "secret key seed (hex): {}\npublic key (hex):      {}\nbody (hex):            {}\nsigned message (hex): {}\nsignature (hex):       {}\n\nquery (hex):                 {}\nsigned query message (hex):  {}\nquery signature (hex):       {}\n",
         hex::encode(seed),
         hex::encode(key.verifying_key().as_bytes()),
         hex::encode(&body_bytes),
@@ -847,7 +853,23 @@ pub fn sign_example() -> String {
             &body_bytes
         )),
         hex::encode(signature),
+        hex::encode(&query_bytes),
+        hex::encode(signing::signed_message(signing::QUERY_DOMAIN, &query_bytes)),
+        hex::encode(query_signature),
     )
+}
+
+/// The signed query of the worked example: merchant `tenant-001` asks for the wallet balance
+/// of `member-000042`, issued at 2026-01-01T00:00:00Z.
+pub fn example_query() -> pb::BalanceQuery {
+    pb::BalanceQuery {
+        merchant_id: "tenant-001".into(),
+        issued_at_unix_ms: 1_767_225_600_000,
+        account_kind: pb::AccountKind::MemberWallet as i32,
+        owner_id: "member-000042".into(),
+        as_of_unix_ms: None,
+        asset: String::new(),
+    }
 }
 
 /// The body of the worked example.
@@ -1004,11 +1026,17 @@ async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Re
                 "enrolled {}, already enrolled {}",
                 response.enrolled, response.already_enrolled
             );
-            for refused in &response.refused {
-                println!("refused: {refused}");
+            for refusal in &response.refusals {
+                println!(
+                    "refused: {} ({}): {}",
+                    refusal.member_id,
+                    pb::EnrollmentRefusalReason::try_from(refusal.reason)
+                        .map_or("unknown reason", |reason| reason.as_str_name()),
+                    refusal.message
+                );
             }
-            if !response.refused.is_empty() {
-                bail!("{} members were refused", response.refused.len());
+            if !response.refusals.is_empty() {
+                bail!("{} members were refused", response.refusals.len());
             }
         }
         AdminCommand::SetTerms {

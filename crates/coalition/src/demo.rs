@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use coalition_domain::settlement::PaymentDirection;
 use coalition_engine::Clock;
 use coalition_grpc::client::{
     AdminServiceClient, AdminToken, QueryServiceClient, SubmissionServiceClient,
@@ -322,8 +323,8 @@ pub async fn register(channel: Channel, token: &str, day: &Day) -> anyhow::Resul
             .await
             .context("enrolling members")?
             .into_inner();
-        if !response.refused.is_empty() {
-            bail!("members refused: {:?}", response.refused);
+        if !response.refusals.is_empty() {
+            bail!("members refused: {:?}", response.refusals);
         }
     }
     Ok(())
@@ -494,33 +495,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // and the transfer booked, which clears what is payable to it.
     let mut payouts = (0u64, 0i64);
     for settlement in &settlements {
-        for line in settlement
-            .merchants
+        let finalised = server
+            .engine
+            .storage()
+            .finalised_period(&settlement.period)
+            .await?
+            .with_context(|| format!("period {} is not finalised", settlement.period))?;
+        let payments = crate::export::period_payments(
+            server.engine.storage(),
+            &finalised.settlement,
+            finalised.closing_sequence,
+        )
+        .await?;
+        for payment in payments
             .iter()
-            .filter(|line| line.net_minor > 0)
+            .filter(|payment| payment.direction == PaymentDirection::OperatorPays)
         {
             let paid = admin
                 .record_payout(pb::RecordPayoutRequest {
-                    merchant_id: line.merchant_id.clone(),
-                    amount_minor: line.net_minor,
-                    reference: format!(
-                        "COAL-{}-{}",
-                        settlement.period.replace('-', ""),
-                        line.merchant_id
-                    ),
+                    merchant_id: payment.merchant_id.clone(),
+                    amount_minor: payment.amount_minor,
+                    reference: payment.end_to_end_id.clone(),
                 })
                 .await
-                .with_context(|| format!("paying {}", line.merchant_id))?
+                .with_context(|| format!("paying {}", payment.merchant_id))?
                 .into_inner();
             if paid.payable_minor != 0 {
                 bail!(
                     "{} is still owed {} after its payout",
-                    line.merchant_id,
+                    payment.merchant_id,
                     paid.payable_minor
                 );
             }
             payouts.0 += 1;
-            payouts.1 += line.net_minor;
+            payouts.1 += payment.amount_minor;
         }
     }
     // One mall tenant's own record of its busiest period, with planted differences,

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
-use coalition_domain::settlement::{self, Attribution, Cutoff, Period, Settlement};
+use coalition_domain::settlement::{
+    self, Attribution, Cutoff, Payment, PaymentDirection, Period, Settlement,
+};
 use coalition_domain::{
     AccountKey, Asset, CurrencyCode, FinalisedPeriod, MemberId, MerchantId, MerchantTransactionId,
 };
@@ -23,12 +25,40 @@ use sha2::{Digest, Sha256};
 
 use crate::reconcile::neutralise;
 
+/// The payments of a finalised period: what is payable to each merchant (or owed by it)
+/// after the period's closing entry, or without one, after the period's last entry. The
+/// export's payments file and the demo's payouts both come from here.
+pub async fn period_payments(
+    storage: &Storage,
+    settlement: &Settlement,
+    closing_sequence: Option<u64>,
+) -> anyhow::Result<Vec<Payment>> {
+    let currency = CurrencyCode::new(&settlement.currency)
+        .with_context(|| format!("currency {:?}", settlement.currency))?;
+    let payables = storage
+        .merchant_payables_through(
+            closing_sequence.unwrap_or(settlement.last_sequence),
+            Asset::Currency(currency),
+        )
+        .await?;
+    Ok(settlement::payments(settlement, &payables))
+}
+
 /// What the operator's signature over the manifest is domain-separated by.
 pub const MANIFEST_SIGNATURE_DOMAIN: &[u8] = b"coalition.v1.export-manifest\0";
 /// The manifest's format name.
 pub const MANIFEST_FORMAT: &str = "coalition-export/1";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
+/// The ISO 20022 credit transfers, present only when the operator pays someone.
+pub const PAIN_001_FILE: &str = "payments.pain.001.xml";
+
+/// A file the format has that this export leaves out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OmittedFile {
+    pub path: String,
+    pub reason: String,
+}
 
 /// One posting as exported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +339,9 @@ pub struct Manifest {
     pub operator_key_id: String,
     pub operator_public_key: String,
     pub files: Vec<FileDigest>,
+    /// Files of the format this export leaves out, with why (pain.001 when nobody is paid).
+    #[serde(default)]
+    pub omitted: Vec<OmittedFile>,
 }
 
 /// The finalised period's record as `settlement.json` holds it.
@@ -356,8 +389,25 @@ struct Folder {
     written: Vec<String>,
 }
 
+/// Whether `relative` names a file inside a folder: `/`-separated plain names, none empty,
+/// none starting with a dot (so no `.`, `..` or hidden file), no backslash or drive colon.
+/// Every path the export writes and every path `verify` reads from a manifest passes this.
+pub fn is_inside_path(relative: &str) -> bool {
+    !relative.is_empty()
+        && relative
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.contains(['\\', ':']))
+}
+
 impl Folder {
     fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        // File names come from identifiers (statements, reconciliations): refuse anything
+        // that could leave the folder, whatever made it.
+        if !is_inside_path(relative) {
+            bail!(
+                "refusing to write {relative:?}: it does not name a file inside the export folder"
+            );
+        }
         let path = self.root.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -874,9 +924,12 @@ async fn read_and_write(
         let merchant =
             MerchantId::new(net.merchant_id.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
         let lines = settlement::statement_lines(&entries, &merchant, currency);
-        folder.jsonl(&format!("statements/{}.jsonl", merchant.as_str()), &lines)?;
+        folder.jsonl(
+            &format!("statements/{}.jsonl", merchant.file_name_stem()),
+            &lines,
+        )?;
         folder.csv(
-            &format!("statements/{}.csv", merchant.as_str()),
+            &format!("statements/{}.csv", merchant.file_name_stem()),
             &[
                 "sequence",
                 "accepted_at",
@@ -916,7 +969,10 @@ async fn read_and_write(
         );
         let (rows, malformed) = crate::reconcile::read_merchant_file(reader, |_| {})?;
         let report = crate::reconcile::reconcile(rows, cleared, malformed);
-        let relative = format!("reconciliation/{}", input.merchant.as_str());
+        let relative = format!("reconciliation/{}", input.merchant.file_name_stem());
+        if !is_inside_path(&relative) {
+            bail!("refusing to write {relative:?}: it does not name a folder inside the export");
+        }
         crate::reconcile::write_report(&report, &folder.root.join(&relative))?;
         for file in [
             "differences.csv",
@@ -928,13 +984,12 @@ async fn read_and_write(
         }
     }
 
-    // Payments for the treasury.
+    // Payments for the treasury: what is payable after this period's closing entry, netted
+    // over every finalised period, so that no file pays a merchant what it does not owe it
+    // and each transfer is what RecordPayout accepts. Without a closing entry (nothing to
+    // close) the position after the period's last entry.
     let digits = minor_digits(&settlement.currency);
-    let payments: Vec<_> = settlement
-        .merchants
-        .iter()
-        .filter(|net| net.net_minor != 0)
-        .collect();
+    let payments = period_payments(storage, &settlement, closing_sequence).await?;
     folder.csv(
         "payments.csv",
         &[
@@ -944,29 +999,43 @@ async fn read_and_write(
             "amount_minor",
             "amount",
             "currency",
+            "period_net_minor",
+            "payable_minor",
             "end_to_end_id",
             "remittance",
         ],
         &payments,
-        |net| {
+        |payment| {
             vec![
-                text(&net.merchant_id),
-                text(name_of(&net.merchant_id)),
-                text(if net.net_minor > 0 {
-                    "operator_pays"
-                } else {
-                    "merchant_pays"
-                }),
-                Cell::Number(net.net_minor.abs()),
-                text(major_amount(net.net_minor.abs(), digits)),
+                text(&payment.merchant_id),
+                text(name_of(&payment.merchant_id)),
+                text(payment.direction.code()),
+                Cell::Number(payment.amount_minor),
+                text(major_amount(payment.amount_minor, digits)),
                 text(&settlement.currency),
-                text(end_to_end_id(&settlement.period, &net.merchant_id)),
+                Cell::Number(payment.period_net_minor),
+                Cell::Number(payment.payable_minor),
+                text(&payment.end_to_end_id),
                 text(format!("Coalition settlement {}", settlement.period)),
             ]
         },
     )?;
-    let pain = pain_001(&settlement, &options.cutoff, finalised_at_ms, &name_of);
-    folder.write("payments.pain.001.xml", pain.as_bytes())?;
+    // pain.001 has no valid form without a transfer: when the operator pays nobody, the
+    // file is left out and the manifest says why.
+    let mut omitted = Vec::new();
+    match pain_001(
+        &settlement,
+        &payments,
+        &options.cutoff,
+        finalised_at_ms,
+        &name_of,
+    ) {
+        Some(pain) => folder.write(PAIN_001_FILE, pain.as_bytes())?,
+        None => omitted.push(OmittedFile {
+            path: PAIN_001_FILE.to_owned(),
+            reason: "the operator pays no merchant after this period's closing".to_owned(),
+        }),
+    }
 
     // The plain-text journal.
     folder.write(
@@ -1005,6 +1074,7 @@ async fn read_and_write(
         operator_key_id: key_id,
         operator_public_key: hex::encode(signing_key.verifying_key().as_bytes()),
         files,
+        omitted,
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
     std::fs::write(folder.root.join(MANIFEST_FILE), &manifest_bytes)
@@ -1025,28 +1095,26 @@ pub fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
     message
 }
 
-fn end_to_end_id(period: &str, merchant: &str) -> String {
-    // ISO 20022 identifiers are at most 35 characters.
-    let id = format!("COAL-{}-{merchant}", period.replace('-', ""));
-    id.chars().take(35).collect()
-}
-
-/// ISO 20022 pain.001.001.09 credit transfers for the amounts the operator pays out. Merchants'
-/// bank details are not part of the ledger: the creditor account is identified by the
-/// merchant id, for the treasury to map to its payee records.
+/// ISO 20022 pain.001.001.09 credit transfers for the payments the operator makes; `None`
+/// when it makes none (the schema requires at least one transfer). Merchants' bank details
+/// are not part of the ledger: the creditor account is identified by the merchant id, for
+/// the treasury to map to its payee records.
 fn pain_001(
     settlement: &Settlement,
+    payments: &[Payment],
     cutoff: &Cutoff,
     finalised_at_ms: i64,
     name_of: &dyn Fn(&str) -> String,
-) -> String {
+) -> Option<String> {
     let digits = minor_digits(&settlement.currency);
-    let payouts: Vec<_> = settlement
-        .merchants
+    let payouts: Vec<_> = payments
         .iter()
-        .filter(|net| net.net_minor > 0)
+        .filter(|payment| payment.direction == PaymentDirection::OperatorPays)
         .collect();
-    let total: i64 = payouts.iter().map(|net| net.net_minor).sum();
+    if payouts.is_empty() {
+        return None;
+    }
+    let total: i64 = payouts.iter().map(|payment| payment.amount_minor).sum();
     let created = &cutoff.local_time(finalised_at_ms)[..19];
     let execution_date = cutoff.local_date(settlement.end_ms);
     let message_id = format!("COAL-SETTLE-{}", settlement.period.replace('-', ""));
@@ -1069,20 +1137,21 @@ fn pain_001(
         payouts.len(),
         major_amount(total, digits)
     );
-    for net in payouts {
+    for payment in payouts {
         let _ = writeln!(
             out,
-            "      <CdtTrfTxInf>\n        <PmtId><EndToEndId>{}</EndToEndId></PmtId>\n        <Amt><InstdAmt Ccy=\"{}\">{}</InstdAmt></Amt>\n        <Cdtr><Nm>{}</Nm></Cdtr>\n        <CdtrAcct><Id><Othr><Id>{}</Id></Othr></Id></CdtrAcct>\n        <RmtInf><Ustrd>Coalition settlement {}</Ustrd></RmtInf>\n      </CdtTrfTxInf>",
-            xml_escape(&end_to_end_id(&settlement.period, &net.merchant_id)),
+            "      <CdtTrfTxInf>\n        <PmtId><EndToEndId>{}</EndToEndId></PmtId>\n        <Amt><InstdAmt Ccy=\"{}\">{}</InstdAmt></Amt>\n        <Cdtr><Nm>{}</Nm></Cdtr>\n        <CdtrAcct><Id><Othr><Id>{}</Id></Othr></Id></CdtrAcct>\n        <RmtInf><Ustrd>Coalition settlement {} {}</Ustrd></RmtInf>\n      </CdtTrfTxInf>",
+            xml_escape(&payment.end_to_end_id),
             xml_escape(&settlement.currency),
-            major_amount(net.net_minor, digits),
-            xml_escape(&name_of(&net.merchant_id)),
-            xml_escape(&net.merchant_id),
-            xml_escape(&settlement.period)
+            major_amount(payment.amount_minor, digits),
+            xml_escape(&name_of(&payment.merchant_id)),
+            xml_escape(&payment.merchant_id),
+            xml_escape(&settlement.period),
+            xml_escape(&payment.merchant_id)
         );
     }
     let _ = writeln!(out, "    </PmtInf>\n  </CstmrCdtTrfInitn>\n</Document>");
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -1097,6 +1166,31 @@ mod tests {
         assert_eq!(major_amount(1_001, 3), "1.001");
         assert_eq!(minor_digits("JPY"), 0);
         assert_eq!(minor_digits("CNY"), 2);
+    }
+
+    #[test]
+    fn only_paths_inside_the_folder_pass() {
+        for inside in [
+            "matrix.csv",
+            "statements/tenant-1.csv",
+            "reconciliation/%2E./x.csv",
+        ] {
+            assert!(is_inside_path(inside), "{inside}");
+        }
+        for outside in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "statements/../matrix.csv",
+            "statements/..",
+            "./x",
+            "a//b",
+            ".hidden",
+            "a\\..\\b",
+            "c:x",
+        ] {
+            assert!(!is_inside_path(outside), "{outside}");
+        }
     }
 
     #[test]

@@ -184,8 +184,8 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .with_context(|| format!("{} must hold 32 bytes of hex", path.display()))?;
-    VerifyingKey::from_bytes(&bytes)
-        .with_context(|| format!("{} is not an ed25519 public key", path.display()))
+    coalition_domain::signing::parse_public_key(&bytes)
+        .with_context(|| format!("{} is not a usable ed25519 public key", path.display()))
 }
 
 #[cfg(test)]

@@ -119,6 +119,15 @@ pub fn verify_folder(folder: &Path, keys: &[VerifyingKey]) -> anyhow::Result<Ver
     present.remove(SIGNATURE_FILE);
     for file in &manifest.files {
         present.remove(&file.path);
+        // A manifest is data from outside until its signature is checked, and even a signed
+        // one never makes this read outside the folder.
+        if !crate::export::is_inside_path(&file.path) {
+            problems.push(format!(
+                "{:?}: the manifest names a path outside the export folder",
+                file.path
+            ));
+            continue;
+        }
         match std::fs::read(folder.join(&file.path)) {
             Err(_) => problems.push(format!("{}: missing", file.path)),
             Ok(bytes) => {
@@ -292,7 +301,10 @@ pub fn verify_folder(folder: &Path, keys: &[VerifyingKey]) -> anyhow::Result<Ver
             // Each statement ties to its merchant's line: its amounts and fees sum to the net
             // less the breakage share (breakage is not an entry of the merchant's).
             for net in &record.settlement.merchants {
-                let name = format!("statements/{}.jsonl", net.merchant_id);
+                let name = format!(
+                    "statements/{}.jsonl",
+                    coalition_domain::ids::file_name_stem(&net.merchant_id)
+                );
                 let lines: Vec<settlement::StatementLine> = read_jsonl(folder, &name, problems);
                 let sum: i64 = lines
                     .iter()
