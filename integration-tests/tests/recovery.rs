@@ -328,7 +328,105 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
 /// The real server binary.
 const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
+/// While the ledger recovers the port already answers: health NOT_SERVING, every other call
+/// UNAVAILABLE; when recovery ends the same port serves the API.
+async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend: Backend) {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let listener = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (ready, recovering) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(coalition_grpc::serve_starting(
+        server.config.server(),
+        listener.clone(),
+        async {
+            let _ = recovering.await;
+        },
+    ));
+    let channel = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in [
+        "",
+        "coalition.v1.SubmissionService",
+        "coalition.v1.AdminService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::NotServing, "{service:?}");
+    }
+    let body = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 10);
+    let refused = SubmissionServiceClient::new(channel)
+        .submit(pb::SubmitRequest {
+            envelope: Some(tenant.envelope(&body)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains("starting"),
+        "{}",
+        refused.message()
+    );
+    // Recovery is over: the starting phase hands the port to the API.
+    ready.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), starting)
+        .await
+        .expect("the starting phase ends")
+        .unwrap()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(coalition_grpc::serve(
+        server.server.engine.clone(),
+        server.config.server(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "coalition.v1.SubmissionService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+    let result = SubmissionServiceClient::new(channel)
+        .submit(pb::SubmitRequest {
+            envelope: Some(tenant.envelope(&body)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(accepted(&result).member_points_balance, 10);
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
 on_both_backends!(
+    while_starting_health_is_not_serving_and_calls_are_unavailable,
     kill_9_under_load_loses_no_acknowledged_transaction,
     sigterm_finishes_the_batch_in_flight_and_exits_cleanly,
     a_tampered_journal_is_reported_and_refused_at_startup,

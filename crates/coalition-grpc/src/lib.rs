@@ -19,4 +19,4 @@ mod query;
 mod server;
 mod submission;
 
-pub use server::{ServerConfig, serve};
+pub use server::{ServerConfig, serve, serve_starting};

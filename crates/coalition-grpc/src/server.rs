@@ -109,19 +109,27 @@ impl AsyncWrite for CountedConnection {
     }
 }
 
-/// Accepts connections only while fewer than `connections_max` are open.
+/// Accepts connections only while fewer than `connections_max` are open. The listener is
+/// shared so that the starting phase and the serving phase take turns on one port. The
+/// accept loop ends when the server stops reading its connections (the receiver is gone).
 fn counted_incoming(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     connections_max: usize,
 ) -> ReceiverStream<io::Result<CountedConnection>> {
     let (sender, receiver) = mpsc::channel(16);
     let permits = Arc::new(Semaphore::new(connections_max));
     tokio::spawn(async move {
         loop {
+            if sender.is_closed() {
+                break;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let accepted = listener.accept().await;
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => break,
+            };
             let item = accepted.map(|(stream, _)| {
                 let _ = stream.set_nodelay(true);
                 CountedConnection {
@@ -175,12 +183,73 @@ pub fn request_stream_status(status: tonic::Status) -> tonic::Status {
     }
 }
 
+/// The message of every call but health and reflection while the server starts.
+const STARTING_MESSAGE: &str = "the server is starting (recovering the ledger); retry shortly";
+
+/// While starting, a call to a service that is not served yet answers UNAVAILABLE (which
+/// clients retry) instead of tonic's UNIMPLEMENTED for an unknown service.
+fn unimplemented_is_starting(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"12")
+    {
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            // gRPC sends printable ASCII but '%' as it is.
+            http::HeaderValue::from_static(STARTING_MESSAGE),
+        );
+    }
+    response
+}
+
+/// Serves the starting phase on `listener` until `ready` resolves: gRPC health answers
+/// NOT_SERVING for the server and each of its services, reflection works, and every other
+/// call answers UNAVAILABLE, so that while the ledger recovers clients and load balancers get
+/// an answer rather than "connection refused". Then it closes its connections (clients
+/// reconnect to the serving phase on the same port) and returns.
+pub async fn serve_starting(
+    config: ServerConfig,
+    listener: Arc<TcpListener>,
+    ready: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    for service in [
+        <SubmissionServiceServer<Submissions> as tonic::server::NamedService>::NAME,
+        <QueryServiceServer<Queries> as tonic::server::NamedService>::NAME,
+        <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
+    ] {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            unimplemented_is_starting,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(counted_incoming(listener, config.connections_max), ready)
+        .await
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets calls
 /// in flight finish (their batches commit and are acknowledged), and returns.
 pub async fn serve(
     engine: Engine,
     config: ServerConfig,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let config = Arc::new(config);

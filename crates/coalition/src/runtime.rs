@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
+/// How long the starting phase may take to close its connections before it is cut.
+const STARTING_PHASE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A running server.
 pub struct RunningServer {
     pub address: SocketAddr,
@@ -33,26 +36,34 @@ impl RunningServer {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<RunningServer> {
-        let storage = Storage::connect(&ConnectOptions {
-            url: config.database_url.clone(),
-            connections_max: config.database_connections_max,
-            create_if_missing: true,
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                redacted(&config.database_url)
-            )
-        })?;
-        let writer_lock = storage.lock_writer(&config.database_url).await?;
-        let engine = Engine::start(storage, config.engine(), clock, writer_lock)
-            .await
-            .context("cannot recover the ledger")?;
-        let listener = TcpListener::bind(&config.listen_address)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+        // Listen first: while the ledger recovers, health answers NOT_SERVING and every
+        // other call UNAVAILABLE, instead of the port being closed.
+        let listener = Arc::new(
+            TcpListener::bind(&config.listen_address)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen_address))?,
+        );
         let address = listener.local_addr()?;
+        let (recovered, recovering) = oneshot::channel::<()>();
+        let mut starting = tokio::spawn(coalition_grpc::serve_starting(
+            config.server(),
+            listener.clone(),
+            async {
+                let _ = recovering.await;
+            },
+        ));
+        tracing::info!(%address, "listening; recovering the ledger");
+        let engine = Self::recover(config, clock).await;
+        // The starting phase closes its connections and hands the port over; a health watch
+        // that a client keeps open must not hold the start up.
+        let _ = recovered.send(());
+        if tokio::time::timeout(STARTING_PHASE_CLOSE, &mut starting)
+            .await
+            .is_err()
+        {
+            starting.abort();
+        }
+        let engine = engine?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(coalition_grpc::serve(
             engine.clone(),
@@ -70,6 +81,26 @@ impl RunningServer {
             stop: Some(stop),
             server,
         })
+    }
+
+    /// Opens the database, takes the writer's lock and recovers the ledger.
+    async fn recover(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
+        let storage = Storage::connect(&ConnectOptions {
+            url: config.database_url.clone(),
+            connections_max: config.database_connections_max,
+            create_if_missing: true,
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redacted(&config.database_url)
+            )
+        })?;
+        let writer_lock = storage.lock_writer(&config.database_url).await?;
+        Engine::start(storage, config.engine(), clock, writer_lock)
+            .await
+            .context("cannot recover the ledger")
     }
 
     /// The address for clients, e.g. `http://127.0.0.1:50051`.
