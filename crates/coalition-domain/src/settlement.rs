@@ -390,6 +390,7 @@ pub fn split_largest_remainder(value: i64, weights: &[i64]) -> Vec<i64> {
 /// Computes the settlement of `period` from its entries (in sequence order, all of them),
 /// the lot attribution of its redemptions, and each issuer's breakage share (merchants not
 /// named share nothing). `previous_hash` is the chain hash before the period's first entry.
+/// The same as feeding one page to a [`SettlementBuilder`].
 pub fn compute(
     period: &Period,
     currency: CurrencyCode,
@@ -398,25 +399,88 @@ pub fn compute(
     attributions: &[Attribution],
     shares: &BTreeMap<String, Decimal>,
 ) -> Result<Settlement, SettlementError> {
-    let money = Asset::Currency(currency);
-    let mut merchants: BTreeMap<String, MerchantNet> = BTreeMap::new();
-    let mut operator = OperatorNet::default();
-    let mut redemptions: BTreeMap<u64, (String, i64, i64)> = BTreeMap::new();
-    let mut expected_sequence = entries.first().map(|entry| entry.sequence);
-    for entry in entries {
-        if Some(entry.sequence) != expected_sequence
-            || entry.accepted_at_ms < period.start_ms
-            || entry.accepted_at_ms >= period.end_ms
-        {
-            return Err(SettlementError::NotContiguous(entry.sequence));
+    let mut builder = SettlementBuilder::new(period, currency, previous_hash);
+    builder.add_page(entries, attributions)?;
+    builder.finish(shares)
+}
+
+/// A period's settlement computed page by page, so that its memory is bounded by a page and
+/// by the number of merchants, never by the period's size: each page of entries (in sequence
+/// order, continuing the previous page) comes with the lot attribution of exactly its
+/// redemptions, and is forgotten once added.
+#[derive(Debug, Clone)]
+pub struct SettlementBuilder {
+    period: Period,
+    currency: CurrencyCode,
+    previous_hash: [u8; 32],
+    merchants: BTreeMap<String, MerchantNet>,
+    operator: OperatorNet,
+    /// (issuer, redeemer) → (points, value in minor units).
+    cells: BTreeMap<(String, String), (i64, i64)>,
+    first_sequence: Option<u64>,
+    last: Option<(u64, [u8; 32])>,
+}
+
+impl SettlementBuilder {
+    /// A builder for `period`, whose first entry must continue `previous_hash`.
+    pub fn new(period: &Period, currency: CurrencyCode, previous_hash: [u8; 32]) -> Self {
+        SettlementBuilder {
+            period: period.clone(),
+            currency,
+            previous_hash,
+            merchants: BTreeMap::new(),
+            operator: OperatorNet::default(),
+            cells: BTreeMap::new(),
+            first_sequence: None,
+            last: None,
         }
-        expected_sequence = Some(entry.sequence + 1);
-        // Closing entries and payouts move money between a merchant's payable and its own
-        // accounts or the operator's cash: settling what earlier periods left, not business
-        // of this one.
-        if matches!(entry.kind, EntryKind::Settlement | EntryKind::Payout) {
-            continue;
+    }
+
+    /// Adds the next entries of the period and the attribution of their redemptions.
+    pub fn add_page(
+        &mut self,
+        entries: &[Entry],
+        attributions: &[Attribution],
+    ) -> Result<(), SettlementError> {
+        let money = Asset::Currency(self.currency);
+        let mut redemptions: BTreeMap<u64, (String, i64, i64)> = BTreeMap::new();
+        for entry in entries {
+            let (expected_sequence, expected_previous) = match self.last {
+                Some((sequence, hash)) => (Some(sequence + 1), hash),
+                None => (None, self.previous_hash),
+            };
+            if expected_sequence.is_some_and(|expected| entry.sequence != expected)
+                || entry.previous_hash != expected_previous
+                || entry.accepted_at_ms < self.period.start_ms
+                || entry.accepted_at_ms >= self.period.end_ms
+            {
+                return Err(SettlementError::NotContiguous(entry.sequence));
+            }
+            self.first_sequence.get_or_insert(entry.sequence);
+            self.last = Some((entry.sequence, entry.hash));
+            // Closing entries and payouts move money between a merchant's payable and its own
+            // accounts or the operator's cash: settling what earlier periods left, not
+            // business of this one.
+            if matches!(entry.kind, EntryKind::Settlement | EntryKind::Payout) {
+                continue;
+            }
+            self.add_postings(entry, money)?;
+            if is_redemption(entry.kind)
+                && let Some(origin) = &entry.origin
+            {
+                let (value, _) = merchant_amounts(entry, &origin.merchant_id, money);
+                redemptions.insert(
+                    entry.sequence,
+                    (origin.merchant_id.as_str().to_owned(), entry.points, value),
+                );
+            }
         }
+        add_to_matrix(&mut self.cells, &redemptions, attributions)
+    }
+
+    fn add_postings(&mut self, entry: &Entry, money: Asset) -> Result<(), SettlementError> {
+        let merchants = &mut self.merchants;
+        let operator = &mut self.operator;
         let category = Category::of(entry.kind);
         for posting in &entry.postings {
             let unexpected = || SettlementError::UnexpectedPosting {
@@ -428,10 +492,10 @@ pub fn compute(
                 match &posting.account {
                     // Issued accounts are negative by the points put into circulation.
                     AccountKey::MerchantIssued(merchant) => {
-                        line(&mut merchants, merchant).points_issued -= posting.amount
+                        line(merchants, merchant).points_issued -= posting.amount
                     }
                     AccountKey::MerchantRedeemed(merchant) => {
-                        line(&mut merchants, merchant).points_redeemed += posting.amount
+                        line(merchants, merchant).points_redeemed += posting.amount
                     }
                     _ => {}
                 }
@@ -442,7 +506,7 @@ pub fn compute(
             }
             match &posting.account {
                 AccountKey::MerchantSettlement(merchant) => {
-                    let line = line(&mut merchants, merchant);
+                    let line = line(merchants, merchant);
                     match category {
                         Some(Category::Issuance) => line.issuance_minor += posting.amount,
                         Some(Category::IssuanceReversed) => {
@@ -457,13 +521,13 @@ pub fn compute(
                     }
                 }
                 AccountKey::MerchantFees(merchant) => {
-                    line(&mut merchants, merchant).fees_minor += posting.amount
+                    line(merchants, merchant).fees_minor += posting.amount
                 }
                 AccountKey::MerchantBreakage(merchant) => {
                     if entry.kind != EntryKind::Expiry {
                         return Err(unexpected());
                     }
-                    line(&mut merchants, merchant).breakage_minor += posting.amount;
+                    line(merchants, merchant).breakage_minor += posting.amount;
                 }
                 AccountKey::MerchantPayable(_) => return Err(unexpected()),
                 AccountKey::OperatorFloat => operator.float_minor += posting.amount,
@@ -473,78 +537,85 @@ pub fn compute(
                 _ => return Err(unexpected()),
             }
         }
-        if is_redemption(entry.kind)
-            && let Some(origin) = &entry.origin
-        {
-            let (value, _) = merchant_amounts(entry, &origin.merchant_id, money);
-            redemptions.insert(
-                entry.sequence,
-                (origin.merchant_id.as_str().to_owned(), entry.points, value),
-            );
-        }
+        Ok(())
     }
 
-    for line in merchants.values_mut() {
-        let share = shares
-            .get(&line.merchant_id)
-            .copied()
-            .unwrap_or(Decimal::ZERO);
-        if share.is_sign_negative() || share > Decimal::ONE {
-            return Err(SettlementError::Share(share.to_string()));
+    /// The settlement of everything added, with each issuer's breakage share.
+    pub fn finish(self, shares: &BTreeMap<String, Decimal>) -> Result<Settlement, SettlementError> {
+        let SettlementBuilder {
+            period,
+            currency,
+            previous_hash,
+            mut merchants,
+            mut operator,
+            cells,
+            first_sequence,
+            last,
+        } = self;
+        for line in merchants.values_mut() {
+            let share = shares
+                .get(&line.merchant_id)
+                .copied()
+                .unwrap_or(Decimal::ZERO);
+            if share.is_sign_negative() || share > Decimal::ONE {
+                return Err(SettlementError::Share(share.to_string()));
+            }
+            line.breakage_share = share.normalize().to_string();
+            line.breakage_share_minor = (Decimal::from(line.breakage_minor) * share)
+                .floor()
+                .to_i64()
+                .ok_or(SettlementError::Overflow)?;
+            line.net_minor =
+                line.settlement_movement_minor() + line.fees_minor + line.breakage_share_minor;
+            operator.breakage_kept_minor += line.breakage_minor - line.breakage_share_minor;
         }
-        line.breakage_share = share.normalize().to_string();
-        line.breakage_share_minor = (Decimal::from(line.breakage_minor) * share)
-            .floor()
-            .to_i64()
-            .ok_or(SettlementError::Overflow)?;
-        line.net_minor =
-            line.settlement_movement_minor() + line.fees_minor + line.breakage_share_minor;
-        operator.breakage_kept_minor += line.breakage_minor - line.breakage_share_minor;
+        operator.net_minor = operator.float_minor
+            + operator.fees_minor
+            + operator.rounding_minor
+            + operator.cash_minor
+            + operator.breakage_kept_minor;
+        let merchants_total: i64 = merchants.values().map(|line| line.net_minor).sum();
+        if merchants_total + operator.net_minor != 0 {
+            return Err(SettlementError::NotZero {
+                merchants: merchants_total,
+                operator: operator.net_minor,
+            });
+        }
+        let (first_sequence, last_sequence, head) = match (first_sequence, last) {
+            (Some(first), Some((last, hash))) => (first, last, hash),
+            _ => (0, 0, previous_hash),
+        };
+        Ok(Settlement {
+            period: period.label.clone(),
+            start_ms: period.start_ms,
+            end_ms: period.end_ms,
+            currency: currency.as_str().to_owned(),
+            first_sequence,
+            last_sequence,
+            previous_hash: hex::encode(previous_hash),
+            head_hash: hex::encode(head),
+            merchants: merchants.into_values().collect(),
+            operator,
+            matrix: cells
+                .into_iter()
+                .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
+                    issuer,
+                    redeemer,
+                    points,
+                    value_minor,
+                })
+                .collect(),
+        })
     }
-    operator.net_minor = operator.float_minor
-        + operator.fees_minor
-        + operator.rounding_minor
-        + operator.cash_minor
-        + operator.breakage_kept_minor;
-    let merchants_total: i64 = merchants.values().map(|line| line.net_minor).sum();
-    if merchants_total + operator.net_minor != 0 {
-        return Err(SettlementError::NotZero {
-            merchants: merchants_total,
-            operator: operator.net_minor,
-        });
-    }
-
-    let matrix = bilateral_matrix(&redemptions, attributions)?;
-    let (first_sequence, last_sequence, head) = match (entries.first(), entries.last()) {
-        (Some(first), Some(last)) => (first.sequence, last.sequence, last.hash),
-        _ => (0, 0, previous_hash),
-    };
-    if let Some(first) = entries.first()
-        && first.previous_hash != previous_hash
-    {
-        return Err(SettlementError::NotContiguous(first.sequence));
-    }
-    Ok(Settlement {
-        period: period.label.clone(),
-        start_ms: period.start_ms,
-        end_ms: period.end_ms,
-        currency: currency.as_str().to_owned(),
-        first_sequence,
-        last_sequence,
-        previous_hash: hex::encode(previous_hash),
-        head_hash: hex::encode(head),
-        merchants: merchants.into_values().collect(),
-        operator,
-        matrix,
-    })
 }
 
-/// The matrix from each redemption's attribution: `redemptions` maps a redeeming entry to its
-/// redeemer, points and redemption money.
-fn bilateral_matrix(
+/// Adds each redemption's attribution to the matrix: `redemptions` maps a redeeming entry to
+/// its redeemer, points and redemption money; `attributions` must be exactly theirs.
+fn add_to_matrix(
+    cells: &mut BTreeMap<(String, String), (i64, i64)>,
     redemptions: &BTreeMap<u64, (String, i64, i64)>,
     attributions: &[Attribution],
-) -> Result<Vec<MatrixCell>, SettlementError> {
+) -> Result<(), SettlementError> {
     let mut by_entry: BTreeMap<u64, Vec<&Attribution>> = BTreeMap::new();
     for attribution in attributions {
         if !redemptions.contains_key(&attribution.entry_sequence) {
@@ -557,7 +628,6 @@ fn bilateral_matrix(
             .or_default()
             .push(attribution);
     }
-    let mut cells: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (sequence, (redeemer, points, value)) in redemptions {
         // Attribution is what the entry took out of lots (debt repaid by a capture's released
         // rest is recorded apart), so it names exactly the points redeemed.
@@ -585,15 +655,7 @@ fn bilateral_matrix(
             cell.1 += part;
         }
     }
-    Ok(cells
-        .into_iter()
-        .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
-            issuer,
-            redeemer,
-            points,
-            value_minor,
-        })
-        .collect())
+    Ok(())
 }
 
 /// The postings of a period's closing entry: each merchant's net moves from its settlement
@@ -828,6 +890,24 @@ mod tests {
         for bad in ["2026-13-01", "2026-11-31", "26-11-22", "2026-11-22x"] {
             assert!(cutoff.period(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The matrix of `redemptions` alone, as cells.
+    fn bilateral_matrix(
+        redemptions: &BTreeMap<u64, (String, i64, i64)>,
+        attributions: &[Attribution],
+    ) -> Result<Vec<MatrixCell>, SettlementError> {
+        let mut cells = BTreeMap::new();
+        add_to_matrix(&mut cells, redemptions, attributions)?;
+        Ok(cells
+            .into_iter()
+            .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
+                issuer,
+                redeemer,
+                points,
+                value_minor,
+            })
+            .collect())
     }
 
     #[test]

@@ -626,6 +626,22 @@ proptest! {
             Err(error) => return Err(TestCaseError::fail(format!("settlement: {error}"))),
         };
         prop_assert_eq!(settled.merchants.iter().map(|m| m.net_minor).sum::<i64>() + settled.operator.net_minor, 0);
+        // Page by page (as the server reads a period) it is the same settlement, whatever
+        // the page length.
+        for page_len in [1usize, 2, 7] {
+            let mut builder = settlement::SettlementBuilder::new(&everything, ledger.currency(), coalition_domain::chain::GENESIS_HASH);
+            for page in entries.chunks(page_len) {
+                let (first, last) = (page[0].sequence, page[page.len() - 1].sequence);
+                let page_attributions: Vec<_> = attributions.iter().filter(|a| a.entry_sequence >= first && a.entry_sequence <= last).cloned().collect();
+                if let Err(error) = builder.add_page(page, &page_attributions) {
+                    return Err(TestCaseError::fail(format!("page of {page_len}: {error}")));
+                }
+            }
+            match builder.finish(&shares) {
+                Ok(paged) => prop_assert_eq!(&paged, &settled, "pages of {}", page_len),
+                Err(error) => return Err(TestCaseError::fail(format!("pages of {page_len}: {error}"))),
+            }
+        }
         for line in &settled.merchants {
             let from_matrix: i64 = settled.matrix.iter().filter(|cell| cell.redeemer == line.merchant_id).map(|cell| cell.value_minor).sum();
             prop_assert_eq!(from_matrix, line.redemptions_minor, "matrix of {}", line.merchant_id);

@@ -6,7 +6,7 @@ use coalition_domain::ledger::ExpirySummary;
 use coalition_domain::ledger::Outcome;
 use coalition_domain::registry::RegistryError;
 use coalition_domain::settlement::{
-    self, Cutoff, Period, PeriodError, Settlement, SettlementError,
+    Cutoff, Period, PeriodError, Settlement, SettlementBuilder, SettlementError,
 };
 use coalition_domain::signing::{self, SignatureFault};
 use coalition_domain::{
@@ -59,6 +59,10 @@ pub const FUNDING_MINOR_MAX: i64 = 1_000_000_000_000;
 
 /// Extra time receipts stay in memory beyond the offline window, for queueing delays.
 const RECEIPT_RETENTION_MARGIN_MS: i64 = 3_600_000;
+
+/// Entries per page when a period's settlement is computed: bounds its memory whatever the
+/// period's size (a page of entries with their postings is a few MiB).
+const SETTLEMENT_PAGE_LEN: u64 = 5_000;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -567,33 +571,24 @@ impl Engine {
     }
 
     /// Computes a period's settlement from what the database holds: for an open period the
-    /// entries committed so far.
+    /// entries committed so far. Reads the period a page at a time, so its memory does not
+    /// grow with the period.
     async fn compute_settlement(&self, period: &Period) -> Result<Settlement, AdminError> {
         let storage = self.storage();
-        let read = storage
-            .period_entries(period.start_ms, period.end_ms)
-            .await?;
-        let attributions = match (read.entries.first(), read.entries.last()) {
-            (Some(first), Some(last)) => {
-                storage
-                    .period_attributions(first.sequence, last.sequence)
-                    .await?
-            }
-            _ => Vec::new(),
-        };
-        let shares = storage.breakage_shares_at(period.end_ms - 1).await?;
-        settlement::compute(
-            period,
-            self.inner.config.currency,
-            read.previous_hash,
-            &read.entries,
-            &attributions,
-            &shares,
-        )
-        .map_err(|error| AdminError::Settlement {
+        let failed = |error| AdminError::Settlement {
             period: period.label.clone(),
             error,
-        })
+        };
+        let mut pages = storage
+            .period_pages(period.start_ms, period.end_ms, SETTLEMENT_PAGE_LEN)
+            .await?;
+        let mut builder =
+            SettlementBuilder::new(period, self.inner.config.currency, pages.previous_hash);
+        while let Some((entries, attributions)) = pages.next_page().await? {
+            builder.add_page(&entries, &attributions).map_err(failed)?;
+        }
+        let shares = storage.breakage_shares_at(period.end_ms - 1).await?;
+        builder.finish(&shares).map_err(failed)
     }
 
     /// A period's settlement, booking nothing: what was recorded for a finalised period,

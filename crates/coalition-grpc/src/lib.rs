@@ -20,3 +20,4 @@ mod server;
 mod submission;
 
 pub use server::{ServerConfig, serve, serve_starting};
+pub use submission::check_envelopes;

@@ -85,6 +85,21 @@ async fn check_all(engine: &Engine, envelopes: Vec<pb::Envelope>) -> Result<Vec<
     Ok(checked)
 }
 
+/// Every check `Submit` makes before the writer (signature, registry, body, limits), in
+/// parallel on the blocking pool, without the network: what a tool that drives the engine
+/// directly (the journal generator) hands to `Engine::submit`. One result per envelope, in
+/// order.
+pub async fn check_envelopes(
+    engine: &Engine,
+    envelopes: Vec<pb::Envelope>,
+) -> Result<Vec<Result<Submission, Rejection>>, Status> {
+    Ok(check_all(engine, envelopes)
+        .await?
+        .into_iter()
+        .map(|checked| checked.map_err(|(_, rejection)| rejection))
+        .collect())
+}
+
 fn record_rejection(rejection: &Rejection) {
     metrics::counter!("coalition_submissions_total", "outcome" => "rejected").increment(1);
     metrics::counter!("coalition_rejections_total", "reason" => rejection.reason.name())

@@ -22,7 +22,66 @@ pub struct PeriodEntries {
     pub entries: Vec<Entry>,
 }
 
+/// A period's entries read a page at a time, each page with the lot attribution of its
+/// redemptions: what settlement needs, in memory bounded by the page length.
+pub struct PeriodPages<'a> {
+    storage: &'a Storage,
+    /// The chain hash before the period's first entry.
+    pub previous_hash: [u8; 32],
+    after: u64,
+    last: u64,
+    page_len: u64,
+}
+
+impl PeriodPages<'_> {
+    /// The next page, or `None` after the period's last entry.
+    pub async fn next_page(
+        &mut self,
+    ) -> Result<Option<(Vec<Entry>, Vec<Attribution>)>, StorageError> {
+        if self.after >= self.last {
+            return Ok(None);
+        }
+        let limit = self.page_len.min(self.last - self.after);
+        let entries = self.storage.entries_after(self.after, limit as i64).await?;
+        let (Some(first), Some(tail)) = (entries.first(), entries.last()) else {
+            return Err(corrupt(format!(
+                "entries {}..{} are missing",
+                self.after + 1,
+                self.last
+            )));
+        };
+        let attributions = self
+            .storage
+            .period_attributions(first.sequence, tail.sequence)
+            .await?;
+        self.after = tail.sequence;
+        Ok(Some((entries, attributions)))
+    }
+}
+
 impl Storage {
+    /// Reads the entries accepted in `[start_ms, end_ms)` a page of `page_len` at a time.
+    pub async fn period_pages(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        page_len: u64,
+    ) -> Result<PeriodPages<'_>, StorageError> {
+        assert!(page_len > 0, "a page holds at least one entry");
+        let previous_hash = self.hash_before(start_ms).await?;
+        let (after, last) = match self.period_range(start_ms, end_ms).await? {
+            Some((first, last)) => (first - 1, last),
+            None => (0, 0),
+        };
+        Ok(PeriodPages {
+            storage: self,
+            previous_hash,
+            after,
+            last,
+            page_len,
+        })
+    }
+
     /// The range of sequence numbers accepted in `[start_ms, end_ms)`, if any.
     pub async fn period_range(
         &self,

@@ -174,6 +174,20 @@ fn spend_minor(rng: &mut SmallRng, median_yuan: f64, min_yuan: i64, max_yuan: i6
 /// Generates the day. `day_end_ms` is 22:00 of the simulated day; it should be close to the
 /// server's clock so every submission lies within the offline window.
 pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
+    generate_day(profile, seed, day_end_ms, 0)
+}
+
+/// Generates day `day_index` of a run of days: its transaction ids carry the day (`d7-…`)
+/// so days never reuse them, and its active members are a window of the enrolled ones that
+/// moves by half a day's members each day, so members recur on some days and not others.
+/// Day 0 is exactly `generate`'s day.
+pub fn generate_day(profile: &MallDayProfile, seed: u64, day_end_ms: i64, day_index: u32) -> Day {
+    let prefix = if day_index == 0 {
+        String::new()
+    } else {
+        format!("d{day_index}-")
+    };
+    let member_offset = day_index as usize * profile.members_active.div_ceil(2);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut merchants = Vec::new();
     let mut add = |id: String, name: String, category: pb::MerchantCategory| {
@@ -220,7 +234,7 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
     let cinema = profile.tenants + profile.restaurants;
     let parking = cinema + profile.cinemas;
 
-    let members: Vec<String> = (1..=profile.members_active)
+    let members: Vec<String> = (member_offset + 1..=member_offset + profile.members_active)
         .map(|n| format!("member-{n:06}"))
         .collect();
     let day_start_ms = day_end_ms - 12 * HOUR_MS;
@@ -234,7 +248,7 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
                 store: usize| {
         pb::TransactionBody {
             merchant_id: merchant.signer.merchant_id.clone(),
-            merchant_transaction_id: id,
+            merchant_transaction_id: format!("{prefix}{id}"),
             kind: kind as i32,
             member_id: member.to_owned(),
             points,
@@ -387,6 +401,7 @@ pub fn generate(profile: &MallDayProfile, seed: u64, day_end_ms: i64) -> Day {
         tenants.clone(),
         day_end_ms,
         &mut expected,
+        &prefix,
     );
     let faults = |per_10000: u32| valid * per_10000 as usize / 10_000;
 
@@ -527,6 +542,7 @@ fn plan_follow_ups(
     tenants: std::ops::Range<usize>,
     day_end_ms: i64,
     expected: &mut Expected,
+    prefix: &str,
 ) -> Vec<pb::Envelope> {
     let mut follow_ups = Vec::new();
     for (index, original) in planned.iter().enumerate() {
@@ -549,11 +565,11 @@ fn plan_follow_ups(
                 follow_up.occurred_at_unix_ms = later(rng);
                 if rng.random_range(0..100) < VOID_PERCENT {
                     follow_up.kind = pb::TransactionKind::Void as i32;
-                    follow_up.merchant_transaction_id = format!("gate-void-{index:07}");
+                    follow_up.merchant_transaction_id = format!("{prefix}gate-void-{index:07}");
                     expected.voids += 1;
                 } else {
                     follow_up.kind = pb::TransactionKind::Capture as i32;
-                    follow_up.merchant_transaction_id = format!("gate-out-{index:07}");
+                    follow_up.merchant_transaction_id = format!("{prefix}gate-out-{index:07}");
                     follow_up.points = (body.points * rng.random_range(40..=100) / 100).max(1);
                     expected.captures += 1;
                 }
@@ -561,7 +577,7 @@ fn plan_follow_ups(
             Ok(pb::TransactionKind::Earn) if rng.random_range(0..100) < REFUND_PERCENT => {
                 follow_up.occurred_at_unix_ms = later(rng);
                 follow_up.kind = pb::TransactionKind::Reversal as i32;
-                follow_up.merchant_transaction_id = format!("refund-{index:07}");
+                follow_up.merchant_transaction_id = format!("{prefix}refund-{index:07}");
                 // The points the earn by spend was awarded (see `EARN_POINTS_PER_MINOR`).
                 let earned = body.spend_minor.unwrap_or(0) / 100;
                 follow_up.points = if rng.random_range(0..100) < 70 {
@@ -590,7 +606,7 @@ fn plan_follow_ups(
             {
                 follow_up.occurred_at_unix_ms = later(rng);
                 follow_up.kind = pb::TransactionKind::Reversal as i32;
-                follow_up.merchant_transaction_id = format!("cancel-{index:07}");
+                follow_up.merchant_transaction_id = format!("{prefix}cancel-{index:07}");
                 follow_up.points = body.points;
                 expected.cancelled_tickets += 1;
             }

@@ -1,0 +1,232 @@
+//! Journal-scale measurements: `build` books mall days into a database through the engine
+//! (every check `Submit` makes, without the network), fast enough to reach millions of
+//! entries; `restart` starts a server on a database and reports how long it took to serve
+//! and the memory it holds. See docs/benchmarks.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use coalition::config::Config;
+use coalition::demo::{random_token, register};
+use coalition::runtime::RunningServer;
+use coalition::workload::{MallDayProfile, generate_day};
+use coalition_engine::{Clock, ManualClock, SystemClock};
+use coalition_grpc::client::{AdminServiceClient, AdminToken};
+use coalition_grpc::pb;
+use tonic::transport::Channel;
+
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Parser)]
+#[command(about = "Build large journals and measure restart time and memory")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Books `--days` mall days (carry-in earns, the day's traffic with its faults, and the
+    /// follow-ups: captures, voids, refunds, cancelled tickets) into a fresh database.
+    Build {
+        /// The database (created if missing; it must hold no journal yet).
+        #[arg(long)]
+        database_url: String,
+        /// How many days to book, each a new simulated date.
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        /// Each day's traffic and members as a multiple of one mall's day.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Submissions handed to the engine per call.
+        #[arg(long, default_value_t = 4096)]
+        batch_len: usize,
+    },
+    /// Starts a server on an existing database (recovery included) and reports the time until
+    /// it serves and its resident memory, then stops it.
+    Restart {
+        #[arg(long)]
+        database_url: String,
+    },
+}
+
+/// The process's resident memory and its peak, in MiB, from /proc.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The sequence of the journal's last entry: its length.
+async fn journal_len(server: &RunningServer) -> anyhow::Result<u64> {
+    Ok(server
+        .engine
+        .storage()
+        .period_range(i64::MIN, i64::MAX)
+        .await?
+        .map_or(0, |(_, last)| last))
+}
+
+fn config(database_url: &str, token: &str) -> Config {
+    Config {
+        listen_address: "127.0.0.1:0".into(),
+        metrics_address: "off".into(),
+        database_url: database_url.to_owned(),
+        admin_token: Some(token.to_owned()),
+        ..Config::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Command::Build {
+            database_url,
+            days,
+            scale,
+            batch_len,
+        } => build(&database_url, days, scale, batch_len).await,
+        Command::Restart { database_url } => restart(&database_url).await,
+    }
+}
+
+async fn enroll(channel: Channel, token: &str, members: &[String]) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::with_interceptor(channel, AdminToken::new(token)?);
+    for chunk in members.chunks(5_000) {
+        let response = admin
+            .enroll_members(pb::EnrollMembersRequest {
+                members: chunk
+                    .iter()
+                    .map(|member_id| pb::MemberEnrollment {
+                        member_id: member_id.clone(),
+                        tier: None,
+                    })
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        if !response.refusals.is_empty() {
+            bail!("members refused: {:?}", response.refusals);
+        }
+    }
+    Ok(())
+}
+
+async fn build(database_url: &str, days: u32, scale: f64, batch_len: usize) -> anyhow::Result<()> {
+    let token = random_token()?;
+    // The journal ends today: day d is simulated `days - d` days ago, and the engine's clock
+    // is set to each day as it is booked.
+    let today_end_ms = SystemClock.now_ms() / DAY_MS * DAY_MS + 22 * 3_600_000;
+    let first_day_end_ms = today_end_ms - i64::from(days.saturating_sub(1)) * DAY_MS;
+    let clock = ManualClock::new(first_day_end_ms - 12 * 3_600_000);
+    let server =
+        RunningServer::start_with_clock(&config(database_url, &token), Arc::new(clock.clone()))
+            .await?;
+    if journal_len(&server).await? != 0 {
+        bail!("the database already holds a journal; build into a fresh one");
+    }
+    let channel = Channel::from_shared(server.endpoint())?.connect().await?;
+    let profile = MallDayProfile::scaled(scale);
+    let started = Instant::now();
+    let (mut submitted, mut accepted, mut refused) = (0usize, 0usize, 0usize);
+    for day_index in 0..days {
+        let day_end_ms = first_day_end_ms + i64::from(day_index) * DAY_MS;
+        clock.set(day_end_ms - 12 * 3_600_000);
+        let day = generate_day(&profile, u64::from(day_index) + 1, day_end_ms, day_index);
+        if day_index == 0 {
+            register(channel.clone(), &token, &day).await?;
+        } else {
+            enroll(channel.clone(), &token, &day.members).await?;
+        }
+        // Traffic is booked at the end of its day, follow-ups an hour later, as the demo does.
+        clock.set(day_end_ms + 60_000);
+        for (envelopes, at_ms) in [
+            (day.carry_in, day_end_ms + 60_000),
+            (day.traffic, day_end_ms + 120_000),
+            (day.follow_ups, day_end_ms + 3_600_000),
+        ] {
+            clock.set(at_ms);
+            for chunk in envelopes.chunks(batch_len) {
+                submitted += chunk.len();
+                let checked = coalition_grpc::check_envelopes(&server.engine, chunk.to_vec())
+                    .await
+                    .map_err(|status| anyhow::anyhow!("{status}"))?;
+                let mut submissions = Vec::with_capacity(checked.len());
+                for item in checked {
+                    match item {
+                        Ok(submission) => submissions.push(submission),
+                        Err(_) => refused += 1,
+                    }
+                }
+                for outcome in server.engine.submit(submissions).await? {
+                    match outcome {
+                        Ok(outcome) if !outcome.duplicate => accepted += 1,
+                        Ok(_) => {}
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+        }
+        let entries = journal_len(&server).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (rss, peak) = memory_mib();
+        eprintln!(
+            "day {:>4}/{days}: {entries} entries, {:.0} entries/s, RSS {rss:.0} MiB (peak {peak:.0})",
+            day_index + 1,
+            entries as f64 / seconds,
+        );
+    }
+    let entries = journal_len(&server).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (rss, peak) = memory_mib();
+    server.shutdown().await?;
+    println!(
+        "database      {}",
+        coalition::runtime::redacted(database_url)
+    );
+    println!("days          {days} at scale {scale}");
+    println!(
+        "submissions   {submitted} ({accepted} booked, {refused} refused, the rest duplicates)"
+    );
+    println!(
+        "journal       {entries} entries in {seconds:.1} s = {:.0} entries/s",
+        entries as f64 / seconds
+    );
+    println!("memory        RSS {rss:.0} MiB at the end, peak {peak:.0} MiB");
+    Ok(())
+}
+
+async fn restart(database_url: &str) -> anyhow::Result<()> {
+    let token = random_token()?;
+    let (rss_before, _) = memory_mib();
+    let started = Instant::now();
+    let server = RunningServer::start(&config(database_url, &token))
+        .await
+        .context("starting the server")?;
+    let serving_after = started.elapsed();
+    let entries = journal_len(&server).await?;
+    let (rss, peak) = memory_mib();
+    server.shutdown().await?;
+    println!(
+        "database      {}",
+        coalition::runtime::redacted(database_url)
+    );
+    println!("journal       {entries} entries");
+    println!(
+        "restart       serving after {:.2} s",
+        serving_after.as_secs_f64()
+    );
+    println!(
+        "memory        RSS {rss:.0} MiB after start (peak {peak:.0} MiB; {rss_before:.0} MiB before)"
+    );
+    Ok(())
+}
