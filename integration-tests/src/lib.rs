@@ -245,6 +245,32 @@ impl TestServer {
         register_merchant(&self.channel, merchant_id, category, new_key(), &[]).await
     }
 
+    /// Gives `signer`'s merchant a fresh key `key_id` and revokes the signer's key; returns
+    /// a signer with the new key.
+    pub async fn rotate_key(&self, signer: &MerchantSigner, key_id: &str) -> MerchantSigner {
+        let key = new_key();
+        let mut admin = self.admin();
+        admin
+            .add_merchant_key(pb::AddMerchantKeyRequest {
+                merchant_id: signer.merchant_id.clone(),
+                key: Some(pb::MerchantKey {
+                    key_id: key_id.into(),
+                    public_key: key.verifying_key().as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("add the new key");
+        admin
+            .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
+                merchant_id: signer.merchant_id.clone(),
+                key_id: signer.key_id.clone(),
+            })
+            .await
+            .expect("revoke the old key");
+        MerchantSigner::new(signer.merchant_id.clone(), key_id, key)
+    }
+
     /// The two merchants most tests need: `tenant-1` (a mall tenant) and `cinema-1`.
     pub async fn tenant_and_cinema(&self) -> (MerchantSigner, MerchantSigner) {
         (

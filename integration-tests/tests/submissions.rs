@@ -147,33 +147,13 @@ async fn a_retry_signed_with_a_revoked_key_is_refused_and_re_signing_it_returns_
     server.enroll(&["m-1"]).await;
     let body = server.body(&tenant, pb::TransactionKind::Earn, "e-1", "m-1", 100);
     let first = accepted(&server.submit(tenant.envelope(&body)).await).clone();
-    let new = new_key();
-    let mut admin = server.admin();
-    admin
-        .add_merchant_key(pb::AddMerchantKeyRequest {
-            merchant_id: "tenant-1".into(),
-            key: Some(pb::MerchantKey {
-                key_id: "key-2".into(),
-                public_key: new.verifying_key().as_bytes().to_vec(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    admin
-        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
-            merchant_id: "tenant-1".into(),
-            key_id: "key-1".into(),
-        })
-        .await
-        .unwrap();
+    let rotated = server.rotate_key(&tenant, "key-2").await;
     // The old key tells nothing, not even whether the transaction was booked.
     assert_eq!(
         rejection(&server.submit(tenant.envelope(&body)).await),
         pb::RejectionReason::KeyRevoked
     );
     // The same body bytes signed with the key in force: the original result.
-    let rotated = coalition_grpc::client::MerchantSigner::new("tenant-1", "key-2", new);
     let resent = server.submit(rotated.envelope(&body)).await;
     let resent = accepted(&resent);
     assert!(resent.duplicate);
@@ -569,31 +549,12 @@ async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
         .merchant("tenant-1", pb::MerchantCategory::MallTenant)
         .await;
     server.enroll(&["m-1"]).await;
-    let new = new_key();
+    let rotated = server.rotate_key(&tenant, "key-2").await;
     let mut admin = server.admin();
-    admin
-        .add_merchant_key(pb::AddMerchantKeyRequest {
-            merchant_id: "tenant-1".into(),
-            key: Some(pb::MerchantKey {
-                key_id: "key-2".into(),
-                public_key: new.verifying_key().as_bytes().to_vec(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    admin
-        .revoke_merchant_key(pb::RevokeMerchantKeyRequest {
-            merchant_id: "tenant-1".into(),
-            key_id: "key-1".into(),
-        })
-        .await
-        .unwrap();
     assert_eq!(
         rejection(&server.earn(&tenant, "e-1", "m-1", 1).await),
         pb::RejectionReason::KeyRevoked
     );
-    let rotated = coalition_grpc::client::MerchantSigner::new("tenant-1", "key-2", new);
     accepted(&server.earn(&rotated, "e-2", "m-1", 1).await);
     // Revoking twice, duplicate keys and weak keys are refused with clear errors.
     let again = admin
