@@ -337,16 +337,13 @@ async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend:
         .merchant("tenant-1", pb::MerchantCategory::MallTenant)
         .await;
     server.enroll(&["m-1"]).await;
-    let listener = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let incoming = coalition_grpc::Incoming::new(listener, 16);
     let (ready, recovering) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(coalition_grpc::serve_starting(
-        server.config.server(),
-        listener.clone(),
-        async {
-            let _ = recovering.await;
-        },
-    ));
+    let starting = tokio::spawn(coalition_grpc::serve_starting(incoming.clone(), async {
+        let _ = recovering.await;
+    }));
     let channel = Channel::from_shared(endpoint.clone())
         .unwrap()
         .connect()
@@ -392,7 +389,7 @@ async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend:
     let serving = tokio::spawn(coalition_grpc::serve(
         server.server.engine.clone(),
         server.config.server(),
-        listener,
+        incoming,
         async {
             let _ = stopped.await;
         },

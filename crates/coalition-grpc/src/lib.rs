@@ -19,5 +19,5 @@ mod query;
 mod server;
 mod submission;
 
-pub use server::{ServerConfig, serve, serve_starting};
+pub use server::{Incoming, ServerConfig, serve, serve_starting};
 pub use submission::check_envelopes;

@@ -11,7 +11,6 @@ use coalition_engine::Engine;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::admin::Admin;
@@ -56,7 +55,7 @@ impl Default for ServerConfig {
 }
 
 /// A connection that holds one of the `connections_max` permits while it is open.
-struct CountedConnection {
+pub struct CountedConnection {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
 }
@@ -109,40 +108,57 @@ impl AsyncWrite for CountedConnection {
     }
 }
 
-/// Accepts connections only while fewer than `connections_max` are open. The listener is
-/// shared so that the starting phase and the serving phase take turns on one port. The
-/// accept loop ends when the server stops reading its connections (the receiver is gone).
-fn counted_incoming(
-    listener: Arc<TcpListener>,
-    connections_max: usize,
-) -> ReceiverStream<io::Result<CountedConnection>> {
-    let (sender, receiver) = mpsc::channel(16);
-    let permits = Arc::new(Semaphore::new(connections_max));
-    tokio::spawn(async move {
-        loop {
-            if sender.is_closed() {
-                break;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = sender.closed() => break,
-            };
-            let item = accepted.map(|(stream, _)| {
-                let _ = stream.set_nodelay(true);
-                CountedConnection {
-                    stream,
-                    _permit: permit,
+/// The server's connections: one accept loop for the life of the listener, admitting a
+/// connection only while fewer than `connections_max` are open. The starting phase and the
+/// serving phase read the same queue one after the other, so a connection that arrives while
+/// they hand over waits for the serving phase instead of being accepted and lost. The loop
+/// ends when the last reader is dropped.
+#[derive(Clone)]
+pub struct Incoming {
+    receiver: Arc<std::sync::Mutex<mpsc::Receiver<io::Result<CountedConnection>>>>,
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, connections_max: usize) -> Incoming {
+        let (sender, receiver) = mpsc::channel(16);
+        let permits = Arc::new(Semaphore::new(connections_max));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = sender.closed() => break,
+                };
+                let item = accepted.map(|(stream, _)| {
+                    let _ = stream.set_nodelay(true);
+                    CountedConnection {
+                        stream,
+                        _permit: permit,
+                    }
+                });
+                if sender.send(item).await.is_err() {
+                    break;
                 }
-            });
-            if sender.send(item).await.is_err() {
-                break;
             }
+        });
+        Incoming {
+            receiver: Arc::new(std::sync::Mutex::new(receiver)),
         }
-    });
-    ReceiverStream::new(receiver)
+    }
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = io::Result<CountedConnection>;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // One phase reads at a time; the lock is held only for this poll.
+        self.receiver
+            .lock()
+            .expect("the connection queue is never poisoned")
+            .poll_recv(context)
+    }
 }
 
 /// Whether a status is tonic's refusal of a message over the size limit, which it answers
@@ -206,14 +222,13 @@ fn unimplemented_is_starting(
     response
 }
 
-/// Serves the starting phase on `listener` until `ready` resolves: gRPC health answers
+/// Serves the starting phase on `incoming` until `ready` resolves: gRPC health answers
 /// NOT_SERVING for the server and each of its services, reflection works, and every other
 /// call answers UNAVAILABLE, so that while the ledger recovers clients and load balancers get
 /// an answer rather than "connection refused". Then it closes its connections (clients
 /// reconnect to the serving phase on the same port) and returns.
 pub async fn serve_starting(
-    config: ServerConfig,
-    listener: Arc<TcpListener>,
+    incoming: Incoming,
     ready: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -240,16 +255,16 @@ pub async fn serve_starting(
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(counted_incoming(listener, config.connections_max), ready)
+        .serve_with_incoming_shutdown(incoming, ready)
         .await
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets calls
+/// Serves the API on `incoming` until `shutdown` resolves, then stops accepting, lets calls
 /// in flight finish (their batches commit and are acknowledged), and returns.
 pub async fn serve(
     engine: Engine,
     config: ServerConfig,
-    listener: Arc<TcpListener>,
+    incoming: Incoming,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let config = Arc::new(config);
@@ -302,6 +317,6 @@ pub async fn serve(
         .add_service(submissions)
         .add_service(queries)
         .add_service(admin)
-        .serve_with_incoming_shutdown(counted_incoming(listener, config.connections_max), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

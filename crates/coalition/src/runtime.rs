@@ -38,20 +38,15 @@ impl RunningServer {
     ) -> anyhow::Result<RunningServer> {
         // Listen first: while the ledger recovers, health answers NOT_SERVING and every
         // other call UNAVAILABLE, instead of the port being closed.
-        let listener = Arc::new(
-            TcpListener::bind(&config.listen_address)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen_address))?,
-        );
+        let listener = TcpListener::bind(&config.listen_address)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
         let address = listener.local_addr()?;
+        let incoming = coalition_grpc::Incoming::new(listener, config.connections_max);
         let (recovered, recovering) = oneshot::channel::<()>();
-        let mut starting = tokio::spawn(coalition_grpc::serve_starting(
-            config.server(),
-            listener.clone(),
-            async {
-                let _ = recovering.await;
-            },
-        ));
+        let mut starting = tokio::spawn(coalition_grpc::serve_starting(incoming.clone(), async {
+            let _ = recovering.await;
+        }));
         tracing::info!(%address, "listening; recovering the ledger");
         let engine = Self::recover(config, clock).await;
         // The starting phase closes its connections and hands the port over; a health watch
@@ -68,7 +63,7 @@ impl RunningServer {
         let server = tokio::spawn(coalition_grpc::serve(
             engine.clone(),
             config.server(),
-            listener,
+            incoming,
             async {
                 let _ = stopped.await;
             },
