@@ -12,9 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
-use coalition_domain::settlement::{
-    self, Attribution, Cutoff, Payment, PaymentDirection, Period, Settlement,
-};
+use coalition_domain::settlement::{self, Cutoff, Payment, PaymentDirection, Period, Settlement};
 use coalition_domain::{
     AccountKey, Asset, CurrencyCode, FinalisedPeriod, MemberId, MerchantId, MerchantTransactionId,
 };
@@ -42,6 +40,72 @@ pub async fn period_payments(
         )
         .await?;
     Ok(settlement::payments(settlement, &payables))
+}
+
+/// Entries per page when an export reads its period.
+const EXPORT_PAGE_LEN: u64 = 5_000;
+
+/// The columns of `entries.csv`.
+const ENTRY_COLUMNS: [&str; 20] = [
+    "sequence",
+    "kind",
+    "accepted_at_ms",
+    "accepted_at",
+    "merchant_id",
+    "merchant_transaction_id",
+    "store_id",
+    "terminal_id",
+    "occurred_at_ms",
+    "member_id",
+    "points",
+    "spend_minor",
+    "member_points_after",
+    "memo",
+    "terms_version",
+    "refers_to",
+    "expires_at_ms",
+    "earn_rule_version",
+    "previous_hash",
+    "hash",
+];
+
+/// The columns of a merchant's `statements/M.csv`.
+const STATEMENT_COLUMNS: [&str; 9] = [
+    "sequence",
+    "accepted_at",
+    "kind",
+    "category",
+    "submitted_by",
+    "merchant_transaction_id",
+    "points",
+    "amount_minor",
+    "fee_minor",
+];
+
+/// One row of `entries.csv`, in `ENTRY_COLUMNS` order.
+fn entry_cells(record: &EntryRecord, cutoff: &Cutoff) -> Vec<Cell> {
+    vec![
+        Cell::Number(record.sequence as i64),
+        text(&record.kind),
+        Cell::Number(record.accepted_at_ms),
+        text(cutoff.local_time(record.accepted_at_ms)),
+        text(record.merchant_id.clone().unwrap_or_default()),
+        text(record.merchant_transaction_id.clone().unwrap_or_default()),
+        text(record.store_id.clone().unwrap_or_default()),
+        text(record.terminal_id.clone().unwrap_or_default()),
+        Cell::Optional(record.occurred_at_ms),
+        text(record.member_id.clone().unwrap_or_default()),
+        Cell::Number(record.points),
+        Cell::Optional(record.spend_minor),
+        Cell::Number(record.member_points_after),
+        text(&record.memo),
+        Cell::Optional(record.terms_version.map(i64::from)),
+        Cell::Optional(record.refers_to.map(|sequence| sequence as i64)),
+        Cell::Optional(record.expires_at_ms),
+        Cell::Optional(record.earn_rule_version.map(i64::from)),
+        text(&record.previous_hash),
+        text(&record.hash),
+    ]
 }
 
 /// What the operator's signature over the manifest is domain-separated by.
@@ -242,11 +306,32 @@ pub fn trial_balance(
     opening: &BTreeMap<BalanceKey, i64>,
     entries: &[Entry],
 ) -> anyhow::Result<Vec<TrialBalanceLine>> {
-    fn line(
-        lines: &mut BTreeMap<BalanceKey, TrialBalanceLine>,
-        key: BalanceKey,
-    ) -> &mut TrialBalanceLine {
-        lines
+    let mut balance = TrialBalance::new(opening);
+    balance.add(entries)?;
+    balance.finish()
+}
+
+/// The trial balance built a page of entries at a time: its memory is one line per account
+/// with an opening balance or a posting, never the period's entries.
+pub struct TrialBalance {
+    lines: BTreeMap<BalanceKey, TrialBalanceLine>,
+}
+
+impl TrialBalance {
+    pub fn new(opening: &BTreeMap<BalanceKey, i64>) -> Self {
+        let mut balance = TrialBalance {
+            lines: BTreeMap::new(),
+        };
+        for (key, amount) in opening {
+            if *amount != 0 {
+                balance.line(key.clone()).opening = *amount;
+            }
+        }
+        balance
+    }
+
+    fn line(&mut self, key: BalanceKey) -> &mut TrialBalanceLine {
+        self.lines
             .entry(key)
             .or_insert_with_key(|(asset, kind, owner)| TrialBalanceLine {
                 account_kind: kind.clone(),
@@ -258,44 +343,44 @@ pub fn trial_balance(
                 closing: 0,
             })
     }
-    let mut lines: BTreeMap<BalanceKey, TrialBalanceLine> = BTreeMap::new();
-    for (key, amount) in opening {
-        if *amount != 0 {
-            line(&mut lines, key.clone()).opening = *amount;
-        }
-    }
-    for entry in entries {
-        for posting in &entry.postings {
-            let row = line(
-                &mut lines,
-                (
+
+    /// Adds the postings of the next entries.
+    pub fn add(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        for entry in entries {
+            for posting in &entry.postings {
+                let row = self.line((
                     posting.asset.code().to_owned(),
                     posting.account.kind().to_owned(),
                     posting.account.owner().to_owned(),
-                ),
-            );
-            if posting.amount >= 0 {
-                row.debits = row
-                    .debits
-                    .checked_add(posting.amount)
-                    .context("debits overflow")?;
-            } else {
-                row.credits = row
-                    .credits
-                    .checked_sub(posting.amount)
-                    .context("credits overflow")?;
+                ));
+                if posting.amount >= 0 {
+                    row.debits = row
+                        .debits
+                        .checked_add(posting.amount)
+                        .context("debits overflow")?;
+                } else {
+                    row.credits = row
+                        .credits
+                        .checked_sub(posting.amount)
+                        .context("credits overflow")?;
+                }
             }
         }
+        Ok(())
     }
-    let mut out: Vec<TrialBalanceLine> = lines.into_values().collect();
-    for row in &mut out {
-        row.closing = row
-            .opening
-            .checked_add(row.debits)
-            .and_then(|value| value.checked_sub(row.credits))
-            .context("closing balance overflows")?;
+
+    /// The lines, sorted by asset, kind and owner, with their closing balances.
+    pub fn finish(self) -> anyhow::Result<Vec<TrialBalanceLine>> {
+        let mut out: Vec<TrialBalanceLine> = self.lines.into_values().collect();
+        for row in &mut out {
+            row.closing = row
+                .opening
+                .checked_add(row.debits)
+                .and_then(|value| value.checked_sub(row.credits))
+                .context("closing balance overflows")?;
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Opening and closing sums per asset; each must be zero.
@@ -399,8 +484,66 @@ pub fn is_inside_path(relative: &str) -> bool {
             .all(|part| !part.is_empty() && !part.starts_with('.') && !part.contains(['\\', ':']))
 }
 
+/// A file of the export written a piece at a time, so no file is ever held in memory whole.
+/// A CSV file goes through the CSV writer (quoting), any other file as raw bytes.
+struct Streamed {
+    path: PathBuf,
+    writer: StreamedWriter,
+}
+
+enum StreamedWriter {
+    Raw(std::io::BufWriter<std::fs::File>),
+    Csv(Box<csv::Writer<std::fs::File>>),
+}
+
+impl Streamed {
+    fn new(path: PathBuf, file: std::fs::File, is_csv: bool) -> Self {
+        let writer = if is_csv {
+            // The CSV writer buffers on its own.
+            StreamedWriter::Csv(Box::new(csv::Writer::from_writer(file)))
+        } else {
+            StreamedWriter::Raw(std::io::BufWriter::new(file))
+        };
+        Streamed { path, writer }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let StreamedWriter::Raw(writer) = &mut self.writer else {
+            bail!("{} is a CSV file", self.path.display());
+        };
+        std::io::Write::write_all(writer, bytes)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// One JSON line.
+    fn jsonl<T: Serialize>(&mut self, row: &T) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(row)?;
+        line.push(b'\n');
+        self.write(&line)
+    }
+
+    /// One CSV record, its cells rendered (text neutralised).
+    fn csv(&mut self, cells: Vec<Cell>) -> anyhow::Result<()> {
+        let StreamedWriter::Csv(writer) = &mut self.writer else {
+            bail!("{} is not a CSV file", self.path.display());
+        };
+        writer
+            .write_record(cells.into_iter().map(Cell::render))
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        let flushed = match &mut self.writer {
+            StreamedWriter::Raw(writer) => std::io::Write::flush(writer),
+            StreamedWriter::Csv(writer) => writer.flush(),
+        };
+        flushed.with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
 impl Folder {
-    fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    /// The path of a new file inside the folder, its parent created.
+    fn path_of(&self, relative: &str) -> anyhow::Result<PathBuf> {
         // File names come from identifiers (statements, reconciliations): refuse anything
         // that could leave the folder, whatever made it.
         if !is_inside_path(relative) {
@@ -413,9 +556,41 @@ impl Folder {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
+        Ok(path)
+    }
+
+    fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.path_of(relative)?;
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
         self.written.push(relative.to_owned());
         Ok(())
+    }
+
+    /// Creates a file to be written piece by piece; with a CSV header when given.
+    fn create(
+        &mut self,
+        relative: &str,
+        csv_header: Option<&[&'static str]>,
+    ) -> anyhow::Result<Streamed> {
+        let path = self.path_of(relative)?;
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        self.written.push(relative.to_owned());
+        let mut streamed = Streamed::new(path, file, csv_header.is_some());
+        if let Some(header) = csv_header {
+            streamed.csv(header.iter().copied().map(Cell::Header).collect())?;
+        }
+        Ok(streamed)
+    }
+
+    /// Opens a file created before to add to its end.
+    fn append(&self, relative: &str) -> anyhow::Result<Streamed> {
+        let path = self.path_of(relative)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Streamed::new(path, file, relative.ends_with(".csv")))
     }
 
     fn csv<R>(
@@ -451,6 +626,8 @@ impl Folder {
 
 /// A CSV cell: text is neutralised against formula injection, numbers are written as is.
 pub enum Cell {
+    /// A column name of the header, written as it is.
+    Header(&'static str),
     Text(String),
     Number(i64),
     Optional(Option<i64>),
@@ -459,6 +636,7 @@ pub enum Cell {
 impl Cell {
     fn render(self) -> String {
         match self {
+            Cell::Header(name) => name.to_owned(),
             Cell::Text(text) => neutralise(&text),
             Cell::Number(number) => number.to_string(),
             Cell::Optional(number) => number.map_or_else(String::new, |n| n.to_string()),
@@ -526,13 +704,12 @@ fn hledger_account(kind: &str, owner: &str) -> String {
 
 /// The plain-text double-entry journal: opening balances, one transaction per entry, and a
 /// final transaction asserting every closing balance, so `hledger check` proves that each
-/// entry balances and that the trial balance's closing follows from the postings.
-fn hledger_journal(
+/// entry balances and that the trial balance's closing follows from the postings. Written in
+/// three parts so the entries can stream: this is the head (a comment and the opening).
+fn hledger_opening(
     settlement: &Settlement,
     cutoff: &Cutoff,
     opening: &BTreeMap<BalanceKey, i64>,
-    entries: &[Entry],
-    closing: &[TrialBalanceLine],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -558,6 +735,12 @@ fn hledger_journal(
         }
         out.push('\n');
     }
+    out
+}
+
+/// The journal's transactions of `entries`, one per entry.
+fn hledger_entries(cutoff: &Cutoff, entries: &[Entry]) -> String {
+    let mut out = String::new();
     for entry in entries {
         let description = match &entry.origin {
             Some(origin) => format!(
@@ -588,6 +771,16 @@ fn hledger_journal(
         }
         out.push('\n');
     }
+    out
+}
+
+/// The journal's last transaction: an assertion of every closing balance.
+fn hledger_closing(
+    settlement: &Settlement,
+    cutoff: &Cutoff,
+    closing: &[TrialBalanceLine],
+) -> String {
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "{} closing balances (assertions)",
@@ -661,28 +854,22 @@ async fn read_and_write(
             period.end_ms
         );
     }
-    let read = storage
-        .period_entries(period.start_ms, period.end_ms)
+    // The period is read a page at a time: every file that lists entries is written as the
+    // pages come, so the export's memory does not grow with the period.
+    let range = storage.period_range(period.start_ms, period.end_ms).await?;
+    let (first_sequence, last_sequence) = range.unwrap_or((0, 0));
+    let mut pages = storage
+        .period_pages(period.start_ms, period.end_ms, EXPORT_PAGE_LEN)
         .await?;
-    let entries = read.entries;
-    let first_sequence = entries.first().map_or(0, |entry| entry.sequence);
-    let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
     if (first_sequence, last_sequence) != (settlement.first_sequence, settlement.last_sequence)
-        || hex::encode(read.previous_hash) != settlement.previous_hash
+        || hex::encode(pages.previous_hash) != settlement.previous_hash
     {
         bail!(
             "the database's entries of period {} are not the ones it was finalised with",
             period.label
         );
     }
-    let attributions = if entries.is_empty() {
-        Vec::new()
-    } else {
-        storage
-            .period_attributions(first_sequence, last_sequence)
-            .await?
-    };
-    let opening_before = if entries.is_empty() {
+    let opening_before = if range.is_none() {
         storage
             .period_range(i64::MIN, period.start_ms)
             .await?
@@ -718,78 +905,118 @@ async fn read_and_write(
     std::fs::create_dir_all(&folder.root)
         .with_context(|| format!("cannot create {}", folder.root.display()))?;
 
-    // Entries and postings.
-    let records: Vec<EntryRecord> = entries.iter().map(EntryRecord::from_entry).collect();
-    folder.jsonl("entries.jsonl", &records)?;
-    folder.csv(
-        "entries.csv",
-        &[
-            "sequence",
-            "kind",
-            "accepted_at_ms",
-            "accepted_at",
-            "merchant_id",
-            "merchant_transaction_id",
-            "store_id",
-            "terminal_id",
-            "occurred_at_ms",
-            "member_id",
-            "points",
-            "spend_minor",
-            "member_points_after",
-            "memo",
-            "terms_version",
-            "refers_to",
-            "expires_at_ms",
-            "earn_rule_version",
-            "previous_hash",
-            "hash",
-        ],
-        &records,
-        |record| {
-            vec![
-                Cell::Number(record.sequence as i64),
-                text(&record.kind),
-                Cell::Number(record.accepted_at_ms),
-                text(options.cutoff.local_time(record.accepted_at_ms)),
-                text(record.merchant_id.clone().unwrap_or_default()),
-                text(record.merchant_transaction_id.clone().unwrap_or_default()),
-                text(record.store_id.clone().unwrap_or_default()),
-                text(record.terminal_id.clone().unwrap_or_default()),
-                Cell::Optional(record.occurred_at_ms),
-                text(record.member_id.clone().unwrap_or_default()),
-                Cell::Number(record.points),
-                Cell::Optional(record.spend_minor),
-                Cell::Number(record.member_points_after),
-                text(&record.memo),
-                Cell::Optional(record.terms_version.map(i64::from)),
-                Cell::Optional(record.refers_to.map(|sequence| sequence as i64)),
-                Cell::Optional(record.expires_at_ms),
-                Cell::Optional(record.earn_rule_version.map(i64::from)),
-                text(&record.previous_hash),
-                text(&record.hash),
-            ]
-        },
-    )?;
-    let postings: Vec<&PostingRecord> = records.iter().flat_map(|r| &r.postings).collect();
-    folder.jsonl("postings.jsonl", &postings)?;
-    folder.csv(
+    // Entries, postings, attributions, statements and the journal, page by page.
+    let mut entries_jsonl = folder.create("entries.jsonl", None)?;
+    let mut entries_csv = folder.create("entries.csv", Some(&ENTRY_COLUMNS))?;
+    let mut postings_jsonl = folder.create("postings.jsonl", None)?;
+    let mut postings_csv = folder.create(
         "postings.csv",
-        &["entry_sequence", "account_kind", "owner", "asset", "amount"],
-        &postings,
-        |posting| {
-            vec![
-                Cell::Number(posting.entry_sequence as i64),
-                text(&posting.account_kind),
-                text(&posting.owner),
-                text(&posting.asset),
-                Cell::Number(posting.amount),
-            ]
-        },
+        Some(&["entry_sequence", "account_kind", "owner", "asset", "amount"]),
     )?;
+    let mut attributions_jsonl = folder.create("attributions.jsonl", None)?;
+    let mut attributions_csv = folder.create(
+        "attributions.csv",
+        Some(&["entry_sequence", "issuer", "points"]),
+    )?;
+    let mut journal = folder.create("journal.hledger", None)?;
+    journal.write(hledger_opening(&settlement, &options.cutoff, &opening).as_bytes())?;
+    // A statement per merchant, every one created now (a merchant may have no line) and
+    // added to as the pages come.
+    let mut statements = Vec::with_capacity(settlement.merchants.len());
+    for net in &settlement.merchants {
+        let merchant =
+            MerchantId::new(net.merchant_id.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let jsonl = format!("statements/{}.jsonl", merchant.file_name_stem());
+        let csv = format!("statements/{}.csv", merchant.file_name_stem());
+        folder.create(&jsonl, None)?.finish()?;
+        folder.create(&csv, Some(&STATEMENT_COLUMNS))?.finish()?;
+        statements.push((merchant, jsonl, csv));
+    }
+    let mut balance = TrialBalance::new(&opening);
+    let mut entry_count = 0u64;
+    while let Some((page, attributions)) = pages.next_page().await? {
+        for entry in &page {
+            if entry.sequence != first_sequence + entry_count {
+                bail!(
+                    "entry {} is not where period {} continues",
+                    entry.sequence,
+                    period.label
+                );
+            }
+            entry_count += 1;
+            let record = EntryRecord::from_entry(entry);
+            entries_jsonl.jsonl(&record)?;
+            entries_csv.csv(entry_cells(&record, &options.cutoff))?;
+            for posting in &record.postings {
+                postings_jsonl.jsonl(posting)?;
+                postings_csv.csv(vec![
+                    Cell::Number(posting.entry_sequence as i64),
+                    text(&posting.account_kind),
+                    text(&posting.owner),
+                    text(&posting.asset),
+                    Cell::Number(posting.amount),
+                ])?;
+            }
+        }
+        for attribution in &attributions {
+            attributions_jsonl.jsonl(attribution)?;
+            attributions_csv.csv(vec![
+                Cell::Number(attribution.entry_sequence as i64),
+                text(&attribution.issuer),
+                Cell::Number(attribution.points),
+            ])?;
+        }
+        balance.add(&page)?;
+        journal.write(hledger_entries(&options.cutoff, &page).as_bytes())?;
+        for (merchant, jsonl, csv) in &statements {
+            let lines = settlement::statement_lines(&page, merchant, currency);
+            if lines.is_empty() {
+                continue;
+            }
+            let mut jsonl = folder.append(jsonl)?;
+            let mut csv = folder.append(csv)?;
+            for line in &lines {
+                jsonl.jsonl(line)?;
+                csv.csv(vec![
+                    Cell::Number(line.sequence as i64),
+                    text(options.cutoff.local_time(line.accepted_at_ms)),
+                    text(&line.kind),
+                    text(&line.category),
+                    text(&line.submitted_by),
+                    text(&line.merchant_transaction_id),
+                    Cell::Number(line.points),
+                    Cell::Number(line.amount_minor),
+                    Cell::Number(line.fee_minor),
+                ])?;
+            }
+            jsonl.finish()?;
+            csv.finish()?;
+        }
+    }
+    let expected_count = if range.is_some() {
+        last_sequence - first_sequence + 1
+    } else {
+        0
+    };
+    if entry_count != expected_count {
+        bail!(
+            "period {} holds {expected_count} entries but {entry_count} were read",
+            period.label
+        );
+    }
+    for streamed in [
+        entries_jsonl,
+        entries_csv,
+        postings_jsonl,
+        postings_csv,
+        attributions_jsonl,
+        attributions_csv,
+    ] {
+        streamed.finish()?;
+    }
 
-    // The trial balance.
-    let balance = trial_balance(&opening, &entries)?;
+    // The trial balance, and the journal's closing assertions from it.
+    let balance = balance.finish()?;
     for (asset, (opening_sum, closing_sum)) in trial_balance_sums(&balance) {
         if opening_sum != 0 || closing_sum != 0 {
             bail!(
@@ -797,6 +1024,8 @@ async fn read_and_write(
             );
         }
     }
+    journal.write(hledger_closing(&settlement, &options.cutoff, &balance).as_bytes())?;
+    journal.finish()?;
     folder.jsonl("trial_balance.jsonl", &balance)?;
     folder.csv(
         "trial_balance.csv",
@@ -905,59 +1134,6 @@ async fn read_and_write(
             ]
         },
     )?;
-    folder.csv(
-        "attributions.csv",
-        &["entry_sequence", "issuer", "points"],
-        &attributions,
-        |attribution: &Attribution| {
-            vec![
-                Cell::Number(attribution.entry_sequence as i64),
-                text(&attribution.issuer),
-                Cell::Number(attribution.points),
-            ]
-        },
-    )?;
-    folder.jsonl("attributions.jsonl", &attributions)?;
-
-    // A statement per merchant.
-    for net in &settlement.merchants {
-        let merchant =
-            MerchantId::new(net.merchant_id.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
-        let lines = settlement::statement_lines(&entries, &merchant, currency);
-        folder.jsonl(
-            &format!("statements/{}.jsonl", merchant.file_name_stem()),
-            &lines,
-        )?;
-        folder.csv(
-            &format!("statements/{}.csv", merchant.file_name_stem()),
-            &[
-                "sequence",
-                "accepted_at",
-                "kind",
-                "category",
-                "submitted_by",
-                "merchant_transaction_id",
-                "points",
-                "amount_minor",
-                "fee_minor",
-            ],
-            &lines,
-            |line| {
-                vec![
-                    Cell::Number(line.sequence as i64),
-                    text(options.cutoff.local_time(line.accepted_at_ms)),
-                    text(&line.kind),
-                    text(&line.category),
-                    text(&line.submitted_by),
-                    text(&line.merchant_transaction_id),
-                    Cell::Number(line.points),
-                    Cell::Number(line.amount_minor),
-                    Cell::Number(line.fee_minor),
-                ]
-            },
-        )?;
-    }
-
     // Reconciliations of merchants' own records.
     for input in &options.reconcile {
         let cleared = storage
@@ -1037,12 +1213,6 @@ async fn read_and_write(
         }),
     }
 
-    // The plain-text journal.
-    folder.write(
-        "journal.hledger",
-        hledger_journal(&settlement, &options.cutoff, &opening, &entries, &balance).as_bytes(),
-    )?;
-
     // The manifest, signed.
     let mut files = Vec::with_capacity(folder.written.len());
     folder.written.sort();
@@ -1061,7 +1231,7 @@ async fn read_and_write(
         start_ms: settlement.start_ms,
         end_ms: settlement.end_ms,
         currency: settlement.currency.clone(),
-        entries: entries.len() as u64,
+        entries: entry_count,
         first_sequence,
         last_sequence,
         previous_hash: settlement.previous_hash.clone(),
