@@ -1217,12 +1217,25 @@ async fn read_and_write(
     let mut files = Vec::with_capacity(folder.written.len());
     folder.written.sort();
     for relative in &folder.written {
-        let bytes = std::fs::read(folder.root.join(relative))
+        // Read back a buffer at a time: a file is never held whole.
+        let mut file = std::fs::File::open(folder.root.join(relative))
             .with_context(|| format!("cannot read back {relative}"))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut bytes = 0u64;
+        loop {
+            let read = std::io::Read::read(&mut file, &mut buffer)
+                .with_context(|| format!("cannot read back {relative}"))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            bytes += read as u64;
+        }
         files.push(FileDigest {
             path: relative.clone(),
-            bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
         });
     }
     let manifest = Manifest {
