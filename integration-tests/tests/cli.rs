@@ -244,6 +244,10 @@ async fn the_cli_registers_enrolls_submits_and_reads(backend: Backend) {
 
     child.kill().unwrap();
     child.wait().unwrap();
+    // The full audit of what the commands booked, with its rate.
+    let checked = stdout(&coalition(&["check", "--database-url", &database.url]));
+    assert!(checked.contains("ledger check: OK"), "{checked}");
+    assert!(checked.contains(" entries/s)"), "{checked}");
     // The check never reports a database that does not exist as sound.
     let missing = format!("sqlite://{}", dir.join("missing.db").display());
     let check = coalition(&["check", "--database-url", &missing]);

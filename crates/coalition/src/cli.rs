@@ -716,12 +716,15 @@ pub async fn check(database_url: &str) -> anyhow::Result<()> {
         create_if_missing: false,
     })
     .await?;
+    let started = std::time::Instant::now();
     let (_, report) = storage.replay(i64::MAX).await?;
+    let seconds = started.elapsed().as_secs_f64();
     storage.close().await;
     println!(
-        "checked {} entries over {} accounts; chain head {} at entry {}",
+        "checked {} entries over {} accounts in {seconds:.1} s ({:.0} entries/s); chain head {} at entry {}",
         report.entries,
         report.accounts,
+        report.entries as f64 / seconds.max(1e-9),
         hex::encode(report.head.hash),
         report.head.sequence
     );
