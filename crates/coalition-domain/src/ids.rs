@@ -47,8 +47,10 @@ pub const MERCHANT_ID_LEN_MAX_BYTES: usize = 64;
 pub enum MerchantIdError {
     #[error("is {len} bytes long; a new merchant id takes at most {MERCHANT_ID_LEN_MAX_BYTES}")]
     TooLong { len: usize },
+    #[error("starts with {character:?}; a new merchant id starts with an ASCII letter or digit")]
+    InvalidStart { character: char },
     #[error(
-        "contains {character:?}; a new merchant id takes only ASCII letters, digits, '-', '_' and '.', and starts with a letter or digit"
+        "contains {character:?}; a new merchant id takes only ASCII letters, digits, '-', '_' and '.'"
     )]
     InvalidCharacter { character: char },
 }
@@ -63,9 +65,13 @@ pub fn check_new_merchant_id(text: &str) -> Result<(), MerchantIdError> {
         return Err(MerchantIdError::TooLong { len: text.len() });
     }
     for (position, character) in text.chars().enumerate() {
-        let allowed = character.is_ascii_alphanumeric()
-            || (position > 0 && matches!(character, '-' | '_' | '.'));
-        if !allowed {
+        if character.is_ascii_alphanumeric() {
+            continue;
+        }
+        if position == 0 {
+            return Err(MerchantIdError::InvalidStart { character });
+        }
+        if !matches!(character, '-' | '_' | '.') {
             return Err(MerchantIdError::InvalidCharacter { character });
         }
     }
@@ -252,11 +258,16 @@ mod tests {
             (".", '.'),
             (".hidden", '.'),
             ("../matrix", '.'),
-            ("a/b", '/'),
-            ("a:b", ':'),
             ("-flag", '-'),
             ("_x", '_'),
         ] {
+            assert_eq!(
+                check_new_merchant_id(id),
+                Err(MerchantIdError::InvalidStart { character }),
+                "{id:?}"
+            );
+        }
+        for (id, character) in [("a/b", '/'), ("a:b", ':'), ("a../b", '/')] {
             assert_eq!(
                 check_new_merchant_id(id),
                 Err(MerchantIdError::InvalidCharacter { character }),
