@@ -21,7 +21,7 @@ pub use query::{
     AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, ClearedTransaction, HistoryPage,
     OutstandingPoints,
 };
-pub use settlement::PeriodEntries;
+pub use settlement::PeriodPages;
 
 use sqlx::{PgPool, SqlitePool};
 

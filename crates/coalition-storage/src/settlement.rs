@@ -8,18 +8,8 @@ use sqlx::Row;
 
 use crate::{Storage, StorageError, with_pool};
 
-/// How many entries one read of a period fetches.
-const PAGE_LEN: i64 = 20_000;
-
 fn corrupt(message: impl Into<String>) -> StorageError {
     StorageError::Corrupt(message.into())
-}
-
-/// The entries of a period and the chain hash just before them.
-#[derive(Debug, Clone)]
-pub struct PeriodEntries {
-    pub previous_hash: [u8; 32],
-    pub entries: Vec<Entry>,
 }
 
 /// A period's entries read a page at a time, each page with the lot attribution of its
@@ -127,32 +117,6 @@ impl Storage {
                 .try_into()
                 .map_err(|_| corrupt("an entry hash is not 32 bytes")),
         }
-    }
-
-    /// Every entry accepted in `[start_ms, end_ms)`, in order, with the hash before the first.
-    pub async fn period_entries(
-        &self,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<PeriodEntries, StorageError> {
-        let previous_hash = self.hash_before(start_ms).await?;
-        let mut entries = Vec::new();
-        if let Some((first, last)) = self.period_range(start_ms, end_ms).await? {
-            let mut after = first - 1;
-            while after < last {
-                let limit = PAGE_LEN.min((last - after) as i64);
-                let page = self.entries_after(after, limit).await?;
-                let Some(tail) = page.last() else {
-                    return Err(corrupt(format!("entries {after}..{last} are missing")));
-                };
-                after = tail.sequence;
-                entries.extend(page);
-            }
-        }
-        Ok(PeriodEntries {
-            previous_hash,
-            entries,
-        })
     }
 
     /// Which issuer's lots each redemption (burn, capture, exchange out) with sequence in
