@@ -612,3 +612,56 @@ pub fn spawn_server(
         .to_owned();
     (child, format!("http://{address}"))
 }
+
+/// Validates pain.001.001.09 files against the official XSD (shipped in PyPI's `sepaxml`)
+/// with `xmlschema`. Both are installed into `packages` (a folder under the test's target
+/// directory) when missing, so the check runs wherever the tests do; it fails, never skips,
+/// when it cannot.
+pub fn validate_pain_001(packages: &std::path::Path, files: &[&std::path::Path]) {
+    use std::process::Command;
+    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    {
+        let mut installed = INSTALLED.lock().unwrap();
+        if !*installed {
+            let probe = Command::new("python3")
+                .args(["-c", "import xmlschema, sepaxml"])
+                .env("PYTHONPATH", packages)
+                .output()
+                .expect("python3 is needed to validate pain.001 against its XSD");
+            if !probe.status.success() {
+                for arguments in [
+                    vec!["xmlschema==4.3.2"],
+                    vec!["--no-deps", "sepaxml==2.7.0"],
+                ] {
+                    let output = Command::new("python3")
+                        .args(["-m", "pip", "install", "--quiet", "--target"])
+                        .arg(packages)
+                        .args(arguments)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        output.status.success(),
+                        "cannot install the XSD validator: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            }
+            *installed = true;
+        }
+    }
+    let script = "import sys, importlib.resources, xmlschema\n\
+        xsd = importlib.resources.files('sepaxml').joinpath('schemas/pain.001.001.09.xsd')\n\
+        schema = xmlschema.XMLSchema(str(xsd))\n\
+        for path in sys.argv[1:]:\n    schema.validate(path)\n    print('valid', path)\n";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .args(files)
+        .env("PYTHONPATH", packages)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pain.001 is not valid against pain.001.001.09.xsd: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -609,58 +609,6 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Validates pain.001.001.09 files against the official XSD (shipped in PyPI's `sepaxml`)
-/// with `xmlschema`. Both are installed into the test's target folder when missing, so the
-/// check runs wherever the tests do; it fails, never skips, when it cannot.
-fn validate_pain_001(files: &[&std::path::Path]) {
-    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let packages = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-xsd");
-    {
-        let mut installed = INSTALLED.lock().unwrap();
-        if !*installed {
-            let probe = Command::new("python3")
-                .args(["-c", "import xmlschema, sepaxml"])
-                .env("PYTHONPATH", &packages)
-                .output()
-                .expect("python3 is needed to validate pain.001 against its XSD");
-            if !probe.status.success() {
-                for arguments in [
-                    vec!["xmlschema==4.3.2"],
-                    vec!["--no-deps", "sepaxml==2.7.0"],
-                ] {
-                    let output = Command::new("python3")
-                        .args(["-m", "pip", "install", "--quiet", "--target"])
-                        .arg(&packages)
-                        .args(arguments)
-                        .output()
-                        .unwrap();
-                    assert!(
-                        output.status.success(),
-                        "cannot install the XSD validator: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    );
-                }
-            }
-            *installed = true;
-        }
-    }
-    let script = "import sys, importlib.resources, xmlschema\n\
-        xsd = importlib.resources.files('sepaxml').joinpath('schemas/pain.001.001.09.xsd')\n\
-        schema = xmlschema.XMLSchema(str(xsd))\n\
-        for path in sys.argv[1:]:\n    schema.validate(path)\n    print('valid', path)\n";
-    let output = Command::new("python3")
-        .args(["-c", script])
-        .args(files)
-        .env("PYTHONPATH", &packages)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "pain.001 is not valid against pain.001.001.09.xsd: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// The payments file pays each merchant what is payable after netting over every finalised
 /// period, exactly what RecordPayout accepts; a merchant owed this period but owing more from
 /// before pays the difference; references are unique and at most 35 characters; pain.001 is
@@ -881,10 +829,13 @@ async fn payments_pay_only_what_is_payable(backend: Backend) {
             .all(|line| line.1 == "merchant_pays")
     );
 
-    validate_pain_001(&[
-        &first_dir.join("payments.pain.001.xml"),
-        &second_dir.join("payments.pain.001.xml"),
-    ]);
+    coalition_integration_tests::validate_pain_001(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-xsd"),
+        &[
+            &first_dir.join("payments.pain.001.xml"),
+            &second_dir.join("payments.pain.001.xml"),
+        ],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

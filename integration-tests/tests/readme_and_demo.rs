@@ -133,6 +133,19 @@ async fn the_demo_clears_a_mall_day(backend: Backend) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("ledger check          OK"), "{stdout}");
+    // The day's payments file pays the redeemers: its pain.001 is valid.
+    let export = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("export-"))
+        })
+        .expect("the demo leaves its export");
+    coalition_integration_tests::validate_pain_001(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-xsd"),
+        &[&export.join("payments.pain.001.xml")],
+    );
     assert!(
         stdout.contains("outcomes              exactly as planted"),
         "{stdout}"
