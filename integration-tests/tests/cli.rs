@@ -591,6 +591,35 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
             "{file}: {printed}"
         );
     }
+    // A manifest naming a path outside its folder is refused, and that path is not read.
+    let escaping = dir.join("escaping");
+    copy_dir(&second_dir, &escaping);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(escaping.join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"path": "../keys/operator-1.pub", "bytes": 0, "sha256": ""}));
+    std::fs::write(
+        escaping.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let output = coalition(&[
+        "verify",
+        escaping.to_str().unwrap(),
+        "--operator-key",
+        &key_2,
+    ]);
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains(
+            "\"../keys/operator-1.pub\": the manifest names a path outside the export folder"
+        ),
+        "{printed}"
+    );
     // An export refuses a period that is not finalised, and a folder that is not empty.
     let third = cutoff.next(&second);
     let refused = coalition(&[

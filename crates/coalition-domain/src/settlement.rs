@@ -596,17 +596,22 @@ impl SettlementBuilder {
             head_hash: hex::encode(head),
             merchants: merchants.into_values().collect(),
             operator,
-            matrix: cells
-                .into_iter()
-                .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
-                    issuer,
-                    redeemer,
-                    points,
-                    value_minor,
-                })
-                .collect(),
+            matrix: matrix_cells(cells),
         })
     }
+}
+
+/// The matrix's cells, by issuer then redeemer.
+fn matrix_cells(cells: BTreeMap<(String, String), (i64, i64)>) -> Vec<MatrixCell> {
+    cells
+        .into_iter()
+        .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
+            issuer,
+            redeemer,
+            points,
+            value_minor,
+        })
+        .collect()
 }
 
 /// Adds each redemption's attribution to the matrix: `redemptions` maps a redeeming entry to
@@ -899,15 +904,7 @@ mod tests {
     ) -> Result<Vec<MatrixCell>, SettlementError> {
         let mut cells = BTreeMap::new();
         add_to_matrix(&mut cells, redemptions, attributions)?;
-        Ok(cells
-            .into_iter()
-            .map(|((issuer, redeemer), (points, value_minor))| MatrixCell {
-                issuer,
-                redeemer,
-                points,
-                value_minor,
-            })
-            .collect())
+        Ok(matrix_cells(cells))
     }
 
     #[test]

@@ -163,8 +163,9 @@ impl tokio_stream::Stream for Incoming {
 
 /// Whether a status is tonic's refusal of a message over the size limit, which it answers
 /// with OUT_OF_RANGE.
-fn is_oversized(code: &str, message: &str) -> bool {
-    code == "11" && (message.contains("too large") || message.contains("too%20large"))
+fn is_oversized(code: tonic::Code, message: &str) -> bool {
+    code == tonic::Code::OutOfRange
+        && (message.contains("too large") || message.contains("too%20large"))
 }
 
 /// Answers a request over `message_size_max_bytes` with RESOURCE_EXHAUSTED, as gRPC's status
@@ -182,7 +183,7 @@ fn oversized_is_resource_exhausted(
         .get("grpc-message")
         .and_then(|value| value.to_str().ok());
     if let (Some(code), Some(message)) = (code, message)
-        && is_oversized(code, message)
+        && is_oversized(tonic::Code::from_bytes(code.as_bytes()), message)
     {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
@@ -192,7 +193,7 @@ fn oversized_is_resource_exhausted(
 /// The status a streaming call ends with when its request stream failed: RESOURCE_EXHAUSTED
 /// for a message over the size limit (as for unary calls), the status as it came otherwise.
 pub fn request_stream_status(status: tonic::Status) -> tonic::Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+    if is_oversized(status.code(), status.message()) {
         tonic::Status::resource_exhausted(status.message().to_owned())
     } else {
         status
