@@ -168,6 +168,12 @@ pub fn test_config(database_url: &str) -> Config {
         database_url: database_url.to_owned(),
         admin_token: Some(ADMIN_TOKEN.into()),
         batch_request_len_max: 1_000,
+        // A working set of one member, one referred entry and one receipt: nearly every
+        // batch loads what it needs from the database, so every test here also checks that
+        // the loads miss nothing. (The demo and the benchmarks run with the defaults.)
+        writer_cache_members_max: 1,
+        writer_cache_references_max: 1,
+        writer_cache_receipts_max: 1,
         ..Config::default()
     }
 }

@@ -150,6 +150,14 @@ impl AccountKey {
         }
     }
 
+    /// The member whose account this is, for a member's wallet or held points.
+    pub fn member(&self) -> Option<&MemberId> {
+        match self {
+            AccountKey::MemberWallet(member) | AccountKey::MemberHeld(member) => Some(member),
+            _ => None,
+        }
+    }
+
     /// Who the account belongs to.
     pub fn owner(&self) -> &str {
         match self {

@@ -41,6 +41,7 @@ mod holds;
 mod members;
 mod reversals;
 mod terms;
+pub mod working_set;
 
 /// How deep alias chains may go: a merged member may itself be merged later.
 pub const ALIAS_DEPTH_MAX: usize = 64;
@@ -159,6 +160,8 @@ pub struct Changes {
     /// The account of every posting of `entries`, in the same order as the postings.
     pub posting_account_ids: Vec<AccountId>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
+    /// Wallets, reversibles and holds the batch changed, for `state_rows`.
+    touched: working_set::Touched,
 }
 
 impl Changes {
@@ -190,32 +193,7 @@ pub struct FinalisedPeriod {
     pub finalised_at_ms: i64,
 }
 
-/// An earn, burn or capture that a reversal may still act on.
-#[derive(Debug, Clone)]
-struct Reversible {
-    kind: EntryKind,
-    /// The merchant whose accounts the original posted to.
-    merchant_id: MerchantId,
-    member_id: MemberId,
-    points: i64,
-    /// Points already reversed.
-    reversed: i64,
-    terms_version: u32,
-    /// For a burn or capture: the lot pieces it took, which a reversal gives back.
-    taken: Vec<Lot>,
-}
-
-/// A hold not yet captured, voided or expired.
-#[derive(Debug, Clone)]
-struct OpenHold {
-    merchant_id: MerchantId,
-    /// The member whose held account holds the points.
-    member_id: MemberId,
-    points: i64,
-    terms_version: u32,
-    expires_at_ms: i64,
-    taken: Vec<Lot>,
-}
+pub use working_set::{OpenHold, Reversible};
 
 /// What an expiry run or a hold-expiry sweep booked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -259,6 +237,13 @@ pub struct Ledger {
     /// The same receipts ordered by when the transaction happened, for forgetting.
     receipts_by_age: BTreeMap<(i64, u64), ReceiptKey>,
     head: ChainHead,
+    /// The id the next new account gets.
+    next_account_id: u64,
+    /// `None` when the ledger holds the whole state (a replay); otherwise which members and
+    /// referred entries are in memory (see `working_set`).
+    residency: Option<working_set::Residency>,
+    /// What the entry being committed touched; moved into `Changes` when it commits.
+    touched: working_set::Touched,
 }
 
 /// An entry made from a merchant's submission, before it is sealed.
@@ -370,6 +355,9 @@ impl Ledger {
             receipts: HashMap::new(),
             receipts_by_age: BTreeMap::new(),
             head: ChainHead::GENESIS,
+            next_account_id: 1,
+            residency: None,
+            touched: working_set::Touched::default(),
         }
     }
 
@@ -436,6 +424,24 @@ impl Ledger {
         forgotten.len()
     }
 
+    /// Forgets the oldest receipts beyond `max`; returns how many.
+    pub fn forget_receipts_beyond(&mut self, max: usize) -> usize {
+        let mut forgotten = 0;
+        while self.receipts.len() > max {
+            let Some((_, key)) = self.receipts_by_age.pop_first() else {
+                break;
+            };
+            self.receipts.remove(&key);
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    /// The receipt of a merchant transaction, if it is in memory.
+    pub fn receipt(&self, key: &ReceiptKey) -> Option<&Receipt> {
+        self.receipts.get(key)
+    }
+
     /// How many receipts are in memory.
     pub fn receipts_in_memory(&self) -> usize {
         self.receipts.len()
@@ -473,7 +479,7 @@ impl Ledger {
         if let Some(rejection) = &submission.refused_if_new {
             return Err(ApplyError::Rejected(rejection.clone()));
         }
-        let member_id = self.resolve_member(&submission.member_id);
+        let member_id = self.resolve_loaded(&submission.member_id)?;
         if !self.members.contains_key(&member_id) {
             return Err(rejected(
                 RejectionReason::MemberUnknown,
@@ -531,6 +537,7 @@ impl Ledger {
 
     /// Recovery: restores an account handle.
     pub fn restore_account(&mut self, id: AccountId, key: AccountKey) {
+        self.next_account_id = self.next_account_id.max(id.0 + 1);
         self.accounts.insert(key, id);
     }
 
@@ -557,7 +564,8 @@ impl Ledger {
             *totals.entry(asset).or_default() += i128::from(balance);
         }
         for (asset, total) in totals {
-            if total != 0 {
+            // A working set holds some accounts only; their sum means nothing.
+            if total != 0 && self.residency.is_none() {
                 return Err(format!("{} balances sum to {total}, not 0", asset.code()));
             }
         }
@@ -626,6 +634,8 @@ pub enum ReplayError {
     Shape(u64),
     #[error("account {0} is used by an entry but was never created")]
     AccountMissing(String),
+    #[error("member {0} is used by an entry but is not in the writer's working set")]
+    NotInMemory(String),
 }
 
 /// SHA-256 of a signed body: the value idempotent retries are compared by.

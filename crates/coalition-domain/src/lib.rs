@@ -28,11 +28,15 @@ pub use chain::ChainHead;
 pub use earn_rules::{Campaign, EarnRules};
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
+pub use ledger::working_set::{
+    MemberState, Needs, OpenHold, ReferenceState, Reversible, StateRows, WorkingSet,
+};
 pub use ledger::{
     AliasRecord, ApplyError, Changes, FinalisedPeriod, Ledger, MemberError, MemberRecord, Outcome,
     Receipt, ReceiptKey, body_hash,
 };
 pub use limits::Limits;
+pub use lots::Lot;
 pub use policy::{ExpiryBoundary, LedgerPolicy};
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
 pub use rejection::{Rejection, RejectionReason};

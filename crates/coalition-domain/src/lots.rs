@@ -14,7 +14,7 @@ use crate::journal::LotId;
 
 /// A lot, or a piece of one taken out of a wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Lot {
+pub struct Lot {
     pub lot_id: LotId,
     pub issuer: MerchantId,
     pub earned_at_ms: i64,
@@ -105,6 +105,13 @@ impl Wallet {
             self.lots.insert(position, lot);
         }
         repaid
+    }
+
+    /// Puts a lot as stored back into a loaded wallet, in take order.
+    pub fn add_loaded(&mut self, lot: Lot) {
+        let key = lot.order_key();
+        let position = self.lots.partition_point(|other| other.order_key() <= key);
+        self.lots.insert(position, lot);
     }
 
     /// Removes and returns every lot that has expired at `at_ms`.

@@ -39,7 +39,19 @@ pub struct EngineConfig {
     pub expiry_run_interval_ms: Option<i64>,
     /// When one settlement period ends and the next begins, each day.
     pub settlement_cutoff: Cutoff,
+    /// The writer's working set: how many members (wallet, accounts, tier), referred entries
+    /// (reversible remainders, open holds) and idempotency receipts stay in memory between
+    /// batches. The least recently used beyond these are dropped after each commit; the
+    /// database has them. A batch may hold more while it runs (all it touches).
+    pub writer_cache_members_max: usize,
+    pub writer_cache_references_max: usize,
+    pub writer_cache_receipts_max: usize,
 }
+
+/// Default working-set budgets (see `EngineConfig::writer_cache_members_max`).
+pub const WRITER_CACHE_MEMBERS_MAX_DEFAULT: usize = 50_000;
+pub const WRITER_CACHE_REFERENCES_MAX_DEFAULT: usize = 100_000;
+pub const WRITER_CACHE_RECEIPTS_MAX_DEFAULT: usize = 100_000;
 
 impl EngineConfig {
     /// How long the receipts of transactions stay in the writer's memory, counted from when
@@ -76,6 +88,9 @@ impl Default for EngineConfig {
             expiry_run_interval_ms: Some(3_600_000),
             settlement_cutoff: Cutoff::parse(CUTOFF_TIME_DEFAULT, CUTOFF_OFFSET_DEFAULT)
                 .expect("a valid cut-off"),
+            writer_cache_members_max: WRITER_CACHE_MEMBERS_MAX_DEFAULT,
+            writer_cache_references_max: WRITER_CACHE_REFERENCES_MAX_DEFAULT,
+            writer_cache_receipts_max: WRITER_CACHE_RECEIPTS_MAX_DEFAULT,
         }
     }
 }
@@ -240,13 +255,15 @@ impl Engine {
             config.writer_queue_len_max > 0,
             "writer_queue_len_max must be positive"
         );
-        let state = storage
-            .load(clock.now_ms() - config.receipt_retention_ms())
-            .await?;
+        let started = std::time::Instant::now();
+        let state = storage.load_start().await?;
         tracing::info!(
             head_sequence = state.ledger.head().sequence,
             merchants = state.registry.merchants().count(),
-            "ledger recovered"
+            verified_entries = state.verified_entries,
+            rebuilt_state = state.rebuilt_state,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ledger loaded: the chain verified from its last checkpoint, members load as batches need them"
         );
         let mut ledger = state.ledger;
         ledger.set_currency(config.currency);
@@ -269,6 +286,9 @@ impl Engine {
             policy: config.policy,
             expiry_run_interval_ms: config.expiry_run_interval_ms,
             next_expiry_run_ms: i64::MIN,
+            members_max: config.writer_cache_members_max,
+            references_max: config.writer_cache_references_max,
+            receipts_max: config.writer_cache_receipts_max,
         };
         let handle = tokio::spawn(writer.run());
         Ok(Engine {

@@ -7,7 +7,7 @@ use coalition_domain::ledger::{ApplyError, ExpirySummary, Outcome};
 use coalition_domain::settlement::Settlement;
 use coalition_domain::{
     Campaign, Changes, CurrencyCode, EarnRules, FinalisedPeriod, Ledger, LedgerPolicy, MemberId,
-    MerchantId, MerchantTerms, Prices, Receipt, Rejection, Submission,
+    MerchantId, MerchantTerms, Needs, Prices, Receipt, Rejection, Submission,
 };
 use coalition_storage::Storage;
 use tokio::sync::{mpsc, oneshot};
@@ -215,6 +215,10 @@ pub(crate) struct Writer {
     pub next_expiry_run_ms: i64,
     /// The labels of finalised settlement periods.
     pub finalised_periods: std::collections::HashSet<String>,
+    /// Working-set budgets (see `EngineConfig::writer_cache_members_max`).
+    pub members_max: usize,
+    pub references_max: usize,
+    pub receipts_max: usize,
 }
 
 /// How often an idle writer wakes to expire holds and run scheduled expiry.
@@ -298,6 +302,87 @@ impl Writer {
         Ok(())
     }
 
+    /// Loads into the working set everything the batch may touch that memory lacks: the
+    /// members its submissions and commands name (with the members their aliases stand for),
+    /// the entries its reversals, captures and voids refer to (with their members), the holds
+    /// due to expire and, when an expiry run is due, the members with expired lots. A few
+    /// set-based queries per round; a second round only when a loaded alias or reference
+    /// names a member that is not in memory.
+    async fn load_working_set(
+        &mut self,
+        commands: &[Command],
+        at_ms: i64,
+    ) -> Result<(), EngineError> {
+        let unavailable = |error: coalition_storage::StorageError| {
+            EngineError::StorageUnavailable(error.to_string())
+        };
+        let mut needs = Needs::default();
+        let mut expiry_due = self
+            .expiry_run_interval_ms
+            .is_some_and(|_| at_ms >= self.next_expiry_run_ms);
+        for command in commands {
+            match command {
+                Command::Submit { submissions, .. } => {
+                    for submission in submissions {
+                        needs.members.insert(submission.member_id.clone());
+                        if let Some(receipt) = submission
+                            .refers_to
+                            .as_ref()
+                            .and_then(|key| self.ledger.receipt(key))
+                        {
+                            needs.references.insert(receipt.sequence);
+                        }
+                    }
+                }
+                Command::Enroll { members, .. } => {
+                    needs
+                        .members
+                        .extend(members.iter().map(|(member_id, _)| member_id.clone()));
+                }
+                Command::Alias { alias, target, .. } => {
+                    needs.members.insert(alias.clone());
+                    needs.members.insert(target.clone());
+                }
+                Command::Expire { .. } => expiry_due = true,
+                _ => {}
+            }
+        }
+        if !self.ledger.holds_working_set() {
+            return Ok(());
+        }
+        needs
+            .references
+            .extend(self.storage.holds_due(at_ms).await.map_err(unavailable)?);
+        if expiry_due {
+            needs.members.extend(
+                self.storage
+                    .members_with_lots_due(at_ms)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        // Each round loads what is missing; aliases chain at most ALIAS_DEPTH_MAX deep.
+        for _ in 0..=coalition_domain::ledger::ALIAS_DEPTH_MAX + 1 {
+            let missing = self.ledger.missing(&needs);
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let set = self
+                .storage
+                .load_working_set(&missing)
+                .await
+                .map_err(unavailable)?;
+            metrics::counter!("coalition_working_set_members_loaded_total")
+                .increment(set.members.len() as u64);
+            metrics::counter!("coalition_working_set_references_loaded_total")
+                .increment(set.references.len() as u64);
+            self.ledger.admit(set);
+        }
+        Err(EngineError::InvariantViolated(
+            "the working set did not close over aliases".into(),
+        ))
+    }
+
     async fn process(&mut self, commands: Vec<Command>) {
         if let Err(error) = self.load_missing_receipts(&commands).await {
             tracing::error!(%error, "cannot read receipts; the batch is refused");
@@ -307,6 +392,13 @@ impl Writer {
             return;
         }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
+        if let Err(error) = self.load_working_set(&commands, accepted_at_ms).await {
+            tracing::error!(%error, "cannot load the working set; the batch is refused");
+            for command in commands {
+                command.fail(&error);
+            }
+            return;
+        }
         let mut accepted_until_ms = accepted_at_ms;
         let mut changes = Changes::default();
         let mut pending = Vec::with_capacity(commands.len());
@@ -533,10 +625,22 @@ impl Writer {
         }
         let started = Instant::now();
         let balances = changes.balances(&self.ledger);
+        let state = match changes.state_rows(&self.ledger) {
+            Ok(state) => state,
+            Err(error) => {
+                forget_finalised(self);
+                tracing::error!(%error, "ledger invariant violated; the batch is aborted");
+                self.abort(pending, EngineError::InvariantViolated(error.to_string()))
+                    .await;
+                return;
+            }
+        };
         let written = if changes.is_empty() {
             Ok(())
         } else {
-            self.storage.write_changes(&changes, &balances).await
+            self.storage
+                .write_changes(&changes, &balances, &state)
+                .await
         };
         match written {
             Ok(()) => {
@@ -550,6 +654,13 @@ impl Writer {
                 }
                 self.ledger
                     .forget_receipts_before(accepted_at_ms - self.receipt_retention_ms);
+                self.ledger.forget_receipts_beyond(self.receipts_max);
+                self.ledger.evict(self.members_max, self.references_max);
+                let (members, references) = self.ledger.resident();
+                metrics::gauge!("coalition_working_set_members").set(members as f64);
+                metrics::gauge!("coalition_working_set_references").set(references as f64);
+                metrics::gauge!("coalition_working_set_receipts")
+                    .set(self.ledger.receipts_in_memory() as f64);
             }
             Err(error) => {
                 forget_finalised(self);
@@ -587,13 +698,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Nothing of the batch is acknowledged; memory is rebuilt from what the database holds.
+    /// Nothing of the batch is acknowledged; the working set is dropped and the small state
+    /// reloaded from the database (no replay): the next batches load what they need again.
     async fn abort(&mut self, pending: Vec<Pending>, error: EngineError) {
         for reply in pending {
             reply.fail(&error);
         }
-        let keep_receipts_since_ms = self.clock.now_ms() - self.receipt_retention_ms;
-        match self.storage.load(keep_receipts_since_ms).await {
+        match self.storage.load_start().await {
             Ok(state) => {
                 self.ledger = state.ledger;
                 self.ledger.set_currency(self.currency);

@@ -4,7 +4,9 @@
 
 use coalition_domain::account::{AccountId, Asset};
 use coalition_domain::ledger::Changes;
-use coalition_domain::{KeyId, LotConsumption, Merchant, MerchantId, MerchantKey, MerchantStatus};
+use coalition_domain::{
+    KeyId, LotConsumption, Merchant, MerchantId, MerchantKey, MerchantStatus, StateRows,
+};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
 use crate::{Storage, StorageError, with_pool};
@@ -13,7 +15,7 @@ use crate::{Storage, StorageError, with_pool};
 const SQLITE_PARAMETERS_PER_STATEMENT_MAX: usize = 32_000;
 
 /// One column of rows to insert, typed so PostgreSQL can receive it as one array.
-enum Column {
+pub(crate) enum Column {
     BigInt(Vec<i64>),
     NullableBigInt(Vec<Option<i64>>),
     Text(Vec<String>),
@@ -44,11 +46,11 @@ impl Column {
 }
 
 /// Rows for one table, stored column by column.
-struct Table {
-    name: &'static str,
-    columns: Vec<(&'static str, Column)>,
+pub(crate) struct Table {
+    pub name: &'static str,
+    pub columns: Vec<(&'static str, Column)>,
     /// Appended after the rows, for upserts.
-    on_conflict: &'static str,
+    pub on_conflict: &'static str,
 }
 
 impl Table {
@@ -64,7 +66,7 @@ impl Table {
             .join(", ")
     }
 
-    async fn insert_postgres(
+    pub(crate) async fn insert_postgres(
         self,
         transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ) -> Result<(), StorageError> {
@@ -100,7 +102,7 @@ impl Table {
         Ok(())
     }
 
-    async fn insert_sqlite(
+    pub(crate) async fn insert_sqlite(
         &self,
         transaction: &mut sqlx::Transaction<'_, Sqlite>,
     ) -> Result<(), StorageError> {
@@ -135,7 +137,7 @@ impl Table {
     }
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).expect("sequences and ids stay below 2^63")
 }
 
@@ -805,6 +807,7 @@ impl Storage {
         &self,
         changes: &Changes,
         balances: &[(AccountId, Asset, i64)],
+        state: &StateRows,
     ) -> Result<(), StorageError> {
         for entry in &changes.entries {
             // Asserted where written as well as where made: an unbalanced entry never commits.
@@ -813,12 +816,23 @@ impl Storage {
                 .map_err(|error| StorageError::Corrupt(error.to_string()))?;
         }
         let tables = tables(changes, balances);
+        // The checkpoint this batch crosses, if any: (first, last sequence, head hash, time).
+        let checkpoint = match (changes.entries.first(), changes.entries.last()) {
+            (Some(first), Some(last)) => Some((
+                first.sequence,
+                last.sequence,
+                last.hash,
+                last.accepted_at_ms,
+            )),
+            _ => None,
+        };
         match self {
             Storage::Sqlite(pool) => {
                 let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
                 for table in &tables {
                     table.insert_sqlite(&mut transaction).await?;
                 }
+                crate::state::write_state_sqlite(&mut transaction, state, checkpoint).await?;
                 transaction.commit().await?;
             }
             Storage::Postgres(pool) => {
@@ -826,6 +840,7 @@ impl Storage {
                 for table in tables {
                     table.insert_postgres(&mut transaction).await?;
                 }
+                crate::state::write_state_postgres(&mut transaction, state, checkpoint).await?;
                 transaction.commit().await?;
             }
         }

@@ -69,6 +69,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "debt repayments",
         include_str!("../../../migrations/sqlite/0010_debt_repayments.sql"),
     ),
+    (
+        11,
+        "writer state",
+        include_str!("../../../migrations/sqlite/0011_writer_state.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -121,6 +126,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "debt repayments",
         include_str!("../../../migrations/postgres/0010_debt_repayments.sql"),
+    ),
+    (
+        11,
+        "writer state",
+        include_str!("../../../migrations/postgres/0011_writer_state.sql"),
     ),
 ];
 

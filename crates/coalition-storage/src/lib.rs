@@ -13,6 +13,7 @@ mod load;
 mod lock;
 mod query;
 mod settlement;
+mod state;
 
 pub use connect::ConnectOptions;
 pub use load::{CheckReport, LoadedState};
@@ -22,6 +23,7 @@ pub use query::{
     OutstandingPoints,
 };
 pub use settlement::PeriodPages;
+pub use state::{CHECKPOINT_INTERVAL, StartState};
 
 use sqlx::{PgPool, SqlitePool};
 

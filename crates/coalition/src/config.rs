@@ -67,6 +67,13 @@ pub struct Config {
     pub log_format: String,
     /// A tracing filter such as "info" or "coalition=debug"; RUST_LOG overrides it.
     pub log_filter: String,
+    /// The writer's working set between batches: members (wallet, accounts, tier) kept in
+    /// memory; the least recently used beyond it are dropped and reloaded when needed.
+    pub writer_cache_members_max: usize,
+    /// Referred entries (reversible remainders of earns, burns, captures; open holds) kept.
+    pub writer_cache_references_max: usize,
+    /// Idempotency receipts kept; older ones are looked up in the journal when needed.
+    pub writer_cache_receipts_max: usize,
 }
 
 impl Default for Config {
@@ -104,6 +111,9 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             log_format: "text".into(),
             log_filter: "info".into(),
+            writer_cache_members_max: engine.writer_cache_members_max,
+            writer_cache_references_max: engine.writer_cache_references_max,
+            writer_cache_receipts_max: engine.writer_cache_receipts_max,
         }
     }
 }
@@ -181,6 +191,18 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         let positive = [
             ("batch_len_max", self.batch_len_max as i64),
+            (
+                "writer_cache_members_max",
+                self.writer_cache_members_max as i64,
+            ),
+            (
+                "writer_cache_references_max",
+                self.writer_cache_references_max as i64,
+            ),
+            (
+                "writer_cache_receipts_max",
+                self.writer_cache_receipts_max as i64,
+            ),
             ("writer_queue_len_max", self.writer_queue_len_max as i64),
             ("batch_request_len_max", self.batch_request_len_max as i64),
             ("message_size_max_bytes", self.message_size_max_bytes as i64),
@@ -272,6 +294,9 @@ impl Config {
                 .then_some(self.expiry_run_interval_ms),
             settlement_cutoff: Cutoff::parse(&self.settlement_cutoff, &self.settlement_utc_offset)
                 .expect("checked when loaded"),
+            writer_cache_members_max: self.writer_cache_members_max,
+            writer_cache_references_max: self.writer_cache_references_max,
+            writer_cache_receipts_max: self.writer_cache_receipts_max,
         }
     }
 

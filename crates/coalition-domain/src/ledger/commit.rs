@@ -49,9 +49,15 @@ impl Ledger {
         if let Some(id) = self.accounts.get(key) {
             return Ok(*id);
         }
+        // A member's accounts are known only while the member is in memory: creating one for
+        // a member that is not would give a second id to an account that exists.
+        if let Some(member_id) = key.member() {
+            self.require_member(member_id)
+                .map_err(|_| ReplayError::NotInMemory(member_id.to_string()))?;
+        }
         match changes {
             Some(changes) => {
-                let id = AccountId(self.accounts.len() as u64 + 1);
+                let id = AccountId(self.next_account_id);
                 self.restore_account(id, key.clone());
                 changes.accounts.push((id, key.clone()));
                 Ok(id)
@@ -87,6 +93,7 @@ impl Ledger {
             .into());
         }
         entry.check_balanced()?;
+        self.touched = working_set::Touched::default();
 
         // Resolve every account before changing anything, so a failure leaves no trace.
         let mut account_ids = Vec::with_capacity(entry.postings.len());
@@ -140,6 +147,7 @@ impl Ledger {
                 self.put_lots(member()?, vec![lot], sequence, &mut lots, &mut consumptions);
                 // An exchange is final: a mistaken one is undone by the opposite exchange.
                 if entry.kind == EntryKind::Earn {
+                    self.touched.new_reversibles.insert(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -182,6 +190,7 @@ impl Ledger {
                     return Err(ReplayError::LotsShort(sequence));
                 }
                 if entry.kind == EntryKind::Burn {
+                    self.touched.new_reversibles.insert(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -196,6 +205,7 @@ impl Ledger {
                     );
                 } else {
                     let expires_at_ms = entry.expires_at_ms.ok_or_else(shape)?;
+                    self.touched.holds_opened.insert(sequence);
                     self.hold_deadlines.insert((expires_at_ms, sequence));
                     self.holds.insert(
                         sequence,
@@ -213,6 +223,7 @@ impl Ledger {
             EntryKind::Capture | EntryKind::Void | EntryKind::HoldExpiry => {
                 let hold_sequence = entry.refers_to.ok_or_else(shape)?;
                 let hold = self.holds.remove(&hold_sequence).ok_or_else(shape)?;
+                self.touched.holds_closed.insert(hold_sequence);
                 self.hold_deadlines
                     .remove(&(hold.expires_at_ms, hold_sequence));
                 let captured = if entry.kind == EntryKind::Capture {
@@ -234,6 +245,7 @@ impl Ledger {
                 }));
                 self.restore_lots(member()?, released, sequence, &mut consumptions);
                 if entry.kind == EntryKind::Capture {
+                    self.touched.new_reversibles.insert(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -262,6 +274,7 @@ impl Ledger {
                 }
                 let already = original.reversed;
                 original.reversed += entry.points;
+                self.touched.reversibles.insert(original_sequence);
                 if reversing_earn {
                     // The earn's own lot first, then the member's other lots; what the member
                     // already spent becomes a debt (see `lots`).
@@ -277,6 +290,9 @@ impl Ledger {
                     )?;
                     let short = entry.points - taken.iter().map(|lot| lot.points).sum::<i64>();
                     self.members.get_mut(member()?).ok_or_else(shape)?.debt += short;
+                    if short != 0 {
+                        self.touched.debts.insert(member()?.clone());
+                    }
                 } else {
                     // The burn's pieces are given back last taken first, as they left.
                     let (_, not_yet_reversed_tail) = Wallet::split(
@@ -296,6 +312,9 @@ impl Ledger {
             EntryKind::Expiry => {
                 let wallet = self.members.get_mut(member()?).ok_or_else(shape)?;
                 let expired = wallet.take_expired(entry.accepted_at_ms);
+                for lot in &expired {
+                    self.touched.lots.insert((member()?.clone(), lot.lot_id));
+                }
                 if expired.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
                     return Err(shape());
                 }
@@ -351,7 +370,9 @@ impl Ledger {
         if wallet_after != entry.member_points_after {
             return Err(ReplayError::WalletMismatch(entry.sequence));
         }
+        let touched = std::mem::take(&mut self.touched);
         if let Some(changes) = changes {
+            changes.touched.absorb(touched);
             for (posting, account) in entry.postings.iter().zip(account_ids) {
                 changes.touched_balances.insert((account, posting.asset));
                 changes.posting_account_ids.push(account);
@@ -378,6 +399,9 @@ impl Ledger {
             .get_mut(member_id)
             .ok_or(ReplayError::LotsShort(sequence))?;
         let taken = wallet.take(points, preferred);
+        for piece in &taken {
+            self.touched.lots.insert((member_id.clone(), piece.lot_id));
+        }
         consumptions.extend(taken.iter().map(|piece| LotConsumption {
             entry_sequence: sequence,
             lot_id: piece.lot_id,
@@ -400,8 +424,10 @@ impl Ledger {
         let wallet = self.members.entry(member_id.clone()).or_default();
         for lot in pieces {
             let (lot_id, expires_at_ms) = (lot.lot_id, lot.expires_at_ms);
+            self.touched.lots.insert((member_id.clone(), lot_id));
             let repaid = wallet.add(lot);
             if repaid > 0 {
+                self.touched.debts.insert(member_id.clone());
                 consumptions.push(LotConsumption {
                     entry_sequence: sequence,
                     lot_id,

@@ -32,7 +32,7 @@ impl Ledger {
                     format!("the hold of entry {sequence} was already captured, voided or expired"),
                 )
             })?;
-        if self.resolve_member(&hold.member_id) != member_id {
+        if self.resolve_loaded(&hold.member_id)? != member_id {
             return Err(rejected(
                 RejectionReason::ReferenceNotApplicable,
                 format!(
@@ -112,7 +112,7 @@ impl Ledger {
             let Some(hold) = self.holds.get(&sequence) else {
                 continue;
             };
-            let member_id = self.resolve_member(&hold.member_id);
+            let member_id = self.resolve_loaded(&hold.member_id)?;
             let member_points_after = checked_wallet(self.wallet_points(&member_id), hold.points)?;
             let entry = OperatorEntry {
                 kind: EntryKind::HoldExpiry,

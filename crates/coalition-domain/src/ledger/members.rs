@@ -15,6 +15,20 @@ impl Ledger {
         current.clone()
     }
 
+    /// Follows aliases like `resolve_member`, requiring every id on the way to be in memory.
+    pub(super) fn resolve_loaded(&self, member_id: &MemberId) -> Result<MemberId, ApplyError> {
+        let mut current = member_id;
+        for _ in 0..ALIAS_DEPTH_MAX {
+            self.require_member(current)?;
+            match self.aliases.get(current) {
+                Some(target) => current = target,
+                None => break,
+            }
+        }
+        self.require_member(current)?;
+        Ok(current.clone())
+    }
+
     /// Points in the member's wallet (after aliases).
     pub fn member_points(&self, member_id: &MemberId) -> i64 {
         self.wallet_points(&self.resolve_member(member_id))
@@ -35,6 +49,8 @@ impl Ledger {
         enrolled_at_ms: i64,
         changes: &mut Changes,
     ) -> Result<bool, MemberError> {
+        self.require_member(&member_id)
+            .map_err(|error| MemberError::InvariantViolated(error.to_string()))?;
         if self.members.contains_key(&member_id) {
             return Ok(false);
         }
@@ -62,10 +78,12 @@ impl Ledger {
         at_ms: i64,
         changes: &mut Changes,
     ) -> Result<Option<Receipt>, MemberError> {
+        let loaded = |error: ApplyError| MemberError::InvariantViolated(error.to_string());
+        self.require_member(&alias).map_err(loaded)?;
         if self.aliases.contains_key(&alias) {
             return Err(MemberError::AlreadyAliased(alias));
         }
-        let target = self.resolve_member(&target);
+        let target = self.resolve_loaded(&target).map_err(loaded)?;
         if !self.members.contains_key(&target) {
             return Err(MemberError::Unknown(target));
         }

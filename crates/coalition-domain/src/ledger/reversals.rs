@@ -8,12 +8,14 @@ impl Ledger {
         let key = submission.refers_to.as_ref().ok_or_else(|| {
             ApplyError::InvariantViolated("a checked reference submission has no reference".into())
         })?;
-        self.receipts.get(key).ok_or_else(|| {
+        let receipt = self.receipts.get(key).ok_or_else(|| {
             rejected(
                 RejectionReason::ReferenceUnknown,
                 format!("merchant {} has no transaction {}", key.0, key.1),
             )
-        })
+        })?;
+        self.require_reference(receipt.sequence)?;
+        Ok(receipt)
     }
 
     pub(super) fn draft_reversal(
@@ -34,7 +36,7 @@ impl Ledger {
                 ),
             )
         })?;
-        if self.resolve_member(&original.member_id) != member_id {
+        if self.resolve_loaded(&original.member_id)? != member_id {
             return Err(rejected(
                 RejectionReason::ReferenceNotApplicable,
                 format!(

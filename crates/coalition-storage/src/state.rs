@@ -1,0 +1,428 @@
+//! The writer's state in the database: the rows that keep wallets, debts, reversible
+//! remainders and open holds current with each batch; the loads that fill the writer's working
+//! set before a batch (a few set-based queries, whatever the batch's size); the small state the
+//! writer starts from; the hash-chain checkpoints that bound start-up verification; and the
+//! one-time replay that fills the state tables of a journal written before them.
+
+use coalition_domain::account::{AccountId, AccountKey, Asset};
+use coalition_domain::chain::{ChainHead, entry_hash};
+use coalition_domain::journal::{EntryKind, LotId};
+use coalition_domain::{
+    Ledger, Lot, MemberId, MemberState, MerchantId, Needs, OpenHold, ReferenceState, Registry,
+    Reversible, StateRows, WorkingSet,
+};
+use sqlx::Row;
+
+use crate::batch::{Column, Table, to_i64};
+use crate::{Storage, StorageError};
+
+mod loads;
+mod start;
+
+pub use start::StartState;
+
+/// The writer stores a verified checkpoint of the hash chain whenever its head crosses a
+/// multiple of this many entries, so start-up verifies at most this many (and what a crash
+/// left after the last one).
+pub const CHECKPOINT_INTERVAL: u64 = 10_000;
+
+/// How many entries start-up verification reads per query.
+const VERIFY_PAGE: i64 = 5_000;
+
+fn corrupt(message: impl Into<String>) -> StorageError {
+    StorageError::Corrupt(message.into())
+}
+
+fn member_id(text: String) -> Result<MemberId, StorageError> {
+    MemberId::new(text).map_err(|error| corrupt(format!("member id {error}")))
+}
+
+fn merchant_id(text: String) -> Result<MerchantId, StorageError> {
+    MerchantId::new(text).map_err(|error| corrupt(format!("merchant id {error}")))
+}
+
+fn sequence(value: i64) -> Result<u64, StorageError> {
+    u64::try_from(value).map_err(|_| corrupt("negative sequence"))
+}
+
+fn version(value: i64) -> Result<u32, StorageError> {
+    u32::try_from(value).map_err(|_| corrupt("terms version out of range"))
+}
+
+/// A stored lot or lot piece, before it is checked.
+type LotRow = (i64, i64, String, i64, Option<i64>, Option<i64>, i64);
+
+fn lot_from_row(
+    (lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, version, points): LotRow,
+) -> Result<Lot, StorageError> {
+    Ok(Lot {
+        lot_id: LotId {
+            entry_sequence: sequence(lot_entry_sequence)?,
+            index: u32::try_from(lot_index).map_err(|_| corrupt("lot index out of range"))?,
+        },
+        issuer: merchant_id(issuer)?,
+        earned_at_ms,
+        expires_at_ms,
+        issue_terms_version: version.map(self::version).transpose()?,
+        points,
+    })
+}
+
+/// Builds the tables and deletes that write `rows`.
+fn state_tables(rows: &StateRows) -> Vec<Table> {
+    let lots = |name: &'static str, owned: Vec<(i64, i64, &Lot)>, owner: &'static str| Table {
+        name,
+        columns: vec![
+            (
+                owner,
+                Column::BigInt(owned.iter().map(|(owner, _, _)| *owner).collect()),
+            ),
+            (
+                if name == "state_pieces" {
+                    "position"
+                } else {
+                    "lot_index"
+                },
+                Column::BigInt(owned.iter().map(|(_, second, _)| *second).collect()),
+            ),
+            (
+                "issuer",
+                Column::Text(
+                    owned
+                        .iter()
+                        .map(|(_, _, lot)| lot.issuer.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "earned_at_ms",
+                Column::BigInt(owned.iter().map(|(_, _, lot)| lot.earned_at_ms).collect()),
+            ),
+            (
+                "expires_at_ms",
+                Column::NullableBigInt(owned.iter().map(|(_, _, lot)| lot.expires_at_ms).collect()),
+            ),
+            (
+                "issue_terms_version",
+                Column::NullableBigInt(
+                    owned
+                        .iter()
+                        .map(|(_, _, lot)| lot.issue_terms_version.map(i64::from))
+                        .collect(),
+                ),
+            ),
+            (
+                "points",
+                Column::BigInt(owned.iter().map(|(_, _, lot)| lot.points).collect()),
+            ),
+        ],
+        on_conflict: "",
+    };
+    let mut wallet_lots = lots(
+        "wallet_lots",
+        rows.lots
+            .iter()
+            .map(|(_, lot)| {
+                (
+                    to_i64(lot.lot_id.entry_sequence),
+                    i64::from(lot.lot_id.index),
+                    lot,
+                )
+            })
+            .collect(),
+        "lot_entry_sequence",
+    );
+    wallet_lots.columns.push((
+        "member_id",
+        Column::Text(
+            rows.lots
+                .iter()
+                .map(|(member, _)| member.to_string())
+                .collect(),
+        ),
+    ));
+    wallet_lots.on_conflict =
+        "ON CONFLICT (lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points";
+    let mut pieces = Vec::new();
+    for (owner, taken) in &rows.pieces {
+        for (position, lot) in taken.iter().enumerate() {
+            pieces.push((to_i64(*owner), position as i64, lot));
+        }
+    }
+    let mut state_pieces = lots("state_pieces", pieces, "owner_sequence");
+    state_pieces.columns.insert(
+        2,
+        (
+            "lot_entry_sequence",
+            Column::BigInt(
+                rows.pieces
+                    .iter()
+                    .flat_map(|(_, taken)| taken.iter())
+                    .map(|lot| to_i64(lot.lot_id.entry_sequence))
+                    .collect(),
+            ),
+        ),
+    );
+    state_pieces.columns.insert(
+        3,
+        (
+            "lot_index",
+            Column::BigInt(
+                rows.pieces
+                    .iter()
+                    .flat_map(|(_, taken)| taken.iter())
+                    .map(|lot| i64::from(lot.lot_id.index))
+                    .collect(),
+            ),
+        ),
+    );
+    let debts = Table {
+        name: "member_debts",
+        columns: vec![
+            (
+                "member_id",
+                Column::Text(rows.debts.iter().map(|(id, _)| id.to_string()).collect()),
+            ),
+            (
+                "points",
+                Column::BigInt(rows.debts.iter().map(|(_, debt)| *debt).collect()),
+            ),
+        ],
+        on_conflict: "ON CONFLICT (member_id) DO UPDATE SET points = excluded.points",
+    };
+    let reversibles = &rows.reversibles;
+    let reversible_table = Table {
+        name: "reversibles",
+        columns: vec![
+            (
+                "sequence",
+                Column::BigInt(reversibles.iter().map(|(s, _)| to_i64(*s)).collect()),
+            ),
+            (
+                "kind",
+                Column::Text(
+                    reversibles
+                        .iter()
+                        .map(|(_, r)| r.kind.code().to_owned())
+                        .collect(),
+                ),
+            ),
+            (
+                "merchant_id",
+                Column::Text(
+                    reversibles
+                        .iter()
+                        .map(|(_, r)| r.merchant_id.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "member_id",
+                Column::Text(
+                    reversibles
+                        .iter()
+                        .map(|(_, r)| r.member_id.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "points",
+                Column::BigInt(reversibles.iter().map(|(_, r)| r.points).collect()),
+            ),
+            (
+                "reversed",
+                Column::BigInt(reversibles.iter().map(|(_, r)| r.reversed).collect()),
+            ),
+            (
+                "terms_version",
+                Column::BigInt(
+                    reversibles
+                        .iter()
+                        .map(|(_, r)| i64::from(r.terms_version))
+                        .collect(),
+                ),
+            ),
+        ],
+        on_conflict: "ON CONFLICT (sequence) DO UPDATE SET reversed = excluded.reversed",
+    };
+    let holds = &rows.holds_opened;
+    let hold_table = Table {
+        name: "open_holds",
+        columns: vec![
+            (
+                "sequence",
+                Column::BigInt(holds.iter().map(|(s, _)| to_i64(*s)).collect()),
+            ),
+            (
+                "merchant_id",
+                Column::Text(
+                    holds
+                        .iter()
+                        .map(|(_, h)| h.merchant_id.to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "member_id",
+                Column::Text(holds.iter().map(|(_, h)| h.member_id.to_string()).collect()),
+            ),
+            (
+                "points",
+                Column::BigInt(holds.iter().map(|(_, h)| h.points).collect()),
+            ),
+            (
+                "terms_version",
+                Column::BigInt(
+                    holds
+                        .iter()
+                        .map(|(_, h)| i64::from(h.terms_version))
+                        .collect(),
+                ),
+            ),
+            (
+                "expires_at_ms",
+                Column::BigInt(holds.iter().map(|(_, h)| h.expires_at_ms).collect()),
+            ),
+        ],
+        on_conflict: "",
+    };
+    vec![
+        wallet_lots,
+        debts,
+        reversible_table,
+        hold_table,
+        state_pieces,
+    ]
+}
+
+/// The keys of spent lots as (entry sequence, index), and of closed holds.
+fn deleted_keys(rows: &StateRows) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    (
+        rows.lots_spent
+            .iter()
+            .map(|lot| to_i64(lot.entry_sequence))
+            .collect(),
+        rows.lots_spent
+            .iter()
+            .map(|lot| i64::from(lot.index))
+            .collect(),
+        rows.holds_closed.iter().map(|s| to_i64(*s)).collect(),
+    )
+}
+
+/// Deletes the rows of spent lots and closed holds inside a batch's transaction.
+async fn delete_state_sqlite(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &StateRows,
+) -> Result<(), StorageError> {
+    let (sequences, indexes, closed) = deleted_keys(rows);
+    if !sequences.is_empty() {
+        let pairs: Vec<(i64, i64)> = sequences.into_iter().zip(indexes).collect();
+        sqlx::query(
+            "DELETE FROM wallet_lots WHERE (lot_entry_sequence, lot_index) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1))",
+        )
+        .bind(serde_json::to_string(&pairs).expect("keys serialise"))
+        .execute(&mut **transaction)
+        .await?;
+    }
+    if !closed.is_empty() {
+        let closed = serde_json::to_string(&closed).expect("keys serialise");
+        for sql in [
+            "DELETE FROM open_holds WHERE sequence IN (SELECT value FROM json_each($1))",
+            "DELETE FROM state_pieces WHERE owner_sequence IN (SELECT value FROM json_each($1))",
+        ] {
+            sqlx::query(sql)
+                .bind(closed.clone())
+                .execute(&mut **transaction)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_state_postgres(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &StateRows,
+) -> Result<(), StorageError> {
+    let (sequences, indexes, closed) = deleted_keys(rows);
+    if !sequences.is_empty() {
+        sqlx::query(
+            "DELETE FROM wallet_lots w USING UNNEST($1::bigint[], $2::bigint[]) AS d (s, i) \
+             WHERE w.lot_entry_sequence = d.s AND w.lot_index = d.i",
+        )
+        .bind(sequences)
+        .bind(indexes)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    if !closed.is_empty() {
+        for sql in [
+            "DELETE FROM open_holds WHERE sequence = ANY($1)",
+            "DELETE FROM state_pieces WHERE owner_sequence = ANY($1)",
+        ] {
+            sqlx::query(sql)
+                .bind(closed.clone())
+                .execute(&mut **transaction)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint a batch records when its last entry crosses a multiple of
+/// `CHECKPOINT_INTERVAL`.
+fn checkpoint_table(first_sequence: u64, last: Option<(u64, [u8; 32], i64)>) -> Option<Table> {
+    let (sequence, hash, at_ms) = last?;
+    if sequence / CHECKPOINT_INTERVAL == first_sequence.saturating_sub(1) / CHECKPOINT_INTERVAL {
+        return None;
+    }
+    Some(checkpoint_row(sequence, hash, at_ms))
+}
+
+fn checkpoint_row(sequence: u64, hash: [u8; 32], at_ms: i64) -> Table {
+    Table {
+        name: "checkpoints",
+        columns: vec![
+            ("sequence", Column::BigInt(vec![to_i64(sequence)])),
+            ("hash", Column::Bytes(vec![hash.to_vec()])),
+            ("verified_at_ms", Column::BigInt(vec![at_ms])),
+        ],
+        on_conflict: "ON CONFLICT (sequence) DO NOTHING",
+    }
+}
+
+/// Writes state rows (and a checkpoint, if the batch crossed one) in an open transaction.
+pub(crate) async fn write_state_sqlite(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &StateRows,
+    checkpoint: Option<(u64, u64, [u8; 32], i64)>,
+) -> Result<(), StorageError> {
+    delete_state_sqlite(transaction, rows).await?;
+    for table in state_tables(rows) {
+        table.insert_sqlite(transaction).await?;
+    }
+    if let Some((first, last, hash, at_ms)) = checkpoint
+        && let Some(table) = checkpoint_table(first, Some((last, hash, at_ms)))
+    {
+        table.insert_sqlite(transaction).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn write_state_postgres(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &StateRows,
+    checkpoint: Option<(u64, u64, [u8; 32], i64)>,
+) -> Result<(), StorageError> {
+    delete_state_postgres(transaction, rows).await?;
+    for table in state_tables(rows) {
+        table.insert_postgres(transaction).await?;
+    }
+    if let Some((first, last, hash, at_ms)) = checkpoint
+        && let Some(table) = checkpoint_table(first, Some((last, hash, at_ms)))
+    {
+        table.insert_postgres(transaction).await?;
+    }
+    Ok(())
+}

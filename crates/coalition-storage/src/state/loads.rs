@@ -1,0 +1,337 @@
+//! Loads of the writer's working set (members and referred entries a batch needs, in a few
+//! set-based queries) and the indexed queries that find the work of hold timeouts and expiry
+//! runs.
+
+use super::*;
+use crate::with_pool;
+
+/// Two SQL texts for a query on a list of keys bound as `$1`: SQLite gets the keys as one JSON
+/// array, PostgreSQL as an array.
+macro_rules! keyed_sql {
+    ($head:literal, $tail:literal) => {
+        (
+            concat!($head, " IN (SELECT value FROM json_each($1))", $tail),
+            concat!($head, " = ANY($1)", $tail),
+        )
+    };
+}
+
+/// Runs a keyed query and decodes each row with `$decode`.
+macro_rules! fetch_keyed {
+    ($storage:expr, $sql:expr, $keys:expr, |$row:ident| $decode:expr) => {{
+        let (sqlite_sql, postgres_sql) = $sql;
+        let keys = $keys;
+        match $storage {
+            Storage::Sqlite(pool) => {
+                let json = serde_json::to_string(&keys).expect("keys serialise");
+                sqlx::query(sqlite_sql)
+                    .bind(json)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|$row| Ok($decode))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Storage::Postgres(pool) => sqlx::query(postgres_sql)
+                .bind(keys)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|$row| Ok($decode))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        }
+    }};
+}
+
+impl Storage {
+    /// Loads what `needs` names: each member id as stored (an alias, an enrolled member with
+    /// wallet, debt, tier and accounts, or nothing), and each referred entry's reversible
+    /// remainder and open hold. Eight queries, whatever the number of ids.
+    pub async fn load_working_set(&self, needs: &Needs) -> Result<WorkingSet, StorageError> {
+        let mut set = WorkingSet::default();
+        if !needs.references.is_empty() {
+            set.references = self.load_references(needs).await?;
+        }
+        if needs.members.is_empty() {
+            return Ok(set);
+        }
+        let ids: Vec<String> = needs.members.iter().map(ToString::to_string).collect();
+        let aliases = fetch_keyed!(
+            self,
+            keyed_sql!("SELECT alias, target FROM member_aliases WHERE alias", ""),
+            ids.clone(),
+            |row| (
+                row.try_get::<String, _>("alias")?,
+                row.try_get::<String, _>("target")?
+            )
+        );
+        let enrolled = fetch_keyed!(
+            self,
+            keyed_sql!("SELECT member_id, tier FROM members WHERE member_id", ""),
+            ids.clone(),
+            |row| (
+                row.try_get::<String, _>("member_id")?,
+                row.try_get::<Option<String>, _>("tier")?
+            )
+        );
+        let debts = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT member_id, points FROM member_debts WHERE member_id",
+                ""
+            ),
+            ids.clone(),
+            |row| (
+                row.try_get::<String, _>("member_id")?,
+                row.try_get::<i64, _>("points")?
+            )
+        );
+        let lots = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT member_id, lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, \
+                 issue_terms_version, points FROM wallet_lots WHERE member_id",
+                ""
+            ),
+            ids.clone(),
+            |row| (
+                row.try_get::<String, _>("member_id")?,
+                (
+                    row.try_get::<i64, _>("lot_entry_sequence")?,
+                    row.try_get::<i64, _>("lot_index")?,
+                    row.try_get::<String, _>("issuer")?,
+                    row.try_get::<i64, _>("earned_at_ms")?,
+                    row.try_get::<Option<i64>, _>("expires_at_ms")?,
+                    row.try_get::<Option<i64>, _>("issue_terms_version")?,
+                    row.try_get::<i64, _>("points")?,
+                )
+            )
+        );
+        let accounts = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
+                 LEFT JOIN account_balances b ON b.account_id = a.account_id \
+                 WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner",
+                ""
+            ),
+            ids,
+            |row| (
+                row.try_get::<i64, _>("account_id")?,
+                row.try_get::<String, _>("kind")?,
+                row.try_get::<String, _>("owner")?,
+                row.try_get::<Option<String>, _>("asset")?,
+                row.try_get::<Option<i64>, _>("balance")?
+            )
+        );
+        let mut states: std::collections::BTreeMap<String, MemberState> = needs
+            .members
+            .iter()
+            .map(|id| (id.to_string(), MemberState::unknown(id.clone())))
+            .collect();
+        for (member, tier) in enrolled {
+            let entry = states
+                .get_mut(&member)
+                .ok_or_else(|| corrupt(format!("member {member} loaded but not asked for")))?;
+            entry.enrolled = true;
+            entry.tier = tier;
+        }
+        for (alias, target) in aliases {
+            let entry = states
+                .get_mut(&alias)
+                .ok_or_else(|| corrupt(format!("alias {alias} loaded but not asked for")))?;
+            entry.enrolled = false;
+            entry.tier = None;
+            entry.alias_of = Some(member_id(target)?);
+        }
+        for (member, debt) in debts {
+            if let Some(entry) = states.get_mut(&member) {
+                entry.debt = debt;
+            }
+        }
+        for (member, lot) in lots {
+            let entry = states
+                .get_mut(&member)
+                .ok_or_else(|| corrupt(format!("lots of {member} loaded but not asked for")))?;
+            entry.lots.push(lot_from_row(lot)?);
+        }
+        for (id, kind, owner, asset, balance) in accounts {
+            let key = AccountKey::from_parts(&kind, &owner)
+                .ok_or_else(|| corrupt(format!("unknown account {kind}:{owner}")))?;
+            let id = AccountId(u64::try_from(id).map_err(|_| corrupt("negative account id"))?);
+            let entry = states
+                .get_mut(&owner)
+                .ok_or_else(|| corrupt(format!("account of {owner} loaded but not asked for")))?;
+            let balances = match (asset, balance) {
+                (Some(asset), Some(balance)) => vec![(
+                    Asset::from_code(&asset)
+                        .ok_or_else(|| corrupt(format!("unknown asset {asset:?}")))?,
+                    balance,
+                )],
+                _ => Vec::new(),
+            };
+            match entry
+                .accounts
+                .iter_mut()
+                .find(|(existing, _, _)| *existing == id)
+            {
+                Some((_, _, existing)) => existing.extend(balances),
+                None => entry.accounts.push((id, key, balances)),
+            }
+        }
+        for state in states.values() {
+            if state.alias_of.is_some() && !state.lots.is_empty() {
+                return Err(corrupt(format!(
+                    "member {} was merged away but its wallet still has lots",
+                    state.member_id
+                )));
+            }
+        }
+        set.members = states.into_values().collect();
+        Ok(set)
+    }
+
+    async fn load_references(&self, needs: &Needs) -> Result<Vec<ReferenceState>, StorageError> {
+        let keys: Vec<i64> = needs.references.iter().map(|s| to_i64(*s)).collect();
+        let reversibles = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT sequence, kind, merchant_id, member_id, points, reversed, terms_version \
+                 FROM reversibles WHERE sequence",
+                ""
+            ),
+            keys.clone(),
+            |row| (
+                row.try_get::<i64, _>("sequence")?,
+                row.try_get::<String, _>("kind")?,
+                row.try_get::<String, _>("merchant_id")?,
+                row.try_get::<String, _>("member_id")?,
+                row.try_get::<i64, _>("points")?,
+                row.try_get::<i64, _>("reversed")?,
+                row.try_get::<i64, _>("terms_version")?
+            )
+        );
+        let holds = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT sequence, merchant_id, member_id, points, terms_version, expires_at_ms \
+                 FROM open_holds WHERE sequence",
+                ""
+            ),
+            keys.clone(),
+            |row| (
+                row.try_get::<i64, _>("sequence")?,
+                row.try_get::<String, _>("merchant_id")?,
+                row.try_get::<String, _>("member_id")?,
+                row.try_get::<i64, _>("points")?,
+                row.try_get::<i64, _>("terms_version")?,
+                row.try_get::<i64, _>("expires_at_ms")?
+            )
+        );
+        let pieces = fetch_keyed!(
+            self,
+            keyed_sql!(
+                "SELECT owner_sequence, lot_entry_sequence, lot_index, issuer, earned_at_ms, \
+                 expires_at_ms, issue_terms_version, points FROM state_pieces WHERE owner_sequence",
+                " ORDER BY owner_sequence, position"
+            ),
+            keys,
+            |row| (
+                row.try_get::<i64, _>("owner_sequence")?,
+                (
+                    row.try_get::<i64, _>("lot_entry_sequence")?,
+                    row.try_get::<i64, _>("lot_index")?,
+                    row.try_get::<String, _>("issuer")?,
+                    row.try_get::<i64, _>("earned_at_ms")?,
+                    row.try_get::<Option<i64>, _>("expires_at_ms")?,
+                    row.try_get::<Option<i64>, _>("issue_terms_version")?,
+                    row.try_get::<i64, _>("points")?,
+                )
+            )
+        );
+        let mut taken: std::collections::HashMap<u64, Vec<Lot>> = Default::default();
+        for (owner, lot) in pieces {
+            taken
+                .entry(sequence(owner)?)
+                .or_default()
+                .push(lot_from_row(lot)?);
+        }
+        let mut states: std::collections::BTreeMap<u64, ReferenceState> = needs
+            .references
+            .iter()
+            .map(|&sequence| {
+                (
+                    sequence,
+                    ReferenceState {
+                        sequence,
+                        reversible: None,
+                        hold: None,
+                    },
+                )
+            })
+            .collect();
+        for (seq, kind, merchant, member, points, reversed, terms_version) in reversibles {
+            let seq = sequence(seq)?;
+            let kind = EntryKind::from_code(&kind)
+                .ok_or_else(|| corrupt(format!("reversible {seq}: unknown kind {kind:?}")))?;
+            let state = states
+                .get_mut(&seq)
+                .ok_or_else(|| corrupt(format!("reversible {seq} loaded but not asked for")))?;
+            state.reversible = Some(Reversible {
+                kind,
+                merchant_id: merchant_id(merchant)?,
+                member_id: member_id(member)?,
+                points,
+                reversed,
+                terms_version: version(terms_version)?,
+                taken: taken.remove(&seq).unwrap_or_default(),
+            });
+        }
+        for (seq, merchant, member, points, terms_version, expires_at_ms) in holds {
+            let seq = sequence(seq)?;
+            let state = states
+                .get_mut(&seq)
+                .ok_or_else(|| corrupt(format!("hold {seq} loaded but not asked for")))?;
+            state.hold = Some(OpenHold {
+                merchant_id: merchant_id(merchant)?,
+                member_id: member_id(member)?,
+                points,
+                terms_version: version(terms_version)?,
+                expires_at_ms,
+                taken: taken.remove(&seq).unwrap_or_default(),
+            });
+        }
+        Ok(states.into_values().collect())
+    }
+
+    /// Open holds whose deadline has passed at `at_ms`, by entry sequence.
+    pub async fn holds_due(&self, at_ms: i64) -> Result<Vec<u64>, StorageError> {
+        let rows: Vec<i64> = with_pool!(self, pool => {
+            sqlx::query("SELECT sequence FROM open_holds WHERE expires_at_ms <= $1 ORDER BY sequence")
+                .bind(at_ms)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i64, _>("sequence"))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter().map(sequence).collect()
+    }
+
+    /// Members with a lot that has expired at `at_ms`.
+    pub async fn members_with_lots_due(&self, at_ms: i64) -> Result<Vec<MemberId>, StorageError> {
+        let rows: Vec<String> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT DISTINCT member_id FROM wallet_lots \
+                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 ORDER BY member_id",
+            )
+            .bind(at_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("member_id"))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter().map(member_id).collect()
+    }
+}
