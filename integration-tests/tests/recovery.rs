@@ -422,7 +422,123 @@ async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend:
     serving.await.unwrap().unwrap();
 }
 
+/// Runs `coalition check` with `args` after the database URL; returns (success, stdout).
+fn run_check(database: &TestDatabase, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"))
+        .args(["check", "--database-url", &database.url])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs statements against the test database directly, as an intruder would.
+async fn execute(database: &TestDatabase, statements: &[&str]) {
+    use sqlx::Connection;
+    match database.backend {
+        Backend::Sqlite => {
+            let mut connection = sqlx::SqliteConnection::connect(&database.url)
+                .await
+                .unwrap();
+            for statement in statements {
+                sqlx::query(sqlx::AssertSqlSafe(*statement))
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        }
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+            for statement in statements {
+                sqlx::query(sqlx::AssertSqlSafe(*statement))
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1", "m-2"]).await;
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    accepted(&server.earn(&tenant, "e-2", "m-2", 50).await);
+    accepted(&server.burn(&tenant, "b-1", "m-1", 30).await);
+    let hold = server.body(&tenant, pb::TransactionKind::Hold, "h-1", "m-2", 20);
+    accepted(&server.submit(tenant.envelope(&hold)).await);
+    let reversal = server.referring_body(
+        &tenant,
+        pb::TransactionKind::Reversal,
+        "r-1",
+        "m-1",
+        10,
+        "b-1",
+        "",
+    );
+    accepted(&server.submit(tenant.envelope(&reversal)).await);
+
+    // Beside the live server: the whole chain, then nothing new from its own checkpoint.
+    let (sound, full) = run_check(&server.database, &[]);
+    assert!(sound, "{full}");
+    assert!(full.contains("verified from entry 0 to 5"), "{full}");
+    assert!(full.contains("held balances = open holds"), "{full}");
+    let (sound, resumed) = run_check(&server.database, &["--since", "checkpoint"]);
+    assert!(sound, "{resumed}");
+    assert!(
+        resumed.contains("0 entries verified from entry 5 to 5"),
+        "{resumed}"
+    );
+    accepted(&server.earn(&tenant, "e-3", "m-1", 7).await);
+    let (sound, resumed) = run_check(&server.database, &["--since", "5"]);
+    assert!(sound, "{resumed}");
+    assert!(
+        resumed.contains("1 entries verified from entry 5 to 6"),
+        "{resumed}"
+    );
+    let (sound, unknown) = run_check(&server.database, &["--since", "3"]);
+    assert!(
+        !sound && unknown.is_empty(),
+        "no check verified entry 3: {unknown}"
+    );
+
+    // The writer's state tables, altered behind its back, are reported.
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    execute(
+        &database,
+        &[
+            "UPDATE wallet_lots SET points = points + 1 WHERE member_id = 'm-1'",
+            "UPDATE reversibles SET reversed = 0",
+            "DELETE FROM open_holds",
+        ],
+    )
+    .await;
+    let (sound, report) = run_check(&database, &[]);
+    assert!(!sound, "{report}");
+    for expected in [
+        "problem: lots: points less consumed and repaid",
+        "problem: wallets = lots less debt: member m-1",
+        "problem: held balances = open holds: member m-2",
+        "problem: open holds = holds not captured, voided or expired: hold 4",
+        "problem: reversible remainders = originals less their reversals: entry 3",
+    ] {
+        assert!(report.contains(expected), "{expected} in {report}");
+    }
+}
+
 on_both_backends!(
+    the_check_audits_the_writer_state_beside_a_live_server_and_resumes,
     while_starting_health_is_not_serving_and_calls_are_unavailable,
     kill_9_under_load_loses_no_acknowledged_transaction,
     sigterm_finishes_the_batch_in_flight_and_exits_cleanly,

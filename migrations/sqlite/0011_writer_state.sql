@@ -69,6 +69,14 @@ CREATE TABLE checkpoints (
     verified_at_ms INTEGER NOT NULL
 );
 
+-- Heads that `coalition check` verified, where a later check may start its chain walk. Kept
+-- apart from the writer's own checkpoints: start-up trusts only what the writer verified.
+CREATE TABLE audit_checkpoints (
+    sequence INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    verified_at_ms INTEGER NOT NULL
+);
+
 -- Whether the state tables above are current. A journal written before them is replayed once
 -- at the next start to fill them (state_built 0 until then).
 CREATE TABLE writer_state (

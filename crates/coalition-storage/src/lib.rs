@@ -7,6 +7,7 @@
 //! batch (multi-row `VALUES` on SQLite, `UNNEST` arrays on PostgreSQL) because statement count,
 //! not row count, bounds throughput.
 
+mod audit;
 mod batch;
 mod connect;
 mod load;
@@ -15,6 +16,7 @@ mod query;
 mod settlement;
 mod state;
 
+pub use audit::{AuditReport, AuditStart};
 pub use connect::ConnectOptions;
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;

@@ -142,7 +142,10 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
         ),
     ));
     wallet_lots.on_conflict =
-        "ON CONFLICT (lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points";
+        // A held piece released after its member was merged away returns to the member it
+        // was merged into: the lot's owner moves with it.
+        "ON CONFLICT (lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points, \
+         member_id = excluded.member_id";
     let mut pieces = Vec::new();
     for (owner, taken) in &rows.pieces {
         for (position, lot) in taken.iter().enumerate() {
@@ -390,6 +393,32 @@ fn checkpoint_row(sequence: u64, hash: [u8; 32], at_ms: i64) -> Table {
         ],
         on_conflict: "ON CONFLICT (sequence) DO NOTHING",
     }
+}
+
+/// Records a verified checkpoint in its own transaction: the writer's (`checkpoints`) or an
+/// audit's (`audit_checkpoints`).
+pub(crate) async fn insert_checkpoint(
+    storage: &Storage,
+    table: &'static str,
+    head: ChainHead,
+    verified_at_ms: i64,
+) -> Result<(), StorageError> {
+    let mut table_rows = checkpoint_row(head.sequence, head.hash, verified_at_ms);
+    table_rows.name = table;
+    let table = table_rows;
+    match storage {
+        Storage::Sqlite(pool) => {
+            let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+            table.insert_sqlite(&mut transaction).await?;
+            transaction.commit().await?;
+        }
+        Storage::Postgres(pool) => {
+            let mut transaction = pool.begin().await?;
+            table.insert_postgres(&mut transaction).await?;
+            transaction.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes state rows (and a checkpoint, if the batch crossed one) in an open transaction.

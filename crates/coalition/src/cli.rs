@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use coalition_domain::signing;
+use coalition_engine::Clock;
 use coalition_grpc::client::{
     AdminServiceClient, AdminToken, MerchantSigner, QueryServiceClient, SubmissionServiceClient,
 };
 use coalition_grpc::pb;
-use coalition_storage::{ConnectOptions, Storage};
+use coalition_storage::{AuditStart, ConnectOptions, Storage};
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
@@ -37,8 +38,10 @@ pub enum Command {
     },
     /// Start a server on a fresh embedded database and clear a day of mall traffic through it.
     Demo(crate::demo::DemoArgs),
-    /// Recompute balances and lots from the postings and the hash chain from the entries, and
-    /// report every difference. Exits non-zero when the books are not sound.
+    /// Audit the books: verify every entry's link, hash and balance, and compare balances,
+    /// lots, wallets, open holds and reversible remainders with the journal. Runs in bounded
+    /// memory on a consistent snapshot, beside a live server. Exits non-zero when the books
+    /// are not sound; when they are, records a checkpoint at the head it verified.
     Check {
         /// The database to check.
         #[arg(
@@ -47,6 +50,15 @@ pub enum Command {
             default_value = "sqlite://coalition.db"
         )]
         database_url: String,
+        /// Walk the chain from the head an earlier sound check verified rather than from the
+        /// first entry: `checkpoint` for the latest, or the entry sequence of one. The
+        /// derived state is still compared in full.
+        #[arg(long)]
+        since: Option<String>,
+        /// Also replay the whole journal through the ledger, as the writer once did at every
+        /// start (memory grows with the members and the journal).
+        #[arg(long)]
+        replay: bool,
     },
     /// Reconcile a merchant's own record (a CSV file) against what clearing booked for it
     /// in a window of acceptance time; writes differences.csv, malformed.csv and
@@ -464,7 +476,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Demo(args) => crate::demo::run(args).await,
-        Command::Check { database_url } => check(&database_url).await,
+        Command::Check {
+            database_url,
+            since,
+            replay,
+        } => check(&database_url, since.as_deref(), replay).await,
         Command::Reconcile {
             database_url,
             merchant,
@@ -709,7 +725,14 @@ async fn reconcile(
     Ok(())
 }
 
-pub async fn check(database_url: &str) -> anyhow::Result<()> {
+pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> anyhow::Result<()> {
+    let start = match since {
+        None => AuditStart::Genesis,
+        Some("checkpoint") => AuditStart::LastCheckpoint,
+        Some(sequence) => AuditStart::Checkpoint(sequence.parse().map_err(|_| {
+            anyhow::anyhow!("--since takes `checkpoint` or an entry sequence, not {sequence:?}")
+        })?),
+    };
     let storage = Storage::connect(&ConnectOptions {
         url: database_url.to_owned(),
         connections_max: 2,
@@ -717,30 +740,48 @@ pub async fn check(database_url: &str) -> anyhow::Result<()> {
     })
     .await?;
     let started = std::time::Instant::now();
-    let (_, report) = storage.replay(i64::MAX).await?;
+    let report = storage.audit(start).await?;
     let seconds = started.elapsed().as_secs_f64();
-    storage.close().await;
     println!(
-        "checked {} entries over {} accounts in {seconds:.1} s ({:.0} entries/s); chain head {} at entry {}",
+        "chain: {} entries verified from entry {} to {} in {seconds:.1} s ({:.0} entries/s, \
+         derived state compared included); head {}",
         report.entries,
-        report.accounts,
+        report.start.sequence,
+        report.head.sequence,
         report.entries as f64 / seconds.max(1e-9),
         hex::encode(report.head.hash),
-        report.head.sequence
     );
-    if report.is_sound() {
+    for (name, differences) in &report.comparisons {
+        println!("  {name:<62} {differences} differences");
+    }
+    let mut problems = report.problems.clone();
+    if replay {
+        let started = std::time::Instant::now();
+        let (_, replayed) = storage.replay(i64::MAX).await?;
+        let seconds = started.elapsed().as_secs_f64();
         println!(
-            "ledger check: OK (every entry balances, the chain verifies, balances and lots match the postings)"
+            "replay: {} entries through the ledger in {seconds:.1} s ({:.0} entries/s)",
+            replayed.entries,
+            replayed.entries as f64 / seconds.max(1e-9)
+        );
+        problems.extend(replayed.problems);
+    }
+    if problems.is_empty() && report.entries > 0 {
+        storage
+            .record_checkpoint(report.head, coalition_engine::SystemClock.now_ms())
+            .await?;
+    }
+    storage.close().await;
+    if problems.is_empty() {
+        println!(
+            "ledger check: OK (every entry balances, the chain verifies, balances, lots, wallets, holds and reversible remainders match the journal)"
         );
         Ok(())
     } else {
-        for problem in &report.problems {
+        for problem in &problems {
             println!("problem: {problem}");
         }
-        bail!(
-            "ledger check failed with {} problems",
-            report.problems.len()
-        )
+        bail!("ledger check failed with {} problems", problems.len())
     }
 }
 

@@ -190,19 +190,7 @@ impl Storage {
             }
         }
         if verified > 0 {
-            let table = checkpoint_row(head.sequence, head.hash, accepted_at_ms);
-            match self {
-                Storage::Sqlite(pool) => {
-                    let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    table.insert_sqlite(&mut transaction).await?;
-                    transaction.commit().await?;
-                }
-                Storage::Postgres(pool) => {
-                    let mut transaction = pool.begin().await?;
-                    table.insert_postgres(&mut transaction).await?;
-                    transaction.commit().await?;
-                }
-            }
+            insert_checkpoint(self, "checkpoints", head, accepted_at_ms).await?;
         }
         Ok(((head, accepted_at_ms), verified))
     }
