@@ -227,8 +227,6 @@ pub struct Ledger {
     holds: HashMap<u64, OpenHold>,
     /// (expires at, hold sequence) of every hold ever opened; closed ones are skipped.
     hold_deadlines: BTreeSet<(i64, u64)>,
-    /// The members with lots expiring at each time; lots spent since are skipped.
-    lot_expiries: BTreeMap<i64, BTreeSet<MemberId>>,
     aliases: HashMap<MemberId, MemberId>,
     /// Receipts of recent merchant transactions: a cache of the journal's unique index on
     /// (merchant, transaction id). Older ones are forgotten to bound memory; the writer loads
@@ -350,7 +348,6 @@ impl Ledger {
             reversibles: HashMap::new(),
             holds: HashMap::new(),
             hold_deadlines: BTreeSet::new(),
-            lot_expiries: BTreeMap::new(),
             aliases: HashMap::new(),
             receipts: HashMap::new(),
             receipts_by_age: BTreeMap::new(),

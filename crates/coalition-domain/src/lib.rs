@@ -29,7 +29,7 @@ pub use earn_rules::{Campaign, EarnRules};
 pub use ids::{KeyId, MemberId, MerchantId, MerchantTransactionId};
 pub use journal::{Entry, EntryKind, LotConsumption, LotId, LotRecord, MerchantOrigin, Posting};
 pub use ledger::working_set::{
-    MemberState, Needs, OpenHold, ReferenceState, Reversible, StateRows, WorkingSet,
+    InMemory, MemberState, Needs, OpenHold, ReferenceState, Reversible, StateRows, WorkingSet,
 };
 pub use ledger::{
     AliasRecord, ApplyError, Changes, FinalisedPeriod, Ledger, MemberError, MemberRecord, Outcome,

@@ -540,8 +540,17 @@ proptest! {
             store.write(&small_changes, &balances, &rows);
             small.evict(1, 1);
             small.forget_receipts_beyond(1);
-            prop_assert!(small.resident().0 <= 1 && small.resident().1 <= 1);
-            prop_assert!(small.receipts_in_memory() <= 1);
+            // Nothing beyond the budgets stays: not the members, references or receipts, and
+            // none of what hangs off them.
+            let held = small.in_memory();
+            prop_assert!(held.members <= 1 && held.tiers <= 1 && held.aliases <= 1, "{:?}", held);
+            prop_assert!(held.reversibles + held.holds <= 1, "{:?}", held);
+            prop_assert_eq!(held.hold_deadlines, held.holds);
+            prop_assert!(held.receipts <= 1, "{:?}", held);
+            let member_accounts = small.accounts().filter(|(key, _)| key.member().is_some()).count();
+            prop_assert!(member_accounts <= 2, "{} member accounts in memory", member_accounts);
+            let other_accounts = small.accounts().count() - member_accounts;
+            prop_assert!(held.balances <= 2 + 3 * other_accounts, "{:?}", held);
         }
         // Equal heads after every batch: the same journal, entry for entry (the hash chain).
         prop_assert_eq!(full.head().sequence as usize, full_changes.entries.len());

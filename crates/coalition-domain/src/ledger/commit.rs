@@ -148,6 +148,7 @@ impl Ledger {
                 // An exchange is final: a mistaken one is undone by the opposite exchange.
                 if entry.kind == EntryKind::Earn {
                     self.touched.new_reversibles.insert(sequence);
+                    self.track_reference(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -191,6 +192,7 @@ impl Ledger {
                 }
                 if entry.kind == EntryKind::Burn {
                     self.touched.new_reversibles.insert(sequence);
+                    self.track_reference(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -206,6 +208,7 @@ impl Ledger {
                 } else {
                     let expires_at_ms = entry.expires_at_ms.ok_or_else(shape)?;
                     self.touched.holds_opened.insert(sequence);
+                    self.track_reference(sequence);
                     self.hold_deadlines.insert((expires_at_ms, sequence));
                     self.holds.insert(
                         sequence,
@@ -246,6 +249,7 @@ impl Ledger {
                 self.restore_lots(member()?, released, sequence, &mut consumptions);
                 if entry.kind == EntryKind::Capture {
                     self.touched.new_reversibles.insert(sequence);
+                    self.track_reference(sequence);
                     self.reversibles.insert(
                         sequence,
                         Reversible {
@@ -423,7 +427,7 @@ impl Ledger {
     ) {
         let wallet = self.members.entry(member_id.clone()).or_default();
         for lot in pieces {
-            let (lot_id, expires_at_ms) = (lot.lot_id, lot.expires_at_ms);
+            let lot_id = lot.lot_id;
             self.touched.lots.insert((member_id.clone(), lot_id));
             let repaid = wallet.add(lot);
             if repaid > 0 {
@@ -434,12 +438,6 @@ impl Ledger {
                     points: repaid,
                     repaid: true,
                 });
-            }
-            if let Some(expires_at_ms) = expires_at_ms {
-                self.lot_expiries
-                    .entry(expires_at_ms)
-                    .or_default()
-                    .insert(member_id.clone());
             }
         }
     }

@@ -13,9 +13,19 @@ impl Ledger {
         changes: &mut Changes,
     ) -> Result<ExpirySummary, ApplyError> {
         let mut summary = ExpirySummary::default();
-        let later = self.lot_expiries.split_off(&at_ms.saturating_add(1));
-        let due = std::mem::replace(&mut self.lot_expiries, later);
-        let members: BTreeSet<MemberId> = due.into_values().flatten().collect();
+        // The wallets in memory with an expired lot. The writer loads every member the
+        // database has with one before the run, so a working set finds the same members.
+        let members: BTreeSet<MemberId> = self
+            .members
+            .iter()
+            .filter(|(_, wallet)| {
+                wallet
+                    .lots
+                    .iter()
+                    .any(|lot| lot.expires_at_ms.is_some_and(|expires| expires <= at_ms))
+            })
+            .map(|(member_id, _)| member_id.clone())
+            .collect();
         for member_id in members {
             let Some(wallet) = self.members.get(&member_id) else {
                 continue;

@@ -111,6 +111,20 @@ pub struct WorkingSet {
     pub references: Vec<ReferenceState>,
 }
 
+/// Sizes of what the ledger holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InMemory {
+    pub members: usize,
+    pub tiers: usize,
+    pub aliases: usize,
+    pub accounts: usize,
+    pub balances: usize,
+    pub reversibles: usize,
+    pub holds: usize,
+    pub hold_deadlines: usize,
+    pub receipts: usize,
+}
+
 /// Which members and references are in memory, and when each was last used.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Residency {
@@ -319,6 +333,31 @@ impl Ledger {
         }
     }
 
+    /// Counts new reversibles and holds as used now, so they leave memory like loaded ones.
+    pub(super) fn track_reference(&mut self, sequence: u64) {
+        if let Some(residency) = self.residency.as_mut() {
+            let tick = residency.tick;
+            if residency.references.insert(sequence, tick).is_none() {
+                residency.references_by_use.insert((tick, sequence));
+            }
+        }
+    }
+
+    /// How many of each kind of thing the ledger holds in memory (for tests and metrics).
+    pub fn in_memory(&self) -> InMemory {
+        InMemory {
+            members: self.members.len(),
+            tiers: self.member_tiers.len(),
+            aliases: self.aliases.len(),
+            accounts: self.accounts.len(),
+            balances: self.balances.len(),
+            reversibles: self.reversibles.len(),
+            holds: self.holds.len(),
+            hold_deadlines: self.hold_deadlines.len(),
+            receipts: self.receipts.len(),
+        }
+    }
+
     pub(super) fn require_member(&self, member_id: &MemberId) -> Result<(), ApplyError> {
         match &self.residency {
             Some(residency) if !residency.members.contains_key(member_id) => {
@@ -433,12 +472,6 @@ impl Ledger {
                 debt: member.debt,
             };
             for lot in member.lots {
-                if let Some(expires_at_ms) = lot.expires_at_ms {
-                    self.lot_expiries
-                        .entry(expires_at_ms)
-                        .or_default()
-                        .insert(member_id.clone());
-                }
                 wallet.add_loaded(lot);
             }
             self.members.insert(member_id, wallet);
@@ -468,16 +501,7 @@ impl Ledger {
             references.push(sequence);
         }
         for member_id in members {
-            if let Some(wallet) = self.members.remove(&member_id) {
-                for expires_at_ms in wallet.lots.iter().filter_map(|lot| lot.expires_at_ms) {
-                    if let Some(due) = self.lot_expiries.get_mut(&expires_at_ms) {
-                        due.remove(&member_id);
-                        if due.is_empty() {
-                            self.lot_expiries.remove(&expires_at_ms);
-                        }
-                    }
-                }
-            }
+            self.members.remove(&member_id);
             self.member_tiers.remove(&member_id);
             self.aliases.remove(&member_id);
             for key in [
