@@ -130,7 +130,13 @@ impl Table {
             });
             builder.push(" ");
             builder.push(self.on_conflict);
-            builder.build().execute(&mut **transaction).await?;
+            // Not kept in the connection's statement cache: the text changes with the row
+            // count, and a prepared statement of thousands of rows holds megabytes.
+            builder
+                .build()
+                .persistent(false)
+                .execute(&mut **transaction)
+                .await?;
             start = end;
         }
         Ok(())

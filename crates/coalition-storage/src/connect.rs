@@ -23,6 +23,10 @@ pub struct ConnectOptions {
     pub create_if_missing: bool,
 }
 
+/// Prepared statements each SQLite connection keeps. The batch write's statements change with
+/// the batch (and are not cached); the writer's and queries' fixed statements are a few dozen.
+const SQLITE_STATEMENT_CACHE_CAPACITY: usize = 16;
+
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -164,7 +168,8 @@ impl Storage {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                .statement_cache_capacity(SQLITE_STATEMENT_CACHE_CAPACITY);
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.connections_max.max(2))
                 .connect_with(connect)

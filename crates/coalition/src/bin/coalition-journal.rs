@@ -44,11 +44,22 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         batch_len: usize,
     },
-    /// Starts a server on an existing database (recovery included) and reports the time until
-    /// it serves and its resident memory, then stops it.
+    /// Starts a server on an existing database and reports the time until it serves and its
+    /// resident memory; then, with `--then-days`, books more mall days on it (new and returning
+    /// members, as `build` does) and reports memory and throughput after them.
     Restart {
         #[arg(long)]
         database_url: String,
+        /// Mall days to book after the start.
+        #[arg(long, default_value_t = 0)]
+        then_days: u32,
+        /// How many days the journal already holds (the `--days` it was built with), so the
+        /// new days bring the next members.
+        #[arg(long, default_value_t = 0)]
+        built_days: u32,
+        /// Each day's traffic and members as a multiple of one mall's day.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
     },
 }
 
@@ -95,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
             scale,
             batch_len,
         } => build(&database_url, days, scale, batch_len).await,
-        Command::Restart { database_url } => restart(&database_url).await,
+        Command::Restart {
+            database_url,
+            then_days,
+            built_days,
+            scale,
+        } => restart(&database_url, then_days, built_days, scale).await,
     }
 }
 
@@ -121,6 +137,66 @@ async fn enroll(channel: Channel, token: &str, members: &[String]) -> anyhow::Re
     Ok(())
 }
 
+/// Submissions handed to the engine, and what became of them.
+#[derive(Debug, Default)]
+struct Counts {
+    submitted: usize,
+    accepted: usize,
+    refused: usize,
+}
+
+/// Books one mall day (registration or the day's new members, carry-in earns, the day's
+/// traffic, the follow-ups) through the engine, with the clock set to the day's times.
+#[allow(clippy::too_many_arguments)]
+async fn book_day(
+    server: &RunningServer,
+    channel: &Channel,
+    token: &str,
+    clock: &ManualClock,
+    profile: &MallDayProfile,
+    day_index: u32,
+    day_end_ms: i64,
+    batch_len: usize,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    clock.set(day_end_ms - 12 * 3_600_000);
+    let day = generate_day(profile, u64::from(day_index) + 1, day_end_ms, day_index);
+    if day_index == 0 {
+        register(channel.clone(), token, &day).await?;
+    } else {
+        enroll(channel.clone(), token, &day.members).await?;
+    }
+    // Traffic is booked at the end of its day, follow-ups an hour later, as the demo does.
+    for (envelopes, at_ms) in [
+        (day.carry_in, day_end_ms + 60_000),
+        (day.traffic, day_end_ms + 120_000),
+        (day.follow_ups, day_end_ms + 3_600_000),
+    ] {
+        clock.set(at_ms);
+        for chunk in envelopes.chunks(batch_len) {
+            counts.submitted += chunk.len();
+            let checked = coalition_grpc::check_envelopes(&server.engine, chunk.to_vec())
+                .await
+                .map_err(|status| anyhow::anyhow!("{status}"))?;
+            let mut submissions = Vec::with_capacity(checked.len());
+            for item in checked {
+                match item {
+                    Ok(submission) => submissions.push(submission),
+                    Err(_) => counts.refused += 1,
+                }
+            }
+            for outcome in server.engine.submit(submissions).await? {
+                match outcome {
+                    Ok(outcome) if !outcome.duplicate => counts.accepted += 1,
+                    Ok(_) => {}
+                    Err(_) => counts.refused += 1,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn build(database_url: &str, days: u32, scale: f64, batch_len: usize) -> anyhow::Result<()> {
     let token = random_token()?;
     // The journal ends today: day d is simulated `days - d` days ago, and the engine's clock
@@ -137,45 +213,21 @@ async fn build(database_url: &str, days: u32, scale: f64, batch_len: usize) -> a
     let channel = Channel::from_shared(server.endpoint())?.connect().await?;
     let profile = MallDayProfile::scaled(scale);
     let started = Instant::now();
-    let (mut submitted, mut accepted, mut refused) = (0usize, 0usize, 0usize);
+    let mut counts = Counts::default();
     for day_index in 0..days {
         let day_end_ms = first_day_end_ms + i64::from(day_index) * DAY_MS;
-        clock.set(day_end_ms - 12 * 3_600_000);
-        let day = generate_day(&profile, u64::from(day_index) + 1, day_end_ms, day_index);
-        if day_index == 0 {
-            register(channel.clone(), &token, &day).await?;
-        } else {
-            enroll(channel.clone(), &token, &day.members).await?;
-        }
-        // Traffic is booked at the end of its day, follow-ups an hour later, as the demo does.
-        clock.set(day_end_ms + 60_000);
-        for (envelopes, at_ms) in [
-            (day.carry_in, day_end_ms + 60_000),
-            (day.traffic, day_end_ms + 120_000),
-            (day.follow_ups, day_end_ms + 3_600_000),
-        ] {
-            clock.set(at_ms);
-            for chunk in envelopes.chunks(batch_len) {
-                submitted += chunk.len();
-                let checked = coalition_grpc::check_envelopes(&server.engine, chunk.to_vec())
-                    .await
-                    .map_err(|status| anyhow::anyhow!("{status}"))?;
-                let mut submissions = Vec::with_capacity(checked.len());
-                for item in checked {
-                    match item {
-                        Ok(submission) => submissions.push(submission),
-                        Err(_) => refused += 1,
-                    }
-                }
-                for outcome in server.engine.submit(submissions).await? {
-                    match outcome {
-                        Ok(outcome) if !outcome.duplicate => accepted += 1,
-                        Ok(_) => {}
-                        Err(_) => refused += 1,
-                    }
-                }
-            }
-        }
+        book_day(
+            &server,
+            &channel,
+            &token,
+            &clock,
+            &profile,
+            day_index,
+            day_end_ms,
+            batch_len,
+            &mut counts,
+        )
+        .await?;
         let entries = journal_len(&server).await?;
         let seconds = started.elapsed().as_secs_f64();
         let (rss, peak) = memory_mib();
@@ -195,7 +247,8 @@ async fn build(database_url: &str, days: u32, scale: f64, batch_len: usize) -> a
     );
     println!("days          {days} at scale {scale}");
     println!(
-        "submissions   {submitted} ({accepted} booked, {refused} refused, the rest duplicates)"
+        "submissions   {} ({} booked, {} refused, the rest duplicates)",
+        counts.submitted, counts.accepted, counts.refused
     );
     println!(
         "journal       {entries} entries in {seconds:.1} s = {:.0} entries/s",
@@ -205,17 +258,25 @@ async fn build(database_url: &str, days: u32, scale: f64, batch_len: usize) -> a
     Ok(())
 }
 
-async fn restart(database_url: &str) -> anyhow::Result<()> {
+async fn restart(
+    database_url: &str,
+    then_days: u32,
+    built_days: u32,
+    scale: f64,
+) -> anyhow::Result<()> {
     let token = random_token()?;
     let (rss_before, _) = memory_mib();
+    // The first new day ends a day after the last built one (which ended today at 22:00).
+    let today_end_ms = SystemClock.now_ms() / DAY_MS * DAY_MS + 22 * 3_600_000;
+    let clock = ManualClock::new(SystemClock.now_ms().max(today_end_ms + 3_600_000 + 1));
     let started = Instant::now();
-    let server = RunningServer::start(&config(database_url, &token))
-        .await
-        .context("starting the server")?;
+    let server =
+        RunningServer::start_with_clock(&config(database_url, &token), Arc::new(clock.clone()))
+            .await
+            .context("starting the server")?;
     let serving_after = started.elapsed();
     let entries = journal_len(&server).await?;
     let (rss, peak) = memory_mib();
-    server.shutdown().await?;
     println!(
         "database      {}",
         coalition::runtime::redacted(database_url)
@@ -228,5 +289,37 @@ async fn restart(database_url: &str) -> anyhow::Result<()> {
     println!(
         "memory        RSS {rss:.0} MiB after start (peak {peak:.0} MiB; {rss_before:.0} MiB before)"
     );
+    if then_days > 0 {
+        let channel = Channel::from_shared(server.endpoint())?.connect().await?;
+        let profile = MallDayProfile::scaled(scale);
+        let mut counts = Counts::default();
+        let booking = Instant::now();
+        for offset in 0..then_days {
+            let day_end_ms = today_end_ms + i64::from(offset + 1) * DAY_MS;
+            book_day(
+                &server,
+                &channel,
+                &token,
+                &clock,
+                &profile,
+                built_days + offset,
+                day_end_ms,
+                4096,
+                &mut counts,
+            )
+            .await?;
+        }
+        let seconds = booking.elapsed().as_secs_f64();
+        let booked = journal_len(&server).await? - entries;
+        let (rss, peak) = memory_mib();
+        println!(
+            "then          {then_days} more days: {booked} entries in {seconds:.1} s = {:.0} entries/s ({} submissions, {} booked)",
+            booked as f64 / seconds,
+            counts.submitted,
+            counts.accepted
+        );
+        println!("memory        RSS {rss:.0} MiB after them (peak {peak:.0} MiB)");
+    }
+    server.shutdown().await?;
     Ok(())
 }
