@@ -10,18 +10,19 @@
 -- voided or expired. state_pieces: the lot pieces a burn, capture or open hold took out of a
 -- wallet, in take order, which a reversal, capture or void gives back.
 
+-- Keyed by member first: a member's lots are one range of the key, read in one probe and
+-- written without a second index.
 CREATE TABLE wallet_lots (
+    member_id TEXT NOT NULL,
     lot_entry_sequence BIGINT NOT NULL,
     lot_index BIGINT NOT NULL,
-    member_id TEXT NOT NULL,
     issuer TEXT NOT NULL,
     earned_at_ms BIGINT NOT NULL,
     expires_at_ms BIGINT,
     issue_terms_version BIGINT,
     points BIGINT NOT NULL,
-    PRIMARY KEY (lot_entry_sequence, lot_index)
+    PRIMARY KEY (member_id, lot_entry_sequence, lot_index)
 );
-CREATE INDEX wallet_lots_by_member ON wallet_lots (member_id);
 CREATE INDEX wallet_lots_by_expiry ON wallet_lots (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 
 CREATE TABLE member_debts (

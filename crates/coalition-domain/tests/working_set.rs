@@ -158,8 +158,12 @@ impl Store {
                 self.receipts.insert(key, receipt);
             }
         }
-        for lot in &rows.lots_spent {
-            self.wallet_lots.remove(lot);
+        for (member_id, lot) in &rows.lots_spent {
+            let removed = self.wallet_lots.remove(lot);
+            assert!(
+                removed.is_none_or(|(owner, _)| &owner == member_id),
+                "lot {lot:?} deleted under another member"
+            );
         }
         for (member_id, lot) in &rows.lots {
             self.wallet_lots

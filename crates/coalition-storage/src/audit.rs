@@ -292,7 +292,7 @@ impl Storage {
     /// the chain from `start`. Reads only; a live writer may keep writing.
     pub async fn audit(&self, start: AuditStart) -> Result<AuditReport, StorageError> {
         let report = match self {
-            Storage::Sqlite(pool) => {
+            Storage::Sqlite(pool, _) => {
                 // A read transaction in WAL mode sees one snapshot until it ends.
                 let mut transaction = pool.begin().await?;
                 audit_in!(transaction, start)

@@ -833,7 +833,7 @@ impl Storage {
             _ => None,
         };
         match self {
-            Storage::Sqlite(pool) => {
+            Storage::Sqlite(_, pool) => {
                 let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
                 for table in &tables {
                     table.insert_sqlite(&mut transaction).await?;

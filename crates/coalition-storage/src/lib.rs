@@ -51,7 +51,10 @@ pub enum StorageError {
 /// A connection pool to one of the two backends.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    Sqlite(SqlitePool),
+    /// The pool for reads and admin writes, and the writer's own connection, with a page
+    /// cache large enough for the indexes a batch touches: the batch write and the loads
+    /// before it run there.
+    Sqlite(SqlitePool, SqlitePool),
     Postgres(PgPool),
 }
 
@@ -60,16 +63,31 @@ pub enum Storage {
 macro_rules! with_pool {
     ($storage:expr, $pool:ident => $body:expr) => {
         match $storage {
-            $crate::Storage::Sqlite($pool) => $body,
+            $crate::Storage::Sqlite($pool, _) => $body,
             $crate::Storage::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use with_pool;
 
+/// Like `with_pool!`, on the writer's connection for SQLite: for the batch write and the
+/// reads the writer makes before it.
+macro_rules! with_writer_pool {
+    ($storage:expr, $pool:ident => $body:expr) => {
+        match $storage {
+            $crate::Storage::Sqlite(_, $pool) => $body,
+            $crate::Storage::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_writer_pool;
+
 impl Storage {
     /// Closes the pool, waiting for connections to return.
     pub async fn close(&self) {
+        if let Storage::Sqlite(_, writer) = self {
+            writer.close().await;
+        }
         with_pool!(self, pool => pool.close().await)
     }
 }

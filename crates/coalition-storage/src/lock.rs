@@ -46,7 +46,7 @@ impl Storage {
     /// Takes the single-writer lock of this database, or says who holds it.
     pub async fn lock_writer(&self, url: &str) -> Result<WriterLock, StorageError> {
         match self {
-            Storage::Sqlite(_) => {
+            Storage::Sqlite(..) => {
                 let Some(path) = sqlite_path(url) else {
                     return Ok(WriterLock::Unshared);
                 };

@@ -141,11 +141,7 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
                 .collect(),
         ),
     ));
-    wallet_lots.on_conflict =
-        // A held piece released after its member was merged away returns to the member it
-        // was merged into: the lot's owner moves with it.
-        "ON CONFLICT (lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points, \
-         member_id = excluded.member_id";
+    wallet_lots.on_conflict = "ON CONFLICT (member_id, lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points";
     let mut pieces = Vec::new();
     for (owner, taken) in &rows.pieces {
         for (position, lot) in taken.iter().enumerate() {
@@ -298,16 +294,22 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
     ]
 }
 
-/// The keys of spent lots as (entry sequence, index), and of closed holds.
-fn deleted_keys(rows: &StateRows) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+/// The keys of spent lots (member, entry sequence, index), and of closed holds.
+type DeletedKeys = (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+fn deleted_keys(rows: &StateRows) -> DeletedKeys {
     (
         rows.lots_spent
             .iter()
-            .map(|lot| to_i64(lot.entry_sequence))
+            .map(|(member, _)| member.to_string())
             .collect(),
         rows.lots_spent
             .iter()
-            .map(|lot| i64::from(lot.index))
+            .map(|(_, lot)| to_i64(lot.entry_sequence))
+            .collect(),
+        rows.lots_spent
+            .iter()
+            .map(|(_, lot)| i64::from(lot.index))
             .collect(),
         rows.holds_closed.iter().map(|s| to_i64(*s)).collect(),
     )
@@ -318,14 +320,20 @@ async fn delete_state_sqlite(
     transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rows: &StateRows,
 ) -> Result<(), StorageError> {
-    let (sequences, indexes, closed) = deleted_keys(rows);
+    let (members, sequences, indexes, closed) = deleted_keys(rows);
     if !sequences.is_empty() {
-        let pairs: Vec<(i64, i64)> = sequences.into_iter().zip(indexes).collect();
+        let keys: Vec<(String, i64, i64)> = members
+            .into_iter()
+            .zip(sequences)
+            .zip(indexes)
+            .map(|((member, sequence), index)| (member, sequence, index))
+            .collect();
         sqlx::query(
-            "DELETE FROM wallet_lots WHERE (lot_entry_sequence, lot_index) IN \
-             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1))",
+            "DELETE FROM wallet_lots WHERE (member_id, lot_entry_sequence, lot_index) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+             json_extract(value, '$[2]') FROM json_each($1))",
         )
-        .bind(serde_json::to_string(&pairs).expect("keys serialise"))
+        .bind(serde_json::to_string(&keys).expect("keys serialise"))
         .execute(&mut **transaction)
         .await?;
     }
@@ -348,12 +356,14 @@ async fn delete_state_postgres(
     transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &StateRows,
 ) -> Result<(), StorageError> {
-    let (sequences, indexes, closed) = deleted_keys(rows);
+    let (members, sequences, indexes, closed) = deleted_keys(rows);
     if !sequences.is_empty() {
         sqlx::query(
-            "DELETE FROM wallet_lots w USING UNNEST($1::bigint[], $2::bigint[]) AS d (s, i) \
-             WHERE w.lot_entry_sequence = d.s AND w.lot_index = d.i",
+            "DELETE FROM wallet_lots w USING UNNEST($1::text[], $2::bigint[], $3::bigint[]) \
+             AS d (m, s, i) WHERE w.member_id = d.m AND w.lot_entry_sequence = d.s \
+             AND w.lot_index = d.i",
         )
+        .bind(members)
         .bind(sequences)
         .bind(indexes)
         .execute(&mut **transaction)
@@ -407,7 +417,7 @@ pub(crate) async fn insert_checkpoint(
     table_rows.name = table;
     let table = table_rows;
     match storage {
-        Storage::Sqlite(pool) => {
+        Storage::Sqlite(_, pool) => {
             let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
             table.insert_sqlite(&mut transaction).await?;
             transaction.commit().await?;

@@ -743,8 +743,8 @@ pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> any
     let report = storage.audit(start).await?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "chain: {} entries verified from entry {} to {} in {seconds:.1} s ({:.0} entries/s, \
-         derived state compared included); head {}",
+        "chain: {} entries verified from entry {} to {} in {seconds:.1} s, with the derived \
+         state compared ({:.0} entries/s); head {}",
         report.entries,
         report.start.sequence,
         report.head.sequence,

@@ -192,8 +192,8 @@ impl Touched {
 pub struct StateRows {
     /// Lots whose remaining points changed or that are new, with their member.
     pub lots: Vec<(MemberId, Lot)>,
-    /// Lots now empty.
-    pub lots_spent: Vec<LotId>,
+    /// Lots now empty, with the member whose wallet held them.
+    pub lots_spent: Vec<(MemberId, LotId)>,
     pub debts: Vec<(MemberId, i64)>,
     /// Reversibles new or changed, by entry sequence.
     pub reversibles: Vec<(u64, Reversible)>,
@@ -216,7 +216,7 @@ impl Changes {
                 .and_then(|wallet| wallet.lots.iter().find(|lot| lot.lot_id == *lot_id))
             {
                 Some(lot) => rows.lots.push((member_id.clone(), lot.clone())),
-                None => rows.lots_spent.push(*lot_id),
+                None => rows.lots_spent.push((member_id.clone(), *lot_id)),
             }
         }
         for member_id in &touched.debts {

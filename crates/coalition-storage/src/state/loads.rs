@@ -3,7 +3,7 @@
 //! runs.
 
 use super::*;
-use crate::with_pool;
+use crate::with_writer_pool;
 
 /// Two SQL texts for a query on a list of keys bound as `$1`: SQLite gets the keys as one JSON
 /// array, PostgreSQL as an array.
@@ -22,7 +22,7 @@ macro_rules! fetch_keyed {
         let (sqlite_sql, postgres_sql) = $sql;
         let keys = $keys;
         match $storage {
-            Storage::Sqlite(pool) => {
+            Storage::Sqlite(_, pool) => {
                 let json = serde_json::to_string(&keys).expect("keys serialise");
                 sqlx::query(sqlite_sql)
                     .bind(json)
@@ -306,7 +306,7 @@ impl Storage {
 
     /// Open holds whose deadline has passed at `at_ms`, by entry sequence.
     pub async fn holds_due(&self, at_ms: i64) -> Result<Vec<u64>, StorageError> {
-        let rows: Vec<i64> = with_pool!(self, pool => {
+        let rows: Vec<i64> = with_writer_pool!(self, pool => {
             sqlx::query("SELECT sequence FROM open_holds WHERE expires_at_ms <= $1 ORDER BY sequence")
                 .bind(at_ms)
                 .fetch_all(pool)
@@ -320,7 +320,7 @@ impl Storage {
 
     /// Members with a lot that has expired at `at_ms`.
     pub async fn members_with_lots_due(&self, at_ms: i64) -> Result<Vec<MemberId>, StorageError> {
-        let rows: Vec<String> = with_pool!(self, pool => {
+        let rows: Vec<String> = with_writer_pool!(self, pool => {
             sqlx::query(
                 "SELECT DISTINCT member_id FROM wallet_lots \
                  WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 ORDER BY member_id",

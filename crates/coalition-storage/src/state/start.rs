@@ -210,7 +210,7 @@ impl Storage {
         let checkpoint = (head.sequence > 0)
             .then(|| checkpoint_row(head.sequence, head.hash, ledger.last_accepted_at_ms()));
         match self {
-            Storage::Sqlite(pool) => {
+            Storage::Sqlite(_, pool) => {
                 let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
                 refill!(
                     transaction,
