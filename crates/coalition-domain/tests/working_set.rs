@@ -477,7 +477,7 @@ fn run_batch(
                 "{:?}",
                 ledger.enroll_member(
                     member(*i),
-                    (*i % 2 == 0).then(|| "gold".to_owned()),
+                    i.is_multiple_of(2).then(|| "gold".to_owned()),
                     now,
                     changes
                 )
@@ -521,7 +521,7 @@ proptest! {
         let mut full_changes = Changes::default();
         let mut small_changes;
         for index in 0..6u8 {
-            full.enroll_member(member(index), (index % 2 == 0).then(|| "gold".to_owned()), 0, &mut full_changes).unwrap();
+            full.enroll_member(member(index), index.is_multiple_of(2).then(|| "gold".to_owned()), 0, &mut full_changes).unwrap();
             ledger_enroll(&mut small, &mut store, member(index), index);
         }
         let (mut full_reversible, mut full_holds) = (Vec::new(), Vec::new());
@@ -597,7 +597,7 @@ fn ledger_enroll(ledger: &mut Ledger, store: &mut Store, member_id: MemberId, in
     ledger
         .enroll_member(
             member_id,
-            (index % 2 == 0).then(|| "gold".to_owned()),
+            index.is_multiple_of(2).then(|| "gold".to_owned()),
             0,
             &mut changes,
         )
