@@ -74,7 +74,9 @@ const COMPARISONS: &[(&str, &str)] = &[
              SELECT lot_entry_sequence, lot_index, points FROM debt_repayments) x \
              GROUP BY lot_entry_sequence, lot_index) u \
            ON u.lot_entry_sequence = l.entry_sequence AND u.lot_index = l.lot_index \
-         LEFT JOIN wallet_lots w ON w.lot_entry_sequence = l.entry_sequence AND w.lot_index = l.lot_index \
+         LEFT JOIN (SELECT lot_entry_sequence, lot_index, CAST(SUM(points) AS BIGINT) AS points \
+             FROM wallet_lots GROUP BY lot_entry_sequence, lot_index) w \
+           ON w.lot_entry_sequence = l.entry_sequence AND w.lot_index = l.lot_index \
          LEFT JOIN (SELECT s.lot_entry_sequence, s.lot_index, CAST(SUM(s.points) AS BIGINT) AS points \
              FROM state_pieces s JOIN open_holds o ON o.sequence = s.owner_sequence \
              GROUP BY s.lot_entry_sequence, s.lot_index) h \
