@@ -537,7 +537,62 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
     }
 }
 
+async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
+    // The database refuses the next earn of 777 points: its batch cannot commit.
+    let install: &[&str] = match backend {
+        Backend::Sqlite => &["CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             WHEN NEW.points = 777 BEGIN SELECT RAISE(ABORT, 'injected failure'); END"],
+        Backend::Postgres => &[
+            "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
+             IF NEW.points = 777 THEN RAISE EXCEPTION 'injected failure'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             FOR EACH ROW EXECUTE FUNCTION refuse_777()",
+        ],
+    };
+    execute(&server.database, install).await;
+    let body = server.body(&tenant, pb::TransactionKind::Earn, "e-2", "m-1", 777);
+    let refused = server
+        .submissions()
+        .submit(pb::SubmitRequest {
+            envelope: Some(tenant.envelope(&body)),
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // The writer reloaded what the database holds: the failed earn's points are not there.
+    assert_eq!(server.balance("m-1").await, 100);
+    assert_eq!(
+        accepted(&server.burn(&tenant, "b-1", "m-1", 30).await).member_points_balance,
+        70
+    );
+    let remove = match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse_777",
+        Backend::Postgres => "DROP TRIGGER refuse_777 ON reversibles",
+    };
+    execute(&server.database, &[remove]).await;
+    // The same transaction, sent again, now books.
+    assert_eq!(
+        accepted(&server.submit(tenant.envelope(&body)).await).member_points_balance,
+        847
+    );
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    let (sound, report) = run_check(&database, &[]);
+    assert!(sound, "{report}");
+}
+
 on_both_backends!(
+    a_failed_commit_leaves_the_working_set_as_the_database_has_it,
     the_check_audits_the_writer_state_beside_a_live_server_and_resumes,
     while_starting_health_is_not_serving_and_calls_are_unavailable,
     kill_9_under_load_loses_no_acknowledged_transaction,

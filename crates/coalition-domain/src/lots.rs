@@ -100,15 +100,13 @@ impl Wallet {
         {
             existing.points += lot.points;
         } else if lot.points > 0 {
-            let key = lot.order_key();
-            let position = self.lots.partition_point(|other| other.order_key() <= key);
-            self.lots.insert(position, lot);
+            self.insert_in_order(lot);
         }
         repaid
     }
 
-    /// Puts a lot as stored back into a loaded wallet, in take order.
-    pub fn add_loaded(&mut self, lot: Lot) {
+    /// Inserts a lot (as stored, or new) at its place in take order.
+    pub fn insert_in_order(&mut self, lot: Lot) {
         let key = lot.order_key();
         let position = self.lots.partition_point(|other| other.order_key() <= key);
         self.lots.insert(position, lot);

@@ -147,9 +147,7 @@ impl Ledger {
                 self.put_lots(member()?, vec![lot], sequence, &mut lots, &mut consumptions);
                 // An exchange is final: a mistaken one is undone by the opposite exchange.
                 if entry.kind == EntryKind::Earn {
-                    self.touched.new_reversibles.insert(sequence);
-                    self.track_reference(sequence);
-                    self.reversibles.insert(
+                    self.add_reversible(
                         sequence,
                         Reversible {
                             kind: EntryKind::Earn,
@@ -191,9 +189,7 @@ impl Ledger {
                     return Err(ReplayError::LotsShort(sequence));
                 }
                 if entry.kind == EntryKind::Burn {
-                    self.touched.new_reversibles.insert(sequence);
-                    self.track_reference(sequence);
-                    self.reversibles.insert(
+                    self.add_reversible(
                         sequence,
                         Reversible {
                             kind: EntryKind::Burn,
@@ -248,9 +244,7 @@ impl Ledger {
                 }));
                 self.restore_lots(member()?, released, sequence, &mut consumptions);
                 if entry.kind == EntryKind::Capture {
-                    self.touched.new_reversibles.insert(sequence);
-                    self.track_reference(sequence);
-                    self.reversibles.insert(
+                    self.add_reversible(
                         sequence,
                         Reversible {
                             kind: EntryKind::Capture,
@@ -386,6 +380,14 @@ impl Ledger {
             changes.entries.push(entry);
         }
         Ok(())
+    }
+
+    /// Records a new earn, burn or capture as reversible: in memory, in the working set's
+    /// use order, and among the state rows of the batch.
+    fn add_reversible(&mut self, sequence: u64, reversible: Reversible) {
+        self.touched.new_reversibles.insert(sequence);
+        self.track_reference(sequence);
+        self.reversibles.insert(sequence, reversible);
     }
 
     /// Takes up to `points` from a member's lots (the `preferred` lot first, then those that

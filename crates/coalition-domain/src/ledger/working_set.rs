@@ -472,7 +472,7 @@ impl Ledger {
                 debt: member.debt,
             };
             for lot in member.lots {
-                wallet.add_loaded(lot);
+                wallet.insert_in_order(lot);
             }
             self.members.insert(member_id, wallet);
         }
