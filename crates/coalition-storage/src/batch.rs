@@ -8,6 +8,7 @@ use coalition_domain::{
     KeyId, LotConsumption, Merchant, MerchantId, MerchantKey, MerchantStatus, StateRows,
 };
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+use std::time::Instant;
 
 use crate::{Storage, StorageError, with_pool};
 
@@ -832,22 +833,35 @@ impl Storage {
             )),
             _ => None,
         };
+        // Where the write's time goes: the journal's tables, the state tables, the commit.
+        let stage = |name: &'static str, started: Instant| {
+            metrics::histogram!("coalition_write_seconds", "stage" => name)
+                .record(started.elapsed().as_secs_f64());
+            Instant::now()
+        };
+        let started = Instant::now();
         match self {
             Storage::Sqlite(_, pool) => {
                 let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
                 for table in &tables {
                     table.insert_sqlite(&mut transaction).await?;
                 }
+                let started = stage("journal", started);
                 crate::state::write_state_sqlite(&mut transaction, state, checkpoint).await?;
+                let started = stage("state", started);
                 transaction.commit().await?;
+                stage("commit", started);
             }
             Storage::Postgres(pool) => {
                 let mut transaction = pool.begin().await?;
                 for table in tables {
                     table.insert_postgres(&mut transaction).await?;
                 }
+                let started = stage("journal", started);
                 crate::state::write_state_postgres(&mut transaction, state, checkpoint).await?;
+                let started = stage("state", started);
                 transaction.commit().await?;
+                stage("commit", started);
             }
         }
         Ok(())

@@ -2,6 +2,10 @@
 //! mall-day workload pre-signed, then driven over gRPC by concurrent clients. Prints sustained
 //! throughput and call latency percentiles. See docs/benchmarks.md.
 
+/// The server's allocator, as in `src/main.rs`, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,6 +15,7 @@ use coalition::demo::{ClientMix, Mode, drive, percentile, progress, random_token
 use coalition::runtime::RunningServer;
 use coalition::workload::{MallDayProfile, generate};
 use coalition_engine::{Clock, SystemClock};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::Connection;
 use tonic::transport::Channel;
 
@@ -48,6 +53,20 @@ struct Args {
     /// The writer's batch limit (submissions per database transaction).
     #[arg(long, default_value_t = 4096)]
     writer_batch_len_max: usize,
+    /// The writer's member budget (`writer_cache_members_max`); the default is the server's.
+    #[arg(long)]
+    writer_cache_members_max: Option<usize>,
+}
+
+/// The process's resident memory in MiB, from /proc.
+fn memory_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn machine() -> String {
@@ -100,7 +119,43 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The writer's stage timings, as sums in seconds, read from the in-process metrics recorder.
+fn stage_seconds(metrics: &PrometheusHandle) -> Vec<(String, f64)> {
+    metrics
+        .render()
+        .lines()
+        .filter(|line| {
+            line.starts_with("coalition_writer_") || line.starts_with("coalition_write_seconds")
+        })
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            let name = name
+                .strip_suffix("_sum")
+                .or_else(|| name.contains("_sum{").then_some(name))?;
+            Some((name.replace("_sum{", "{"), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Prints where the writer's time went between two readings of the stage sums.
+fn print_stages(before: &[(String, f64)], after: &[(String, f64)], seconds: f64) {
+    for (name, total) in after {
+        let earlier = before
+            .iter()
+            .find(|(other, _)| other == name)
+            .map_or(0.0, |(_, value)| *value);
+        let spent = total - earlier;
+        println!(
+            "  {name:<44} {spent:>8.2} s  {:>5.1}% of the wall time",
+            spent / seconds * 100.0
+        );
+    }
+}
+
 async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("install the metrics recorder")?;
     let token = random_token()?;
     let config = Config {
         listen_address: "127.0.0.1:0".into(),
@@ -109,6 +164,9 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
         admin_token: Some(token.clone()),
         batch_len_max: args.writer_batch_len_max,
         database_connections_max: args.database_connections_max,
+        writer_cache_members_max: args
+            .writer_cache_members_max
+            .unwrap_or(Config::default().writer_cache_members_max),
         ..Config::default()
     };
     let server = RunningServer::start(&config).await?;
@@ -132,6 +190,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     .await?;
     let carry_in_seconds = started.elapsed().as_secs_f64();
     let bar = progress(day.traffic.len(), "mall day", true);
+    let stages_before = stage_seconds(&metrics);
     let started = Instant::now();
     let mut tally = drive(
         channel,
@@ -143,6 +202,8 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let stages_after = stage_seconds(&metrics);
+    let rss_mib = memory_mib();
     server.shutdown().await?;
 
     tally.call_latencies.sort();
@@ -189,5 +250,11 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
             .map_or(0.0, |d| d.as_secs_f64() * 1e3),
         tally.call_latencies.len()
     );
+    println!(
+        "working set   {} members at most; RSS {:.0} MiB at the end (the load generator's day included)",
+        config.writer_cache_members_max, rss_mib
+    );
+    println!("writer stages during the mall day (time in each, summed over batches):");
+    print_stages(&stages_before, &stages_after, seconds);
     Ok(())
 }
