@@ -3,13 +3,17 @@
 //! entries; `restart` starts a server on a database and reports how long it took to serve
 //! and the memory it holds. See docs/benchmarks.md.
 
+/// The server's allocator, as in `src/main.rs`, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use coalition::config::Config;
-use coalition::demo::{random_token, register};
+use coalition::demo::{ClientMix, Mode, drive, random_token, register};
 use coalition::runtime::RunningServer;
 use coalition::workload::{MallDayProfile, generate_day};
 use coalition_engine::{Clock, ManualClock, SystemClock};
@@ -55,6 +59,26 @@ enum Command {
         then_days: u32,
         /// How many days the journal already holds (the `--days` it was built with), so the
         /// new days bring the next members.
+        #[arg(long, default_value_t = 0)]
+        built_days: u32,
+        /// Each day's traffic and members as a multiple of one mall's day.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// Books mall days over gRPC on a separate, running `coalition serve` (whose database was
+    /// built by `build`), so the server's memory can be read apart from this load generator.
+    /// Each day's traffic is dated just before now.
+    Drive {
+        /// The server, for example http://127.0.0.1:50051.
+        #[arg(long)]
+        address: String,
+        /// The server's admin token (for enrolling each day's new members).
+        #[arg(long, env = "COALITION_ADMIN_TOKEN")]
+        admin_token: String,
+        /// How many mall days to book.
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        /// How many days the journal already holds, so the new days bring the next members.
         #[arg(long, default_value_t = 0)]
         built_days: u32,
         /// Each day's traffic and members as a multiple of one mall's day.
@@ -112,7 +136,59 @@ async fn main() -> anyhow::Result<()> {
             built_days,
             scale,
         } => restart(&database_url, then_days, built_days, scale).await,
+        Command::Drive {
+            address,
+            admin_token,
+            days,
+            built_days,
+            scale,
+        } => drive_days(&address, &admin_token, days, built_days, scale).await,
     }
+}
+
+async fn drive_days(
+    address: &str,
+    token: &str,
+    days: u32,
+    built_days: u32,
+    scale: f64,
+) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(address.to_owned())?.connect().await?;
+    let profile = MallDayProfile::scaled(scale);
+    let started = Instant::now();
+    let mut submitted = 0usize;
+    let mut accepted = 0u64;
+    for offset in 0..days {
+        let day_index = built_days + offset;
+        let day = generate_day(
+            &profile,
+            u64::from(day_index) + 1,
+            SystemClock.now_ms() - 60_000,
+            day_index,
+        );
+        enroll(channel.clone(), token, &day.members).await?;
+        for envelopes in [day.carry_in, day.traffic, day.follow_ups] {
+            submitted += envelopes.len();
+            let bar = indicatif::ProgressBar::hidden();
+            let tally = drive(
+                channel.clone(),
+                envelopes,
+                8,
+                500,
+                ClientMix::All(Mode::Batch),
+                &bar,
+            )
+            .await?;
+            accepted += tally.accepted;
+        }
+        eprintln!("day {}/{days} booked", offset + 1);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "drove         {days} days: {submitted} submissions ({accepted} booked) in {seconds:.1} s = {:.0} submissions/s",
+        submitted as f64 / seconds
+    );
+    Ok(())
 }
 
 async fn enroll(channel: Channel, token: &str, members: &[String]) -> anyhow::Result<()> {
