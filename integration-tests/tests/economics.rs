@@ -466,6 +466,60 @@ async fn the_server_runs_expiry_on_its_schedule(backend: Backend) {
     assert!(report.is_sound(), "{:?}", report.problems);
 }
 
+/// An expiry run over more members than one batch may load takes them in parts: the
+/// requested run books the first part, and the writer books the rest in the batches after
+/// it, each member once.
+async fn an_expiry_run_over_many_members_goes_in_parts(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let mut config = test_config(&database.url);
+    config.points_lifetime_days = 30;
+    config.expiry_run_interval_ms = 0;
+    config.expiry_members_per_batch_max = 2;
+    let server = TestServer::start_on(database, config).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    let members = ["m-1", "m-2", "m-3", "m-4", "m-5"];
+    server.enroll(&members).await;
+    for (index, member) in members.iter().enumerate() {
+        accepted(
+            &server
+                .earn(&tenant, &format!("e-{index}"), member, 100)
+                .await,
+        );
+    }
+    server.clock.advance(31 * DAY_MS);
+    let first = server
+        .admin()
+        .run_expiry(pb::RunExpiryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // The part loaded (two members) and the member still in the working set (the tests'
+    // budget of one) expire now; not all five.
+    assert!((2..=3).contains(&first.entries), "{first:?}");
+    assert_eq!(first.points, 100 * first.entries as i64);
+    // The idle writer takes the next part each second.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left.clear();
+        for member in members {
+            if server.balance(member).await != 0 {
+                left.push(member);
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "not expired: {left:?}");
+    assert_eq!(
+        points(&server, pb::AccountKind::MerchantBreakage, "tenant-1").await,
+        500
+    );
+    let report = server.check().await;
+    assert!(report.is_sound(), "{:?}", report.problems);
+}
+
 async fn credit_limits_and_prepaid_funding_bound_issuance(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, cinema) = server.tenant_and_cinema().await;
@@ -839,4 +893,5 @@ on_both_backends!(
     parking_holds_capture_at_locked_prices_release_and_time_out,
     the_expiry_run_books_breakage_to_the_issuer_once,
     the_server_runs_expiry_on_its_schedule,
+    an_expiry_run_over_many_members_goes_in_parts,
 );

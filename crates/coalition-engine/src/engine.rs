@@ -46,12 +46,19 @@ pub struct EngineConfig {
     pub writer_cache_members_max: usize,
     pub writer_cache_references_max: usize,
     pub writer_cache_receipts_max: usize,
+    /// The most members one expiry run loads into a batch. A run with more members whose
+    /// points have expired continues in the following batches (an idle writer takes the next
+    /// part each second), so an expiry boundary that falls on millions of members never
+    /// holds them in memory at once.
+    pub expiry_members_per_batch_max: usize,
 }
 
 /// Default working-set budgets (see `EngineConfig::writer_cache_members_max`).
 pub const WRITER_CACHE_MEMBERS_MAX_DEFAULT: usize = 50_000;
 pub const WRITER_CACHE_REFERENCES_MAX_DEFAULT: usize = 100_000;
 pub const WRITER_CACHE_RECEIPTS_MAX_DEFAULT: usize = 100_000;
+/// Default part of an expiry run per batch (see `EngineConfig::expiry_members_per_batch_max`).
+pub const EXPIRY_MEMBERS_PER_BATCH_MAX_DEFAULT: usize = 20_000;
 
 impl EngineConfig {
     /// How long the receipts of transactions stay in the writer's memory, counted from when
@@ -91,6 +98,7 @@ impl Default for EngineConfig {
             writer_cache_members_max: WRITER_CACHE_MEMBERS_MAX_DEFAULT,
             writer_cache_references_max: WRITER_CACHE_REFERENCES_MAX_DEFAULT,
             writer_cache_receipts_max: WRITER_CACHE_RECEIPTS_MAX_DEFAULT,
+            expiry_members_per_batch_max: EXPIRY_MEMBERS_PER_BATCH_MAX_DEFAULT,
         }
     }
 }
@@ -286,6 +294,8 @@ impl Engine {
             policy: config.policy,
             expiry_run_interval_ms: config.expiry_run_interval_ms,
             next_expiry_run_ms: i64::MIN,
+            expiry_members_max: config.expiry_members_per_batch_max,
+            expiry_unfinished: false,
             members_max: config.writer_cache_members_max,
             references_max: config.writer_cache_references_max,
             receipts_max: config.writer_cache_receipts_max,

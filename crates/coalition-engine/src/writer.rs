@@ -213,6 +213,11 @@ pub(crate) struct Writer {
     pub expiry_run_interval_ms: Option<i64>,
     /// When the scheduled expiry run is next due.
     pub next_expiry_run_ms: i64,
+    /// See `EngineConfig::expiry_members_per_batch_max`.
+    pub expiry_members_max: usize,
+    /// The last part of an expiry run was full: more members may have expired points, and
+    /// the next batch runs the next part.
+    pub expiry_unfinished: bool,
     /// The labels of finalised settlement periods.
     pub finalised_periods: std::collections::HashSet<String>,
     /// Working-set budgets (see `EngineConfig::writer_cache_members_max`).
@@ -317,9 +322,10 @@ impl Writer {
             EngineError::StorageUnavailable(error.to_string())
         };
         let mut needs = Needs::default();
-        let mut expiry_due = self
-            .expiry_run_interval_ms
-            .is_some_and(|_| at_ms >= self.next_expiry_run_ms);
+        let mut expiry_due = self.expiry_unfinished
+            || self
+                .expiry_run_interval_ms
+                .is_some_and(|_| at_ms >= self.next_expiry_run_ms);
         for command in commands {
             match command {
                 Command::Submit { submissions, .. } => {
@@ -354,12 +360,13 @@ impl Writer {
             .references
             .extend(self.storage.holds_due(at_ms).await.map_err(unavailable)?);
         if expiry_due {
-            needs.members.extend(
-                self.storage
-                    .members_with_lots_due(at_ms)
-                    .await
-                    .map_err(unavailable)?,
-            );
+            let due = self
+                .storage
+                .members_with_lots_due(at_ms, self.expiry_members_max)
+                .await
+                .map_err(unavailable)?;
+            self.expiry_unfinished = due.len() >= self.expiry_members_max;
+            needs.members.extend(due);
         }
         // Each round loads what is missing; aliases chain at most ALIAS_DEPTH_MAX deep.
         for _ in 0..=coalition_domain::ledger::ALIAS_DEPTH_MAX + 1 {
@@ -384,6 +391,7 @@ impl Writer {
     }
 
     async fn process(&mut self, commands: Vec<Command>) {
+        let load_started = Instant::now();
         if let Err(error) = self.load_missing_receipts(&commands).await {
             tracing::error!(%error, "cannot read receipts; the batch is refused");
             for command in commands {
@@ -392,6 +400,8 @@ impl Writer {
             return;
         }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
+        // A part of an expiry run left for this batch by the one before it.
+        let expiry_continues = self.expiry_unfinished;
         if let Err(error) = self.load_working_set(&commands, accepted_at_ms).await {
             tracing::error!(%error, "cannot load the working set; the batch is refused");
             for command in commands {
@@ -399,6 +409,9 @@ impl Writer {
             }
             return;
         }
+        metrics::histogram!("coalition_writer_load_seconds")
+            .record(load_started.elapsed().as_secs_f64());
+        let apply_started = Instant::now();
         let mut accepted_until_ms = accepted_at_ms;
         let mut changes = Changes::default();
         let mut pending = Vec::with_capacity(commands.len());
@@ -408,7 +421,7 @@ impl Writer {
         let mut finalised_now = Vec::new();
         // Holds past their deadline are released before anything else is decided, so that
         // no capture succeeds after its hold timed out and released points are available.
-        if let Err(error) = self.housekeeping(accepted_at_ms, &mut changes) {
+        if let Err(error) = self.housekeeping(accepted_at_ms, expiry_continues, &mut changes) {
             invariant_violation = Some(error);
         }
         for command in commands {
@@ -623,6 +636,8 @@ impl Writer {
         if pending.is_empty() && changes.is_empty() {
             return;
         }
+        metrics::histogram!("coalition_writer_apply_seconds")
+            .record(apply_started.elapsed().as_secs_f64());
         let started = Instant::now();
         let balances = changes.balances(&self.ledger);
         let state = match changes.state_rows(&self.ledger) {
@@ -635,6 +650,8 @@ impl Writer {
                 return;
             }
         };
+        metrics::histogram!("coalition_writer_rows_seconds")
+            .record(started.elapsed().as_secs_f64());
         let written = if changes.is_empty() {
             Ok(())
         } else {
@@ -652,10 +669,13 @@ impl Writer {
                 for reply in pending {
                     reply.acknowledge();
                 }
+                let evict_started = Instant::now();
                 self.ledger
                     .forget_receipts_before(accepted_at_ms - self.receipt_retention_ms);
                 self.ledger.forget_receipts_beyond(self.receipts_max);
                 self.ledger.evict(self.members_max, self.references_max);
+                metrics::histogram!("coalition_writer_evict_seconds")
+                    .record(evict_started.elapsed().as_secs_f64());
                 let (members, references) = self.ledger.resident();
                 metrics::gauge!("coalition_working_set_members").set(members as f64);
                 metrics::gauge!("coalition_working_set_references").set(references as f64);
@@ -671,8 +691,14 @@ impl Writer {
         }
     }
 
-    /// Releases holds past their deadline and, when due, runs the scheduled expiry run.
-    fn housekeeping(&mut self, at_ms: i64, changes: &mut Changes) -> Result<(), String> {
+    /// Releases holds past their deadline and, when due, runs the scheduled expiry run (or
+    /// the next part of an unfinished one).
+    fn housekeeping(
+        &mut self,
+        at_ms: i64,
+        expiry_continues: bool,
+        changes: &mut Changes,
+    ) -> Result<(), String> {
         let holds = self
             .ledger
             .expire_holds(at_ms, changes)
@@ -685,15 +711,20 @@ impl Writer {
                 "holds expired"
             );
         }
+        let scheduled = self
+            .expiry_run_interval_ms
+            .is_some_and(|_| at_ms >= self.next_expiry_run_ms);
         if let Some(interval_ms) = self.expiry_run_interval_ms
-            && at_ms >= self.next_expiry_run_ms
+            && scheduled
         {
             self.next_expiry_run_ms = at_ms.saturating_add(interval_ms);
+        }
+        if scheduled || expiry_continues {
             let summary = self
                 .ledger
                 .expire_lots(at_ms, changes)
                 .map_err(|error| error.to_string())?;
-            log_expiry(&summary, "scheduled");
+            log_expiry(&summary, if scheduled { "scheduled" } else { "continued" });
         }
         Ok(())
     }

@@ -74,6 +74,9 @@ pub struct Config {
     pub writer_cache_references_max: usize,
     /// Idempotency receipts kept; older ones are looked up in the journal when needed.
     pub writer_cache_receipts_max: usize,
+    /// The most members one batch of an expiry run takes; a larger run continues in the
+    /// following batches.
+    pub expiry_members_per_batch_max: usize,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             writer_cache_members_max: engine.writer_cache_members_max,
             writer_cache_references_max: engine.writer_cache_references_max,
             writer_cache_receipts_max: engine.writer_cache_receipts_max,
+            expiry_members_per_batch_max: engine.expiry_members_per_batch_max,
         }
     }
 }
@@ -204,6 +208,10 @@ impl Config {
                 self.writer_cache_receipts_max as i64,
             ),
             ("writer_queue_len_max", self.writer_queue_len_max as i64),
+            (
+                "expiry_members_per_batch_max",
+                self.expiry_members_per_batch_max as i64,
+            ),
             ("batch_request_len_max", self.batch_request_len_max as i64),
             ("message_size_max_bytes", self.message_size_max_bytes as i64),
             ("connections_max", self.connections_max as i64),
@@ -297,6 +305,7 @@ impl Config {
             writer_cache_members_max: self.writer_cache_members_max,
             writer_cache_references_max: self.writer_cache_references_max,
             writer_cache_receipts_max: self.writer_cache_receipts_max,
+            expiry_members_per_batch_max: self.expiry_members_per_batch_max,
         }
     }
 

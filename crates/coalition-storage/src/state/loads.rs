@@ -318,14 +318,23 @@ impl Storage {
         rows.into_iter().map(sequence).collect()
     }
 
-    /// Members with a lot that has expired at `at_ms`.
-    pub async fn members_with_lots_due(&self, at_ms: i64) -> Result<Vec<MemberId>, StorageError> {
+    /// Up to `limit` members with a lot that has expired at `at_ms`. An expiry run takes its
+    /// members in parts of `limit`; expired lots leave `wallet_lots`, so each part finds the
+    /// next members.
+    pub async fn members_with_lots_due(
+        &self,
+        at_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<MemberId>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<String> = with_writer_pool!(self, pool => {
             sqlx::query(
                 "SELECT DISTINCT member_id FROM wallet_lots \
-                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 ORDER BY member_id",
+                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
+                 ORDER BY member_id LIMIT $2",
             )
             .bind(at_ms)
+            .bind(limit)
             .fetch_all(pool)
             .await?
             .iter()
