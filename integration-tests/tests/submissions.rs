@@ -543,6 +543,82 @@ async fn concurrent_burns_for_one_member_never_overdraw(backend: Backend) {
     assert!(server.check().await.is_sound());
 }
 
+/// Concurrent clients over ten members, with a working set of one member (the tests' budget):
+/// nearly every batch loads its members and evicts others. The books must come out exactly as
+/// the acknowledgements say, and the audit must find the writer's state equal to the journal.
+async fn a_working_set_of_one_under_concurrent_clients_keeps_the_books_exact(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    let members: Vec<String> = (0..10).map(|index| format!("m-{index}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    server.enroll(&names).await;
+    for member in &members {
+        accepted(
+            &server
+                .earn(&tenant, &format!("seed-{member}"), member, 500)
+                .await,
+        );
+    }
+    let mut clients = JoinSet::new();
+    for task in 0..8usize {
+        let mut planned = Vec::new();
+        for step in 0..15usize {
+            let member = members[(task * 7 + step * 3) % members.len()].clone();
+            let id = format!("t{task}-{step}");
+            let (signer, kind, points) = if step % 2 == 0 {
+                (&tenant, pb::TransactionKind::Earn, 20)
+            } else {
+                (&cinema, pb::TransactionKind::Burn, 90)
+            };
+            let envelope = signer.envelope(&server.body(signer, kind, &id, &member, points));
+            let delta = if kind == pb::TransactionKind::Earn {
+                points
+            } else {
+                -points
+            };
+            planned.push((member, delta, envelope));
+        }
+        let mut client = server.submissions();
+        clients.spawn(async move {
+            let mut booked = Vec::new();
+            for (member, delta, envelope) in planned {
+                let result = client
+                    .submit(pb::SubmitRequest {
+                        envelope: Some(envelope),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .result
+                    .unwrap();
+                match &result.outcome {
+                    Some(pb::submission_result::Outcome::Accepted(accepted)) => {
+                        assert!(accepted.member_points_balance >= 0);
+                        booked.push((member, delta));
+                    }
+                    _ => assert_eq!(rejection(&result), pb::RejectionReason::PointsInsufficient),
+                }
+            }
+            booked
+        });
+    }
+    let mut expected: std::collections::BTreeMap<String, i64> =
+        members.iter().map(|member| (member.clone(), 500)).collect();
+    let mut burns = 0;
+    while let Some(booked) = clients.join_next().await {
+        for (member, delta) in booked.unwrap() {
+            *expected.get_mut(&member).unwrap() += delta;
+            burns += usize::from(delta < 0);
+        }
+    }
+    assert!(burns > 0, "some burns are booked");
+    for (member, points) in &expected {
+        assert_eq!(server.balance(member).await, *points, "{member}");
+    }
+    let report = server.check().await;
+    assert!(report.is_sound(), "{report:?}");
+}
+
 async fn keys_rotate_and_a_suspended_merchant_comes_back(backend: Backend) {
     let server = TestServer::start(backend).await;
     let tenant = server
@@ -673,6 +749,7 @@ on_both_backends!(
     a_batch_keeps_every_good_item_around_the_bad_ones,
     the_stream_answers_every_request_with_its_reference,
     concurrent_burns_for_one_member_never_overdraw,
+    a_working_set_of_one_under_concurrent_clients_keeps_the_books_exact,
     keys_rotate_and_a_suspended_merchant_comes_back,
     aliases_merge_wallets_and_resolve_later_submissions,
     a_retry_long_after_the_offline_window_gets_its_original_result,
