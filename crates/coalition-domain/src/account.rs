@@ -150,6 +150,23 @@ impl AccountKey {
         }
     }
 
+    /// Every kind of account but a member's: the accounts of merchants and the operator,
+    /// which are few and stay in the writer's memory. Listed, rather than "not a member's",
+    /// so the database can find them through its index on kind.
+    pub const RESIDENT_KINDS: [&'static str; 11] = [
+        "merchant_issued",
+        "merchant_redeemed",
+        "merchant_settlement",
+        "merchant_fees",
+        "merchant_payable",
+        "merchant_breakage",
+        "operator_float",
+        "operator_rounding",
+        "operator_fees",
+        "operator_cash",
+        "operator_trading",
+    ];
+
     /// The member whose account this is, for a member's wallet or held points.
     pub fn member(&self) -> Option<&MemberId> {
         match self {
@@ -235,6 +252,11 @@ mod tests {
             assert_eq!(
                 AccountKey::from_parts(key.kind(), key.owner()),
                 Some(key.clone())
+            );
+            assert_eq!(
+                AccountKey::RESIDENT_KINDS.contains(&key.kind()),
+                key.member().is_none(),
+                "{key}"
             );
         }
         assert_eq!(AccountKey::from_parts("nonsense", "x"), None);

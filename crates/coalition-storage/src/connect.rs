@@ -197,8 +197,11 @@ impl Storage {
             // statement (PostgreSQL's generic plan, chosen after five runs) cannot see how many
             // keys a batch brings and, with statistics from when the tables were small, it
             // scanned whole tables for a few thousand keys (30× slower loads, measured).
+            // No JIT either: every statement here is short, and JIT compilation (tens to
+            // hundreds of milliseconds) was triggered by cost estimates of tables that had
+            // not been analysed yet.
             let connect = PgConnectOptions::from_str(url)?
-                .options([("plan_cache_mode", "force_custom_plan")]);
+                .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
             let pool = PgPoolOptions::new()
                 .max_connections(options.connections_max.max(2))
                 .connect_with(connect)

@@ -71,12 +71,30 @@ impl Storage {
         for rules in self.load_earn_rules().await? {
             ledger.restore_earn_rules(rules);
         }
+        // A few indexed reads whatever the number of members. The kinds are listed so the
+        // index on (kind, owner) finds the accounts ("not a member's" scanned every member's
+        // two accounts). Their balances are read account by account: SQLite always joins
+        // that way; PostgreSQL is made to (`OFFSET 0` keeps the subquery a subquery), since
+        // without fresh statistics it estimated thousands of rows and scanned every balance.
+        let kinds = AccountKey::RESIDENT_KINDS
+            .iter()
+            .map(|kind| format!("'{kind}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let balances = match self {
+            Storage::Sqlite(..) => "LEFT JOIN account_balances b ON b.account_id = a.account_id",
+            Storage::Postgres(_) => {
+                "LEFT JOIN LATERAL (SELECT asset, balance FROM account_balances \
+                 WHERE account_id = a.account_id OFFSET 0) b ON true"
+            }
+        };
+        let resident_accounts = format!(
+            "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
+             {balances} WHERE a.kind IN ({kinds})"
+        );
         let (accounts, next_account_id) = with_pool!(self, pool => {
-            let accounts = sqlx::query(
-                "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
-                 LEFT JOIN account_balances b ON b.account_id = a.account_id \
-                 WHERE a.kind NOT IN ('member_wallet', 'member_held')",
-            )
+            // Built only from the static texts above.
+            let accounts = sqlx::query(sqlx::AssertSqlSafe(resident_accounts.clone()))
             .fetch_all(pool)
             .await?
             .iter()
