@@ -54,9 +54,9 @@ pub struct EngineConfig {
 }
 
 /// Default working-set budgets (see `EngineConfig::writer_cache_members_max`).
-pub const WRITER_CACHE_MEMBERS_MAX_DEFAULT: usize = 50_000;
-pub const WRITER_CACHE_REFERENCES_MAX_DEFAULT: usize = 100_000;
-pub const WRITER_CACHE_RECEIPTS_MAX_DEFAULT: usize = 100_000;
+pub const WRITER_CACHE_MEMBERS_MAX_DEFAULT: usize = 20_000;
+pub const WRITER_CACHE_REFERENCES_MAX_DEFAULT: usize = 50_000;
+pub const WRITER_CACHE_RECEIPTS_MAX_DEFAULT: usize = 50_000;
 /// Default part of an expiry run per batch (see `EngineConfig::expiry_members_per_batch_max`).
 pub const EXPIRY_MEMBERS_PER_BATCH_MAX_DEFAULT: usize = 20_000;
 
