@@ -360,12 +360,12 @@ impl Writer {
             .references
             .extend(self.storage.holds_due(at_ms).await.map_err(unavailable)?);
         if expiry_due {
-            let due = self
+            let (due, full) = self
                 .storage
                 .members_with_lots_due(at_ms, self.expiry_members_max)
                 .await
                 .map_err(unavailable)?;
-            self.expiry_unfinished = due.len() >= self.expiry_members_max;
+            self.expiry_unfinished = full;
             needs.members.extend(due);
         }
         // Each round loads what is missing; aliases chain at most ALIAS_DEPTH_MAX deep.

@@ -318,20 +318,24 @@ impl Storage {
         rows.into_iter().map(sequence).collect()
     }
 
-    /// Up to `limit` members with a lot that has expired at `at_ms`. An expiry run takes its
-    /// members in parts of `limit`; expired lots leave `wallet_lots`, so each part finds the
-    /// next members.
+    /// The members of up to `limit` lots that have expired at `at_ms`, the longest expired
+    /// first, and whether the limit was reached (more may be due). An expiry run takes its members in parts of `limit`; expired lots leave
+    /// `wallet_lots`, so each part finds the next members. The lots are read in the expiry
+    /// index's order with a limit, which every planner serves from that index (a
+    /// `DISTINCT member_id` let PostgreSQL without statistics scan the whole table: 0.8 s
+    /// at 12 million entries).
     pub async fn members_with_lots_due(
         &self,
         at_ms: i64,
         limit: usize,
-    ) -> Result<Vec<MemberId>, StorageError> {
+    ) -> Result<(Vec<MemberId>, bool), StorageError> {
+        let full_at = limit;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<String> = with_writer_pool!(self, pool => {
             sqlx::query(
-                "SELECT DISTINCT member_id FROM wallet_lots \
+                "SELECT member_id FROM wallet_lots \
                  WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
-                 ORDER BY member_id LIMIT $2",
+                 ORDER BY expires_at_ms LIMIT $2",
             )
             .bind(at_ms)
             .bind(limit)
@@ -341,6 +345,13 @@ impl Storage {
             .map(|row| row.try_get::<String, _>("member_id"))
             .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
-        rows.into_iter().map(member_id).collect()
+        let full = rows.len() >= full_at;
+        let mut seen = std::collections::HashSet::new();
+        let members = rows
+            .into_iter()
+            .filter(|member| seen.insert(member.clone()))
+            .map(member_id)
+            .collect::<Result<_, _>>()?;
+        Ok((members, full))
     }
 }
