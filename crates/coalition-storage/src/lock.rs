@@ -23,7 +23,14 @@ pub enum WriterLock {
 impl WriterLock {
     /// Releases the lock now (it is also released when dropped or when the process dies).
     pub async fn release(self) {
-        if let WriterLock::Postgres(connection) = self {
+        if let WriterLock::Postgres(mut connection) = self {
+            // Unlocked by a statement that returns once the lock is free: closing the session
+            // alone frees it only when the server has ended that session, which a server
+            // started right after may not see yet (a restart then found the lock held).
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(POSTGRES_WRITER_LOCK_KEY)
+                .execute(&mut connection)
+                .await;
             let _ = connection.close().await;
         }
     }
