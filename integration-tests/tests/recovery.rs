@@ -591,7 +591,138 @@ async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: 
     assert!(sound, "{report}");
 }
 
+/// The writer prepares the next batch while the one before commits. When that commit fails,
+/// the batch prepared on top of it must be written never and answered as unavailable; every
+/// acknowledged submission, and only those, is in the books.
+async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    let members: Vec<String> = (0..12).map(|index| format!("m-{index}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    server.enroll(&names).await;
+    for member in &members {
+        accepted(
+            &server
+                .earn(&tenant, &format!("seed-{member}"), member, 1_000)
+                .await,
+        );
+    }
+    // The database refuses an earn of 777 points, slowly, so that the writer prepares the
+    // next batches while that commit runs.
+    let install: &[&str] = match backend {
+        // No sleep in SQLite: the trigger counts a cross product of the journal first.
+        Backend::Sqlite => &["CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             WHEN NEW.points = 777 BEGIN \
+             SELECT RAISE(ABORT, 'injected failure') WHERE \
+             (SELECT count(*) FROM postings a, postings b, postings c, entries d) >= 0; END"],
+        Backend::Postgres => &[
+            "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
+             IF NEW.points = 777 THEN PERFORM pg_sleep(0.5); RAISE EXCEPTION 'injected failure'; \
+             END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             FOR EACH ROW EXECUTE FUNCTION refuse_777()",
+        ],
+    };
+    execute(&server.database, install).await;
+    let failing = tenant.envelope(&server.body(
+        &tenant,
+        pb::TransactionKind::Earn,
+        "fails",
+        &members[0],
+        777,
+    ));
+    let mut client = server.submissions();
+    let refused = tokio::spawn(async move {
+        client
+            .submit(pb::SubmitRequest {
+                envelope: Some(failing),
+            })
+            .await
+    });
+    // Clients keep submitting for the same members while that commit fails.
+    let mut clients = JoinSet::new();
+    for task in 0..6usize {
+        let mut planned = Vec::new();
+        for step in 0..40usize {
+            let member = members[(task * 5 + step) % members.len()].clone();
+            let id = format!("t{task}-{step}");
+            let (signer, kind, points) = if step % 3 == 2 {
+                (&cinema, pb::TransactionKind::Burn, 7)
+            } else {
+                (&tenant, pb::TransactionKind::Earn, 3)
+            };
+            let envelope = signer.envelope(&server.body(signer, kind, &id, &member, points));
+            let delta = if kind == pb::TransactionKind::Earn {
+                points
+            } else {
+                -points
+            };
+            planned.push((member, delta, envelope));
+        }
+        let mut client = server.submissions();
+        clients.spawn(async move {
+            let mut booked = Vec::new();
+            let mut voided = 0usize;
+            for (member, delta, envelope) in planned {
+                match client
+                    .submit(pb::SubmitRequest {
+                        envelope: Some(envelope),
+                    })
+                    .await
+                {
+                    Ok(response) => {
+                        let result = response.into_inner().result.unwrap();
+                        accepted(&result);
+                        booked.push((member, delta));
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        voided += usize::from(status.message().contains("batch before"));
+                    }
+                }
+            }
+            (booked, voided)
+        });
+    }
+    let refused = refused.await.unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    let mut expected: std::collections::BTreeMap<String, i64> = members
+        .iter()
+        .map(|member| (member.clone(), 1_000))
+        .collect();
+    let mut voided = 0;
+    while let Some(outcome) = clients.join_next().await {
+        let (booked, count) = outcome.unwrap();
+        voided += count;
+        for (member, delta) in booked {
+            *expected.get_mut(&member).unwrap() += delta;
+        }
+    }
+    assert!(
+        voided > 0,
+        "some batch was prepared while the failing commit ran, and voided"
+    );
+    for (member, points) in &expected {
+        assert_eq!(server.balance(member).await, *points, "{member}");
+    }
+    let remove = match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse_777",
+        Backend::Postgres => "DROP TRIGGER refuse_777 ON reversibles",
+    };
+    execute(&server.database, &[remove]).await;
+    accepted(&server.earn(&tenant, "after", &members[0], 1).await);
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    let (sound, report) = run_check(&database, &[]);
+    assert!(sound, "{report}");
+}
+
 on_both_backends!(
+    a_failed_commit_voids_the_batch_prepared_on_top_of_it,
     a_failed_commit_leaves_the_working_set_as_the_database_has_it,
     the_check_audits_the_writer_state_beside_a_live_server_and_resumes,
     while_starting_health_is_not_serving_and_calls_are_unavailable,

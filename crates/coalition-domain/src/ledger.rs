@@ -413,25 +413,59 @@ impl Ledger {
     /// Forgets receipts of transactions that happened before `occurred_before_ms`; returns
     /// how many. They stay in the journal, where the writer finds them when needed.
     pub fn forget_receipts_before(&mut self, occurred_before_ms: i64) -> usize {
-        let kept = self.receipts_by_age.split_off(&(occurred_before_ms, 0));
-        let forgotten = std::mem::replace(&mut self.receipts_by_age, kept);
-        for key in forgotten.values() {
-            self.receipts.remove(key);
-        }
-        forgotten.len()
+        self.forget_committed_receipts_before(occurred_before_ms, u64::MAX)
     }
 
     /// Forgets the oldest receipts beyond `max`; returns how many.
     pub fn forget_receipts_beyond(&mut self, max: usize) -> usize {
-        let mut forgotten = 0;
-        while self.receipts.len() > max {
-            let Some((_, key)) = self.receipts_by_age.pop_first() else {
-                break;
-            };
-            self.receipts.remove(&key);
-            forgotten += 1;
+        self.forget_committed_receipts_beyond(max, u64::MAX)
+    }
+
+    /// As `forget_receipts_before`, but keeps every receipt of an entry after
+    /// `committed_through`: the journal does not hold those yet, so a retry could not be
+    /// recognised from it.
+    pub fn forget_committed_receipts_before(
+        &mut self,
+        occurred_before_ms: i64,
+        committed_through: u64,
+    ) -> usize {
+        let chosen: Vec<(i64, u64)> = self
+            .receipts_by_age
+            .range(..(occurred_before_ms, 0))
+            .map(|(age, _)| *age)
+            .filter(|&(_, sequence)| sequence <= committed_through)
+            .collect();
+        self.forget_receipts(&chosen)
+    }
+
+    /// As `forget_receipts_beyond`, keeping every receipt of an entry after
+    /// `committed_through` (which may leave more than `max` in memory for a while).
+    pub fn forget_committed_receipts_beyond(
+        &mut self,
+        max: usize,
+        committed_through: u64,
+    ) -> usize {
+        let excess = self.receipts.len().saturating_sub(max);
+        if excess == 0 {
+            return 0;
         }
-        forgotten
+        let chosen: Vec<(i64, u64)> = self
+            .receipts_by_age
+            .keys()
+            .filter(|&&(_, sequence)| sequence <= committed_through)
+            .take(excess)
+            .copied()
+            .collect();
+        self.forget_receipts(&chosen)
+    }
+
+    fn forget_receipts(&mut self, ages: &[(i64, u64)]) -> usize {
+        for age in ages {
+            if let Some(key) = self.receipts_by_age.remove(age) {
+                self.receipts.remove(&key);
+            }
+        }
+        ages.len()
     }
 
     /// The receipt of a merchant transaction, if it is in memory.

@@ -607,3 +607,60 @@ fn ledger_enroll(ledger: &mut Ledger, store: &mut Store, member_id: MemberId, in
     store.write(&changes, &balances, &rows);
     ledger.evict(1, 1);
 }
+
+/// A writer that pipelines batches evicts after a commit while the next batch, applied but
+/// not committed, is in memory: what that batch touched, and the receipts of entries after
+/// the committed head, must stay.
+#[test]
+fn eviction_and_forgetting_keep_what_is_not_committed() {
+    let mut ledger = Ledger::default();
+    ledger.keep_working_set();
+    // Each enrolment as a batch: the member is named, found missing, admitted and enrolled.
+    let enroll = |ledger: &mut Ledger, member_id: MemberId| {
+        let needs = Needs {
+            members: [member_id.clone()].into(),
+            references: BTreeSet::new(),
+        };
+        let missing = ledger.missing(&needs);
+        ledger.admit(Store::default().load(&missing));
+        ledger
+            .enroll_member(member_id, None, 0, &mut Changes::default())
+            .unwrap();
+    };
+    enroll(&mut ledger, member(0));
+    // The batch in flight touches the second member after this tick.
+    let tick = ledger.use_tick();
+    enroll(&mut ledger, member(1));
+    assert_eq!(ledger.resident().0, 2);
+    ledger.evict_used_through(0, 0, tick);
+    assert_eq!(ledger.resident().0, 1, "only the committed member leaves");
+    assert_eq!(ledger.in_memory().members, 1);
+    ledger.evict_used_through(0, 0, ledger.use_tick());
+    assert_eq!(ledger.resident().0, 0);
+
+    let receipt = |sequence: u64| Receipt {
+        sequence,
+        occurred_at_ms: 10,
+        kind: coalition_domain::EntryKind::Earn,
+        accepted_at_ms: 10,
+        body_hash: [0; 32],
+        member_id: member(0),
+        points: 1,
+        member_points_after: 1,
+    };
+    let key = |id: &str| {
+        (
+            merchant(0),
+            MerchantTransactionId::new(id.to_owned()).unwrap(),
+        )
+    };
+    ledger.remember_receipt(key("a"), receipt(1));
+    ledger.remember_receipt(key("b"), receipt(2));
+    ledger.remember_receipt(key("c"), receipt(3));
+    // Entries 2 and 3 are not committed yet: they stay, whatever the budget or the age.
+    assert_eq!(ledger.forget_committed_receipts_beyond(0, 1), 1);
+    assert_eq!(ledger.forget_committed_receipts_before(i64::MAX, 1), 0);
+    assert!(ledger.has_receipt(&key("b")) && ledger.has_receipt(&key("c")));
+    assert_eq!(ledger.forget_committed_receipts_before(i64::MAX, 3), 2);
+    assert_eq!(ledger.receipts_in_memory(), 0);
+}

@@ -281,6 +281,7 @@ impl Engine {
         // restart, so an entry is never accepted before one already booked.
         let last_accepted_at_ms = ledger.last_accepted_at_ms();
         let finalised_periods = storage.finalised_labels().await?.into_iter().collect();
+        let committed_through = ledger.head().sequence;
         let writer = Writer {
             finalised_periods,
             ledger,
@@ -299,6 +300,8 @@ impl Engine {
             members_max: config.writer_cache_members_max,
             references_max: config.writer_cache_references_max,
             receipts_max: config.writer_cache_receipts_max,
+            in_flight: None,
+            committed_through,
         };
         let handle = tokio::spawn(writer.run());
         Ok(Engine {

@@ -224,6 +224,37 @@ pub(crate) struct Writer {
     pub members_max: usize,
     pub references_max: usize,
     pub receipts_max: usize,
+    /// The batch whose commit is under way, if any (see `process`).
+    pub in_flight: Option<InFlight>,
+    /// The last sequence the database is known to hold.
+    pub committed_through: u64,
+}
+
+/// A batch applied in memory whose commit runs as its own task while the writer prepares the
+/// next batch. The task answers the batch's callers itself, right after its commit and only
+/// if it commits.
+pub(crate) struct InFlight {
+    commit: tokio::task::JoinHandle<bool>,
+    /// The periods the batch finalised: forgotten again if it does not commit.
+    finalised_now: Vec<String>,
+    /// The batch's last entry, if it has any.
+    last_sequence: Option<u64>,
+    accepted_at_ms: i64,
+}
+
+/// What `prepare` made of a batch: the callers' answers, waiting for the commit, and the rows.
+struct Prepared {
+    pending: Vec<Pending>,
+    changes: Changes,
+    balances: Vec<(
+        coalition_domain::account::AccountId,
+        coalition_domain::account::Asset,
+        i64,
+    )>,
+    state: coalition_domain::StateRows,
+    finalised_now: Vec<String>,
+    accepted_at_ms: i64,
+    submissions_count: usize,
 }
 
 /// How often an idle writer wakes to expire holds and run scheduled expiry.
@@ -237,6 +268,14 @@ impl Writer {
         while !stopping {
             let first = tokio::select! {
                 command = self.receiver.recv() => command,
+                committed = commit_finished(&mut self.in_flight) => {
+                    // The commit in flight finished with nothing else to do: settle it now, so
+                    // that an idle writer frees memory at once.
+                    let flight = self.in_flight.take().expect("a commit was in flight");
+                    let tick = self.ledger.use_tick();
+                    self.settle(flight, committed, tick).await;
+                    continue;
+                }
                 _ = housekeeping.tick() => {
                     // Idle: expire due holds and run the scheduled expiry, if any is due.
                     self.process(Vec::new()).await;
@@ -268,6 +307,8 @@ impl Writer {
                 self.process(commands).await;
             }
         }
+        let tick = self.ledger.use_tick();
+        self.settle_in_flight(tick).await;
         tracing::info!("writer stopped");
     }
 
@@ -390,14 +431,17 @@ impl Writer {
         ))
     }
 
-    async fn process(&mut self, commands: Vec<Command>) {
+    /// Decides a batch: loads what it needs, applies it to the ledger in memory and builds
+    /// its rows. `None` when there is nothing to commit or answer, or when the batch was
+    /// refused or aborted (its callers are answered).
+    async fn prepare(&mut self, commands: Vec<Command>) -> Option<Prepared> {
         let load_started = Instant::now();
         if let Err(error) = self.load_missing_receipts(&commands).await {
             tracing::error!(%error, "cannot read receipts; the batch is refused");
             for command in commands {
                 command.fail(&error);
             }
-            return;
+            return None;
         }
         let accepted_at_ms = self.clock.now_ms().max(self.last_accepted_at_ms);
         // A part of an expiry run left for this batch by the one before it.
@@ -407,7 +451,7 @@ impl Writer {
             for command in commands {
                 command.fail(&error);
             }
-            return;
+            return None;
         }
         metrics::histogram!("coalition_writer_load_seconds")
             .record(load_started.elapsed().as_secs_f64());
@@ -631,10 +675,10 @@ impl Writer {
             tracing::error!(%message, "ledger invariant violated; the batch is aborted");
             self.abort(pending, EngineError::InvariantViolated(message))
                 .await;
-            return;
+            return None;
         }
         if pending.is_empty() && changes.is_empty() {
-            return;
+            return None;
         }
         metrics::histogram!("coalition_writer_apply_seconds")
             .record(apply_started.elapsed().as_secs_f64());
@@ -647,48 +691,146 @@ impl Writer {
                 tracing::error!(%error, "ledger invariant violated; the batch is aborted");
                 self.abort(pending, EngineError::InvariantViolated(error.to_string()))
                     .await;
-                return;
+                return None;
             }
         };
         metrics::histogram!("coalition_writer_rows_seconds")
             .record(started.elapsed().as_secs_f64());
-        let written = if changes.is_empty() {
-            Ok(())
-        } else {
-            self.storage
-                .write_changes(&changes, &balances, &state)
-                .await
+        // The next batch is accepted no earlier than this one, committed or not yet.
+        self.last_accepted_at_ms = accepted_until_ms;
+        Some(Prepared {
+            pending,
+            changes,
+            balances,
+            state,
+            finalised_now,
+            accepted_at_ms,
+            submissions_count,
+        })
+    }
+
+    /// Runs one batch through the pipeline: it is prepared while the batch before it may
+    /// still be committing; it is written only after that commit succeeded (its entries chain
+    /// on that batch's), as a task of its own, so that the writer prepares the next batch
+    /// meanwhile. Callers are answered by the commit task, after the commit. If the batch
+    /// before fails to commit, this one, decided on top of it, is void: its callers are told
+    /// so and nothing of it is written.
+    async fn process(&mut self, commands: Vec<Command>) {
+        // What this batch touches is marked used after this tick, so it stays in memory until
+        // its commit is known.
+        let tick = self.ledger.use_tick();
+        let Some(prepared) = self.prepare(commands).await else {
+            return;
         };
-        match written {
-            Ok(()) => {
-                self.last_accepted_at_ms = accepted_until_ms;
-                metrics::histogram!("coalition_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("coalition_batch_submissions").record(submissions_count as f64);
-                metrics::histogram!("coalition_batch_entries").record(changes.entries.len() as f64);
-                for reply in pending {
-                    reply.acknowledge();
-                }
-                let evict_started = Instant::now();
-                self.ledger
-                    .forget_receipts_before(accepted_at_ms - self.receipt_retention_ms);
-                self.ledger.forget_receipts_beyond(self.receipts_max);
-                self.ledger.evict(self.members_max, self.references_max);
-                metrics::histogram!("coalition_writer_evict_seconds")
-                    .record(evict_started.elapsed().as_secs_f64());
-                let (members, references) = self.ledger.resident();
-                metrics::gauge!("coalition_working_set_members").set(members as f64);
-                metrics::gauge!("coalition_working_set_references").set(references as f64);
-                metrics::gauge!("coalition_working_set_receipts")
-                    .set(self.ledger.receipts_in_memory() as f64);
+        if !self.settle_in_flight(tick).await {
+            for label in &prepared.finalised_now {
+                self.finalised_periods.remove(label);
             }
-            Err(error) => {
-                forget_finalised(self);
-                tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
-                self.abort(pending, EngineError::StorageUnavailable(error.to_string()))
-                    .await;
+            let error = EngineError::StorageUnavailable(
+                "the batch before this one failed to commit; nothing of this one was written"
+                    .into(),
+            );
+            for reply in prepared.pending {
+                reply.fail(&error);
             }
+            return;
         }
+        let Prepared {
+            pending,
+            changes,
+            balances,
+            state,
+            finalised_now,
+            accepted_at_ms,
+            submissions_count,
+        } = prepared;
+        if changes.is_empty() {
+            // Nothing to write (duplicates and refusals only): the answers stand on what is
+            // committed, so they go out now.
+            for reply in pending {
+                reply.acknowledge();
+            }
+            return;
+        }
+        let last_sequence = changes.entries.last().map(|entry| entry.sequence);
+        let storage = self.storage.clone();
+        let commit = tokio::spawn(async move {
+            let started = Instant::now();
+            match storage.write_changes(&changes, &balances, &state).await {
+                Ok(()) => {
+                    metrics::histogram!("coalition_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("coalition_batch_submissions")
+                        .record(submissions_count as f64);
+                    metrics::histogram!("coalition_batch_entries")
+                        .record(changes.entries.len() as f64);
+                    for reply in pending {
+                        reply.acknowledge();
+                    }
+                    true
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, source = ?std::error::Error::source(&error), "batch commit failed");
+                    let error = EngineError::StorageUnavailable(error.to_string());
+                    for reply in pending {
+                        reply.fail(&error);
+                    }
+                    false
+                }
+            }
+        });
+        self.in_flight = Some(InFlight {
+            commit,
+            finalised_now,
+            last_sequence,
+            accepted_at_ms,
+        });
+    }
+
+    /// Waits for the commit in flight, if any, and settles it (see `settle`); whether the
+    /// database now holds everything the ledger in memory holds.
+    async fn settle_in_flight(&mut self, tick: u64) -> bool {
+        let Some(mut flight) = self.in_flight.take() else {
+            return true;
+        };
+        let waited = Instant::now();
+        let committed = (&mut flight.commit).await.unwrap_or(false);
+        metrics::histogram!("coalition_writer_wait_seconds").record(waited.elapsed().as_secs_f64());
+        self.settle(flight, committed, tick).await
+    }
+
+    /// After a commit: frees memory beyond the budgets, keeping what was used after `tick`
+    /// (what a prepared batch, not yet committed, touched) and the receipts the database does
+    /// not hold yet. After a failed commit: reloads the ledger from the database, since what
+    /// memory holds went past it.
+    async fn settle(&mut self, flight: InFlight, committed: bool, tick: u64) -> bool {
+        if !committed {
+            for label in &flight.finalised_now {
+                self.finalised_periods.remove(label);
+            }
+            self.reload().await;
+            return false;
+        }
+        if let Some(sequence) = flight.last_sequence {
+            self.committed_through = sequence;
+        }
+        let evict_started = Instant::now();
+        self.ledger.forget_committed_receipts_before(
+            flight.accepted_at_ms - self.receipt_retention_ms,
+            self.committed_through,
+        );
+        self.ledger
+            .forget_committed_receipts_beyond(self.receipts_max, self.committed_through);
+        self.ledger
+            .evict_used_through(self.members_max, self.references_max, tick);
+        metrics::histogram!("coalition_writer_evict_seconds")
+            .record(evict_started.elapsed().as_secs_f64());
+        let (members, references) = self.ledger.resident();
+        metrics::gauge!("coalition_working_set_members").set(members as f64);
+        metrics::gauge!("coalition_working_set_references").set(references as f64);
+        metrics::gauge!("coalition_working_set_receipts")
+            .set(self.ledger.receipts_in_memory() as f64);
+        true
     }
 
     /// Releases holds past their deadline and, when due, runs the scheduled expiry run (or
@@ -732,20 +874,38 @@ impl Writer {
     /// Nothing of the batch is acknowledged; the working set is dropped and the small state
     /// reloaded from the database (no replay): the next batches load what they need again.
     async fn abort(&mut self, pending: Vec<Pending>, error: EngineError) {
+        // The batch in flight commits or fails first, so that the reload sees its outcome.
+        let tick = self.ledger.use_tick();
+        self.settle_in_flight(tick).await;
         for reply in pending {
             reply.fail(&error);
         }
+        self.reload().await;
+    }
+
+    /// Rebuilds the ledger from what the database holds (the small state; the working set
+    /// starts empty), after a batch that will not commit went into memory.
+    async fn reload(&mut self) {
         match self.storage.load_start().await {
             Ok(state) => {
                 self.ledger = state.ledger;
                 self.ledger.set_currency(self.currency);
                 self.ledger.set_policy(self.policy);
+                self.committed_through = self.ledger.head().sequence;
             }
             Err(reload_error) => {
                 tracing::error!(error = %reload_error, "cannot rebuild the ledger after a failed batch; the writer stops");
                 self.receiver.close();
             }
         }
+    }
+}
+
+/// Waits for the commit in flight, if there is one (forever otherwise); whether it committed.
+async fn commit_finished(in_flight: &mut Option<InFlight>) -> bool {
+    match in_flight {
+        Some(flight) => (&mut flight.commit).await.unwrap_or(false),
+        None => std::future::pending().await,
     }
 }
 

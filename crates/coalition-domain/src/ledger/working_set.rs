@@ -481,22 +481,45 @@ impl Ledger {
     /// Drops the least recently used members and references beyond the budgets. Their state
     /// is in the database, which the next batch that needs them loads it from.
     pub fn evict(&mut self, members_max: usize, references_max: usize) {
+        self.evict_used_through(members_max, references_max, u64::MAX);
+    }
+
+    /// The working set's use counter: what a batch touches after this is marked used later
+    /// than this value (see `evict_used_through`).
+    pub fn use_tick(&self) -> u64 {
+        self.residency
+            .as_ref()
+            .map_or(0, |residency| residency.tick)
+    }
+
+    /// As `evict`, but drops only what was last used at or before `tick`. A writer that has
+    /// applied a batch whose commit has not finished passes the `use_tick` read before that
+    /// batch, so nothing the batch changed leaves memory before the database holds it.
+    pub fn evict_used_through(&mut self, members_max: usize, references_max: usize, tick: u64) {
         let Some(residency) = self.residency.as_mut() else {
             return;
         };
         let mut members = Vec::new();
         while residency.members.len() > members_max {
-            let Some((_, member_id)) = residency.members_by_use.pop_first() else {
+            let Some((used, member_id)) = residency.members_by_use.pop_first() else {
                 break;
             };
+            if used > tick {
+                residency.members_by_use.insert((used, member_id));
+                break;
+            }
             residency.members.remove(&member_id);
             members.push(member_id);
         }
         let mut references = Vec::new();
         while residency.references.len() > references_max {
-            let Some((_, sequence)) = residency.references_by_use.pop_first() else {
+            let Some((used, sequence)) = residency.references_by_use.pop_first() else {
                 break;
             };
+            if used > tick {
+                residency.references_by_use.insert((used, sequence));
+                break;
+            }
             residency.references.remove(&sequence);
             references.push(sequence);
         }

@@ -254,7 +254,11 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
         "working set   {} members at most; RSS {:.0} MiB at the end (the load generator's day included)",
         config.writer_cache_members_max, rss_mib
     );
-    println!("writer stages during the mall day (time in each, summed over batches):");
+    println!(
+        "writer stages during the mall day (time in each, summed over batches; the writer's own \
+         are load, apply, rows, wait and evict, while write runs in the commit task beside the \
+         next batch's):"
+    );
     print_stages(&stages_before, &stages_after, seconds);
     Ok(())
 }
