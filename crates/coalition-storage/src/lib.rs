@@ -70,18 +70,6 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
-/// Like `with_pool!`, on the writer's connection for SQLite: for the batch write and the
-/// reads the writer makes before it.
-macro_rules! with_writer_pool {
-    ($storage:expr, $pool:ident => $body:expr) => {
-        match $storage {
-            $crate::Storage::Sqlite(_, $pool) => $body,
-            $crate::Storage::Postgres($pool) => $body,
-        }
-    };
-}
-pub(crate) use with_writer_pool;
-
 impl Storage {
     /// Closes the pool, waiting for connections to return.
     pub async fn close(&self) {

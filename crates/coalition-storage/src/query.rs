@@ -336,7 +336,7 @@ impl Storage {
     ) -> Result<Vec<(ReceiptKey, Receipt)>, StorageError> {
         let mut rows: Vec<ReceiptRow> = Vec::new();
         match self {
-            Storage::Sqlite(_, pool) => {
+            Storage::Sqlite(pool, _) => {
                 for chunk in keys.chunks(RECEIPT_KEYS_PER_SQLITE_QUERY_MAX) {
                     let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
                         "WITH wanted (merchant_id, merchant_transaction_id) AS (",

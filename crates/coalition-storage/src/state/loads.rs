@@ -3,7 +3,7 @@
 //! runs.
 
 use super::*;
-use crate::with_writer_pool;
+use crate::with_pool;
 
 /// Two SQL texts for a query on a list of keys bound as `$1`: SQLite gets the keys as one JSON
 /// array, PostgreSQL as an array.
@@ -22,7 +22,10 @@ macro_rules! fetch_keyed {
         let (sqlite_sql, postgres_sql) = $sql;
         let keys = $keys;
         match $storage {
-            Storage::Sqlite(_, pool) => {
+            // On SQLite the pool's connections, not the writer's: a load then runs while the
+            // batch before commits on the writer's connection (WAL readers see what is
+            // committed; what is not is in the writer's memory).
+            Storage::Sqlite(pool, _) => {
                 let json = serde_json::to_string(&keys).expect("keys serialise");
                 sqlx::query(sqlite_sql)
                     .bind(json)
@@ -306,7 +309,7 @@ impl Storage {
 
     /// Open holds whose deadline has passed at `at_ms`, by entry sequence.
     pub async fn holds_due(&self, at_ms: i64) -> Result<Vec<u64>, StorageError> {
-        let rows: Vec<i64> = with_writer_pool!(self, pool => {
+        let rows: Vec<i64> = with_pool!(self, pool => {
             sqlx::query("SELECT sequence FROM open_holds WHERE expires_at_ms <= $1 ORDER BY sequence")
                 .bind(at_ms)
                 .fetch_all(pool)
@@ -331,7 +334,7 @@ impl Storage {
     ) -> Result<(Vec<MemberId>, bool), StorageError> {
         let full_at = limit;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<String> = with_writer_pool!(self, pool => {
+        let rows: Vec<String> = with_pool!(self, pool => {
             sqlx::query(
                 "SELECT member_id FROM wallet_lots \
                  WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
