@@ -537,6 +537,48 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
     }
 }
 
+/// Makes the database refuse to commit a batch with an earn of 777 points (a trigger on
+/// `reversibles`); `slowly` first takes about half a second, so that the writer prepares the
+/// next batches meanwhile.
+async fn refuse_earns_of_777(database: &TestDatabase, slowly: bool) {
+    let statements = match (database.backend, slowly) {
+        (Backend::Sqlite, false) => vec![
+            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             WHEN NEW.points = 777 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ],
+        // SQLite has no sleep: the trigger counts a cross product of the journal first.
+        (Backend::Sqlite, true) => vec![
+            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             WHEN NEW.points = 777 BEGIN \
+             SELECT RAISE(ABORT, 'injected failure') WHERE \
+             (SELECT count(*) FROM postings a, postings b, postings c, entries d) >= 0; END",
+        ],
+        (Backend::Postgres, slowly) => vec![
+            if slowly {
+                "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.points = 777 THEN PERFORM pg_sleep(0.5); \
+                 RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            } else {
+                "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.points = 777 THEN RAISE EXCEPTION 'injected failure'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+            },
+            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
+             FOR EACH ROW EXECUTE FUNCTION refuse_777()",
+        ],
+    };
+    execute(database, &statements).await;
+}
+
+/// Removes what `refuse_earns_of_777` installed.
+async fn accept_earns_of_777(database: &TestDatabase) {
+    let remove = match database.backend {
+        Backend::Sqlite => "DROP TRIGGER refuse_777",
+        Backend::Postgres => "DROP TRIGGER refuse_777 ON reversibles",
+    };
+    execute(database, &[remove]).await;
+}
+
 async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: Backend) {
     let server = TestServer::start(backend).await;
     let tenant = server
@@ -545,18 +587,7 @@ async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: 
     server.enroll(&["m-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 100).await);
     // The database refuses the next earn of 777 points: its batch cannot commit.
-    let install: &[&str] = match backend {
-        Backend::Sqlite => &["CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
-             WHEN NEW.points = 777 BEGIN SELECT RAISE(ABORT, 'injected failure'); END"],
-        Backend::Postgres => &[
-            "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
-             IF NEW.points = 777 THEN RAISE EXCEPTION 'injected failure'; END IF; \
-             RETURN NEW; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
-             FOR EACH ROW EXECUTE FUNCTION refuse_777()",
-        ],
-    };
-    execute(&server.database, install).await;
+    refuse_earns_of_777(&server.database, false).await;
     let body = server.body(&tenant, pb::TransactionKind::Earn, "e-2", "m-1", 777);
     let refused = server
         .submissions()
@@ -571,11 +602,7 @@ async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: 
         accepted(&server.burn(&tenant, "b-1", "m-1", 30).await).member_points_balance,
         70
     );
-    let remove = match backend {
-        Backend::Sqlite => "DROP TRIGGER refuse_777",
-        Backend::Postgres => "DROP TRIGGER refuse_777 ON reversibles",
-    };
-    execute(&server.database, &[remove]).await;
+    accept_earns_of_777(&server.database).await;
     // The same transaction, sent again, now books.
     assert_eq!(
         accepted(&server.submit(tenant.envelope(&body)).await).member_points_balance,
@@ -609,21 +636,7 @@ async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend)
     }
     // The database refuses an earn of 777 points, slowly, so that the writer prepares the
     // next batches while that commit runs.
-    let install: &[&str] = match backend {
-        // No sleep in SQLite: the trigger counts a cross product of the journal first.
-        Backend::Sqlite => &["CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
-             WHEN NEW.points = 777 BEGIN \
-             SELECT RAISE(ABORT, 'injected failure') WHERE \
-             (SELECT count(*) FROM postings a, postings b, postings c, entries d) >= 0; END"],
-        Backend::Postgres => &[
-            "CREATE FUNCTION refuse_777() RETURNS trigger AS $$ BEGIN \
-             IF NEW.points = 777 THEN PERFORM pg_sleep(0.5); RAISE EXCEPTION 'injected failure'; \
-             END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
-             FOR EACH ROW EXECUTE FUNCTION refuse_777()",
-        ],
-    };
-    execute(&server.database, install).await;
+    refuse_earns_of_777(&server.database, true).await;
     let failing = tenant.envelope(&server.body(
         &tenant,
         pb::TransactionKind::Earn,
@@ -705,11 +718,7 @@ async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend)
     for (member, points) in &expected {
         assert_eq!(server.balance(member).await, *points, "{member}");
     }
-    let remove = match backend {
-        Backend::Sqlite => "DROP TRIGGER refuse_777",
-        Backend::Postgres => "DROP TRIGGER refuse_777 ON reversibles",
-    };
-    execute(&server.database, &[remove]).await;
+    accept_earns_of_777(&server.database).await;
     accepted(&server.earn(&tenant, "after", &members[0], 1).await);
     let TestServer {
         server: running,
