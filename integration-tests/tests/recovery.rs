@@ -546,12 +546,16 @@ async fn refuse_earns_of_777(database: &TestDatabase, slowly: bool) {
             "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
              WHEN NEW.points = 777 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
         ],
-        // SQLite has no sleep: the trigger counts a cross product of the journal first.
+        // SQLite has no sleep: the trigger first counts a cross product of a table of 200
+        // rows (eight million rows, whatever the journal holds).
         (Backend::Sqlite, true) => vec![
+            "CREATE TABLE slow (x INTEGER)",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200) \
+             INSERT INTO slow SELECT x FROM c",
             "CREATE TRIGGER refuse_777 BEFORE INSERT ON reversibles \
              WHEN NEW.points = 777 BEGIN \
              SELECT RAISE(ABORT, 'injected failure') WHERE \
-             (SELECT count(*) FROM postings a, postings b, postings c, entries d) >= 0; END",
+             (SELECT count(*) FROM slow a, slow b, slow c) >= 0; END",
         ],
         (Backend::Postgres, slowly) => vec![
             if slowly {
@@ -718,6 +722,38 @@ async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend)
     for (member, points) in &expected {
         assert_eq!(server.balance(member).await, *points, "{member}");
     }
+    // The same envelope twice, the second alone in its batch while the first's commit runs
+    // and fails: a batch of nothing but a duplicate of an uncommitted transaction must not
+    // be answered as booked.
+    let again = tenant.envelope(&server.body(
+        &tenant,
+        pb::TransactionKind::Earn,
+        "fails-again",
+        &members[0],
+        777,
+    ));
+    let mut client = server.submissions();
+    let first = {
+        let envelope = again.clone();
+        tokio::spawn(async move {
+            client
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope),
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let duplicate = server
+        .submissions()
+        .submit(pb::SubmitRequest {
+            envelope: Some(again),
+        })
+        .await;
+    assert!(duplicate.is_err(), "{duplicate:?}");
+    let first = first.await.unwrap();
+    assert!(first.is_err(), "{first:?}");
+    assert_eq!(server.balance(&members[0]).await, expected[&members[0]]);
     accept_earns_of_777(&server.database).await;
     accepted(&server.earn(&tenant, "after", &members[0], 1).await);
     let TestServer {
