@@ -322,8 +322,9 @@ impl Storage {
     }
 
     /// The members of up to `limit` lots that have expired at `at_ms`, the longest expired
-    /// first, and whether the limit was reached (more may be due). An expiry run takes its members in parts of `limit`; expired lots leave
-    /// `wallet_lots`, so each part finds the next members. The lots are read in the expiry
+    /// first, and whether the limit was reached (more may be due). An expiry run takes its
+    /// members in parts of `limit`; expired lots leave `wallet_lots`, so each part finds the
+    /// next members. The lots are read in the expiry
     /// index's order with a limit, which every planner serves from that index (a
     /// `DISTINCT member_id` let PostgreSQL without statistics scan the whole table: 0.8 s
     /// at 12 million entries).
