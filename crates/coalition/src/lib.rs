@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_settlement;
 pub mod export;
+pub mod memory;
 pub mod operator_key;
 pub mod reconcile;
 pub mod runtime;

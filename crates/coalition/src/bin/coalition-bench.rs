@@ -82,8 +82,15 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    coalition::memory::limit_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
     let scratch = std::env::temp_dir().join(format!("coalition-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;

@@ -121,8 +121,15 @@ fn config(database_url: &str, token: &str) -> Config {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    coalition::memory::limit_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Build {
             database_url,
