@@ -218,6 +218,65 @@ async fn shutdown_does_not_wait_forever_for_an_open_stream(backend: Backend) {
     drop(database);
 }
 
+/// On SQLite the writer's commits leave the WAL to a passive checkpoint on a pool connection,
+/// started after each commit, instead of SQLite's automatic checkpoint inside the commit
+/// (which the writer's connection runs only past 16,384 pages, as a backstop). So after
+/// thirty batches the data is in the database file and the WAL, restarted after each
+/// checkpoint, holds little more than the last batches: without the checkpointer all of it
+/// would still be in the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_copies_the_wal_into_the_database_beside_the_writer() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let path = database.url.strip_prefix("sqlite://").unwrap().to_owned();
+    let config = coalition_integration_tests::test_config(&database.url);
+    let server = coalition_integration_tests::TestServer::start_on(database, config).await;
+    let members: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
+    let member_ids: Vec<&str> = members.iter().map(String::as_str).collect();
+    let signer = register_merchant(
+        &server.channel,
+        "tenant-1",
+        pb::MerchantCategory::MallTenant,
+        new_key(),
+        &member_ids,
+    )
+    .await;
+    let mut client = SubmissionServiceClient::new(server.channel.clone());
+    let now = coalition_engine::Clock::now_ms(&server.clock);
+    for batch in 0..30 {
+        let envelopes = (0..100)
+            .map(|i| {
+                signer.envelope(&pb::TransactionBody {
+                    merchant_id: "tenant-1".into(),
+                    merchant_transaction_id: format!("e-{batch}-{i}"),
+                    kind: pb::TransactionKind::Earn as i32,
+                    member_id: members[i].clone(),
+                    points: 10,
+                    occurred_at_unix_ms: now,
+                    store_id: "s".into(),
+                    terminal_id: "t".into(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let results = client
+            .submit_batch(pb::SubmitBatchRequest { envelopes })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for result in &results {
+            accepted(result);
+        }
+    }
+    let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
+    let file = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        wal < file / 2,
+        "the WAL ({wal} bytes) was not copied into the database file ({file} bytes)"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
 on_both_backends!(
     metrics_and_json_logs_report_what_happened,
     connections_beyond_the_limit_wait_their_turn,

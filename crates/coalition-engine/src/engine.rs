@@ -302,6 +302,7 @@ impl Engine {
             receipts_max: config.writer_cache_receipts_max,
             in_flight: None,
             committed_through,
+            checkpoint: None,
         };
         let handle = tokio::spawn(writer.run());
         Ok(Engine {

@@ -228,6 +228,8 @@ pub(crate) struct Writer {
     pub in_flight: Option<InFlight>,
     /// The last sequence the database is known to hold.
     pub committed_through: u64,
+    /// The WAL checkpoint under way (SQLite), started after a commit.
+    pub checkpoint: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A batch applied in memory whose commit runs as its own task while the writer prepares the
@@ -825,12 +827,38 @@ impl Writer {
             .evict_used_through(self.members_max, self.references_max, tick);
         metrics::histogram!("coalition_writer_evict_seconds")
             .record(evict_started.elapsed().as_secs_f64());
+        self.start_checkpoint();
         let (members, references) = self.ledger.resident();
         metrics::gauge!("coalition_working_set_members").set(members as f64);
         metrics::gauge!("coalition_working_set_references").set(references as f64);
         metrics::gauge!("coalition_working_set_receipts")
             .set(self.ledger.receipts_in_memory() as f64);
         true
+    }
+
+    /// Starts a WAL checkpoint beside the writer unless one is still running: SQLite's
+    /// automatic checkpoint would otherwise run inside the writer's commit (a third of the
+    /// commit task's time on the SQLite mall day, docs/benchmarks.md).
+    fn start_checkpoint(&mut self) {
+        if !matches!(self.storage, coalition_storage::Storage::Sqlite(..))
+            || self
+                .checkpoint
+                .as_ref()
+                .is_some_and(|running| !running.is_finished())
+        {
+            return;
+        }
+        let storage = self.storage.clone();
+        self.checkpoint = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            match storage.checkpoint_wal().await {
+                Ok(()) => metrics::histogram!("coalition_wal_checkpoint_seconds")
+                    .record(started.elapsed().as_secs_f64()),
+                Err(error) => {
+                    tracing::warn!(%error, "WAL checkpoint failed; the writer's own will run")
+                }
+            }
+        }));
     }
 
     /// Releases holds past their deadline and, when due, runs the scheduled expiry run (or

@@ -32,6 +32,12 @@ const SQLITE_STATEMENT_CACHE_CAPACITY: usize = 16;
 /// default 2 MB every batch reads most of those pages again. Measured in docs/benchmarks.md.
 const SQLITE_WRITER_CACHE_KIB: i64 = 65_536;
 
+/// WAL pages after which the writer's own commit copies the WAL into the database file
+/// (SQLite's automatic checkpoint; its default is 1,000). The writer asks for a passive
+/// checkpoint on a pool connection after each commit (`Storage::checkpoint_wal`), off its
+/// path; this is the backstop should that fall behind, and it bounds the WAL's size.
+const SQLITE_WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -189,7 +195,14 @@ impl Storage {
             migrator(SQLITE_MIGRATIONS).run(&pool).await?;
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(connect.pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}")))
+                .connect_with(
+                    connect
+                        .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
+                        .pragma(
+                            "wal_autocheckpoint",
+                            SQLITE_WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                        ),
+                )
                 .await?;
             Ok(Storage::Sqlite(pool, writer))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {

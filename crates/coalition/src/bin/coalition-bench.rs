@@ -132,7 +132,9 @@ fn stage_seconds(metrics: &PrometheusHandle) -> Vec<(String, f64)> {
         .render()
         .lines()
         .filter(|line| {
-            line.starts_with("coalition_writer_") || line.starts_with("coalition_write_seconds")
+            line.starts_with("coalition_writer_")
+                || line.starts_with("coalition_write_seconds")
+                || line.starts_with("coalition_wal_checkpoint_seconds")
         })
         .filter_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
