@@ -49,84 +49,103 @@ macro_rules! fetch_keyed {
 impl Storage {
     /// Loads what `needs` names: each member id as stored (an alias, an enrolled member with
     /// wallet, debt, tier and accounts, or nothing), and each referred entry's reversible
-    /// remainder and open hold. Eight queries, whatever the number of ids.
+    /// remainder and open hold. Eight queries, whatever the number of ids, run at once.
     pub async fn load_working_set(&self, needs: &Needs) -> Result<WorkingSet, StorageError> {
         let mut set = WorkingSet::default();
-        if !needs.references.is_empty() {
-            set.references = self.load_references(needs).await?;
-        }
+        let references = async {
+            if needs.references.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.load_references(needs).await
+            }
+        };
         if needs.members.is_empty() {
+            set.references = references.await?;
             return Ok(set);
         }
         let ids: Vec<String> = needs.members.iter().map(ToString::to_string).collect();
-        let aliases = fetch_keyed!(
-            self,
-            keyed_sql!("SELECT alias, target FROM member_aliases WHERE alias", ""),
-            ids.clone(),
-            |row| (
-                row.try_get::<String, _>("alias")?,
-                row.try_get::<String, _>("target")?
-            )
-        );
-        let enrolled = fetch_keyed!(
-            self,
-            keyed_sql!("SELECT member_id, tier FROM members WHERE member_id", ""),
-            ids.clone(),
-            |row| (
-                row.try_get::<String, _>("member_id")?,
-                row.try_get::<Option<String>, _>("tier")?
-            )
-        );
-        let debts = fetch_keyed!(
-            self,
-            keyed_sql!(
-                "SELECT member_id, points FROM member_debts WHERE member_id",
-                ""
-            ),
-            ids.clone(),
-            |row| (
-                row.try_get::<String, _>("member_id")?,
-                row.try_get::<i64, _>("points")?
-            )
-        );
-        let lots = fetch_keyed!(
-            self,
-            keyed_sql!(
-                "SELECT member_id, lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, \
-                 issue_terms_version, points FROM wallet_lots WHERE member_id",
-                ""
-            ),
-            ids.clone(),
-            |row| (
-                row.try_get::<String, _>("member_id")?,
-                (
-                    row.try_get::<i64, _>("lot_entry_sequence")?,
-                    row.try_get::<i64, _>("lot_index")?,
-                    row.try_get::<String, _>("issuer")?,
-                    row.try_get::<i64, _>("earned_at_ms")?,
-                    row.try_get::<Option<i64>, _>("expires_at_ms")?,
-                    row.try_get::<Option<i64>, _>("issue_terms_version")?,
-                    row.try_get::<i64, _>("points")?,
+        let aliases = async {
+            Ok::<_, StorageError>(fetch_keyed!(
+                self,
+                keyed_sql!("SELECT alias, target FROM member_aliases WHERE alias", ""),
+                ids.clone(),
+                |row| (
+                    row.try_get::<String, _>("alias")?,
+                    row.try_get::<String, _>("target")?
                 )
-            )
-        );
-        let accounts = fetch_keyed!(
-            self,
-            keyed_sql!(
-                "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
-                 LEFT JOIN account_balances b ON b.account_id = a.account_id \
-                 WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner",
-                ""
-            ),
-            ids,
-            |row| (
-                row.try_get::<i64, _>("account_id")?,
-                row.try_get::<String, _>("kind")?,
-                row.try_get::<String, _>("owner")?,
-                row.try_get::<Option<String>, _>("asset")?,
-                row.try_get::<Option<i64>, _>("balance")?
-            )
-        );
+            ))
+        };
+        let enrolled = async {
+            Ok::<_, StorageError>(fetch_keyed!(
+                self,
+                keyed_sql!("SELECT member_id, tier FROM members WHERE member_id", ""),
+                ids.clone(),
+                |row| (
+                    row.try_get::<String, _>("member_id")?,
+                    row.try_get::<Option<String>, _>("tier")?
+                )
+            ))
+        };
+        let debts = async {
+            Ok::<_, StorageError>(fetch_keyed!(
+                self,
+                keyed_sql!(
+                    "SELECT member_id, points FROM member_debts WHERE member_id",
+                    ""
+                ),
+                ids.clone(),
+                |row| (
+                    row.try_get::<String, _>("member_id")?,
+                    row.try_get::<i64, _>("points")?
+                )
+            ))
+        };
+        let lots = async {
+            Ok::<_, StorageError>(fetch_keyed!(
+                self,
+                keyed_sql!(
+                    "SELECT member_id, lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, \
+                     issue_terms_version, points FROM wallet_lots WHERE member_id",
+                    ""
+                ),
+                ids.clone(),
+                |row| (
+                    row.try_get::<String, _>("member_id")?,
+                    (
+                        row.try_get::<i64, _>("lot_entry_sequence")?,
+                        row.try_get::<i64, _>("lot_index")?,
+                        row.try_get::<String, _>("issuer")?,
+                        row.try_get::<i64, _>("earned_at_ms")?,
+                        row.try_get::<Option<i64>, _>("expires_at_ms")?,
+                        row.try_get::<Option<i64>, _>("issue_terms_version")?,
+                        row.try_get::<i64, _>("points")?,
+                    )
+                )
+            ))
+        };
+        let accounts = async {
+            Ok::<_, StorageError>(fetch_keyed!(
+                self,
+                keyed_sql!(
+                    "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
+                     LEFT JOIN account_balances b ON b.account_id = a.account_id \
+                     WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner",
+                    ""
+                ),
+                ids.clone(),
+                |row| (
+                    row.try_get::<i64, _>("account_id")?,
+                    row.try_get::<String, _>("kind")?,
+                    row.try_get::<String, _>("owner")?,
+                    row.try_get::<Option<String>, _>("asset")?,
+                    row.try_get::<Option<i64>, _>("balance")?
+                )
+            ))
+        };
+        // The queries are independent: each runs on a connection of its own, at once.
+        let (references, aliases, enrolled, debts, lots, accounts) =
+            tokio::try_join!(references, aliases, enrolled, debts, lots, accounts)?;
+        set.references = references;
         let mut states: std::collections::BTreeMap<String, MemberState> = needs
             .members
             .iter()
