@@ -458,6 +458,7 @@ pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
         url: url.to_owned(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await
     .expect("connect for the check");

@@ -113,6 +113,7 @@ async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged:
         url: database_url.into(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await
     .unwrap();
@@ -317,6 +318,7 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
         url: database.url.clone(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await
     .unwrap();

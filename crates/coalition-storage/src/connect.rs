@@ -21,16 +21,20 @@ pub struct ConnectOptions {
     /// Whether a missing SQLite file is created (the server) or is an error (the check,
     /// which must not report an empty new database as sound).
     pub create_if_missing: bool,
+    /// The page cache of the writer's SQLite connection, in MiB (ignored on PostgreSQL).
+    pub sqlite_writer_cache_mib: u32,
 }
+
+/// The default page cache of the writer's SQLite connection, in MiB. The batch write updates
+/// indexes at random places (receipts, postings by account, wallet lots by member); with
+/// SQLite's default 2 MB every batch read most of those pages again (docs/benchmarks.md:
+/// 3,744 against about 5,200 tx/s with 64 MiB). It is the largest single part of the
+/// server's memory under load, so it is a setting (`sqlite_writer_cache_mib`).
+pub const SQLITE_WRITER_CACHE_MIB_DEFAULT: u32 = 64;
 
 /// Prepared statements each SQLite connection keeps. The batch write's statements change with
 /// the batch (and are not cached); the writer's and queries' fixed statements are a few dozen.
 const SQLITE_STATEMENT_CACHE_CAPACITY: usize = 16;
-
-/// The page cache of the writer's SQLite connection, in KiB. The batch write updates indexes
-/// at random places (receipts, postings by account, wallet lots by member); with SQLite's
-/// default 2 MB every batch reads most of those pages again. Measured in docs/benchmarks.md.
-const SQLITE_WRITER_CACHE_KIB: i64 = 65_536;
 
 /// WAL pages after which the writer's own commit copies the WAL into the database file
 /// (SQLite's automatic checkpoint; its default is 1,000). The writer asks for a passive
@@ -197,7 +201,10 @@ impl Storage {
                 .max_connections(1)
                 .connect_with(
                     connect
-                        .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
+                        .pragma(
+                            "cache_size",
+                            format!("-{}", i64::from(options.sqlite_writer_cache_mib) * 1024),
+                        )
                         .pragma(
                             "wal_autocheckpoint",
                             SQLITE_WRITER_AUTOCHECKPOINT_PAGES.to_string(),
@@ -224,5 +231,42 @@ impl Storage {
         } else {
             Err(StorageError::UnsupportedUrl(options.url.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqlitePool;
+
+    /// The writer's connection gets the page cache it is configured with; the pool's keep
+    /// SQLite's default.
+    #[tokio::test]
+    async fn the_sqlite_writer_cache_is_the_configured_one() {
+        let dir = std::env::temp_dir().join(format!("coalition-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage = Storage::connect(&ConnectOptions {
+            url: format!("sqlite://{}", dir.join("cache.db").display()),
+            connections_max: 2,
+            create_if_missing: true,
+            sqlite_writer_cache_mib: 3,
+        })
+        .await
+        .unwrap();
+        let Storage::Sqlite(pool, writer) = &storage else {
+            panic!("a SQLite URL gives SQLite storage")
+        };
+        let cache = |pool: SqlitePool| async move {
+            sqlx::query("PRAGMA cache_size")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap()
+        };
+        assert_eq!(cache(writer.clone()).await, -3 * 1024);
+        assert_eq!(cache(pool.clone()).await, -2000);
+        storage.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

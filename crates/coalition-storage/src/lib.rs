@@ -17,7 +17,7 @@ mod settlement;
 mod state;
 
 pub use audit::{AuditReport, AuditStart};
-pub use connect::ConnectOptions;
+pub use connect::{ConnectOptions, SQLITE_WRITER_CACHE_MIB_DEFAULT};
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;
 pub use query::{

@@ -687,6 +687,7 @@ async fn reconcile(
         url: database_url.to_owned(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await?;
     let cleared = storage
@@ -737,6 +738,7 @@ pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> any
         url: database_url.to_owned(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await?;
     let started = std::time::Instant::now();

@@ -22,6 +22,8 @@ pub struct Config {
     pub database_url: String,
     /// Database pool size.
     pub database_connections_max: u32,
+    /// The page cache of the writer's SQLite connection, in MiB (SQLite only).
+    pub sqlite_writer_cache_mib: u32,
     /// The settlement currency of money legs, an ISO 4217 code; amounts are in its minor units.
     pub settlement_currency: String,
     /// The operator's admin token; admin calls are refused when unset.
@@ -89,6 +91,7 @@ impl Default for Config {
             metrics_address: "127.0.0.1:9464".into(),
             database_url: "sqlite://coalition.db".into(),
             database_connections_max: 8,
+            sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
             settlement_currency: coalition_domain::ledger::CURRENCY_DEFAULT.into(),
             admin_token: None,
             batch_len_max: engine.batch_len_max,
@@ -228,6 +231,10 @@ impl Config {
                 "database_connections_max",
                 i64::from(self.database_connections_max),
             ),
+            (
+                "sqlite_writer_cache_mib",
+                i64::from(self.sqlite_writer_cache_mib),
+            ),
         ];
         for (name, value) in positive {
             if value <= 0 {
@@ -349,6 +356,7 @@ mod tests {
             environment(&[
                 ("COALITION_BATCH_LEN_MAX", "7"),
                 ("COALITION_LOG_FORMAT", "json"),
+                ("COALITION_SQLITE_WRITER_CACHE_MIB", "32"),
                 ("OTHER", "x"),
             ]),
         )
@@ -356,6 +364,7 @@ mod tests {
         assert_eq!(config.batch_len_max, 7);
         assert_eq!(config.listen_address, "0.0.0.0:1");
         assert_eq!(config.log_format, "json");
+        assert_eq!(config.sqlite_writer_cache_mib, 32);
         assert_eq!(
             config.offline_window_ms,
             Limits::default().offline_window_ms
@@ -373,5 +382,14 @@ mod tests {
         let error =
             Config::load(None, environment(&[("COALITION_ADMIN_TOKEN", "short")])).unwrap_err();
         assert!(error.to_string().contains("admin_token"), "{error}");
+        let error = Config::load(
+            None,
+            environment(&[("COALITION_SQLITE_WRITER_CACHE_MIB", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("sqlite_writer_cache_mib"),
+            "{error}"
+        );
     }
 }

@@ -692,6 +692,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         url: database_url,
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await?;
     let (ledger, report) = storage.replay(i64::MAX).await?;

@@ -818,6 +818,7 @@ pub async fn export(options: &ExportOptions) -> anyhow::Result<Manifest> {
         url: options.database_url.clone(),
         connections_max: 2,
         create_if_missing: false,
+        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
     })
     .await?;
     let result = read_and_write(options, period, &storage, key_id, &signing_key).await;

@@ -84,6 +84,7 @@ impl RunningServer {
             url: config.database_url.clone(),
             connections_max: config.database_connections_max,
             create_if_missing: true,
+            sqlite_writer_cache_mib: config.sqlite_writer_cache_mib,
         })
         .await
         .with_context(|| {
