@@ -28,9 +28,11 @@ pub struct ConnectOptions {
 /// The default page cache of the writer's SQLite connection, in MiB. The batch write updates
 /// indexes at random places (receipts, postings by account, wallet lots by member); with
 /// SQLite's default 2 MB every batch read most of those pages again (docs/benchmarks.md:
-/// 3,744 against about 5,200 tx/s with 64 MiB). It is the largest single part of the
-/// server's memory under load, so it is a setting (`sqlite_writer_cache_mib`).
-pub const SQLITE_WRITER_CACHE_MIB_DEFAULT: u32 = 64;
+/// 3,744 against about 5,200 tx/s with 64 MiB). Since the WAL checkpoint runs beside the
+/// writer, 64 MiB measured no faster than 32 and cost about 35 MiB of resident memory. It is
+/// the largest single part of the server's memory under load, so it is a setting
+/// (`sqlite_writer_cache_mib`).
+pub const SQLITE_WRITER_CACHE_MIB_DEFAULT: u32 = 32;
 
 /// Prepared statements each SQLite connection keeps. The batch write's statements change with
 /// the batch (and are not cached); the writer's and queries' fixed statements are a few dozen.
