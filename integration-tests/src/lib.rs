@@ -454,12 +454,9 @@ impl TestServer {
 }
 
 pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
-    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
-        url: url.to_owned(),
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
+    let storage = coalition_storage::Storage::connect(
+        &coalition_storage::ConnectOptions::existing(url.to_owned()),
+    )
     .await
     .expect("connect for the check");
     let (_, report) = storage.replay(i64::MAX).await.expect("replay");

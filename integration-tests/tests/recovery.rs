@@ -109,12 +109,9 @@ async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged:
         report.entries,
         acknowledged.len()
     );
-    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
-        url: database_url.into(),
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
+    let storage = coalition_storage::Storage::connect(
+        &coalition_storage::ConnectOptions::existing(database_url.into()),
+    )
     .await
     .unwrap();
     let merchant = MerchantId::new("tenant-1").unwrap();
@@ -314,12 +311,9 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
             sqlx::query(orphan).execute(&mut connection).await.unwrap();
         }
     }
-    let storage = coalition_storage::Storage::connect(&coalition_storage::ConnectOptions {
-        url: database.url.clone(),
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
+    let storage = coalition_storage::Storage::connect(
+        &coalition_storage::ConnectOptions::existing(database.url.clone()),
+    )
     .await
     .unwrap();
     let error = storage.replay(i64::MAX).await.unwrap_err();

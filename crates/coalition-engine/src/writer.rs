@@ -840,7 +840,7 @@ impl Writer {
     /// automatic checkpoint would otherwise run inside the writer's commit (a third of the
     /// commit task's time on the SQLite mall day, docs/benchmarks.md).
     fn start_checkpoint(&mut self) {
-        if !matches!(self.storage, coalition_storage::Storage::Sqlite(..))
+        if !self.storage.keeps_wal()
             || self
                 .checkpoint
                 .as_ref()

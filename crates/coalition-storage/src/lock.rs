@@ -50,6 +50,11 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 }
 
 impl Storage {
+    /// Whether this database keeps a WAL that `checkpoint_wal` copies (SQLite).
+    pub fn keeps_wal(&self) -> bool {
+        matches!(self, Storage::Sqlite(..))
+    }
+
     /// SQLite: copies what the WAL holds into the database file as far as no reader still
     /// needs it (a passive checkpoint), on one of the pool's connections, so neither the
     /// writer nor readers wait for it. Durability does not depend on it: a commit is durable

@@ -458,11 +458,7 @@ pub enum ClientCommand {
 /// causes, and the exit code is 1.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(run(cli)));
+    let result = crate::memory::block_on_main(run(cli));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -683,13 +679,7 @@ async fn reconcile(
         bail!("--from-ms must be before --to-ms");
     }
     let started = std::time::Instant::now();
-    let storage = Storage::connect(&ConnectOptions {
-        url: database_url.to_owned(),
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
-    .await?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url.to_owned())).await?;
     let cleared = storage
         .merchant_transactions(&merchant_id, from_ms, to_ms)
         .await?;
@@ -734,13 +724,7 @@ pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> any
             anyhow::anyhow!("--since takes `checkpoint` or an entry sequence, not {sequence:?}")
         })?),
     };
-    let storage = Storage::connect(&ConnectOptions {
-        url: database_url.to_owned(),
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
-    .await?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url.to_owned())).await?;
     let started = std::time::Instant::now();
     let report = storage.audit(start).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -688,13 +688,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("== Ledger check (recomputed from the database after shutdown) ==");
     let database_url_for_export = database_url.clone();
-    let storage = Storage::connect(&ConnectOptions {
-        url: database_url,
-        connections_max: 2,
-        create_if_missing: false,
-        sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
-    })
-    .await?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url)).await?;
     let (ledger, report) = storage.replay(i64::MAX).await?;
     storage.close().await;
     println!(

@@ -7,6 +7,5 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    coalition::memory::limit_retention();
     coalition::cli::main()
 }

@@ -3,8 +3,8 @@
 //! The server has two: mimalloc for everything in Rust (the binaries' global allocator) and
 //! glibc's `malloc` for SQLite, which is C and allocates its page caches, statements and
 //! query scratch with the system allocator on each connection's own thread. Left at their
-//! defaults both keep freed memory resident, and after a day of load that was a tenth of the
-//! server's memory (docs/design/working-set.md, "Memory"):
+//! defaults both keep freed memory resident, and after three days of load that was a fifth
+//! of the server's memory (docs/design/working-set.md, "Memory"):
 //!
 //! - glibc gives each thread that meets contention an arena of its own, up to eight per core,
 //!   and keeps what was freed in each. The pool's connections each ran on a thread with its
@@ -13,10 +13,11 @@
 //!   driven mall days.
 //! - mimalloc purges freed pages after a delay (10 ms, and ten times that for its arenas), so
 //!   the memory of the batch just committed was still resident when the next one was built.
-//!   Purging at once took another 20–25 MiB off, with no measured cost in throughput.
+//!   Purging at once took another 20–25 MiB off. Together they cost ×0.96–0.98 in
+//!   submissions per second in the runs that measured them (docs/benchmarks.md).
 //!
 //! [`limit_retention`] sets both; every binary calls it first thing in `main`, before the
-//! runtime starts its threads.
+//! runtime starts its threads ([`block_on_main`]).
 
 /// mimalloc's `mi_option_purge_delay` (its `mimalloc.h`, version 3: the sixteenth option).
 /// `libmimalloc-sys` binds `mi_option_set` but names only some of the options.
@@ -41,6 +42,18 @@ pub fn limit_retention() {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
         }
     }
+}
+
+/// What every binary's `main` does: limits the allocators' retention while the process has
+/// one thread, then runs `main` to its end on a multi-threaded runtime.
+pub fn block_on_main<T>(
+    main: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    limit_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(main)
 }
 
 #[cfg(test)]

@@ -83,11 +83,7 @@ fn machine() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    coalition::memory::limit_retention();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench())
+    coalition::memory::block_on_main(bench())
 }
 
 async fn bench() -> anyhow::Result<()> {

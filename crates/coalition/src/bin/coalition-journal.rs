@@ -122,11 +122,7 @@ fn config(database_url: &str, token: &str) -> Config {
 }
 
 fn main() -> anyhow::Result<()> {
-    coalition::memory::limit_retention();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    coalition::memory::block_on_main(run())
 }
 
 async fn run() -> anyhow::Result<()> {
