@@ -454,11 +454,10 @@ impl TestServer {
 }
 
 pub async fn check_database(url: &str) -> coalition_storage::CheckReport {
-    let storage = coalition_storage::Storage::connect(
-        &coalition_storage::ConnectOptions::existing(url.to_owned()),
-    )
-    .await
-    .expect("connect for the check");
+    let storage =
+        coalition_storage::Storage::connect(&coalition_storage::ConnectOptions::existing(url))
+            .await
+            .expect("connect for the check");
     let (_, report) = storage.replay(i64::MAX).await.expect("replay");
     storage.close().await;
     report

@@ -110,7 +110,7 @@ async fn assert_all_acknowledged_are_committed(database_url: &str, acknowledged:
         acknowledged.len()
     );
     let storage = coalition_storage::Storage::connect(
-        &coalition_storage::ConnectOptions::existing(database_url.into()),
+        &coalition_storage::ConnectOptions::existing(database_url),
     )
     .await
     .unwrap();
@@ -312,7 +312,7 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
         }
     }
     let storage = coalition_storage::Storage::connect(
-        &coalition_storage::ConnectOptions::existing(database.url.clone()),
+        &coalition_storage::ConnectOptions::existing(&*database.url),
     )
     .await
     .unwrap();

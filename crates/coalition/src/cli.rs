@@ -679,7 +679,7 @@ async fn reconcile(
         bail!("--from-ms must be before --to-ms");
     }
     let started = std::time::Instant::now();
-    let storage = Storage::connect(&ConnectOptions::existing(database_url.to_owned())).await?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url)).await?;
     let cleared = storage
         .merchant_transactions(&merchant_id, from_ms, to_ms)
         .await?;
@@ -724,7 +724,7 @@ pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> any
             anyhow::anyhow!("--since takes `checkpoint` or an entry sequence, not {sequence:?}")
         })?),
     };
-    let storage = Storage::connect(&ConnectOptions::existing(database_url.to_owned())).await?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url)).await?;
     let started = std::time::Instant::now();
     let report = storage.audit(start).await?;
     let seconds = started.elapsed().as_secs_f64();

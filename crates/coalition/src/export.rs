@@ -814,7 +814,7 @@ pub async fn export(options: &ExportOptions) -> anyhow::Result<Manifest> {
         );
     }
     let (key_id, signing_key) = crate::operator_key::current_signer(&options.operator_keys)?;
-    let storage = Storage::connect(&ConnectOptions::existing(options.database_url.clone())).await?;
+    let storage = Storage::connect(&ConnectOptions::existing(&*options.database_url)).await?;
     let result = read_and_write(options, period, &storage, key_id, &signing_key).await;
     storage.close().await;
     result
