@@ -511,10 +511,23 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
         ..
     } = server;
     running.shutdown().await.unwrap();
+    // One more point in m-1's first lot (the lots are a JSON array in its state row).
+    let one_more_point = match database.backend {
+        Backend::Sqlite => {
+            "UPDATE member_states SET lots = json_set(lots, '$[0][6]', \
+             json_extract(lots, '$[0][6]') + 1) WHERE member_id = 'm-1'"
+        }
+        Backend::Postgres => {
+            "UPDATE member_states SET lots = jsonb_set(lots::jsonb, '{0,6}', \
+             to_jsonb(((lots::jsonb) -> 0 ->> 6)::bigint + 1))::text WHERE member_id = 'm-1'"
+        }
+    };
     execute(
         &database,
         &[
-            "UPDATE wallet_lots SET points = points + 1 WHERE member_id = 'm-1'",
+            one_more_point,
+            "UPDATE member_states SET held_points = held_points + 5, next_expiry_ms = 1 \
+             WHERE member_id = 'm-2'",
             "UPDATE reversibles SET reversed = 0",
             "DELETE FROM open_holds",
         ],
@@ -526,6 +539,8 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
         "problem: lots: points less consumed and repaid",
         "problem: wallets = lots less debt: member m-1",
         "problem: held balances = open holds: member m-2",
+        "problem: member states = member accounts and their balances: member m-2",
+        "problem: next expiry = the earliest expiry of the lots: member m-2",
         "problem: open holds = holds not captured, voided or expired: hold 4",
         "problem: reversible remainders = originals less their reversals: entry 3",
     ] {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use coalition_domain::ledger::{ApplyError, Outcome};
 use coalition_domain::{
-    AccountId, AccountKey, Asset, Changes, Ledger, LedgerPolicy, Lot, LotId, MemberId, MemberState,
+    AccountId, AccountKey, Asset, Changes, Ledger, LedgerPolicy, Lot, MemberId, MemberState,
     MerchantId, MerchantTransactionId, Needs, OpenHold, Prices, Receipt, ReceiptKey,
     ReferenceState, Reversible, StateRows, Submission, TransactionKind, UnitCode, WorkingSet,
 };
@@ -123,11 +123,10 @@ fn prices(cross: bool) -> Prices {
 #[derive(Debug, Default)]
 struct Store {
     members: BTreeMap<MemberId, Option<String>>,
-    aliases: BTreeMap<MemberId, MemberId>,
     accounts: BTreeMap<AccountKey, AccountId>,
     balances: BTreeMap<(AccountId, Asset), i64>,
-    wallet_lots: BTreeMap<LotId, (MemberId, Lot)>,
-    debts: BTreeMap<MemberId, i64>,
+    /// One row per member id, as the writer wrote it last (without `alias_of`).
+    member_states: BTreeMap<MemberId, MemberState>,
     reversibles: BTreeMap<u64, Reversible>,
     holds: BTreeMap<u64, OpenHold>,
     pieces: BTreeMap<u64, Vec<Lot>>,
@@ -139,10 +138,6 @@ impl Store {
         for record in &changes.members {
             self.members
                 .insert(record.member_id.clone(), record.tier.clone());
-        }
-        for record in &changes.aliases {
-            self.aliases
-                .insert(record.alias.clone(), record.target.clone());
         }
         for (id, key) in &changes.accounts {
             assert!(
@@ -158,19 +153,9 @@ impl Store {
                 self.receipts.insert(key, receipt);
             }
         }
-        for (member_id, lot) in &rows.lots_spent {
-            let removed = self.wallet_lots.remove(lot);
-            assert!(
-                removed.is_none_or(|(owner, _)| &owner == member_id),
-                "lot {lot:?} deleted under another member"
-            );
-        }
-        for (member_id, lot) in &rows.lots {
-            self.wallet_lots
-                .insert(lot.lot_id, (member_id.clone(), lot.clone()));
-        }
-        for (member_id, debt) in &rows.debts {
-            self.debts.insert(member_id.clone(), *debt);
+        for state in &rows.members {
+            self.member_states
+                .insert(state.member_id.clone(), state.clone());
         }
         for (sequence, reversible) in &rows.reversibles {
             let mut stored = reversible.clone();
@@ -221,37 +206,18 @@ impl Store {
             .members
             .iter()
             .map(|member_id| {
-                let alias_of = self.aliases.get(member_id).cloned();
-                let enrolled = alias_of.is_none() && self.members.contains_key(member_id);
-                MemberState {
-                    member_id: member_id.clone(),
-                    enrolled,
-                    tier: if enrolled {
-                        self.members[member_id].clone()
-                    } else {
-                        None
-                    },
-                    alias_of,
-                    debt: self.debts.get(member_id).copied().unwrap_or(0),
-                    lots: self
-                        .wallet_lots
-                        .values()
-                        .filter(|(owner, _)| owner == member_id)
-                        .map(|(_, lot)| lot.clone())
-                        .collect(),
-                    accounts: self
-                        .accounts
-                        .iter()
-                        .filter(|(key, _)| key.member() == Some(member_id))
-                        .map(|(key, id)| {
-                            let balances = self
-                                .balances
-                                .range((*id, Asset::Points)..=(*id, Asset::Points))
-                                .map(|((_, asset), balance)| (*asset, *balance))
-                                .collect();
-                            (*id, key.clone(), balances)
-                        })
-                        .collect(),
+                // Only the member's row: a member whose change was not written comes back
+                // stale, and the comparison with the full ledger fails.
+                match self.member_states.get(member_id) {
+                    Some(row) => {
+                        let enrolled = row.alias_of.is_none() && row.enrolled;
+                        MemberState {
+                            enrolled,
+                            tier: if enrolled { row.tier.clone() } else { None },
+                            ..row.clone()
+                        }
+                    }
+                    None => MemberState::unknown(member_id.clone()),
                 }
             })
             .collect();
@@ -424,10 +390,14 @@ fn run_batch(
         if expire {
             needs.members.extend(
                 store
-                    .wallet_lots
+                    .member_states
                     .values()
-                    .filter(|(_, lot)| lot.expires_at_ms.is_some_and(|at| at <= now))
-                    .map(|(owner, _)| owner.clone()),
+                    .filter(|row| {
+                        row.lots
+                            .iter()
+                            .any(|lot| lot.expires_at_ms.is_some_and(|at| at <= now))
+                    })
+                    .map(|row| row.member_id.clone()),
             );
         }
         loop {
@@ -570,11 +540,10 @@ proptest! {
             }
         }
         let whole = full.whole_state_rows();
-        let full_lots: BTreeMap<LotId, (MemberId, Lot)> = whole.lots.iter().map(|(m, lot)| (lot.lot_id, (m.clone(), lot.clone()))).collect();
-        prop_assert_eq!(&store.wallet_lots, &full_lots);
-        let stored_debts: BTreeMap<MemberId, i64> = store.debts.iter().filter(|(_, debt)| **debt != 0).map(|(m, d)| (m.clone(), *d)).collect();
-        let full_debts: BTreeMap<MemberId, i64> = whole.debts.iter().cloned().collect();
-        prop_assert_eq!(stored_debts, full_debts);
+        // Every member's row is the full ledger's state of it: wallet, debt, tier, accounts
+        // and balances.
+        let full_members: BTreeMap<MemberId, MemberState> = whole.members.iter().map(|state| (state.member_id.clone(), state.clone())).collect();
+        prop_assert_eq!(&store.member_states, &full_members);
         let stored_reversibles: BTreeMap<u64, Reversible> = store.reversibles.iter().map(|(s, r)| (*s, Reversible { taken: store.pieces.get(s).cloned().unwrap_or_default(), ..r.clone() })).collect();
         let full_reversibles: BTreeMap<u64, Reversible> = whole.reversibles.iter().cloned().collect();
         prop_assert_eq!(stored_reversibles, full_reversibles);

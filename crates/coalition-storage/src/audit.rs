@@ -75,7 +75,7 @@ const COMPARISONS: &[(&str, &str)] = &[
              GROUP BY lot_entry_sequence, lot_index) u \
            ON u.lot_entry_sequence = l.entry_sequence AND u.lot_index = l.lot_index \
          LEFT JOIN (SELECT lot_entry_sequence, lot_index, CAST(SUM(points) AS BIGINT) AS points \
-             FROM wallet_lots GROUP BY lot_entry_sequence, lot_index) w \
+             FROM {wallet_lots} w0 GROUP BY lot_entry_sequence, lot_index) w \
            ON w.lot_entry_sequence = l.entry_sequence AND w.lot_index = l.lot_index \
          LEFT JOIN (SELECT s.lot_entry_sequence, s.lot_index, CAST(SUM(s.points) AS BIGINT) AS points \
              FROM state_pieces s JOIN open_holds o ON o.sequence = s.owner_sequence \
@@ -87,28 +87,81 @@ const COMPARISONS: &[(&str, &str)] = &[
         "wallet lots are lots of the journal",
         "SELECT 'wallet lot ' || CAST(w.lot_entry_sequence AS TEXT) || '/' || CAST(w.lot_index AS TEXT) || \
          ' of ' || w.member_id || ' is no lot of the journal or is empty' AS problem \
-         FROM wallet_lots w LEFT JOIN lots l \
+         FROM {wallet_lots} w LEFT JOIN lots l \
            ON l.entry_sequence = w.lot_entry_sequence AND l.lot_index = w.lot_index \
          WHERE l.entry_sequence IS NULL OR w.points <= 0",
     ),
     (
         "wallets = lots less debt",
         "SELECT 'member ' || a.owner || ': wallet balance ' || CAST(COALESCE(b.balance, 0) AS TEXT) || \
-         ', lots less debt ' || CAST(COALESCE(w.points, 0) - COALESCE(d.points, 0) AS TEXT) AS problem \
+         ', lots less debt ' || CAST(COALESCE(w.points, 0) - COALESCE(d.debt, 0) AS TEXT) AS problem \
          FROM accounts a \
          LEFT JOIN account_balances b ON b.account_id = a.account_id AND b.asset = 'PTS' \
-         LEFT JOIN (SELECT member_id, CAST(SUM(points) AS BIGINT) AS points FROM wallet_lots \
+         LEFT JOIN (SELECT member_id, CAST(SUM(points) AS BIGINT) AS points FROM {wallet_lots} w0 \
              GROUP BY member_id) w ON w.member_id = a.owner \
-         LEFT JOIN member_debts d ON d.member_id = a.owner \
+         LEFT JOIN member_states d ON d.member_id = a.owner \
          WHERE a.kind = 'member_wallet' \
-           AND COALESCE(b.balance, 0) <> COALESCE(w.points, 0) - COALESCE(d.points, 0)",
+           AND COALESCE(b.balance, 0) <> COALESCE(w.points, 0) - COALESCE(d.debt, 0)",
     ),
     (
         "debts: none negative, none beside lots",
-        "SELECT 'member ' || d.member_id || ': debt ' || CAST(d.points AS TEXT) || ' beside lots' AS problem \
-         FROM member_debts d \
-         WHERE d.points < 0 OR (d.points > 0 AND EXISTS ( \
-             SELECT 1 FROM wallet_lots w WHERE w.member_id = d.member_id))",
+        "SELECT 'member ' || d.member_id || ': debt ' || CAST(d.debt AS TEXT) || ' beside lots' AS problem \
+         FROM member_states d \
+         WHERE d.debt < 0 OR (d.debt > 0 AND d.lots <> '[]')",
+    ),
+    (
+        "member states = members, aliases and tiers",
+        "SELECT 'member ' || m.member_id || ': stored state ' || \
+         CASE WHEN s.member_id IS NULL THEN 'missing' ELSE 'disagrees on enrolment or tier' END AS problem \
+         FROM members m \
+         LEFT JOIN member_states s ON s.member_id = m.member_id \
+         LEFT JOIN member_aliases x ON x.alias = m.member_id \
+         WHERE s.member_id IS NULL \
+            OR s.enrolled <> CASE WHEN x.alias IS NULL THEN 1 ELSE 0 END \
+            OR (x.alias IS NULL AND COALESCE(s.tier, '') <> COALESCE(m.tier, '')) \
+         UNION ALL \
+         SELECT 'alias ' || x.alias || ': stored state does not name ' || x.target AS problem \
+         FROM member_aliases x LEFT JOIN member_states s ON s.member_id = x.alias \
+         WHERE s.member_id IS NULL OR s.alias_of IS NULL OR s.alias_of <> x.target \
+         UNION ALL \
+         SELECT 'member ' || s.member_id || ': stored as merged into ' || s.alias_of || \
+         ', which no alias says' AS problem \
+         FROM member_states s WHERE s.alias_of IS NOT NULL AND NOT EXISTS ( \
+             SELECT 1 FROM member_aliases x WHERE x.alias = s.member_id AND x.target = s.alias_of) \
+         UNION ALL \
+         SELECT 'member ' || s.member_id || ': enrolled in its stored state, not in the journal' AS problem \
+         FROM member_states s WHERE s.enrolled = 1 AND (NOT EXISTS ( \
+             SELECT 1 FROM members m WHERE m.member_id = s.member_id) OR EXISTS ( \
+             SELECT 1 FROM member_aliases x WHERE x.alias = s.member_id))",
+    ),
+    (
+        "member states = member accounts and their balances",
+        "SELECT 'member ' || a.owner || ': ' || a.kind || ' account ' || CAST(a.account_id AS TEXT) || \
+         ' with ' || CAST(COALESCE(b.balance, 0) AS TEXT) || ' points is not in its stored state' AS problem \
+         FROM accounts a \
+         LEFT JOIN account_balances b ON b.account_id = a.account_id AND b.asset = 'PTS' \
+         LEFT JOIN member_states s ON s.member_id = a.owner \
+         WHERE a.kind IN ('member_wallet', 'member_held') AND (s.member_id IS NULL \
+            OR (a.kind = 'member_wallet' AND (s.wallet_account_id IS NULL \
+                OR s.wallet_account_id <> a.account_id OR s.wallet_points <> COALESCE(b.balance, 0))) \
+            OR (a.kind = 'member_held' AND (s.held_account_id IS NULL \
+                OR s.held_account_id <> a.account_id OR s.held_points <> COALESCE(b.balance, 0)))) \
+         UNION ALL \
+         SELECT 'member ' || s.member_id || ': its stored state names an account that is not its own' AS problem \
+         FROM member_states s \
+         WHERE (s.wallet_account_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM accounts a \
+                WHERE a.account_id = s.wallet_account_id AND a.kind = 'member_wallet' AND a.owner = s.member_id)) \
+            OR (s.held_account_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM accounts a \
+                WHERE a.account_id = s.held_account_id AND a.kind = 'member_held' AND a.owner = s.member_id))",
+    ),
+    (
+        "next expiry = the earliest expiry of the lots",
+        "SELECT 'member ' || s.member_id || ': next expiry ' || COALESCE(CAST(s.next_expiry_ms AS TEXT), 'none') || \
+         ', its lots expire first at ' || COALESCE(CAST(w.first_ms AS TEXT), 'never') AS problem \
+         FROM member_states s \
+         LEFT JOIN (SELECT member_id, MIN(expires_at_ms) AS first_ms FROM {wallet_lots} w0 \
+             GROUP BY member_id) w ON w.member_id = s.member_id \
+         WHERE COALESCE(s.next_expiry_ms, -1) <> COALESCE(w.first_ms, -1)",
     ),
     (
         "held balances = open holds",
@@ -160,9 +213,23 @@ const COMPARISONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The wallets' lots as rows (`member_id, lot_entry_sequence, lot_index, expires_at_ms,
+/// points`), read out of `member_states.lots` (a JSON array per member) by each backend's JSON
+/// functions; the comparisons name it `{wallet_lots}`.
+const WALLET_LOTS_SQLITE: &str = "(SELECT m.member_id AS member_id, \
+     CAST(json_extract(j.value, '$[0]') AS INTEGER) AS lot_entry_sequence, \
+     CAST(json_extract(j.value, '$[1]') AS INTEGER) AS lot_index, \
+     CAST(json_extract(j.value, '$[4]') AS INTEGER) AS expires_at_ms, \
+     CAST(json_extract(j.value, '$[6]') AS INTEGER) AS points \
+     FROM member_states m, json_each(m.lots) j)";
+const WALLET_LOTS_POSTGRES: &str = "(SELECT m.member_id AS member_id, \
+     (j.value ->> 0)::bigint AS lot_entry_sequence, (j.value ->> 1)::bigint AS lot_index, \
+     (j.value ->> 4)::bigint AS expires_at_ms, (j.value ->> 6)::bigint AS points \
+     FROM member_states m CROSS JOIN LATERAL jsonb_array_elements(m.lots::jsonb) AS j (value))";
+
 /// Runs the audit's reads against one transaction of either backend.
 macro_rules! audit_in {
-    ($transaction:ident, $start:expr) => {{
+    ($transaction:ident, $start:expr, $wallet_lots:expr) => {{
         let start: AuditStart = $start;
         let corrupt = |message: String| StorageError::Corrupt(message);
         let checkpoint: Option<(i64, Vec<u8>)> = match start {
@@ -267,6 +334,7 @@ macro_rules! audit_in {
         }
         let mut comparisons = Vec::new();
         for (name, sql) in COMPARISONS {
+            let sql = sql.replace("{wallet_lots}", $wallet_lots);
             let found: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT problem FROM ({sql}) d LIMIT {DIFFERENCES_MAX}"
             )))
@@ -297,14 +365,14 @@ impl Storage {
             Storage::Sqlite(pool, _) => {
                 // A read transaction in WAL mode sees one snapshot until it ends.
                 let mut transaction = pool.begin().await?;
-                audit_in!(transaction, start)
+                audit_in!(transaction, start, WALLET_LOTS_SQLITE)
             }
             Storage::Postgres(pool) => {
                 let mut transaction = pool.begin().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .execute(&mut *transaction)
                     .await?;
-                audit_in!(transaction, start)
+                audit_in!(transaction, start, WALLET_LOTS_POSTGRES)
             }
         };
         Ok(report)

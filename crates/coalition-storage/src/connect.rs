@@ -108,6 +108,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "writer state",
         include_str!("../../../migrations/sqlite/0011_writer_state.sql"),
     ),
+    (
+        12,
+        "member states",
+        include_str!("../../../migrations/sqlite/0012_member_states.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -165,6 +170,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "writer state",
         include_str!("../../../migrations/postgres/0011_writer_state.sql"),
+    ),
+    (
+        12,
+        "member states",
+        include_str!("../../../migrations/postgres/0012_member_states.sql"),
     ),
 ];
 

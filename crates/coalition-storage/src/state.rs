@@ -1,5 +1,5 @@
-//! The writer's state in the database: the rows that keep wallets, debts, reversible
-//! remainders and open holds current with each batch; the loads that fill the writer's working
+//! The writer's state in the database: the rows that keep each member's state (one row per
+//! member), reversible remainders and open holds current with each batch; the loads that fill the writer's working
 //! set before a batch (a few set-based queries, whatever the batch's size); the small state the
 //! writer starts from; the hash-chain checkpoints that bound start-up verification; and the
 //! one-time replay that fills the state tables of a journal written before them.
@@ -68,7 +68,122 @@ fn lot_from_row(
     })
 }
 
-/// Builds the tables and deletes that write `rows`.
+/// A lot about to be stored: `LotRow` with the issuer borrowed.
+type LotRowRef<'a> = (i64, i64, &'a str, i64, Option<i64>, Option<i64>, i64);
+
+/// A member's wallet lots as stored in `member_states.lots`: a JSON array of
+/// `[lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, issue_terms_version,
+/// points]`, in the wallet's order.
+pub(crate) fn encode_lots(lots: &[Lot]) -> String {
+    let rows: Vec<LotRowRef<'_>> = lots
+        .iter()
+        .map(|lot| {
+            (
+                to_i64(lot.lot_id.entry_sequence),
+                i64::from(lot.lot_id.index),
+                lot.issuer.as_str(),
+                lot.earned_at_ms,
+                lot.expires_at_ms,
+                lot.issue_terms_version.map(i64::from),
+                lot.points,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).expect("lots serialise")
+}
+
+pub(crate) fn decode_lots(member: &str, text: &str) -> Result<Vec<Lot>, StorageError> {
+    let rows: Vec<LotRow> = serde_json::from_str(text)
+        .map_err(|error| corrupt(format!("lots of member {member}: {error}")))?;
+    rows.into_iter().map(lot_from_row).collect()
+}
+
+/// One `member_states` row per member: its whole state, upserted.
+fn member_states_table(members: &[MemberState]) -> Table {
+    let account = |state: &MemberState, held: bool| {
+        state.accounts.iter().find_map(|(id, key, balances)| {
+            matches!(
+                (key, held),
+                (AccountKey::MemberWallet(_), false) | (AccountKey::MemberHeld(_), true)
+            )
+            .then(|| {
+                let points = balances
+                    .iter()
+                    .find(|(asset, _)| *asset == Asset::Points)
+                    .map_or(0, |(_, points)| *points);
+                (to_i64(id.0), points)
+            })
+        })
+    };
+    let wallets: Vec<Option<(i64, i64)>> = members.iter().map(|m| account(m, false)).collect();
+    let helds: Vec<Option<(i64, i64)>> = members.iter().map(|m| account(m, true)).collect();
+    Table {
+        name: "member_states",
+        columns: vec![
+            (
+                "member_id",
+                Column::Text(members.iter().map(|m| m.member_id.to_string()).collect()),
+            ),
+            (
+                "enrolled",
+                Column::BigInt(members.iter().map(|m| i64::from(m.enrolled)).collect()),
+            ),
+            (
+                "alias_of",
+                Column::NullableText(
+                    members
+                        .iter()
+                        .map(|m| m.alias_of.as_ref().map(ToString::to_string))
+                        .collect(),
+                ),
+            ),
+            (
+                "tier",
+                Column::NullableText(members.iter().map(|m| m.tier.clone()).collect()),
+            ),
+            (
+                "debt",
+                Column::BigInt(members.iter().map(|m| m.debt).collect()),
+            ),
+            (
+                "wallet_account_id",
+                Column::NullableBigInt(wallets.iter().map(|a| a.map(|(id, _)| id)).collect()),
+            ),
+            (
+                "wallet_points",
+                Column::NullableBigInt(wallets.iter().map(|a| a.map(|(_, p)| p)).collect()),
+            ),
+            (
+                "held_account_id",
+                Column::NullableBigInt(helds.iter().map(|a| a.map(|(id, _)| id)).collect()),
+            ),
+            (
+                "held_points",
+                Column::NullableBigInt(helds.iter().map(|a| a.map(|(_, p)| p)).collect()),
+            ),
+            (
+                "lots",
+                Column::Text(members.iter().map(|m| encode_lots(&m.lots)).collect()),
+            ),
+            (
+                "next_expiry_ms",
+                Column::NullableBigInt(
+                    members
+                        .iter()
+                        .map(|m| m.lots.iter().filter_map(|lot| lot.expires_at_ms).min())
+                        .collect(),
+                ),
+            ),
+        ],
+        on_conflict: "ON CONFLICT (member_id) DO UPDATE SET enrolled = excluded.enrolled, \
+             alias_of = excluded.alias_of, tier = excluded.tier, debt = excluded.debt, \
+             wallet_account_id = excluded.wallet_account_id, wallet_points = excluded.wallet_points, \
+             held_account_id = excluded.held_account_id, held_points = excluded.held_points, \
+             lots = excluded.lots, next_expiry_ms = excluded.next_expiry_ms",
+    }
+}
+
+/// Builds the tables that write `rows`.
 fn state_tables(rows: &StateRows) -> Vec<Table> {
     let lots = |name: &'static str, owned: Vec<(i64, i64, &Lot)>, owner: &'static str| Table {
         name,
@@ -118,30 +233,6 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
         ],
         on_conflict: "",
     };
-    let mut wallet_lots = lots(
-        "wallet_lots",
-        rows.lots
-            .iter()
-            .map(|(_, lot)| {
-                (
-                    to_i64(lot.lot_id.entry_sequence),
-                    i64::from(lot.lot_id.index),
-                    lot,
-                )
-            })
-            .collect(),
-        "lot_entry_sequence",
-    );
-    wallet_lots.columns.push((
-        "member_id",
-        Column::Text(
-            rows.lots
-                .iter()
-                .map(|(member, _)| member.to_string())
-                .collect(),
-        ),
-    ));
-    wallet_lots.on_conflict = "ON CONFLICT (member_id, lot_entry_sequence, lot_index) DO UPDATE SET points = excluded.points";
     let mut pieces = Vec::new();
     for (owner, taken) in &rows.pieces {
         for (position, lot) in taken.iter().enumerate() {
@@ -175,20 +266,7 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
             ),
         ),
     );
-    let debts = Table {
-        name: "member_debts",
-        columns: vec![
-            (
-                "member_id",
-                Column::Text(rows.debts.iter().map(|(id, _)| id.to_string()).collect()),
-            ),
-            (
-                "points",
-                Column::BigInt(rows.debts.iter().map(|(_, debt)| *debt).collect()),
-            ),
-        ],
-        on_conflict: "ON CONFLICT (member_id) DO UPDATE SET points = excluded.points",
-    };
+    let member_states = member_states_table(&rows.members);
     let reversibles = &rows.reversibles;
     let reversible_table = Table {
         name: "reversibles",
@@ -285,59 +363,16 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
         ],
         on_conflict: "",
     };
-    vec![
-        wallet_lots,
-        debts,
-        reversible_table,
-        hold_table,
-        state_pieces,
-    ]
+    vec![member_states, reversible_table, hold_table, state_pieces]
 }
 
-/// The keys of spent lots (member, entry sequence, index), and of closed holds.
-type DeletedKeys = (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>);
-
-fn deleted_keys(rows: &StateRows) -> DeletedKeys {
-    (
-        rows.lots_spent
-            .iter()
-            .map(|(member, _)| member.to_string())
-            .collect(),
-        rows.lots_spent
-            .iter()
-            .map(|(_, lot)| to_i64(lot.entry_sequence))
-            .collect(),
-        rows.lots_spent
-            .iter()
-            .map(|(_, lot)| i64::from(lot.index))
-            .collect(),
-        rows.holds_closed.iter().map(|s| to_i64(*s)).collect(),
-    )
-}
-
-/// Deletes the rows of spent lots and closed holds inside a batch's transaction.
+/// Deletes the rows of closed holds and their pieces inside a batch's transaction.
 async fn delete_state_sqlite(
     transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rows: &StateRows,
 ) -> Result<(), StorageError> {
-    let (members, sequences, indexes, closed) = deleted_keys(rows);
-    if !sequences.is_empty() {
-        let keys: Vec<(String, i64, i64)> = members
-            .into_iter()
-            .zip(sequences)
-            .zip(indexes)
-            .map(|((member, sequence), index)| (member, sequence, index))
-            .collect();
-        sqlx::query(
-            "DELETE FROM wallet_lots WHERE (member_id, lot_entry_sequence, lot_index) IN \
-             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-             json_extract(value, '$[2]') FROM json_each($1))",
-        )
-        .bind(serde_json::to_string(&keys).expect("keys serialise"))
-        .execute(&mut **transaction)
-        .await?;
-    }
-    if !closed.is_empty() {
+    if !rows.holds_closed.is_empty() {
+        let closed: Vec<i64> = rows.holds_closed.iter().map(|s| to_i64(*s)).collect();
         let closed = serde_json::to_string(&closed).expect("keys serialise");
         for sql in [
             "DELETE FROM open_holds WHERE sequence IN (SELECT value FROM json_each($1))",
@@ -356,20 +391,8 @@ async fn delete_state_postgres(
     transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &StateRows,
 ) -> Result<(), StorageError> {
-    let (members, sequences, indexes, closed) = deleted_keys(rows);
-    if !sequences.is_empty() {
-        sqlx::query(
-            "DELETE FROM wallet_lots w USING UNNEST($1::text[], $2::bigint[], $3::bigint[]) \
-             AS d (m, s, i) WHERE w.member_id = d.m AND w.lot_entry_sequence = d.s \
-             AND w.lot_index = d.i",
-        )
-        .bind(members)
-        .bind(sequences)
-        .bind(indexes)
-        .execute(&mut **transaction)
-        .await?;
-    }
-    if !closed.is_empty() {
+    if !rows.holds_closed.is_empty() {
+        let closed: Vec<i64> = rows.holds_closed.iter().map(|s| to_i64(*s)).collect();
         for sql in [
             "DELETE FROM open_holds WHERE sequence = ANY($1)",
             "DELETE FROM state_pieces WHERE owner_sequence = ANY($1)",

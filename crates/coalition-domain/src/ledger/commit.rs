@@ -289,7 +289,7 @@ impl Ledger {
                     let short = entry.points - taken.iter().map(|lot| lot.points).sum::<i64>();
                     self.members.get_mut(member()?).ok_or_else(shape)?.debt += short;
                     if short != 0 {
-                        self.touched.debts.insert(member()?.clone());
+                        self.touched.members.insert(member()?.clone());
                     }
                 } else {
                     // The burn's pieces are given back last taken first, as they left.
@@ -310,9 +310,7 @@ impl Ledger {
             EntryKind::Expiry => {
                 let wallet = self.members.get_mut(member()?).ok_or_else(shape)?;
                 let expired = wallet.take_expired(entry.accepted_at_ms);
-                for lot in &expired {
-                    self.touched.lots.insert((member()?.clone(), lot.lot_id));
-                }
+                self.touched.members.insert(member()?.clone());
                 if expired.iter().map(|lot| lot.points).sum::<i64>() != entry.points {
                     return Err(shape());
                 }
@@ -368,7 +366,15 @@ impl Ledger {
         if wallet_after != entry.member_points_after {
             return Err(ReplayError::WalletMismatch(entry.sequence));
         }
-        let touched = std::mem::take(&mut self.touched);
+        let mut touched = std::mem::take(&mut self.touched);
+        // A member whose accounts moved has a new stored state (a capture, say, changes the
+        // held balance and no lot of the wallet).
+        touched.members.extend(
+            entry
+                .postings
+                .iter()
+                .filter_map(|posting| posting.account.member().cloned()),
+        );
         if let Some(changes) = changes {
             changes.touched.absorb(touched);
             for (posting, account) in entry.postings.iter().zip(account_ids) {
@@ -405,9 +411,7 @@ impl Ledger {
             .get_mut(member_id)
             .ok_or(ReplayError::LotsShort(sequence))?;
         let taken = wallet.take(points, preferred);
-        for piece in &taken {
-            self.touched.lots.insert((member_id.clone(), piece.lot_id));
-        }
+        self.touched.members.insert(member_id.clone());
         consumptions.extend(taken.iter().map(|piece| LotConsumption {
             entry_sequence: sequence,
             lot_id: piece.lot_id,
@@ -430,10 +434,10 @@ impl Ledger {
         let wallet = self.members.entry(member_id.clone()).or_default();
         for lot in pieces {
             let lot_id = lot.lot_id;
-            self.touched.lots.insert((member_id.clone(), lot_id));
+            self.touched.members.insert(member_id.clone());
             let repaid = wallet.add(lot);
             if repaid > 0 {
-                self.touched.debts.insert(member_id.clone());
+                self.touched.members.insert(member_id.clone());
                 consumptions.push(LotConsumption {
                     entry_sequence: sequence,
                     lot_id,

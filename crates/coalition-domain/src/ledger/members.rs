@@ -61,6 +61,7 @@ impl Ledger {
         if let Some(tier) = &tier {
             self.member_tiers.insert(member_id.clone(), tier.clone());
         }
+        changes.touched.members.insert(member_id.clone());
         changes.members.push(MemberRecord {
             member_id,
             tier,
@@ -136,6 +137,8 @@ impl Ledger {
         }
         self.members.remove(&alias);
         self.aliases.insert(alias.clone(), target.clone());
+        changes.touched.members.insert(alias.clone());
+        changes.touched.members.insert(target.clone());
         changes.aliases.push(AliasRecord {
             alias,
             target,

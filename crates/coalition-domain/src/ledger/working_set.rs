@@ -166,8 +166,9 @@ impl Residency {
 /// What was touched by the entries committed so far, for the state rows.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Touched {
-    pub lots: BTreeSet<(MemberId, LotId)>,
-    pub debts: BTreeSet<MemberId>,
+    /// Members whose wallet, debt, tier, accounts or balances changed, or that were enrolled
+    /// or merged away.
+    pub members: BTreeSet<MemberId>,
     pub reversibles: BTreeSet<u64>,
     pub new_reversibles: BTreeSet<u64>,
     pub holds_opened: BTreeSet<u64>,
@@ -176,8 +177,7 @@ pub(crate) struct Touched {
 
 impl Touched {
     pub fn absorb(&mut self, other: Touched) {
-        self.lots.extend(other.lots);
-        self.debts.extend(other.debts);
+        self.members.extend(other.members);
         self.reversibles.extend(other.reversibles);
         self.new_reversibles.extend(other.new_reversibles);
         self.holds_opened.extend(other.holds_opened);
@@ -185,16 +185,14 @@ impl Touched {
     }
 }
 
-/// The rows that bring the database's copy of the state (wallet lots, debts, reversible
-/// remainders, open holds and the lot pieces of holds, burns and captures) to the state after
-/// a batch. Written in the batch's transaction.
+/// The rows that bring the database's copy of the state (each changed member's whole state,
+/// reversible remainders, open holds and the lot pieces of holds, burns and captures) to the
+/// state after a batch. Written in the batch's transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateRows {
-    /// Lots whose remaining points changed or that are new, with their member.
-    pub lots: Vec<(MemberId, Lot)>,
-    /// Lots now empty, with the member whose wallet held them.
-    pub lots_spent: Vec<(MemberId, LotId)>,
-    pub debts: Vec<(MemberId, i64)>,
+    /// The whole state of every member the batch changed, as the ledger holds it now: one row
+    /// each.
+    pub members: Vec<MemberState>,
     /// Reversibles new or changed, by entry sequence.
     pub reversibles: Vec<(u64, Reversible)>,
     /// The lot pieces of new burns, captures and holds, by entry sequence, in take order.
@@ -209,22 +207,8 @@ impl Changes {
     pub fn state_rows(&self, ledger: &Ledger) -> Result<StateRows, ApplyError> {
         let touched = &self.touched;
         let mut rows = StateRows::default();
-        for (member_id, lot_id) in &touched.lots {
-            match ledger
-                .members
-                .get(member_id)
-                .and_then(|wallet| wallet.lots.iter().find(|lot| lot.lot_id == *lot_id))
-            {
-                Some(lot) => rows.lots.push((member_id.clone(), lot.clone())),
-                None => rows.lots_spent.push((member_id.clone(), *lot_id)),
-            }
-        }
-        for member_id in &touched.debts {
-            let debt = ledger
-                .members
-                .get(member_id)
-                .map_or(0, |wallet| wallet.debt);
-            rows.debts.push((member_id.clone(), debt));
+        for member_id in &touched.members {
+            rows.members.push(ledger.member_state(member_id));
         }
         let missing = |sequence: u64| {
             ApplyError::InvariantViolated(format!("entry {sequence}: reversible not in memory"))
@@ -283,15 +267,16 @@ impl Ledger {
     /// journal written before them, and what `check` compares them with.
     pub fn whole_state_rows(&self) -> StateRows {
         let mut rows = StateRows::default();
-        let mut members: Vec<(&MemberId, &Wallet)> = self.members.iter().collect();
-        members.sort_by(|a, b| a.0.cmp(b.0));
-        for (member_id, wallet) in members {
-            for lot in &wallet.lots {
-                rows.lots.push((member_id.clone(), lot.clone()));
-            }
-            if wallet.debt != 0 {
-                rows.debts.push((member_id.clone(), wallet.debt));
-            }
+        // Every id with a stored state: enrolled members, aliases, and owners of member accounts.
+        let members: BTreeSet<&MemberId> = self
+            .members
+            .keys()
+            .chain(self.aliases.keys())
+            .chain(self.member_tiers.keys())
+            .chain(self.accounts.keys().filter_map(AccountKey::member))
+            .collect();
+        for member_id in members {
+            rows.members.push(self.member_state(member_id));
         }
         let mut reversibles: Vec<(&u64, &Reversible)> = self.reversibles.iter().collect();
         reversibles.sort_by_key(|(sequence, _)| **sequence);
@@ -308,6 +293,32 @@ impl Ledger {
             rows.pieces.push((*sequence, hold.taken.clone()));
         }
         rows
+    }
+
+    /// A member id's whole state as this ledger holds it: the row the database keeps for it
+    /// and the value `admit` takes back. Member accounts hold points only.
+    pub fn member_state(&self, member_id: &MemberId) -> MemberState {
+        let wallet = self.members.get(member_id);
+        let accounts = [
+            AccountKey::MemberWallet(member_id.clone()),
+            AccountKey::MemberHeld(member_id.clone()),
+        ]
+        .into_iter()
+        .filter_map(|key| {
+            let id = *self.accounts.get(&key)?;
+            let points = self.balance_of(id, Asset::Points);
+            Some((id, key, vec![(Asset::Points, points)]))
+        })
+        .collect();
+        MemberState {
+            member_id: member_id.clone(),
+            alias_of: self.aliases.get(member_id).cloned(),
+            enrolled: wallet.is_some(),
+            tier: wallet.and_then(|_| self.member_tiers.get(member_id).cloned()),
+            debt: wallet.map_or(0, |wallet| wallet.debt),
+            lots: wallet.map(|wallet| wallet.lots.clone()).unwrap_or_default(),
+            accounts,
+        }
     }
 
     /// From now on the ledger holds a working set rather than the whole state: members and

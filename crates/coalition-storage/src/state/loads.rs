@@ -49,7 +49,8 @@ macro_rules! fetch_keyed {
 impl Storage {
     /// Loads what `needs` names: each member id as stored (an alias, an enrolled member with
     /// wallet, debt, tier and accounts, or nothing), and each referred entry's reversible
-    /// remainder and open hold. Eight queries, whatever the number of ids, run at once.
+    /// remainder and open hold. Four queries, whatever the number of ids, run at once: a
+    /// member is one row of `member_states` (one primary-key probe), its alias included.
     pub async fn load_working_set(&self, needs: &Needs) -> Result<WorkingSet, StorageError> {
         let mut set = WorkingSet::default();
         let references = async {
@@ -64,141 +65,66 @@ impl Storage {
             return Ok(set);
         }
         let ids: Vec<String> = needs.members.iter().map(ToString::to_string).collect();
-        let aliases = async {
-            Ok::<_, StorageError>(fetch_keyed!(
-                self,
-                keyed_sql!("SELECT alias, target FROM member_aliases WHERE alias", ""),
-                ids.clone(),
-                |row| (
-                    row.try_get::<String, _>("alias")?,
-                    row.try_get::<String, _>("target")?
-                )
-            ))
-        };
-        let enrolled = async {
-            Ok::<_, StorageError>(fetch_keyed!(
-                self,
-                keyed_sql!("SELECT member_id, tier FROM members WHERE member_id", ""),
-                ids.clone(),
-                |row| (
-                    row.try_get::<String, _>("member_id")?,
-                    row.try_get::<Option<String>, _>("tier")?
-                )
-            ))
-        };
-        let debts = async {
+        let rows = async {
             Ok::<_, StorageError>(fetch_keyed!(
                 self,
                 keyed_sql!(
-                    "SELECT member_id, points FROM member_debts WHERE member_id",
+                    "SELECT member_id, enrolled, alias_of, tier, debt, wallet_account_id, wallet_points, \
+                     held_account_id, held_points, lots FROM member_states WHERE member_id",
                     ""
                 ),
-                ids.clone(),
+                ids,
                 |row| (
                     row.try_get::<String, _>("member_id")?,
-                    row.try_get::<i64, _>("points")?
-                )
-            ))
-        };
-        let lots = async {
-            Ok::<_, StorageError>(fetch_keyed!(
-                self,
-                keyed_sql!(
-                    "SELECT member_id, lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, \
-                     issue_terms_version, points FROM wallet_lots WHERE member_id",
-                    ""
-                ),
-                ids.clone(),
-                |row| (
-                    row.try_get::<String, _>("member_id")?,
-                    (
-                        row.try_get::<i64, _>("lot_entry_sequence")?,
-                        row.try_get::<i64, _>("lot_index")?,
-                        row.try_get::<String, _>("issuer")?,
-                        row.try_get::<i64, _>("earned_at_ms")?,
-                        row.try_get::<Option<i64>, _>("expires_at_ms")?,
-                        row.try_get::<Option<i64>, _>("issue_terms_version")?,
-                        row.try_get::<i64, _>("points")?,
-                    )
-                )
-            ))
-        };
-        let accounts = async {
-            Ok::<_, StorageError>(fetch_keyed!(
-                self,
-                keyed_sql!(
-                    "SELECT a.account_id, a.kind, a.owner, b.asset, b.balance FROM accounts a \
-                     LEFT JOIN account_balances b ON b.account_id = a.account_id \
-                     WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner",
-                    ""
-                ),
-                ids.clone(),
-                |row| (
-                    row.try_get::<i64, _>("account_id")?,
-                    row.try_get::<String, _>("kind")?,
-                    row.try_get::<String, _>("owner")?,
-                    row.try_get::<Option<String>, _>("asset")?,
-                    row.try_get::<Option<i64>, _>("balance")?
+                    row.try_get::<i64, _>("enrolled")?,
+                    row.try_get::<Option<String>, _>("alias_of")?,
+                    row.try_get::<Option<String>, _>("tier")?,
+                    row.try_get::<i64, _>("debt")?,
+                    [
+                        (
+                            row.try_get::<Option<i64>, _>("wallet_account_id")?,
+                            row.try_get::<Option<i64>, _>("wallet_points")?,
+                        ),
+                        (
+                            row.try_get::<Option<i64>, _>("held_account_id")?,
+                            row.try_get::<Option<i64>, _>("held_points")?,
+                        ),
+                    ],
+                    row.try_get::<String, _>("lots")?
                 )
             ))
         };
         // The queries are independent: each runs on a connection of its own, at once.
-        let (references, aliases, enrolled, debts, lots, accounts) =
-            tokio::try_join!(references, aliases, enrolled, debts, lots, accounts)?;
+        let (references, rows) = tokio::try_join!(references, rows)?;
         set.references = references;
         let mut states: std::collections::BTreeMap<String, MemberState> = needs
             .members
             .iter()
             .map(|id| (id.to_string(), MemberState::unknown(id.clone())))
             .collect();
-        for (member, tier) in enrolled {
+        for (member, enrolled, alias_of, tier, debt, accounts, lots) in rows {
             let entry = states
                 .get_mut(&member)
                 .ok_or_else(|| corrupt(format!("member {member} loaded but not asked for")))?;
-            entry.enrolled = true;
-            entry.tier = tier;
-        }
-        for (alias, target) in aliases {
-            let entry = states
-                .get_mut(&alias)
-                .ok_or_else(|| corrupt(format!("alias {alias} loaded but not asked for")))?;
-            entry.enrolled = false;
-            entry.tier = None;
-            entry.alias_of = Some(member_id(target)?);
-        }
-        for (member, debt) in debts {
-            if let Some(entry) = states.get_mut(&member) {
-                entry.debt = debt;
-            }
-        }
-        for (member, lot) in lots {
-            let entry = states
-                .get_mut(&member)
-                .ok_or_else(|| corrupt(format!("lots of {member} loaded but not asked for")))?;
-            entry.lots.push(lot_from_row(lot)?);
-        }
-        for (id, kind, owner, asset, balance) in accounts {
-            let key = AccountKey::from_parts(&kind, &owner)
-                .ok_or_else(|| corrupt(format!("unknown account {kind}:{owner}")))?;
-            let id = AccountId(u64::try_from(id).map_err(|_| corrupt("negative account id"))?);
-            let entry = states
-                .get_mut(&owner)
-                .ok_or_else(|| corrupt(format!("account of {owner} loaded but not asked for")))?;
-            let balances = match (asset, balance) {
-                (Some(asset), Some(balance)) => vec![(
-                    Asset::from_code(&asset)
-                        .ok_or_else(|| corrupt(format!("unknown asset {asset:?}")))?,
-                    balance,
-                )],
-                _ => Vec::new(),
-            };
-            match entry
-                .accounts
-                .iter_mut()
-                .find(|(existing, _, _)| *existing == id)
-            {
-                Some((_, _, existing)) => existing.extend(balances),
-                None => entry.accounts.push((id, key, balances)),
+            entry.alias_of = alias_of.map(member_id).transpose()?;
+            // A member merged away is not enrolled and has no tier of its own.
+            entry.enrolled = enrolled != 0 && entry.alias_of.is_none();
+            entry.tier = tier.filter(|_| entry.enrolled);
+            entry.debt = debt;
+            entry.lots = decode_lots(&member, &lots)?;
+            for ((id, points), held) in accounts.into_iter().zip([false, true]) {
+                let (Some(id), Some(points)) = (id, points) else {
+                    continue;
+                };
+                let id = AccountId(u64::try_from(id).map_err(|_| corrupt("negative account id"))?);
+                let key = if held {
+                    AccountKey::MemberHeld(entry.member_id.clone())
+                } else {
+                    AccountKey::MemberWallet(entry.member_id.clone())
+                };
+                entry
+                    .accounts
+                    .push((id, key, vec![(Asset::Points, points)]));
             }
         }
         for state in states.values() {
@@ -340,13 +266,11 @@ impl Storage {
         rows.into_iter().map(sequence).collect()
     }
 
-    /// The members of up to `limit` lots that have expired at `at_ms`, the longest expired
+    /// Up to `limit` members with a lot that has expired at `at_ms`, the longest expired
     /// first, and whether the limit was reached (more may be due). An expiry run takes its
-    /// members in parts of `limit`; expired lots leave `wallet_lots`, so each part finds the
-    /// next members. The lots are read in the expiry
-    /// index's order with a limit, which every planner serves from that index (a
-    /// `DISTINCT member_id` let PostgreSQL without statistics scan the whole table: 0.8 s
-    /// at 12 million entries).
+    /// members in parts of `limit`; a member whose expired lots are gone has a later
+    /// `next_expiry_ms` (or none), so each part finds the next members. Read in the expiry
+    /// index's order with a limit, which every planner serves from that index.
     pub async fn members_with_lots_due(
         &self,
         at_ms: i64,
@@ -356,9 +280,9 @@ impl Storage {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<String> = with_pool!(self, pool => {
             sqlx::query(
-                "SELECT member_id FROM wallet_lots \
-                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
-                 ORDER BY expires_at_ms LIMIT $2",
+                "SELECT member_id FROM member_states \
+                 WHERE next_expiry_ms IS NOT NULL AND next_expiry_ms <= $1 \
+                 ORDER BY next_expiry_ms LIMIT $2",
             )
             .bind(at_ms)
             .bind(limit)
