@@ -1,5 +1,8 @@
 //! The command line against a running server, as the README's "Trying it by hand" does it:
 //! keygen, admin register-merchant and enroll, client submit and balance.
+//!
+//! Longer than 800 lines: one scenario per test, each run on both backends, kept in one
+//! file per area so that the scenarios share their helpers.
 
 use std::process::{Command, Output};
 

@@ -3,6 +3,9 @@
 //! burns until repaid, parking holds capture at locked prices, release and time out, and the
 //! expiry run books breakage to the issuer exactly once. Every test ends with the ledger
 //! check and a restart (replay) that must rebuild the same balances.
+//!
+//! Longer than 800 lines: one scenario per test, each run on both backends, kept in one
+//! file per area so that the scenarios share their helpers.
 
 use coalition_grpc::client::MerchantSigner;
 use coalition_grpc::pb;

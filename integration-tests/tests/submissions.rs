@@ -1,5 +1,8 @@
 //! Submitting over gRPC: earn and burn, idempotent retries, batches with bad items, the
 //! stream, concurrent burns for one member, key rotation.
+//!
+//! Longer than 800 lines: one scenario per test, each run on both backends, kept in one
+//! file per area so that the scenarios share their helpers.
 
 use std::collections::HashSet;
 

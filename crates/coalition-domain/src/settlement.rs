@@ -1,5 +1,8 @@
 //! Settlement periods and the multilateral netting of a period through the operator.
 //!
+//! Longer than 800 lines: about 180 of them are its tests; the rest is one computation (the
+//! netting, its matrix and the largest-remainder splits) that reads best in one place.
+//!
 //! A period is a day cut at a configured local time: the period labelled `2026-11-22` with a
 //! 04:00 cut-off at +08:00 holds every entry accepted from 2026-11-22 04:00 to 2026-11-23
 //! 04:00 local time. Acceptance times never go backwards, so a period is a contiguous range

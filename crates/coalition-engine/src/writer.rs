@@ -1,4 +1,8 @@
 //! The single writer. It alone mutates the ledger and appends to the journal.
+//!
+//! Longer than 800 lines: the writer's loop, its loads, the batch's application and the
+//! pipelined commit share the writer's state and are one sequence of steps (docs/
+//! ARCHITECTURE.md, "Write path"); the decisions themselves are in `coalition-domain`.
 
 use std::sync::Arc;
 use std::time::Instant;

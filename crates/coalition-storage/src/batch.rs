@@ -1,6 +1,9 @@
 //! The group-commit write: everything one writer batch changed, in one database transaction,
 //! with one statement per table (per chunk of rows on SQLite, whose statements take at most
 //! 32766 parameters).
+//!
+//! Longer than 800 lines: most of it is the column-by-column description of each journal
+//! table (one block per table), which is as long as the tables are wide.
 
 use coalition_domain::account::{AccountId, Asset};
 use coalition_domain::ledger::Changes;

@@ -1,6 +1,9 @@
 //! `coalition demo`: a server on a fresh embedded database, the mall's partners registered
 //! with real keys, a day of mall traffic driven through the gRPC API by several concurrent
 //! clients (batch, stream and one-at-a-time), then a summary and the ledger check.
+//!
+//! Longer than 800 lines: the demo is one script, read top to bottom by newcomers; its
+//! settlement part is already in `demo_settlement`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;

@@ -1,6 +1,10 @@
 //! `coalition export`: one finalised settlement period's books as a folder that an auditor
 //! verifies with nothing but the folder and the operator's public key (see `verify`).
 //!
+//! Longer than 800 lines: one writer per exported file, all from the same loaded period and
+//! sharing its column helpers and CSV neutralising; splitting the file by format is planned
+//! with the issue on audit proofs, which makes `verify` recompute each of them.
+//!
 //! Amounts are exact integers: points, and money in minor units of the settlement currency.
 //! Signed amounts follow the ledger: positive is a debit. CSV text cells that a spreadsheet
 //! would read as a formula are neutralised; amount columns never are. The JSON lines files
