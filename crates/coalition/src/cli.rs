@@ -926,4 +926,3 @@ pub fn example_body() -> pb::TransactionBody {
         legacy_units: 0,
     }
 }
-

@@ -14,7 +14,10 @@ fn public_key_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
     hex::decode(text.trim()).context("the public key must be hex")
 }
 
-pub(super) async fn admin(connection: AdminConnection, command: AdminCommand) -> anyhow::Result<()> {
+pub(super) async fn admin(
+    connection: AdminConnection,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
     let channel = connect(&connection.server).await?;
     let mut admin =
         AdminServiceClient::with_interceptor(channel, AdminToken::new(&connection.token)?);
@@ -342,7 +345,10 @@ pub(super) async fn admin(connection: AdminConnection, command: AdminCommand) ->
     Ok(())
 }
 
-pub(super) async fn client(identity: MerchantIdentity, command: ClientCommand) -> anyhow::Result<()> {
+pub(super) async fn client(
+    identity: MerchantIdentity,
+    command: ClientCommand,
+) -> anyhow::Result<()> {
     let signer = MerchantSigner::new(
         identity.merchant.clone(),
         identity.key_id.clone(),
