@@ -270,8 +270,12 @@ async fn sqlite_copies_the_wal_into_the_database_beside_the_writer() {
     }
     let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
     let file = std::fs::metadata(&path).unwrap().len();
+    // Without the checkpointer nothing reaches the file (4 KB) and the WAL holds all of it
+    // (10.9 MB). With it the file holds the data (about 2 MB) and the WAL no more than the
+    // batches since a checkpoint last caught up (about 1 MB): how many depends on timing, so
+    // the bounds are loose.
     assert!(
-        wal < file / 2,
+        file > 1_000_000 && wal < 4_000_000,
         "the WAL ({wal} bytes) was not copied into the database file ({file} bytes)"
     );
     server.server.shutdown().await.unwrap();
