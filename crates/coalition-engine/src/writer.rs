@@ -728,21 +728,7 @@ impl Writer {
         let Some(prepared) = self.prepare(commands).await else {
             return;
         };
-        // The batch before this one must have committed before this one is written; its memory
-        // is trimmed only once this batch's commit is under way (below), so that eviction is
-        // not on the path from one commit to the next.
-        let previous = match self.in_flight.take() {
-            Some(mut flight) => {
-                let waited = Instant::now();
-                let committed = (&mut flight.commit).await.unwrap_or(false);
-                metrics::histogram!("coalition_writer_wait_seconds")
-                    .record(waited.elapsed().as_secs_f64());
-                let accepted_at_ms = flight.accepted_at_ms;
-                Some((self.conclude(flight, committed).await, accepted_at_ms))
-            }
-            None => None,
-        };
-        if let Some((false, _)) = previous {
+        if !self.settle_in_flight(tick).await {
             for label in &prepared.finalised_now {
                 self.finalised_periods.remove(label);
             }
@@ -769,9 +755,6 @@ impl Writer {
             // committed, so they go out now.
             for reply in pending {
                 reply.acknowledge();
-            }
-            if let Some((_, accepted_at_ms)) = previous {
-                self.trim(tick, accepted_at_ms);
             }
             return;
         }
@@ -808,10 +791,6 @@ impl Writer {
             last_sequence,
             accepted_at_ms,
         });
-        // `tick` was read before this batch: nothing it touched, uncommitted yet, leaves.
-        if let Some((_, previous_accepted_at_ms)) = previous {
-            self.trim(tick, previous_accepted_at_ms);
-        }
     }
 
     /// Waits for the commit in flight, if any, and settles it (see `settle`); whether the
@@ -831,17 +810,6 @@ impl Writer {
     /// not hold yet. After a failed commit: reloads the ledger from the database, since what
     /// memory holds went past it.
     async fn settle(&mut self, flight: InFlight, committed: bool, tick: u64) -> bool {
-        let accepted_at_ms = flight.accepted_at_ms;
-        if !self.conclude(flight, committed).await {
-            return false;
-        }
-        self.trim(tick, accepted_at_ms);
-        true
-    }
-
-    /// Takes a finished commit's outcome: what the database now holds, or, after a failed
-    /// commit, the ledger reloaded from the database (what memory holds went past it).
-    async fn conclude(&mut self, flight: InFlight, committed: bool) -> bool {
         if !committed {
             for label in &flight.finalised_now {
                 self.finalised_periods.remove(label);
@@ -852,19 +820,9 @@ impl Writer {
         if let Some(sequence) = flight.last_sequence {
             self.committed_through = sequence;
         }
-        // Before the next batch's commit begins: a checkpoint that starts while no write is
-        // under way can copy the whole WAL, so the next writer starts it over.
-        self.start_checkpoint();
-        true
-    }
-
-    /// Frees memory beyond the budgets after a commit of a batch accepted at
-    /// `accepted_at_ms`: receipts past their retention and beyond their budget (only of
-    /// committed entries), and the members and references last used at or before `tick`.
-    fn trim(&mut self, tick: u64, accepted_at_ms: i64) {
         let evict_started = Instant::now();
         self.ledger.forget_committed_receipts_before(
-            accepted_at_ms - self.receipt_retention_ms,
+            flight.accepted_at_ms - self.receipt_retention_ms,
             self.committed_through,
         );
         self.ledger
@@ -873,11 +831,13 @@ impl Writer {
             .evict_used_through(self.members_max, self.references_max, tick);
         metrics::histogram!("coalition_writer_evict_seconds")
             .record(evict_started.elapsed().as_secs_f64());
+        self.start_checkpoint();
         let (members, references) = self.ledger.resident();
         metrics::gauge!("coalition_working_set_members").set(members as f64);
         metrics::gauge!("coalition_working_set_references").set(references as f64);
         metrics::gauge!("coalition_working_set_receipts")
             .set(self.ledger.receipts_in_memory() as f64);
+        true
     }
 
     /// Starts a WAL checkpoint beside the writer unless one is still running: SQLite's
