@@ -1,8 +1,8 @@
 //! The writer's state in the database: the rows that keep each member's state (one row per
-//! member), reversible remainders and open holds current with each batch; the loads that fill the writer's working
-//! set before a batch (a few set-based queries, whatever the batch's size); the small state the
-//! writer starts from; the hash-chain checkpoints that bound start-up verification; and the
-//! one-time replay that fills the state tables of a journal written before them.
+//! member), reversible remainders and open holds current with each batch; the loads that
+//! fill the writer's working set before a batch (a few set-based queries, whatever the
+//! batch's size); the small state the writer starts from; the hash-chain checkpoints that
+//! bound start-up verification; and the one-time replay that fills the state tables of a journal written before them.
 
 use coalition_domain::account::{AccountId, AccountKey, Asset};
 use coalition_domain::chain::{ChainHead, entry_hash};
@@ -74,7 +74,7 @@ type LotRowRef<'a> = (i64, i64, &'a str, i64, Option<i64>, Option<i64>, i64);
 /// A member's wallet lots as stored in `member_states.lots`: a JSON array of
 /// `[lot_entry_sequence, lot_index, issuer, earned_at_ms, expires_at_ms, issue_terms_version,
 /// points]`, in the wallet's order.
-pub(crate) fn encode_lots(lots: &[Lot]) -> String {
+fn encode_lots(lots: &[Lot]) -> String {
     let rows: Vec<LotRowRef<'_>> = lots
         .iter()
         .map(|lot| {
@@ -92,7 +92,7 @@ pub(crate) fn encode_lots(lots: &[Lot]) -> String {
     serde_json::to_string(&rows).expect("lots serialise")
 }
 
-pub(crate) fn decode_lots(member: &str, text: &str) -> Result<Vec<Lot>, StorageError> {
+fn decode_lots(member: &str, text: &str) -> Result<Vec<Lot>, StorageError> {
     let rows: Vec<LotRow> = serde_json::from_str(text)
         .map_err(|error| corrupt(format!("lots of member {member}: {error}")))?;
     rows.into_iter().map(lot_from_row).collect()
@@ -185,25 +185,50 @@ fn member_states_table(members: &[MemberState]) -> Table {
 
 /// Builds the tables that write `rows`.
 fn state_tables(rows: &StateRows) -> Vec<Table> {
-    let lots = |name: &'static str, owned: Vec<(i64, i64, &Lot)>, owner: &'static str| Table {
-        name,
+    // The pieces of each burn, capture and open hold, in take order.
+    let pieces: Vec<(i64, i64, &Lot)> = rows
+        .pieces
+        .iter()
+        .flat_map(|(owner, taken)| {
+            taken
+                .iter()
+                .enumerate()
+                .map(move |(position, lot)| (to_i64(*owner), position as i64, lot))
+        })
+        .collect();
+    let state_pieces = Table {
+        name: "state_pieces",
         columns: vec![
             (
-                owner,
-                Column::BigInt(owned.iter().map(|(owner, _, _)| *owner).collect()),
+                "owner_sequence",
+                Column::BigInt(pieces.iter().map(|(owner, _, _)| *owner).collect()),
             ),
             (
-                if name == "state_pieces" {
-                    "position"
-                } else {
-                    "lot_index"
-                },
-                Column::BigInt(owned.iter().map(|(_, second, _)| *second).collect()),
+                "position",
+                Column::BigInt(pieces.iter().map(|(_, position, _)| *position).collect()),
+            ),
+            (
+                "lot_entry_sequence",
+                Column::BigInt(
+                    pieces
+                        .iter()
+                        .map(|(_, _, lot)| to_i64(lot.lot_id.entry_sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "lot_index",
+                Column::BigInt(
+                    pieces
+                        .iter()
+                        .map(|(_, _, lot)| i64::from(lot.lot_id.index))
+                        .collect(),
+                ),
             ),
             (
                 "issuer",
                 Column::Text(
-                    owned
+                    pieces
                         .iter()
                         .map(|(_, _, lot)| lot.issuer.to_string())
                         .collect(),
@@ -211,16 +236,18 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
             ),
             (
                 "earned_at_ms",
-                Column::BigInt(owned.iter().map(|(_, _, lot)| lot.earned_at_ms).collect()),
+                Column::BigInt(pieces.iter().map(|(_, _, lot)| lot.earned_at_ms).collect()),
             ),
             (
                 "expires_at_ms",
-                Column::NullableBigInt(owned.iter().map(|(_, _, lot)| lot.expires_at_ms).collect()),
+                Column::NullableBigInt(
+                    pieces.iter().map(|(_, _, lot)| lot.expires_at_ms).collect(),
+                ),
             ),
             (
                 "issue_terms_version",
                 Column::NullableBigInt(
-                    owned
+                    pieces
                         .iter()
                         .map(|(_, _, lot)| lot.issue_terms_version.map(i64::from))
                         .collect(),
@@ -228,44 +255,11 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
             ),
             (
                 "points",
-                Column::BigInt(owned.iter().map(|(_, _, lot)| lot.points).collect()),
+                Column::BigInt(pieces.iter().map(|(_, _, lot)| lot.points).collect()),
             ),
         ],
         on_conflict: "",
     };
-    let mut pieces = Vec::new();
-    for (owner, taken) in &rows.pieces {
-        for (position, lot) in taken.iter().enumerate() {
-            pieces.push((to_i64(*owner), position as i64, lot));
-        }
-    }
-    let mut state_pieces = lots("state_pieces", pieces, "owner_sequence");
-    state_pieces.columns.insert(
-        2,
-        (
-            "lot_entry_sequence",
-            Column::BigInt(
-                rows.pieces
-                    .iter()
-                    .flat_map(|(_, taken)| taken.iter())
-                    .map(|lot| to_i64(lot.lot_id.entry_sequence))
-                    .collect(),
-            ),
-        ),
-    );
-    state_pieces.columns.insert(
-        3,
-        (
-            "lot_index",
-            Column::BigInt(
-                rows.pieces
-                    .iter()
-                    .flat_map(|(_, taken)| taken.iter())
-                    .map(|lot| i64::from(lot.lot_id.index))
-                    .collect(),
-            ),
-        ),
-    );
     let member_states = member_states_table(&rows.members);
     let reversibles = &rows.reversibles;
     let reversible_table = Table {
