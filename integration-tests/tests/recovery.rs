@@ -530,6 +530,10 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
              WHERE member_id = 'm-2'",
             "UPDATE reversibles SET reversed = 0",
             "DELETE FROM open_holds",
+            // A member's state row carries points only; money on a member account is reported.
+            "INSERT INTO account_balances (account_id, asset, balance) \
+             SELECT account_id, 'CNY', 5 FROM accounts \
+             WHERE kind = 'member_wallet' AND owner = 'm-1'",
         ],
     )
     .await;
@@ -541,6 +545,7 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
         "problem: held balances = open holds: member m-2",
         "problem: member states = member accounts and their balances: member m-2",
         "problem: next expiry = the earliest expiry of the lots: member m-2",
+        "problem: member accounts hold points only: member m-1",
         "problem: open holds = holds not captured, voided or expired: hold 4",
         "problem: reversible remainders = originals less their reversals: entry 3",
     ] {

@@ -155,6 +155,13 @@ const COMPARISONS: &[(&str, &str)] = &[
                 WHERE a.account_id = s.held_account_id AND a.kind = 'member_held' AND a.owner = s.member_id))",
     ),
     (
+        "member accounts hold points only",
+        "SELECT 'member ' || a.owner || ': ' || a.kind || ' account holds ' || \
+         CAST(b.balance AS TEXT) || ' ' || b.asset AS problem \
+         FROM accounts a JOIN account_balances b ON b.account_id = a.account_id \
+         WHERE a.kind IN ('member_wallet', 'member_held') AND b.asset <> 'PTS' AND b.balance <> 0",
+    ),
+    (
         "next expiry = the earliest expiry of the lots",
         "SELECT 'member ' || s.member_id || ': next expiry ' || COALESCE(CAST(s.next_expiry_ms AS TEXT), 'none') || \
          ', its lots expire first at ' || COALESCE(CAST(w.first_ms AS TEXT), 'never') AS problem \
