@@ -358,6 +358,10 @@ async fn the_cli_reconciles_a_merchant_file(backend: Backend) {
     }
     assert_eq!(summary["clearing"]["points"], 190);
     assert_eq!(summary["malformed"][0]["line"], 5);
+    assert_eq!(summary["malformed_rows"], 1);
+    let malformed = std::fs::read_to_string(out.join("malformed.csv")).unwrap();
+    assert_eq!(malformed.lines().count(), 2, "{malformed}");
+    assert!(malformed.starts_with("line,problem\n5,"), "{malformed}");
     let differences = std::fs::read_to_string(out.join("differences.csv")).unwrap();
     assert!(
         differences.contains("missing_at_merchant,t-5,,4,,10,,1000"),

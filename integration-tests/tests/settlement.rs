@@ -530,7 +530,216 @@ async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
 
+/// A record of 12,500 rows against 240 entries, drawn at random (exact rows, points and spend
+/// off by one, ids clearing never saw, repeats, empty ids, entries the record leaves out, an
+/// entry before the period and another merchant's entry under a shared id): the database's
+/// streamed matching gives exactly what the in-memory definition gives, in the same order, and
+/// the response lists the first 10,000 differences and counts the rest.
+async fn a_large_record_reconciles_as_the_definition_says(backend: Backend) {
+    use coalition_domain::reconciliation::{
+        ClearedTransaction, Malformed, MerchantRow, Status, reconcile,
+    };
+    use rand::{Rng, SeedableRng};
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1", "m-2"]).await;
+    let earn = |signer, id: &str, points: i64, spend: Option<i64>| pb::TransactionBody {
+        spend_minor: spend,
+        ..server.body(signer, pb::TransactionKind::Earn, id, "m-1", points)
+    };
+    // Before the period: named by the record, so missing in clearing for this period.
+    accepted(
+        &server
+            .submit(tenant.envelope(&earn(&tenant, "t-7", 9, None)))
+            .await,
+    );
+    let period = start_of_next_period(&server);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut cleared = Vec::new();
+    for index in 0..240 {
+        let id = format!("t-{index}");
+        if index == 7 {
+            continue;
+        }
+        let points = rng.random_range(1..500);
+        let spend = rng.random_bool(0.7).then(|| points * 100);
+        let result = server
+            .submit(tenant.envelope(&earn(&tenant, &id, points, spend)))
+            .await;
+        cleared.push(ClearedTransaction {
+            merchant_transaction_id: id,
+            kind: "earn".into(),
+            points,
+            spend_minor: spend,
+            sequence: accepted(&result).entry_sequence,
+        });
+    }
+    // Another merchant's transaction under an id the tenant also uses.
+    accepted(
+        &server
+            .submit(cinema.envelope(&earn(&cinema, "t-3", 1, None)))
+            .await,
+    );
+
+    let mut rows = Vec::new();
+    let mut malformed = Vec::new();
+    let mut messages = vec![pb::ReconcileRequest {
+        item: Some(pb::reconcile_request::Item::Header(pb::ReconcileHeader {
+            merchant_id: "tenant-1".into(),
+            period: period.label.clone(),
+        })),
+    }];
+    for line in 1..=12_500u64 {
+        let (id, points, amount) = if rng.random_bool(0.001) {
+            (String::new(), 1, None)
+        } else if rng.random_bool(0.02) {
+            // One of clearing's transactions (some left out, some repeated), as booked or
+            // off by one in points or spend.
+            let cleared = &cleared[rng.random_range(0..200)];
+            let points = cleared.points + i64::from(rng.random_bool(0.2));
+            let amount = match rng.random_range(0..3) {
+                0 => None,
+                1 => cleared.spend_minor,
+                _ => Some(cleared.spend_minor.unwrap_or(0) + 1),
+            };
+            (cleared.merchant_transaction_id.clone(), points, amount)
+        } else {
+            // Ids clearing never booked for this merchant in this period, some repeated.
+            (format!("x-{}", rng.random_range(0..11_000)), 5, Some(500))
+        };
+        messages.push(pb::ReconcileRequest {
+            item: Some(pb::reconcile_request::Item::Row(pb::MerchantRecordRow {
+                merchant_transaction_id: id.clone(),
+                points,
+                amount_minor: amount,
+                kind: "earn".into(),
+            })),
+        });
+        if id.is_empty() {
+            malformed.push(Malformed {
+                line,
+                problem: "merchant_transaction_id is empty".into(),
+            });
+        } else {
+            rows.push(MerchantRow {
+                line,
+                merchant_transaction_id: id,
+                kind: "earn".into(),
+                points,
+                amount_minor: amount,
+            });
+        }
+    }
+    for (id, line) in [("t-3", 12_501), ("t-7", 12_502)] {
+        rows.push(MerchantRow {
+            line,
+            merchant_transaction_id: id.into(),
+            kind: "earn".into(),
+            points: 1,
+            amount_minor: None,
+        });
+        messages.push(pb::ReconcileRequest {
+            item: Some(pb::reconcile_request::Item::Row(pb::MerchantRecordRow {
+                merchant_transaction_id: id.into(),
+                points: 1,
+                amount_minor: None,
+                kind: "earn".into(),
+            })),
+        });
+    }
+    let (expected, differences) = reconcile(&rows, &cleared, malformed.clone());
+    assert!(differences.len() > 10_000, "{}", differences.len());
+    for status in [
+        Status::Matched,
+        Status::PointsMismatch,
+        Status::AmountMismatch,
+        Status::MissingInClearing,
+        Status::MissingAtMerchant,
+        Status::Duplicated,
+    ] {
+        assert!(expected.count(status) > 0, "the record has no {status:?}");
+    }
+
+    let report = server
+        .admin()
+        .reconcile(tokio_stream::iter(messages))
+        .await
+        .expect("reconcile")
+        .into_inner();
+    let merchant = report.merchant.unwrap();
+    let clearing = report.clearing.unwrap();
+    assert_eq!(
+        (
+            merchant.transactions,
+            merchant.points,
+            merchant.amount_minor
+        ),
+        (
+            expected.merchant.transactions,
+            expected.merchant.points,
+            expected.merchant.amount_minor
+        )
+    );
+    assert_eq!(
+        (
+            clearing.transactions,
+            clearing.points,
+            clearing.amount_minor
+        ),
+        (
+            expected.clearing.transactions,
+            expected.clearing.points,
+            expected.clearing.amount_minor
+        )
+    );
+    assert_eq!(report.matched, expected.count(Status::Matched));
+    let listed: Vec<_> = differences
+        .iter()
+        .take(10_000)
+        .map(|d| {
+            (
+                d.status.name().to_owned(),
+                d.merchant_transaction_id.clone(),
+                d.merchant_line.unwrap_or(0),
+                d.entry_sequence.unwrap_or(0),
+                d.merchant_points,
+                d.clearing_points,
+                d.merchant_amount_minor,
+                d.clearing_amount_minor,
+            )
+        })
+        .collect();
+    let got: Vec<_> = report
+        .differences
+        .iter()
+        .map(|d| {
+            (
+                d.status().as_str_name()["RECONCILE_STATUS_".len()..].to_ascii_lowercase(),
+                d.merchant_transaction_id.clone(),
+                d.merchant_row,
+                d.entry_sequence,
+                d.merchant_points,
+                d.clearing_points,
+                d.merchant_amount_minor,
+                d.clearing_amount_minor,
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 10_000);
+    assert!(
+        got == listed,
+        "the listed differences differ from the definition's"
+    );
+    assert_eq!(
+        report.differences_not_listed,
+        differences.len() as u64 - 10_000
+    );
+    assert_eq!(report.malformed.len(), malformed.len());
+    assert_eq!(report.malformed_not_listed, 0);
+}
+
 on_both_backends!(
+    a_large_record_reconciles_as_the_definition_says,
     a_period_settles_once_nets_to_zero_and_clears_the_accounts,
     breakage_is_shared_as_the_terms_say,
     a_bad_period_name_is_refused,

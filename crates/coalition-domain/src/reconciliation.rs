@@ -1,9 +1,10 @@
 //! Reconciliation of a merchant's own record against what clearing booked, matched by the
 //! merchant's transaction id: matched, points mismatch, amount mismatch, missing in
-//! clearing, missing at the merchant, duplicated in the merchant's record. The same matching
-//! serves the CLI (a CSV file) and the gRPC stream.
+//! clearing, missing at the merchant, duplicated in the merchant's record. The same rules serve
+//! the CLI (a CSV file), the export and the gRPC stream; the matching itself runs in the
+//! database, streamed, so that a period of any size reconciles in bounded memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -80,117 +81,156 @@ pub struct SideTotals {
     pub amount_minor: i64,
 }
 
-/// The outcome of a reconciliation.
+/// How many malformed rows a summary lists; the rest are counted (every one is written to
+/// `malformed.csv` as it is found).
+pub const MALFORMED_LISTED: usize = 1_000;
+
+/// What a reconciliation found, without the differences themselves: those stream to their
+/// writer as they are found, so that neither side's size bounds the memory it takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Report {
+pub struct Summary {
     pub merchant: SideTotals,
     pub clearing: SideTotals,
-    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Rows that could not be read.
+    pub malformed_rows: u64,
+    /// The first [`MALFORMED_LISTED`] of them.
     pub malformed: Vec<Malformed>,
-    /// Written to `differences.csv` and `differences.jsonl`, not into the summary.
-    #[serde(skip)]
-    pub differences: Vec<Difference>,
 }
 
-/// Matches the two sides by transaction id.
-pub fn reconcile(
-    merchant: Vec<MerchantRow>,
-    clearing: Vec<ClearedTransaction>,
-    malformed: Vec<Malformed>,
-) -> Report {
-    let mut report = Report {
-        malformed,
-        ..Report::default()
-    };
-    for row in &merchant {
-        report.merchant.transactions += 1;
-        report.merchant.points += row.points;
-        report.merchant.amount_minor += row.amount_minor.unwrap_or(0);
+impl Summary {
+    /// Counts a row of the merchant's record in its side's totals.
+    pub fn merchant_row(&mut self, row: &MerchantRow) {
+        self.merchant.transactions += 1;
+        self.merchant.points += row.points;
+        self.merchant.amount_minor += row.amount_minor.unwrap_or(0);
     }
-    for cleared in &clearing {
-        report.clearing.transactions += 1;
-        report.clearing.points += cleared.points;
-        report.clearing.amount_minor += cleared.spend_minor.unwrap_or(0);
+
+    /// Counts a row that could not be read, listing it while the list is short.
+    pub fn malformed(&mut self, row: Malformed) {
+        self.malformed_rows += 1;
+        if self.malformed.len() < MALFORMED_LISTED {
+            self.malformed.push(row);
+        }
+    }
+
+    /// Counts an outcome by its status; true when it is a difference to report.
+    pub fn record(&mut self, outcome: &Difference) -> bool {
+        *self.counts.entry(outcome.status.name()).or_default() += 1;
+        outcome.status != Status::Matched
+    }
+
+    /// How many outcomes had `status`.
+    pub fn count(&self, status: Status) -> u64 {
+        self.counts.get(status.name()).copied().unwrap_or(0)
+    }
+}
+
+/// The outcome for one row of the merchant's record: `duplicated` when an earlier row has its
+/// transaction id (then it is not compared again), else compared with what clearing booked
+/// under that id in the period, if anything.
+pub fn compare(
+    row: &MerchantRow,
+    duplicated: bool,
+    cleared: Option<&ClearedTransaction>,
+) -> Difference {
+    let base = Difference {
+        status: Status::Matched,
+        merchant_transaction_id: row.merchant_transaction_id.clone(),
+        merchant_line: Some(row.line),
+        entry_sequence: None,
+        merchant_points: Some(row.points),
+        clearing_points: None,
+        merchant_amount_minor: row.amount_minor,
+        clearing_amount_minor: None,
+    };
+    if duplicated {
+        return Difference {
+            status: Status::Duplicated,
+            ..base
+        };
+    }
+    let Some(cleared) = cleared else {
+        return Difference {
+            status: Status::MissingInClearing,
+            ..base
+        };
+    };
+    let status = if cleared.points != row.points {
+        Status::PointsMismatch
+    } else if let (Some(theirs), Some(ours)) = (row.amount_minor, cleared.spend_minor)
+        && theirs != ours
+    {
+        Status::AmountMismatch
+    } else {
+        Status::Matched
+    };
+    Difference {
+        status,
+        entry_sequence: Some(cleared.sequence),
+        clearing_points: Some(cleared.points),
+        clearing_amount_minor: cleared.spend_minor,
+        ..base
+    }
+}
+
+/// The outcome for a transaction clearing booked that the merchant's record lacks.
+pub fn missing_at_merchant(cleared: &ClearedTransaction) -> Difference {
+    Difference {
+        status: Status::MissingAtMerchant,
+        merchant_transaction_id: cleared.merchant_transaction_id.clone(),
+        merchant_line: None,
+        entry_sequence: Some(cleared.sequence),
+        merchant_points: None,
+        clearing_points: Some(cleared.points),
+        merchant_amount_minor: None,
+        clearing_amount_minor: cleared.spend_minor,
+    }
+}
+
+/// The whole matching over two sides held in memory: the definition the database's streamed
+/// matching (`Storage::begin_reconciliation`) is tested against. Differences come in the
+/// merchant record's order, then those only clearing has by entry sequence.
+pub fn reconcile(
+    merchant: &[MerchantRow],
+    clearing: &[ClearedTransaction],
+    malformed: Vec<Malformed>,
+) -> (Summary, Vec<Difference>) {
+    let mut summary = Summary::default();
+    for row in malformed {
+        summary.malformed(row);
+    }
+    for cleared in clearing {
+        summary.clearing.transactions += 1;
+        summary.clearing.points += cleared.points;
+        summary.clearing.amount_minor += cleared.spend_minor.unwrap_or(0);
     }
     let mut cleared_by_id: HashMap<&str, &ClearedTransaction> = clearing
         .iter()
         .map(|cleared| (cleared.merchant_transaction_id.as_str(), cleared))
         .collect();
-    let mut seen: HashMap<&str, u64> = HashMap::with_capacity(merchant.len());
-    let record = |report: &mut Report, difference: Difference| {
-        *report.counts.entry(difference.status.name()).or_default() += 1;
-        if difference.status != Status::Matched {
-            report.differences.push(difference);
-        }
-    };
-    for row in &merchant {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(merchant.len());
+    let mut differences = Vec::new();
+    for row in merchant {
+        summary.merchant_row(row);
         let id = row.merchant_transaction_id.as_str();
-        let base = Difference {
-            status: Status::Matched,
-            merchant_transaction_id: id.to_owned(),
-            merchant_line: Some(row.line),
-            entry_sequence: None,
-            merchant_points: Some(row.points),
-            clearing_points: None,
-            merchant_amount_minor: row.amount_minor,
-            clearing_amount_minor: None,
-        };
-        if seen.insert(id, row.line).is_some() {
-            record(
-                &mut report,
-                Difference {
-                    status: Status::Duplicated,
-                    ..base
-                },
-            );
-            continue;
-        }
-        let Some(cleared) = cleared_by_id.remove(id) else {
-            record(
-                &mut report,
-                Difference {
-                    status: Status::MissingInClearing,
-                    ..base
-                },
-            );
-            continue;
-        };
-        let status = if cleared.points != row.points {
-            Status::PointsMismatch
-        } else if let (Some(theirs), Some(ours)) = (row.amount_minor, cleared.spend_minor)
-            && theirs != ours
-        {
-            Status::AmountMismatch
+        let duplicated = !seen.insert(id);
+        let cleared = if duplicated {
+            None
         } else {
-            Status::Matched
+            cleared_by_id.remove(id)
         };
-        record(
-            &mut report,
-            Difference {
-                status,
-                entry_sequence: Some(cleared.sequence),
-                clearing_points: Some(cleared.points),
-                clearing_amount_minor: cleared.spend_minor,
-                ..base
-            },
-        );
+        let outcome = compare(row, duplicated, cleared);
+        if summary.record(&outcome) {
+            differences.push(outcome);
+        }
     }
     let mut missing: Vec<&ClearedTransaction> = cleared_by_id.into_values().collect();
     missing.sort_by_key(|cleared| cleared.sequence);
     for cleared in missing {
-        record(
-            &mut report,
-            Difference {
-                status: Status::MissingAtMerchant,
-                merchant_transaction_id: cleared.merchant_transaction_id.clone(),
-                merchant_line: None,
-                entry_sequence: Some(cleared.sequence),
-                merchant_points: None,
-                clearing_points: Some(cleared.points),
-                merchant_amount_minor: None,
-                clearing_amount_minor: cleared.spend_minor,
-            },
-        );
+        let outcome = missing_at_merchant(cleared);
+        summary.record(&outcome);
+        differences.push(outcome);
     }
-    report
+    (summary, differences)
 }

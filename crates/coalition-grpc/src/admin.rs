@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use coalition_domain::reconciliation::{self, Malformed, MerchantRow};
+use coalition_domain::reconciliation::{Malformed, MerchantRow};
 use coalition_domain::registry::RegistryError;
 use coalition_domain::signing;
 use coalition_domain::{KeyId, MemberError, MemberId, MerchantId, MerchantKey, MerchantStatus};
@@ -16,6 +16,10 @@ use crate::convert;
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use crate::server::ServerConfig;
+
+/// The most differences (and malformed rows) a reconciliation response lists; the rest are
+/// counted. Ten thousand differences make about a megabyte, within gRPC's default 4 MiB.
+const RECONCILE_LISTED_MAX: usize = 10_000;
 
 /// True when the metadata carries the configured admin token. Without a configured token no
 /// call is an admin call.
@@ -576,8 +580,14 @@ impl AdminService for Admin {
             .engine
             .settlement_period(Some(&header.period))
             .map_err(|error| invalid("period", error))?;
-        let mut rows = Vec::new();
+        let mut reconciliation = self
+            .engine
+            .storage()
+            .begin_reconciliation(&merchant, period.start_ms, period.end_ms)
+            .await
+            .map_err(|error| admin_status(error.into()))?;
         let mut malformed = Vec::new();
+        let mut malformed_not_listed = 0u64;
         let mut number = 0u64;
         while let Some(message) = stream
             .message()
@@ -589,19 +599,28 @@ impl AdminService for Admin {
                     number += 1;
                     let id = row.merchant_transaction_id.trim();
                     if id.is_empty() {
-                        malformed.push(Malformed {
+                        let row = Malformed {
                             line: number,
                             problem: "merchant_transaction_id is empty".into(),
-                        });
+                        };
+                        if malformed.len() < RECONCILE_LISTED_MAX {
+                            malformed.push(format!("row {}: {}", row.line, row.problem));
+                        } else {
+                            malformed_not_listed += 1;
+                        }
+                        reconciliation.malformed(row);
                         continue;
                     }
-                    rows.push(MerchantRow {
-                        line: number,
-                        merchant_transaction_id: id.to_owned(),
-                        kind: row.kind,
-                        points: row.points,
-                        amount_minor: row.amount_minor,
-                    });
+                    reconciliation
+                        .add(MerchantRow {
+                            line: number,
+                            merchant_transaction_id: id.to_owned(),
+                            kind: row.kind,
+                            points: row.points,
+                            amount_minor: row.amount_minor,
+                        })
+                        .await
+                        .map_err(|error| admin_status(error.into()))?;
                 }
                 Some(pb::reconcile_request::Item::Header(_)) => {
                     return Err(Status::invalid_argument(
@@ -615,14 +634,26 @@ impl AdminService for Admin {
                 }
             }
         }
-        let cleared = self
-            .engine
-            .storage()
-            .merchant_transactions(&merchant, period.start_ms, period.end_ms)
+        let mut differences = Vec::new();
+        let mut differences_not_listed = 0u64;
+        let summary = reconciliation
+            .finish(|difference| {
+                if differences.len() < RECONCILE_LISTED_MAX {
+                    differences.push(convert::reconcile_difference(difference));
+                } else {
+                    differences_not_listed += 1;
+                }
+                Ok(())
+            })
             .await
             .map_err(|error| admin_status(error.into()))?;
-        let report = reconciliation::reconcile(rows, cleared, malformed);
-        Ok(Response::new(convert::reconcile_report(report)))
+        Ok(Response::new(convert::reconcile_response(
+            summary,
+            differences,
+            differences_not_listed,
+            malformed,
+            malformed_not_listed,
+        )))
     }
 
     async fn alias_member(

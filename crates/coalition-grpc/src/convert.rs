@@ -3,7 +3,9 @@
 use coalition_domain::account::{AccountKey, OPERATOR};
 use coalition_domain::journal::Entry;
 use coalition_domain::journal::EntryKind;
-use coalition_domain::reconciliation::{Report, SideTotals, Status as ReconcileStatus};
+use coalition_domain::reconciliation::{
+    Difference, SideTotals, Status as ReconcileStatus, Summary,
+};
 use coalition_domain::{
     MemberId, MerchantCategory, MerchantId, RawSubmission, Rejection, RejectionReason,
     TransactionKind,
@@ -359,41 +361,47 @@ pub fn settlement(view: SettlementView) -> pb::Settlement {
 }
 
 /// A reconciliation report on the wire.
-pub fn reconcile_report(report: Report) -> pb::ReconcileResponse {
+/// The response to a reconciliation: its summary, the differences listed and how many were
+/// not.
+pub fn reconcile_response(
+    summary: Summary,
+    differences: Vec<pb::ReconcileDifference>,
+    differences_not_listed: u64,
+    malformed: Vec<String>,
+    malformed_not_listed: u64,
+) -> pb::ReconcileResponse {
     let totals = |side: SideTotals| pb::ReconcileTotals {
         transactions: side.transactions,
         points: side.points,
         amount_minor: side.amount_minor,
     };
     pb::ReconcileResponse {
-        matched: report.counts.get("matched").copied().unwrap_or(0),
-        merchant: Some(totals(report.merchant)),
-        clearing: Some(totals(report.clearing)),
-        differences: report
-            .differences
-            .into_iter()
-            .map(|difference| pb::ReconcileDifference {
-                status: match difference.status {
-                    ReconcileStatus::Matched => pb::ReconcileStatus::Matched,
-                    ReconcileStatus::PointsMismatch => pb::ReconcileStatus::PointsMismatch,
-                    ReconcileStatus::AmountMismatch => pb::ReconcileStatus::AmountMismatch,
-                    ReconcileStatus::MissingInClearing => pb::ReconcileStatus::MissingInClearing,
-                    ReconcileStatus::MissingAtMerchant => pb::ReconcileStatus::MissingAtMerchant,
-                    ReconcileStatus::Duplicated => pb::ReconcileStatus::Duplicated,
-                } as i32,
-                merchant_transaction_id: difference.merchant_transaction_id,
-                merchant_row: difference.merchant_line.unwrap_or(0),
-                entry_sequence: difference.entry_sequence.unwrap_or(0),
-                merchant_points: difference.merchant_points,
-                clearing_points: difference.clearing_points,
-                merchant_amount_minor: difference.merchant_amount_minor,
-                clearing_amount_minor: difference.clearing_amount_minor,
-            })
-            .collect(),
-        malformed: report
-            .malformed
-            .into_iter()
-            .map(|row| format!("row {}: {}", row.line, row.problem))
-            .collect(),
+        matched: summary.count(ReconcileStatus::Matched),
+        merchant: Some(totals(summary.merchant)),
+        clearing: Some(totals(summary.clearing)),
+        differences,
+        malformed,
+        differences_not_listed,
+        malformed_not_listed,
+    }
+}
+
+pub fn reconcile_difference(difference: Difference) -> pb::ReconcileDifference {
+    pb::ReconcileDifference {
+        status: match difference.status {
+            ReconcileStatus::Matched => pb::ReconcileStatus::Matched,
+            ReconcileStatus::PointsMismatch => pb::ReconcileStatus::PointsMismatch,
+            ReconcileStatus::AmountMismatch => pb::ReconcileStatus::AmountMismatch,
+            ReconcileStatus::MissingInClearing => pb::ReconcileStatus::MissingInClearing,
+            ReconcileStatus::MissingAtMerchant => pb::ReconcileStatus::MissingAtMerchant,
+            ReconcileStatus::Duplicated => pb::ReconcileStatus::Duplicated,
+        } as i32,
+        merchant_transaction_id: difference.merchant_transaction_id,
+        merchant_row: difference.merchant_line.unwrap_or(0),
+        entry_sequence: difference.entry_sequence.unwrap_or(0),
+        merchant_points: difference.merchant_points,
+        clearing_points: difference.clearing_points,
+        merchant_amount_minor: difference.merchant_amount_minor,
+        clearing_amount_minor: difference.clearing_amount_minor,
     }
 }

@@ -13,6 +13,7 @@ mod connect;
 mod load;
 mod lock;
 mod query;
+mod reconcile;
 mod settlement;
 mod state;
 
@@ -24,6 +25,7 @@ pub use query::{
     AGE_BANDS_DAYS, AccountBalance, AccountHistoryLine, ClearedTransaction, HistoryPage,
     OutstandingPoints,
 };
+pub use reconcile::Reconciliation;
 pub use settlement::PeriodPages;
 pub use state::{CHECKPOINT_INTERVAL, StartState};
 
@@ -46,6 +48,8 @@ pub enum StorageError {
     WriterLocked(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("cannot write the outcome")]
+    Output(#[from] std::io::Error),
 }
 
 /// A connection pool to one of the two backends.

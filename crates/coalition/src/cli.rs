@@ -669,7 +669,8 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the ledger check and prints the report; an error when unsound.
+/// Reconciles a merchant's file with what clearing booked, writing the report's files into
+/// `out` and printing its summary.
 async fn reconcile(
     database_url: &str,
     merchant: &str,
@@ -686,22 +687,27 @@ async fn reconcile(
         bail!("--from-ms must be before --to-ms");
     }
     let started = std::time::Instant::now();
-    let storage = Storage::connect(&ConnectOptions::existing(database_url)).await?;
-    let cleared = storage
-        .merchant_transactions(&merchant_id, from_ms, to_ms)
-        .await?;
-    storage.close().await;
     let size = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
-    let bar = crate::demo::progress(size as usize, "reading", quiet);
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
     );
-    let (rows, malformed) = reconcile::read_merchant_file(reader, |bytes| bar.set_position(bytes))?;
+    let storage = Storage::connect(&ConnectOptions::existing(database_url)).await?;
+    let bar = crate::demo::progress(size as usize, "reading", quiet);
+    let report = reconcile::reconcile_file(
+        &storage,
+        &merchant_id,
+        from_ms,
+        to_ms,
+        reader,
+        out,
+        |bytes| bar.set_position(bytes),
+    )
+    .await;
     bar.finish_and_clear();
-    let report = reconcile::reconcile(rows, cleared, malformed);
-    reconcile::write_report(&report, out)?;
+    storage.close().await;
+    let report = report?;
     println!(
         "merchant file: {} transactions, {} points, {} amount; clearing: {} transactions, {} points, {} amount",
         report.merchant.transactions,
@@ -714,7 +720,7 @@ async fn reconcile(
     for (status, count) in &report.counts {
         println!("{status:<22} {count}");
     }
-    println!("malformed rows         {}", report.malformed.len());
+    println!("malformed rows         {}", report.malformed_rows);
     println!(
         "results in {} ({:.2} s)",
         out.display(),

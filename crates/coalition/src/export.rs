@@ -1135,20 +1135,24 @@ async fn read_and_write(
     )?;
     // Reconciliations of merchants' own records.
     for input in &options.reconcile {
-        let cleared = storage
-            .merchant_transactions(&input.merchant, period.start_ms, period.end_ms)
-            .await?;
         let reader = std::io::BufReader::new(
             std::fs::File::open(&input.file)
                 .with_context(|| format!("cannot open {}", input.file.display()))?,
         );
-        let (rows, malformed) = crate::reconcile::read_merchant_file(reader, |_| {})?;
-        let report = crate::reconcile::reconcile(rows, cleared, malformed);
         let relative = format!("reconciliation/{}", input.merchant.file_name_stem());
         if !is_inside_path(&relative) {
             bail!("refusing to write {relative:?}: it does not name a folder inside the export");
         }
-        crate::reconcile::write_report(&report, &folder.root.join(&relative))?;
+        crate::reconcile::reconcile_file(
+            storage,
+            &input.merchant,
+            period.start_ms,
+            period.end_ms,
+            reader,
+            &folder.root.join(&relative),
+            |_| {},
+        )
+        .await?;
         for file in [
             "differences.csv",
             "differences.jsonl",
