@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use coalition_domain::ledger::{ApplyError, Outcome};
 use coalition_domain::{
-    AccountId, AccountKey, Asset, Changes, Ledger, LedgerPolicy, Lot, MemberId, MemberState,
-    MerchantId, MerchantTransactionId, Needs, OpenHold, Prices, Receipt, ReceiptKey,
+    AccountId, AccountKey, Asset, Changes, Entry, EntryKind, Ledger, LedgerPolicy, Lot, MemberId,
+    MemberState, MerchantId, MerchantTransactionId, Needs, OpenHold, Prices, Receipt, ReceiptKey,
     ReferenceState, Reversible, StateRows, Submission, TransactionKind, UnitCode, WorkingSet,
 };
 use proptest::prelude::*;
@@ -127,7 +127,8 @@ struct Store {
     balances: BTreeMap<(AccountId, Asset), i64>,
     /// One row per member id, as the writer wrote it last (without `alias_of`).
     member_states: BTreeMap<MemberId, MemberState>,
-    reversibles: BTreeMap<u64, Reversible>,
+    /// The journal, from which a referred entry's reversible remainder is derived.
+    entries: BTreeMap<u64, Entry>,
     holds: BTreeMap<u64, OpenHold>,
     pieces: BTreeMap<u64, Vec<Lot>>,
     receipts: BTreeMap<ReceiptKey, Receipt>,
@@ -152,16 +153,11 @@ impl Store {
             if let Some((key, receipt)) = Receipt::of_entry(entry) {
                 self.receipts.insert(key, receipt);
             }
+            self.entries.insert(entry.sequence, entry.clone());
         }
         for state in &rows.members {
             self.member_states
                 .insert(state.member_id.clone(), state.clone());
-        }
-        for (sequence, reversible) in &rows.reversibles {
-            let mut stored = reversible.clone();
-            // Pieces are stored once, apart; a reversible is loaded with them.
-            stored.taken = Vec::new();
-            self.reversibles.insert(*sequence, stored);
         }
         for sequence in &rows.holds_closed {
             assert!(
@@ -183,19 +179,38 @@ impl Store {
         }
     }
 
+    /// The reversible remainder of the entry at `sequence`, from the journal alone, as the
+    /// database derives it.
+    fn reversible(&self, sequence: u64) -> Option<Reversible> {
+        let original = self.entries.get(&sequence)?;
+        let hold_merchant = original
+            .refers_to
+            .and_then(|hold| self.entries.get(&hold))
+            .and_then(|hold| hold.origin.as_ref())
+            .map(|origin| &origin.merchant_id);
+        let reversed = self
+            .entries
+            .values()
+            .filter(|entry| {
+                entry.refers_to == Some(sequence)
+                    && matches!(
+                        entry.kind,
+                        EntryKind::EarnReversal | EntryKind::BurnReversal
+                    )
+            })
+            .map(|entry| entry.points)
+            .sum::<i64>();
+        let taken = self.pieces.get(&sequence).cloned().unwrap_or_default();
+        Reversible::of_entry(original, hold_merchant, reversed, taken)
+    }
+
     fn load(&self, needs: &Needs) -> WorkingSet {
         let references = needs
             .references
             .iter()
             .map(|&sequence| ReferenceState {
                 sequence,
-                reversible: self
-                    .reversibles
-                    .get(&sequence)
-                    .map(|reversible| Reversible {
-                        taken: self.pieces.get(&sequence).cloned().unwrap_or_default(),
-                        ..reversible.clone()
-                    }),
+                reversible: self.reversible(sequence),
                 hold: self.holds.get(&sequence).map(|hold| OpenHold {
                     taken: self.pieces.get(&sequence).cloned().unwrap_or_default(),
                     ..hold.clone()
@@ -544,9 +559,12 @@ proptest! {
         // and balances.
         let full_members: BTreeMap<MemberId, MemberState> = whole.members.iter().map(|state| (state.member_id.clone(), state.clone())).collect();
         prop_assert_eq!(&store.member_states, &full_members);
-        let stored_reversibles: BTreeMap<u64, Reversible> = store.reversibles.iter().map(|(s, r)| (*s, Reversible { taken: store.pieces.get(s).cloned().unwrap_or_default(), ..r.clone() })).collect();
-        let full_reversibles: BTreeMap<u64, Reversible> = whole.reversibles.iter().cloned().collect();
-        prop_assert_eq!(stored_reversibles, full_reversibles);
+        // What the journal says remains reversible of every earn, burn and capture is what
+        // the full ledger holds.
+        for sequence in store.entries.keys() {
+            let derived = store.reversible(*sequence);
+            prop_assert_eq!(derived.as_ref(), full.reversible(*sequence), "entry {}", sequence);
+        }
         let stored_holds: BTreeMap<u64, OpenHold> = store.holds.iter().map(|(s, h)| (*s, OpenHold { taken: store.pieces.get(s).cloned().unwrap_or_default(), ..h.clone() })).collect();
         let full_holds_state: BTreeMap<u64, OpenHold> = whole.holds_opened.iter().cloned().collect();
         prop_assert_eq!(stored_holds, full_holds_state);

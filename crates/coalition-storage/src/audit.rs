@@ -2,8 +2,8 @@
 //! hash chain streamed a page at a time (every entry's link, hash and balance), and every
 //! piece of derived state compared with the journal by aggregate queries the database runs
 //! (balances against postings, lots against their consumptions, wallets against their lots,
-//! held balances against open holds, reversible remainders against reversals, open holds
-//! against the entries that close holds). Everything is read in one read-only transaction: a
+//! held balances against open holds, open holds against the entries that close holds).
+//! What remains reversible of an entry is not stored: the writer derives it from the journal. Everything is read in one read-only transaction: a
 //! consistent snapshot, so the audit can run beside a live writer.
 
 use coalition_domain::chain::{ChainHead, entry_hash};
@@ -197,26 +197,6 @@ const COMPARISONS: &[(&str, &str)] = &[
                AND c.kind IN ('capture', 'void', 'hold_expiry')) \
             OR o.points <> (SELECT COALESCE(CAST(SUM(s.points) AS BIGINT), 0) FROM state_pieces s \
                WHERE s.owner_sequence = o.sequence)",
-    ),
-    (
-        "reversible remainders = originals less their reversals",
-        "SELECT 'entry ' || CAST(e.sequence AS TEXT) || ' (' || e.kind || ' of ' || CAST(e.points AS TEXT) || \
-         ' points): reversals took ' || CAST(COALESCE(x.reversed, 0) AS TEXT) || ', stored ' || \
-         COALESCE(CAST(r.points AS TEXT) || ' with ' || CAST(r.reversed AS TEXT) || ' reversed', 'nothing') AS problem \
-         FROM entries e \
-         LEFT JOIN reversibles r ON r.sequence = e.sequence \
-         LEFT JOIN (SELECT refers_to, CAST(SUM(points) AS BIGINT) AS reversed FROM entries \
-             WHERE kind IN ('earn_reversal', 'burn_reversal') GROUP BY refers_to) x \
-           ON x.refers_to = e.sequence \
-         WHERE e.kind IN ('earn', 'burn', 'capture') \
-           AND (r.sequence IS NULL OR r.points <> e.points OR r.reversed <> COALESCE(x.reversed, 0) \
-                OR r.member_id <> e.member_id)",
-    ),
-    (
-        "reversibles are earns, burns and captures",
-        "SELECT 'reversible ' || CAST(r.sequence AS TEXT) || ' is no earn, burn or capture' AS problem \
-         FROM reversibles r WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.sequence = r.sequence \
-           AND e.kind IN ('earn', 'burn', 'capture') AND e.kind = r.kind)",
     ),
 ];
 

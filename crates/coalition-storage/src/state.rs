@@ -261,61 +261,6 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
         on_conflict: "",
     };
     let member_states = member_states_table(&rows.members);
-    let reversibles = &rows.reversibles;
-    let reversible_table = Table {
-        name: "reversibles",
-        columns: vec![
-            (
-                "sequence",
-                Column::BigInt(reversibles.iter().map(|(s, _)| to_i64(*s)).collect()),
-            ),
-            (
-                "kind",
-                Column::Text(
-                    reversibles
-                        .iter()
-                        .map(|(_, r)| r.kind.code().to_owned())
-                        .collect(),
-                ),
-            ),
-            (
-                "merchant_id",
-                Column::Text(
-                    reversibles
-                        .iter()
-                        .map(|(_, r)| r.merchant_id.to_string())
-                        .collect(),
-                ),
-            ),
-            (
-                "member_id",
-                Column::Text(
-                    reversibles
-                        .iter()
-                        .map(|(_, r)| r.member_id.to_string())
-                        .collect(),
-                ),
-            ),
-            (
-                "points",
-                Column::BigInt(reversibles.iter().map(|(_, r)| r.points).collect()),
-            ),
-            (
-                "reversed",
-                Column::BigInt(reversibles.iter().map(|(_, r)| r.reversed).collect()),
-            ),
-            (
-                "terms_version",
-                Column::BigInt(
-                    reversibles
-                        .iter()
-                        .map(|(_, r)| i64::from(r.terms_version))
-                        .collect(),
-                ),
-            ),
-        ],
-        on_conflict: "ON CONFLICT (sequence) DO UPDATE SET reversed = excluded.reversed",
-    };
     let holds = &rows.holds_opened;
     let hold_table = Table {
         name: "open_holds",
@@ -357,7 +302,7 @@ fn state_tables(rows: &StateRows) -> Vec<Table> {
         ],
         on_conflict: "",
     };
-    vec![member_states, reversible_table, hold_table, state_pieces]
+    vec![member_states, hold_table, state_pieces]
 }
 
 /// Deletes the rows of closed holds and their pieces inside a batch's transaction.

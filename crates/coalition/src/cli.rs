@@ -773,7 +773,7 @@ pub async fn check(database_url: &str, since: Option<&str>, replay: bool) -> any
     storage.close().await;
     if problems.is_empty() {
         println!(
-            "ledger check: OK (every entry balances, the chain verifies, balances, lots, wallets, holds and reversible remainders match the journal)"
+            "ledger check: OK (every entry balances, the chain verifies, balances, lots, wallets and holds match the journal)"
         );
         Ok(())
     } else {

@@ -272,7 +272,6 @@ impl Ledger {
                 }
                 let already = original.reversed;
                 original.reversed += entry.points;
-                self.touched.reversibles.insert(original_sequence);
                 if reversing_earn {
                     // The earn's own lot first, then the member's other lots; what the member
                     // already spent becomes a debt (see `lots`).

@@ -34,6 +34,40 @@ pub struct Reversible {
     pub taken: Vec<Lot>,
 }
 
+impl Reversible {
+    /// What remains reversible of `original`, derived from the journal as the database does
+    /// it when it loads a referred entry: `None` unless it is an earn, burn or capture;
+    /// `reversed` sums the points of the earn and burn reversals that refer to it; a capture's
+    /// merchant is its hold's (`hold_merchant`); `taken` is stored apart, as pieces.
+    pub fn of_entry(
+        original: &Entry,
+        hold_merchant: Option<&MerchantId>,
+        reversed: i64,
+        taken: Vec<Lot>,
+    ) -> Option<Reversible> {
+        if !matches!(
+            original.kind,
+            EntryKind::Earn | EntryKind::Burn | EntryKind::Capture
+        ) {
+            return None;
+        }
+        let merchant_id = if original.kind == EntryKind::Capture {
+            hold_merchant?.clone()
+        } else {
+            original.origin.as_ref()?.merchant_id.clone()
+        };
+        Some(Reversible {
+            kind: original.kind,
+            merchant_id,
+            member_id: original.member_id.clone()?,
+            points: original.points,
+            reversed,
+            terms_version: original.terms_version?,
+            taken,
+        })
+    }
+}
+
 /// A hold not yet captured, voided or expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenHold {
@@ -169,7 +203,8 @@ pub(crate) struct Touched {
     /// Members whose wallet, debt, tier, accounts or balances changed, or that were enrolled
     /// or merged away.
     pub members: BTreeSet<MemberId>,
-    pub reversibles: BTreeSet<u64>,
+    /// New earns, burns and captures (their pieces are written once; what remains reversible
+    /// of them the database derives from the journal).
     pub new_reversibles: BTreeSet<u64>,
     pub holds_opened: BTreeSet<u64>,
     pub holds_closed: BTreeSet<u64>,
@@ -178,7 +213,6 @@ pub(crate) struct Touched {
 impl Touched {
     pub fn absorb(&mut self, other: Touched) {
         self.members.extend(other.members);
-        self.reversibles.extend(other.reversibles);
         self.new_reversibles.extend(other.new_reversibles);
         self.holds_opened.extend(other.holds_opened);
         self.holds_closed.extend(other.holds_closed);
@@ -186,15 +220,15 @@ impl Touched {
 }
 
 /// The rows that bring the database's copy of the state (each changed member's whole state,
-/// reversible remainders, open holds and the lot pieces of holds, burns and captures) to the
-/// state after a batch. Written in the batch's transaction.
+/// open holds and the lot pieces of holds, burns and captures) to the state after a batch.
+/// Written in the batch's transaction. What remains reversible of an earn, burn or capture
+/// is no row: the database derives it from the entry and the reversals that refer to it
+/// (see [`Reversible`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateRows {
     /// The whole state of every member the batch changed, as the ledger holds it now: one row
     /// each.
     pub members: Vec<MemberState>,
-    /// Reversibles new or changed, by entry sequence.
-    pub reversibles: Vec<(u64, Reversible)>,
     /// The lot pieces of new burns, captures and holds, by entry sequence, in take order.
     pub pieces: Vec<(u64, Vec<Lot>)>,
     pub holds_opened: Vec<(u64, OpenHold)>,
@@ -213,13 +247,6 @@ impl Changes {
         let missing = |sequence: u64| {
             ApplyError::InvariantViolated(format!("entry {sequence}: reversible not in memory"))
         };
-        for sequence in touched.reversibles.union(&touched.new_reversibles) {
-            let reversible = ledger
-                .reversibles
-                .get(sequence)
-                .ok_or_else(|| missing(*sequence))?;
-            rows.reversibles.push((*sequence, reversible.clone()));
-        }
         for sequence in &touched.new_reversibles {
             let reversible = ledger
                 .reversibles
@@ -263,6 +290,12 @@ impl Ledger {
         self.last_accepted_at_ms = last_accepted_at_ms;
     }
 
+    /// What remains reversible of the earn, burn or capture at `sequence`, when it is in
+    /// memory.
+    pub fn reversible(&self, sequence: u64) -> Option<&Reversible> {
+        self.reversibles.get(&sequence)
+    }
+
     /// The state rows of everything this ledger holds: what fills the state tables of a
     /// journal written before them, and what `check` compares them with.
     pub fn whole_state_rows(&self) -> StateRows {
@@ -281,7 +314,6 @@ impl Ledger {
         let mut reversibles: Vec<(&u64, &Reversible)> = self.reversibles.iter().collect();
         reversibles.sort_by_key(|(sequence, _)| **sequence);
         for (sequence, reversible) in reversibles {
-            rows.reversibles.push((*sequence, reversible.clone()));
             if !reversible.taken.is_empty() {
                 rows.pieces.push((*sequence, reversible.taken.clone()));
             }

@@ -143,9 +143,19 @@ impl Storage {
         let keys: Vec<i64> = needs.references.iter().map(|s| to_i64(*s)).collect();
         let reversibles = fetch_keyed!(
             self,
+            // What remains reversible of an earn, burn or capture, from the journal (the rule
+            // of `Reversible::of_entry`): the entry, its hold's merchant for a capture, and
+            // the points of the reversals that refer to it (by `entries_by_refers_to`).
             keyed_sql!(
-                "SELECT sequence, kind, merchant_id, member_id, points, reversed, terms_version \
-                 FROM reversibles WHERE sequence",
+                "SELECT e.sequence, e.kind, \
+                 CASE WHEN e.kind = 'capture' THEN \
+                     (SELECT h.merchant_id FROM entries h WHERE h.sequence = e.refers_to) \
+                     ELSE e.merchant_id END AS merchant_id, \
+                 e.member_id, e.points, e.terms_version, \
+                 COALESCE((SELECT CAST(SUM(r.points) AS BIGINT) FROM entries r \
+                     WHERE r.refers_to = e.sequence \
+                       AND r.kind IN ('earn_reversal', 'burn_reversal')), 0) AS reversed \
+                 FROM entries e WHERE e.kind IN ('earn', 'burn', 'capture') AND e.sequence",
                 ""
             ),
             keys.clone(),

@@ -5,7 +5,7 @@ use super::*;
 use crate::with_pool;
 
 /// The state tables `rebuild_state` empties and fills.
-const STATE_TABLES: [&str; 4] = ["member_states", "reversibles", "open_holds", "state_pieces"];
+const STATE_TABLES: [&str; 3] = ["member_states", "open_holds", "state_pieces"];
 
 /// Replaces the state tables' rows with `$rows` in an open transaction and commits it.
 macro_rules! refill {
