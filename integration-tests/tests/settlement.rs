@@ -491,7 +491,7 @@ async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
     ];
     let report = server
         .admin()
-        .reconcile(tokio_stream::iter(messages))
+        .reconcile(tokio_stream::iter(messages.clone()))
         .await
         .expect("reconcile")
         .into_inner();
@@ -528,6 +528,41 @@ async fn a_merchant_record_reconciles_over_the_stream(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A second header midway is refused, and the reconciliation it abandons leaves nothing
+    // behind: the next one on the same server answers as before. Malformed rows beyond the
+    // first 1,000 are counted, not listed.
+    let header = messages[0].clone();
+    let status = server
+        .admin()
+        .reconcile(tokio_stream::iter(vec![
+            header.clone(),
+            row("t-1", 100, None),
+            header.clone(),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let mut again = vec![header, row("t-1", 100, Some(10_000))];
+    again.extend((0..1_005).map(|_| row("", 1, None)));
+    let report = server
+        .admin()
+        .reconcile(tokio_stream::iter(again))
+        .await
+        .expect("reconcile again")
+        .into_inner();
+    assert_eq!(report.matched, 1);
+    assert_eq!(
+        report.differences.len(),
+        3,
+        "t-2, t-3 and t-4 missing at the merchant"
+    );
+    assert_eq!(report.malformed.len(), 1_000);
+    assert_eq!(report.malformed_not_listed, 5);
+    assert_eq!(
+        report.malformed[999],
+        "row 1001: merchant_transaction_id is empty"
+    );
 }
 
 /// A record of 12,500 rows against 240 entries, drawn at random (exact rows, points and spend

@@ -17,8 +17,8 @@ use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use crate::server::ServerConfig;
 
-/// The most differences (and malformed rows) a reconciliation response lists; the rest are
-/// counted. Ten thousand differences make about a megabyte, within gRPC's default 4 MiB.
+/// The most differences a reconciliation response lists; the rest are counted. (Malformed
+/// rows: the summary's first `MALFORMED_LISTED`.) Ten thousand differences make about a megabyte, within gRPC's default 4 MiB.
 const RECONCILE_LISTED_MAX: usize = 10_000;
 
 /// True when the metadata carries the configured admin token. Without a configured token no
@@ -586,8 +586,6 @@ impl AdminService for Admin {
             .begin_reconciliation(&merchant, period.start_ms, period.end_ms)
             .await
             .map_err(|error| admin_status(error.into()))?;
-        let mut malformed = Vec::new();
-        let mut malformed_not_listed = 0u64;
         let mut number = 0u64;
         while let Some(message) = stream
             .message()
@@ -599,16 +597,10 @@ impl AdminService for Admin {
                     number += 1;
                     let id = row.merchant_transaction_id.trim();
                     if id.is_empty() {
-                        let row = Malformed {
+                        reconciliation.malformed(Malformed {
                             line: number,
                             problem: "merchant_transaction_id is empty".into(),
-                        };
-                        if malformed.len() < RECONCILE_LISTED_MAX {
-                            malformed.push(format!("row {}: {}", row.line, row.problem));
-                        } else {
-                            malformed_not_listed += 1;
-                        }
-                        reconciliation.malformed(row);
+                        });
                         continue;
                     }
                     reconciliation
@@ -651,8 +643,6 @@ impl AdminService for Admin {
             summary,
             differences,
             differences_not_listed,
-            malformed,
-            malformed_not_listed,
         )))
     }
 

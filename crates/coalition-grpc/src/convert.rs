@@ -361,14 +361,12 @@ pub fn settlement(view: SettlementView) -> pb::Settlement {
 }
 
 /// A reconciliation report on the wire.
-/// The response to a reconciliation: its summary, the differences listed and how many were
-/// not.
+/// The response to a reconciliation: its summary (with the malformed rows it lists), the
+/// differences listed and how many were not.
 pub fn reconcile_response(
     summary: Summary,
     differences: Vec<pb::ReconcileDifference>,
     differences_not_listed: u64,
-    malformed: Vec<String>,
-    malformed_not_listed: u64,
 ) -> pb::ReconcileResponse {
     let totals = |side: SideTotals| pb::ReconcileTotals {
         transactions: side.transactions,
@@ -380,9 +378,13 @@ pub fn reconcile_response(
         merchant: Some(totals(summary.merchant)),
         clearing: Some(totals(summary.clearing)),
         differences,
-        malformed,
         differences_not_listed,
-        malformed_not_listed,
+        malformed_not_listed: summary.malformed_rows - summary.malformed.len() as u64,
+        malformed: summary
+            .malformed
+            .into_iter()
+            .map(|row| format!("row {}: {}", row.line, row.problem))
+            .collect(),
     }
 }
 
