@@ -773,8 +773,103 @@ async fn a_large_record_reconciles_as_the_definition_says(backend: Backend) {
     assert_eq!(report.malformed_not_listed, 0);
 }
 
+/// A report that cannot be written (a full disk, a closed stream) fails the reconciliation
+/// with the sink's error and leaves nothing behind: the next one on the same database sees
+/// only its own rows.
+async fn a_report_that_cannot_be_written_leaves_nothing_behind(backend: Backend) {
+    use coalition_domain::MerchantId;
+    use coalition_domain::reconciliation::{MerchantRow, Status};
+    use coalition_storage::StorageError;
+    let server = TestServer::start(backend).await;
+    let (tenant, _) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1"]).await;
+    for id in ["b-1", "b-2", "b-3"] {
+        accepted(
+            &server
+                .submit(tenant.envelope(&server.body(
+                    &tenant,
+                    pb::TransactionKind::Earn,
+                    id,
+                    "m-1",
+                    10,
+                )))
+                .await,
+        );
+    }
+    let storage = server.server.engine.storage();
+    let merchant = MerchantId::new("tenant-1").unwrap();
+    let rows = |prefix: &str, count: u64| {
+        (1..=count)
+            .map(|line| MerchantRow {
+                line,
+                merchant_transaction_id: format!("{prefix}-{line}"),
+                kind: "earn".into(),
+                points: 10,
+                amount_minor: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        let mut reconciliation = storage
+            .begin_reconciliation(&merchant, 0, i64::MAX)
+            .await
+            .unwrap();
+        for row in rows("x", 5) {
+            reconciliation.add(row).await.unwrap();
+        }
+        let mut written = 0;
+        let failed = reconciliation
+            .finish(|_| {
+                written += 1;
+                if written == 2 {
+                    Err(std::io::Error::other("no space left on device"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        match failed {
+            Err(StorageError::Output(error)) => {
+                assert_eq!(error.to_string(), "no space left on device")
+            }
+            other => panic!("the sink's failure was not reported: {other:?}"),
+        }
+    }
+    // Rows b-1 (matched) and y-2, y-3 (not in clearing); b-2 and b-3 missing at the merchant.
+    let mut reconciliation = storage
+        .begin_reconciliation(&merchant, 0, i64::MAX)
+        .await
+        .unwrap();
+    let mut record = rows("y", 3);
+    record[0].merchant_transaction_id = "b-1".into();
+    for row in record {
+        reconciliation.add(row).await.unwrap();
+    }
+    let mut differences = Vec::new();
+    let summary = reconciliation
+        .finish(|difference| {
+            differences.push((difference.status, difference.merchant_transaction_id));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary.merchant.transactions, 3);
+    assert_eq!(summary.clearing.transactions, 3);
+    assert_eq!(summary.count(Status::Matched), 1);
+    assert_eq!(
+        differences,
+        vec![
+            (Status::MissingInClearing, "y-2".to_owned()),
+            (Status::MissingInClearing, "y-3".to_owned()),
+            (Status::MissingAtMerchant, "b-2".to_owned()),
+            (Status::MissingAtMerchant, "b-3".to_owned()),
+        ]
+    );
+}
+
 on_both_backends!(
     a_large_record_reconciles_as_the_definition_says,
+    a_report_that_cannot_be_written_leaves_nothing_behind,
     a_period_settles_once_nets_to_zero_and_clears_the_accounts,
     breakage_is_shared_as_the_terms_say,
     a_bad_period_name_is_refused,
