@@ -1,6 +1,10 @@
 //! The submission benchmark: a real server on a fresh database (SQLite or PostgreSQL), the
 //! mall-day workload pre-signed, then driven over gRPC by concurrent clients. Prints sustained
-//! throughput and call latency percentiles. See docs/benchmarks.md.
+//! throughput and call latency percentiles. With `--core`, the mall day's submissions are
+//! checked first (signatures, keys, bodies; untimed) and then handed straight to the engine
+//! by the same number of concurrent callers: the ledger core (the writer and the database)
+//! without gRPC and signature verification, to set beside other ledgers' own benchmarks.
+//! See docs/benchmarks.md.
 
 /// The server's allocator, as in `src/main.rs`, so the figures are the server's.
 #[global_allocator]
@@ -56,6 +60,10 @@ struct Args {
     /// The writer's member budget (`writer_cache_members_max`); the default is the server's.
     #[arg(long)]
     writer_cache_members_max: Option<usize>,
+    /// Time the ledger core: the mall day's submissions checked beforehand, then handed to
+    /// the engine in calls of `--batch-len` by `--clients` concurrent callers.
+    #[arg(long)]
+    core: bool,
 }
 
 /// The process's resident memory in MiB, from /proc.
@@ -194,6 +202,9 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     )
     .await?;
     let carry_in_seconds = started.elapsed().as_secs_f64();
+    if args.core {
+        return core(args, server, day.traffic, &metrics, &config).await;
+    }
     let bar = progress(day.traffic.len(), "mall day", true);
     let stages_before = stage_seconds(&metrics);
     let started = Instant::now();
@@ -264,6 +275,108 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
          are load, apply, rows, wait and evict, while write runs in the commit task beside the \
          next batch's):"
     );
+    print_stages(&stages_before, &stages_after, seconds);
+    Ok(())
+}
+
+/// The ledger core: the day's traffic checked beforehand (untimed), then submitted straight
+/// to the engine by `--clients` callers taking calls of `--batch-len` from one queue.
+async fn core(
+    args: &Args,
+    server: RunningServer,
+    traffic: Vec<coalition_grpc::pb::Envelope>,
+    metrics: &PrometheusHandle,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let total = traffic.len();
+    let started = Instant::now();
+    let mut checked = Vec::with_capacity(total);
+    let mut refused_by_checks = 0usize;
+    for chunk in traffic.chunks(args.batch_len) {
+        for item in coalition_grpc::check_envelopes(&server.engine, chunk.to_vec())
+            .await
+            .map_err(|status| anyhow::anyhow!("{status}"))?
+        {
+            match item {
+                Ok(submission) => checked.push(submission),
+                Err(_) => refused_by_checks += 1,
+            }
+        }
+    }
+    let check_seconds = started.elapsed().as_secs_f64();
+    let calls: Vec<Vec<_>> = checked.chunks(args.batch_len).map(<[_]>::to_vec).collect();
+    let submitted = checked.len();
+    drop(checked);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(calls.into_iter()));
+    let stages_before = stage_seconds(metrics);
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let queue = queue.clone();
+        let engine = server.engine.clone();
+        callers.spawn(async move {
+            let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+            let mut latencies = Vec::new();
+            loop {
+                let Some(call) = queue.lock().expect("queue").next() else {
+                    break;
+                };
+                let sent = Instant::now();
+                for outcome in engine.submit(call).await? {
+                    match outcome {
+                        Ok(outcome) if outcome.duplicate => duplicates += 1,
+                        Ok(_) => accepted += 1,
+                        Err(_) => rejected += 1,
+                    }
+                }
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok((accepted, duplicates, rejected, latencies))
+        });
+    }
+    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    while let Some(caller) = callers.join_next().await {
+        let (a, d, r, l) = caller??;
+        accepted += a;
+        duplicates += d;
+        rejected += r;
+        latencies.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stages_after = stage_seconds(metrics);
+    let rss_mib = memory_mib();
+    server.shutdown().await?;
+    latencies.sort();
+    let millis = |percent| percentile(&latencies, percent).as_secs_f64() * 1e3;
+    println!("machine       {}", machine());
+    println!(
+        "backend       {:?} ({})",
+        args.backend,
+        coalition::runtime::redacted(&config.database_url)
+    );
+    println!(
+        "load          ledger core: engine calls of {} checked submissions from {} callers; writer batches up to {}",
+        args.batch_len, args.clients, args.writer_batch_len_max
+    );
+    println!(
+        "checks        {total} envelopes checked beforehand in {check_seconds:.2} s ({refused_by_checks} refused), untimed"
+    );
+    println!(
+        "ledger core   {submitted} submissions ({accepted} accepted, {duplicates} duplicates, {rejected} rejected) in {seconds:.2} s = {:.0} tx/s",
+        submitted as f64 / seconds
+    );
+    println!(
+        "call latency  p50 {:.2} ms, p99 {:.2} ms over {} calls",
+        millis(50),
+        millis(99),
+        latencies.len()
+    );
+    println!(
+        "working set   {} members at most; RSS {rss_mib:.0} MiB at the end",
+        config.writer_cache_members_max
+    );
+    println!("writer stages during the mall day:");
     print_stages(&stages_before, &stages_after, seconds);
     Ok(())
 }
