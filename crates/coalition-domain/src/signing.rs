@@ -121,6 +121,56 @@ mod tests {
         );
     }
 
+    /// A signature whose R carries a torsion component, made by the key's holder for that R:
+    /// the strict rule refuses it, while the term a batch equation would weigh by a random
+    /// multiplier is torsion alone, cancelled by any multiplier that is a multiple of 8. Why
+    /// batch verification would not give the same answers (docs/design/throughput.md).
+    #[test]
+    fn a_signature_whose_r_has_a_torsion_component_is_refused() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::edwards::EdwardsPoint;
+        use curve25519_dalek::scalar::Scalar;
+        use curve25519_dalek::traits::{Identity, IsIdentity};
+        use sha2::{Digest, Sha512};
+        let base = ED25519_BASEPOINT_POINT;
+        let secret = Scalar::from_bytes_mod_order([3; 32]);
+        let public_point = base * secret;
+        let public = VerifyingKey::from_bytes(&public_point.compress().to_bytes()).unwrap();
+        let body = b"transaction body";
+        let message = signed_message(SUBMISSION_DOMAIN, body);
+        let nonce = Scalar::from_bytes_mod_order([5; 32]);
+        let sign_with = |torsion: EdwardsPoint| {
+            let commitment = base * nonce + torsion;
+            let commitment_bytes = commitment.compress().to_bytes();
+            let hash: [u8; 64] = Sha512::new()
+                .chain_update(commitment_bytes)
+                .chain_update(public.as_bytes())
+                .chain_update(&message)
+                .finalize()
+                .into();
+            let challenge = Scalar::from_bytes_mod_order_wide(&hash);
+            let s = nonce + challenge * secret;
+            let mut bytes = [0u8; 64];
+            bytes[..32].copy_from_slice(&commitment_bytes);
+            bytes[32..].copy_from_slice(s.as_bytes());
+            let term = base * s - commitment - public_point * challenge;
+            (Signature::from_bytes(&bytes), term)
+        };
+        // The construction makes real signatures: without torsion it verifies.
+        let (clean, term) = sign_with(EdwardsPoint::identity());
+        assert_eq!(verify(&public, SUBMISSION_DOMAIN, body, &clean), Ok(()));
+        assert!(term.is_identity());
+        for torsion in &EIGHT_TORSION[1..] {
+            let (signature, term) = sign_with(*torsion);
+            assert_eq!(
+                verify(&public, SUBMISSION_DOMAIN, body, &signature),
+                Err(SignatureFault::Invalid)
+            );
+            assert!(!term.is_identity());
+            assert!(term.mul_by_cofactor().is_identity());
+        }
+    }
+
     #[test]
     fn weak_and_malformed_keys_are_refused() {
         // The identity point is of small order: a weak key.
