@@ -46,7 +46,7 @@ pub enum Command {
     /// Start a server on a fresh embedded database and clear a day of mall traffic through it.
     Demo(crate::demo::DemoArgs),
     /// Audit the books: verify every entry's link, hash and balance, and compare balances,
-    /// lots, wallets, open holds and reversible remainders with the journal. Runs in bounded
+    /// lots, wallets, member states and open holds with the journal. Runs in bounded
     /// memory on a consistent snapshot, beside a live server. Exits non-zero when the books
     /// are not sound; when they are, records a checkpoint at the head it verified.
     Check {
