@@ -156,7 +156,7 @@ impl Storage {
     /// The postings of the entries `sequences`, in entry and posting order. Each entry's
     /// postings and each posting's account are found by key: on PostgreSQL without fresh
     /// statistics, a join or an `IN` over `postings` scanned all of it (a member's page of
-    /// history took 48 s at 12 million entries), so there the lookups are lateral
+    /// history took 8 s at 12 million entries), so there the lookups are lateral
     /// subqueries that only an index can serve; SQLite always joins that way.
     async fn postings_of(&self, sequences: &[i64]) -> Result<Vec<PostingRow>, StorageError> {
         if sequences.is_empty() {
