@@ -17,8 +17,9 @@ use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use crate::server::ServerConfig;
 
-/// The most differences a reconciliation response lists; the rest are counted. (Malformed
-/// rows: the summary's first `MALFORMED_LISTED`.) Ten thousand differences make about a megabyte, within gRPC's default 4 MiB.
+/// The most differences a reconciliation response lists; the rest are counted. Ten thousand
+/// differences make about a megabyte, within gRPC's default 4 MiB. Malformed rows are listed
+/// as the summary keeps them (its first `MALFORMED_LISTED`).
 const RECONCILE_LISTED_MAX: usize = 10_000;
 
 /// True when the metadata carries the configured admin token. Without a configured token no

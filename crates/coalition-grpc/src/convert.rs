@@ -360,8 +360,7 @@ pub fn settlement(view: SettlementView) -> pb::Settlement {
     }
 }
 
-/// A reconciliation report on the wire.
-/// The response to a reconciliation: its summary (with the malformed rows it lists), the
+/// A reconciliation report on the wire: its summary (with the malformed rows it lists), the
 /// differences listed and how many were not.
 pub fn reconcile_response(
     summary: Summary,

@@ -37,6 +37,18 @@ macro_rules! posting_columns {
 }
 pub(crate) use posting_columns;
 
+/// On PostgreSQL, the `a` of `posting_columns!` for postings `p`: each posting's account found
+/// by its key. A plain join is what SQLite does anyway, but PostgreSQL without fresh
+/// statistics (this machine runs it with autovacuum off) planned it by hashing every account,
+/// 2.4 million at 2 million members, for the postings of a few entries or of none;
+/// `OFFSET 0` keeps the subquery a subquery, which only the key can serve.
+macro_rules! account_by_key {
+    () => {
+        " CROSS JOIN LATERAL (SELECT kind, owner FROM accounts WHERE account_id = p.account_id OFFSET 0) a "
+    };
+}
+pub(crate) use account_by_key;
+
 /// One `entries` row, before it is checked into a domain entry.
 pub(crate) struct EntryRow {
     pub sequence: i64,
@@ -272,10 +284,6 @@ impl Storage {
     pub async fn entries_after(&self, after: u64, limit: i64) -> Result<Vec<Entry>, StorageError> {
         let after = i64::try_from(after).map_err(|_| corrupt("sequence beyond 2^63"))?;
         let last = after + limit;
-        // Each posting's account is looked up by its key. SQLite always joins that way;
-        // PostgreSQL is made to (`OFFSET 0` keeps the subquery a subquery): without fresh
-        // statistics it hashed every account (2.4 million, half a second) to join the
-        // postings of a few entries, or of none.
         let postings = match self {
             Storage::Sqlite(..) => concat!(
                 "SELECT ",
@@ -286,9 +294,9 @@ impl Storage {
             Storage::Postgres(_) => concat!(
                 "SELECT ",
                 posting_columns!(),
-                " FROM postings p CROSS JOIN LATERAL \
-                 (SELECT kind, owner FROM accounts WHERE account_id = p.account_id OFFSET 0) a \
-                 WHERE p.entry_sequence > $1 AND p.entry_sequence <= $2 ORDER BY p.entry_sequence, p.posting_index"
+                " FROM postings p",
+                account_by_key!(),
+                "WHERE p.entry_sequence > $1 AND p.entry_sequence <= $2 ORDER BY p.entry_sequence, p.posting_index"
             ),
         };
         let (entry_rows, posting_rows) = with_pool!(self, pool => {

@@ -7,7 +7,9 @@ pub use coalition_domain::reconciliation::ClearedTransaction;
 use coalition_domain::{MemberId, MerchantId, MerchantTransactionId, Receipt, ReceiptKey};
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
-use crate::load::{PostingRow, assemble, entry_columns, entry_row, posting_columns, posting_row};
+use crate::load::{
+    PostingRow, account_by_key, assemble, entry_columns, entry_row, posting_columns, posting_row,
+};
 use crate::{Storage, StorageError, with_pool};
 
 /// An account's balance of one asset at a moment.
@@ -153,11 +155,11 @@ impl Storage {
         }
     }
 
-    /// The postings of the entries `sequences`, in entry and posting order. Each entry's
-    /// postings and each posting's account are found by key: on PostgreSQL without fresh
-    /// statistics, a join or an `IN` over `postings` scanned all of it (a member's page of
-    /// history took 8 s at 12 million entries), so there the lookups are lateral
-    /// subqueries that only an index can serve; SQLite always joins that way.
+    /// The postings of the entries `sequences`, in entry and posting order. On PostgreSQL
+    /// each entry's postings and each posting's account are found by key (lateral
+    /// subqueries, as `account_by_key!`): a join or an `IN` over `postings` was planned as a
+    /// scan of all of it without fresh statistics (8 s for a member's page of history at 12
+    /// million entries).
     async fn postings_of(&self, sequences: &[i64]) -> Result<Vec<PostingRow>, StorageError> {
         if sequences.is_empty() {
             return Ok(Vec::new());
@@ -187,9 +189,9 @@ impl Storage {
             Storage::Postgres(pool) => {
                 sqlx::query(concat!(
                     "SELECT ", posting_columns!(), " FROM UNNEST($1::BIGINT[]) AS s (sequence) \
-                     CROSS JOIN LATERAL (SELECT * FROM postings WHERE entry_sequence = s.sequence OFFSET 0) p \
-                     CROSS JOIN LATERAL (SELECT kind, owner FROM accounts WHERE account_id = p.account_id OFFSET 0) a \
-                     ORDER BY p.entry_sequence, p.posting_index"
+                     CROSS JOIN LATERAL (SELECT * FROM postings WHERE entry_sequence = s.sequence OFFSET 0) p",
+                    account_by_key!(),
+                    "ORDER BY p.entry_sequence, p.posting_index"
                 ))
                 .bind(sequences)
                 .fetch_all(pool)
