@@ -362,6 +362,16 @@ impl TestServer {
             .expect("a result")
     }
 
+    /// Submits `envelopes` in one `SubmitBatch` call and returns the result of each.
+    pub async fn submit_batch(&self, envelopes: Vec<pb::Envelope>) -> Vec<pb::SubmissionResult> {
+        self.submissions()
+            .submit_batch(pb::SubmitBatchRequest { envelopes })
+            .await
+            .expect("SubmitBatch answers")
+            .into_inner()
+            .results
+    }
+
     pub async fn earn(
         &self,
         signer: &MerchantSigner,

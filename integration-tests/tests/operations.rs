@@ -240,7 +240,6 @@ async fn sqlite_copies_the_wal_into_the_database_beside_the_writer() {
         &member_ids,
     )
     .await;
-    let mut client = SubmissionServiceClient::new(server.channel.clone());
     let now = coalition_engine::Clock::now_ms(&server.clock);
     for batch in 0..30 {
         let envelopes = (0..100)
@@ -258,13 +257,7 @@ async fn sqlite_copies_the_wal_into_the_database_beside_the_writer() {
                 })
             })
             .collect();
-        let results = client
-            .submit_batch(pb::SubmitBatchRequest { envelopes })
-            .await
-            .unwrap()
-            .into_inner()
-            .results;
-        for result in &results {
+        for result in &server.submit_batch(envelopes).await {
             accepted(result);
         }
     }

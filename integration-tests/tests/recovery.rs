@@ -321,6 +321,86 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
     storage.close().await;
 }
 
+/// The writer records a hash-chain checkpoint in every batch that crosses a multiple of
+/// `CHECKPOINT_INTERVAL` entries, so a start verifies only the entries after the last one
+/// (fewer than the interval) and records one at the head, after which a start verifies none.
+async fn a_start_verifies_only_the_entries_after_the_last_checkpoint(backend: Backend) {
+    use coalition_storage::CHECKPOINT_INTERVAL;
+    use sqlx::Row;
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-1"]).await;
+    let entries = 2 * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL / 3;
+    let envelopes: Vec<_> = (0..entries)
+        .map(|index| {
+            tenant.envelope(&server.body(
+                &tenant,
+                pb::TransactionKind::Earn,
+                &format!("e-{index}"),
+                "m-1",
+                1,
+            ))
+        })
+        .collect();
+    for chunk in envelopes.chunks(500) {
+        for result in &server.submit_batch(chunk.to_vec()).await {
+            accepted(result);
+        }
+    }
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    let storage = coalition_storage::Storage::connect(
+        &coalition_storage::ConnectOptions::existing(&*database.url),
+    )
+    .await
+    .unwrap();
+    let last_checkpoint = || async {
+        let query = "SELECT MAX(sequence) AS last FROM checkpoints";
+        let last: Option<i64> = match &database.backend {
+            Backend::Sqlite => {
+                use sqlx::Connection;
+                let mut connection = sqlx::SqliteConnection::connect(&database.url)
+                    .await
+                    .unwrap();
+                sqlx::query(query)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+                    .get("last")
+            }
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+                sqlx::query(query)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap()
+                    .get("last")
+            }
+        };
+        last.unwrap_or(0) as u64
+    };
+    let checkpoint = last_checkpoint().await;
+    assert!(
+        checkpoint >= 2 * CHECKPOINT_INTERVAL,
+        "the writer's last checkpoint is at {checkpoint} of {entries} entries"
+    );
+    let first = storage.load_start().await.unwrap();
+    assert_eq!(first.ledger.head().sequence, entries);
+    assert_eq!(first.verified_entries, entries - checkpoint);
+    assert!(first.verified_entries < CHECKPOINT_INTERVAL);
+    assert_eq!(last_checkpoint().await, entries);
+    let second = storage.load_start().await.unwrap();
+    assert_eq!(second.verified_entries, 0);
+    storage.close().await;
+}
+
 /// The real server binary.
 const SERVER: &str = env!("CARGO_BIN_EXE_coalition-under-test");
 
@@ -790,4 +870,5 @@ on_both_backends!(
     a_tampered_journal_is_reported_and_refused_at_startup,
     a_second_server_on_the_same_database_refuses_to_start,
     an_orphan_posting_is_reported,
+    a_start_verifies_only_the_entries_after_the_last_checkpoint,
 );
