@@ -860,7 +860,109 @@ async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend)
     assert!(sound, "{report}");
 }
 
+/// Makes the database take about a second over a batch with an earn of 555 points (a trigger
+/// on `lots`, the earn's lot), which then commits.
+async fn slow_earns_of_555(database: &TestDatabase) {
+    let statements = match database.backend {
+        // SQLite has no sleep: a count over a cross product of 450 rows three times.
+        Backend::Sqlite => vec![
+            "CREATE TABLE slow (x INTEGER)",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 450) \
+             INSERT INTO slow SELECT x FROM c",
+            "CREATE TRIGGER slow_555 BEFORE INSERT ON lots \
+             WHEN NEW.points = 555 BEGIN \
+             SELECT RAISE(ABORT, 'unreachable') WHERE \
+             (SELECT count(*) FROM slow a, slow b, slow c) < 0; END",
+        ],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION slow_555() RETURNS trigger AS $$ BEGIN \
+             IF NEW.points = 555 THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$ \
+             LANGUAGE plpgsql",
+            "CREATE TRIGGER slow_555 BEFORE INSERT ON lots \
+             FOR EACH ROW EXECUTE FUNCTION slow_555()",
+        ],
+    };
+    execute(database, &statements).await;
+}
+
+/// Batches are written beside each other where the database allows it (PostgreSQL), but a
+/// batch never commits, and its callers are never answered, before the batch before it: its
+/// entries chain on that batch's. A slow batch in front, then batches behind it for other
+/// members: every one of them is answered after the slow one, with later sequences, and the
+/// journal checks.
+async fn a_batch_never_commits_before_the_batch_before_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = server
+        .merchant("tenant-1", pb::MerchantCategory::MallTenant)
+        .await;
+    server.enroll(&["m-slow", "m-1", "m-2", "m-3"]).await;
+    accepted(&server.earn(&tenant, "seed", "m-1", 10).await);
+    slow_earns_of_555(&server.database).await;
+    let slow =
+        tenant.envelope(&server.body(&tenant, pb::TransactionKind::Earn, "slow", "m-slow", 555));
+    let started = std::time::Instant::now();
+    // A submission's response and when it came, from the start.
+    let submit_timed = |envelope: pb::Envelope| {
+        let mut client = server.submissions();
+        async move {
+            let response = client
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope),
+                })
+                .await;
+            (response, started.elapsed())
+        }
+    };
+    let slow = tokio::spawn(submit_timed(slow));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut behind = JoinSet::new();
+    for (index, member) in ["m-1", "m-2", "m-3"].into_iter().enumerate() {
+        let envelope = tenant.envelope(&server.body(
+            &tenant,
+            pb::TransactionKind::Earn,
+            &format!("behind-{index}"),
+            member,
+            5,
+        ));
+        behind.spawn(submit_timed(envelope));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (slow, slow_answered) = slow.await.unwrap();
+    let slow = accepted(&slow.unwrap().into_inner().result.unwrap()).clone();
+    assert!(
+        slow_answered >= Duration::from_millis(400),
+        "the slow batch was still committing when the last batch behind it was sent: \
+         {slow_answered:?}"
+    );
+    while let Some(outcome) = behind.join_next().await {
+        let (response, answered) = outcome.unwrap();
+        let result = response.unwrap().into_inner().result.unwrap();
+        let booked = accepted(&result);
+        assert!(
+            booked.entry_sequence > slow.entry_sequence,
+            "{} after {}",
+            booked.entry_sequence,
+            slow.entry_sequence
+        );
+        assert!(
+            answered >= slow_answered,
+            "a batch behind was answered at {answered:?}, before the slow one at {slow_answered:?}"
+        );
+    }
+    assert_eq!(server.balance("m-slow").await, 555);
+    assert_eq!(server.balance("m-1").await, 15);
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    let (sound, report) = run_check(&database, &[]);
+    assert!(sound, "{report}");
+}
+
 on_both_backends!(
+    a_batch_never_commits_before_the_batch_before_it,
     a_failed_commit_voids_the_batch_prepared_on_top_of_it,
     a_failed_commit_leaves_the_working_set_as_the_database_has_it,
     the_check_audits_the_writer_state_beside_a_live_server_and_resumes,

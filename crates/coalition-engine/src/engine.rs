@@ -300,7 +300,7 @@ impl Engine {
             members_max: config.writer_cache_members_max,
             references_max: config.writer_cache_references_max,
             receipts_max: config.writer_cache_receipts_max,
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
             committed_through,
             checkpoint: None,
         };

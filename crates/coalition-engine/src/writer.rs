@@ -228,8 +228,9 @@ pub(crate) struct Writer {
     pub members_max: usize,
     pub references_max: usize,
     pub receipts_max: usize,
-    /// The batch whose commit is under way, if any (see `process`).
-    pub in_flight: Option<InFlight>,
+    /// The batches whose commits are under way, oldest first (see `process`): at most
+    /// `Storage::batch_writes_in_flight_max`.
+    pub in_flight: std::collections::VecDeque<InFlight>,
     /// The last sequence the database is known to hold.
     pub committed_through: u64,
     /// The WAL checkpoint under way (SQLite), started after a commit.
@@ -241,6 +242,11 @@ pub(crate) struct Writer {
 /// if it commits.
 pub(crate) struct InFlight {
     commit: tokio::task::JoinHandle<bool>,
+    /// Whether the commit succeeded, once known: the next batch's write waits on it.
+    outcome: tokio::sync::watch::Receiver<Option<bool>>,
+    /// The working-set tick taken before the batch was prepared: what it touched was used
+    /// after it, and stays in memory until its commit is known.
+    tick: u64,
     /// The periods the batch finalised: forgotten again if it does not commit.
     finalised_now: Vec<String>,
     /// The batch's last entry, if it has any.
@@ -275,9 +281,9 @@ impl Writer {
             let first = tokio::select! {
                 command = self.receiver.recv() => command,
                 committed = commit_finished(&mut self.in_flight) => {
-                    // The commit in flight finished with nothing else to do: settle it now, so
-                    // that an idle writer frees memory at once.
-                    let flight = self.in_flight.take().expect("a commit was in flight");
+                    // The oldest commit in flight finished with nothing else to do: settle it
+                    // now, so that an idle writer frees memory at once.
+                    let flight = self.in_flight.pop_front().expect("a commit was in flight");
                     let tick = self.ledger.use_tick();
                     self.settle(flight, committed, tick).await;
                     continue;
@@ -715,12 +721,14 @@ impl Writer {
         })
     }
 
-    /// Runs one batch through the pipeline: it is prepared while the batch before it may
-    /// still be committing; it is written only after that commit succeeded (its entries chain
-    /// on that batch's), as a task of its own, so that the writer prepares the next batch
-    /// meanwhile. Callers are answered by the commit task, after the commit. If the batch
-    /// before fails to commit, this one, decided on top of it, is void: its callers are told
-    /// so and nothing of it is written.
+    /// Runs one batch through the pipeline: it is prepared while the batches before it may
+    /// still be committing; it is written as a task of its own, so that the writer prepares
+    /// the next batch meanwhile, and it commits only after the batch before it committed (its
+    /// entries chain on that batch's): on PostgreSQL its journal rows go in beside that
+    /// commit, on SQLite its write starts after it (`Storage::write_changes_after`). Callers
+    /// are answered by the commit task, after the commit. If the batch before fails to
+    /// commit, this one, decided on top of it, is void: its callers are told so and nothing
+    /// of it is written.
     async fn process(&mut self, commands: Vec<Command>) {
         // What this batch touches is marked used after this tick, so it stays in memory until
         // its commit is known.
@@ -728,7 +736,16 @@ impl Writer {
         let Some(prepared) = self.prepare(commands).await else {
             return;
         };
-        if !self.settle_in_flight(tick).await {
+        let in_flight_max = self.storage.batch_writes_in_flight_max();
+        let mut settled = true;
+        while settled && self.in_flight.len() >= in_flight_max {
+            settled = self.settle_oldest(tick).await;
+        }
+        // A batch with nothing to write answers from what is committed: it waits for all.
+        if settled && prepared.changes.is_empty() {
+            settled = self.settle_in_flight(tick).await;
+        }
+        if !settled {
             for label in &prepared.finalised_now {
                 self.finalised_periods.remove(label);
             }
@@ -760,9 +777,25 @@ impl Writer {
         }
         let last_sequence = changes.entries.last().map(|entry| entry.sequence);
         let storage = self.storage.clone();
+        let before = self.in_flight.back().map(|flight| flight.outcome.clone());
+        let (outcome_sender, outcome) = tokio::sync::watch::channel(None);
         let commit = tokio::spawn(async move {
             let started = Instant::now();
-            match storage.write_changes(&changes, &balances, &state).await {
+            let before = async move {
+                match before {
+                    None => true,
+                    // A task that ended without saying (it panicked) did not commit.
+                    Some(mut before) => before
+                        .wait_for(Option::is_some)
+                        .await
+                        .is_ok_and(|outcome| *outcome == Some(true)),
+                }
+            };
+            let written = storage
+                .write_changes_after(&changes, &balances, &state, before)
+                .await;
+            outcome_sender.send_replace(Some(written.is_ok()));
+            match written {
                 Ok(()) => {
                     metrics::histogram!("coalition_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -785,18 +818,31 @@ impl Writer {
                 }
             }
         });
-        self.in_flight = Some(InFlight {
+        self.in_flight.push_back(InFlight {
             commit,
+            outcome,
+            tick,
             finalised_now,
             last_sequence,
             accepted_at_ms,
         });
     }
 
-    /// Waits for the commit in flight, if any, and settles it (see `settle`); whether the
+    /// Waits for every commit in flight and settles each in order (see `settle`); whether the
     /// database now holds everything the ledger in memory holds.
     async fn settle_in_flight(&mut self, tick: u64) -> bool {
-        let Some(mut flight) = self.in_flight.take() else {
+        while !self.in_flight.is_empty() {
+            if !self.settle_oldest(tick).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits for the oldest commit in flight, if any, and settles it; whether it committed.
+    /// `tick` is the current batch's, which is not in flight yet.
+    async fn settle_oldest(&mut self, tick: u64) -> bool {
+        let Some(mut flight) = self.in_flight.pop_front() else {
             return true;
         };
         let waited = Instant::now();
@@ -811,12 +857,27 @@ impl Writer {
     /// memory holds went past it.
     async fn settle(&mut self, flight: InFlight, committed: bool, tick: u64) -> bool {
         if !committed {
-            for label in &flight.finalised_now {
-                self.finalised_periods.remove(label);
+            // The batches after it were decided on top of it: their writes give up without
+            // committing (they wait for this one's outcome), and their callers are told.
+            let mut failed = vec![flight];
+            while let Some(mut later) = self.in_flight.pop_front() {
+                let _ = (&mut later.commit).await;
+                failed.push(later);
+            }
+            for flight in failed {
+                for label in &flight.finalised_now {
+                    self.finalised_periods.remove(label);
+                }
             }
             self.reload().await;
             return false;
         }
+        // What the batches still in flight touched stays: the oldest of them was prepared
+        // after the earliest tick.
+        let tick = self
+            .in_flight
+            .front()
+            .map_or(tick, |next| next.tick.min(tick));
         if let Some(sequence) = flight.last_sequence {
             self.committed_through = sequence;
         }
@@ -933,9 +994,10 @@ impl Writer {
     }
 }
 
-/// Waits for the commit in flight, if there is one (forever otherwise); whether it committed.
-async fn commit_finished(in_flight: &mut Option<InFlight>) -> bool {
-    match in_flight {
+/// Waits for the oldest commit in flight, if there is one (forever otherwise); whether it
+/// committed.
+async fn commit_finished(in_flight: &mut std::collections::VecDeque<InFlight>) -> bool {
+    match in_flight.front_mut() {
         Some(flight) => (&mut flight.commit).await.unwrap_or(false),
         None => std::future::pending().await,
     }

@@ -147,6 +147,21 @@ impl Table {
     }
 }
 
+/// Inserts a batch's tables in order, timing each.
+async fn insert_tables_postgres(
+    tables: Vec<Table>,
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), StorageError> {
+    for table in tables {
+        let started = Instant::now();
+        let name = table.name;
+        table.insert_postgres(transaction).await?;
+        metrics::histogram!("coalition_write_table_seconds", "table" => name)
+            .record(started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).expect("sequences and ids stay below 2^63")
 }
@@ -819,6 +834,38 @@ impl Storage {
         balances: &[(AccountId, Asset, i64)],
         state: &StateRows,
     ) -> Result<(), StorageError> {
+        self.write_changes_after(changes, balances, state, std::future::ready(true))
+            .await
+    }
+
+    /// How many batch writes may be under way at once (`write_changes_after`): two on
+    /// PostgreSQL, where a batch's journal rows go in on a second connection while the batch
+    /// before it finishes; one on SQLite, whose single writer connection serialises them.
+    pub fn batch_writes_in_flight_max(&self) -> usize {
+        match self {
+            Storage::Sqlite(..) => 1,
+            Storage::Postgres(_) => 2,
+        }
+    }
+
+    /// Writes a batch that chains on the batch before it, whose commit may still be under
+    /// way: `before` resolves to whether that batch committed. Nothing of this batch commits
+    /// before it did, and nothing commits at all if it did not
+    /// (`StorageError::PreviousBatchFailed`).
+    ///
+    /// PostgreSQL: this batch's journal rows (new keys only: entries, postings, lots,
+    /// accounts, members) are inserted at once, beside the batch before; the state rows
+    /// (upserts and deletes of rows that batch may have written, which must see its
+    /// committed rows) and the commit wait for `before`. Until then this transaction holds
+    /// only rows no other transaction can ask for, so the batch before never waits for it.
+    /// SQLite: everything waits for `before`, since the writer has one connection.
+    pub async fn write_changes_after(
+        &self,
+        changes: &Changes,
+        balances: &[(AccountId, Asset, i64)],
+        state: &StateRows,
+        before: impl std::future::Future<Output = bool>,
+    ) -> Result<(), StorageError> {
         for entry in &changes.entries {
             // Asserted where written as well as where made: an unbalanced entry never commits.
             entry
@@ -845,9 +892,23 @@ impl Storage {
         let started = Instant::now();
         match self {
             Storage::Sqlite(_, pool) => {
+                if !before.await {
+                    return Err(StorageError::PreviousBatchFailed);
+                }
+                let started = stage("wait", started);
                 let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+                // Foreign keys checked once at the commit instead of row by row, where an
+                // immediate check makes each multi-row insert keep a statement journal. A
+                // violation still fails the commit and nothing of the batch is written. SQLite
+                // turns the setting off at every commit or rollback, so each batch sets it.
+                sqlx::query("PRAGMA defer_foreign_keys = ON")
+                    .execute(&mut *transaction)
+                    .await?;
                 for table in &tables {
+                    let table_started = Instant::now();
                     table.insert_sqlite(&mut transaction).await?;
+                    metrics::histogram!("coalition_write_table_seconds", "table" => table.name)
+                        .record(table_started.elapsed().as_secs_f64());
                 }
                 let started = stage("journal", started);
                 crate::state::write_state_sqlite(&mut transaction, state, checkpoint).await?;
@@ -857,10 +918,19 @@ impl Storage {
             }
             Storage::Postgres(pool) => {
                 let mut transaction = pool.begin().await?;
-                for table in tables {
-                    table.insert_postgres(&mut transaction).await?;
-                }
+                // Rows with new keys first; upserts (account balances) only once the batch
+                // before has committed, since it may write the same rows.
+                let (new_rows, upserts): (Vec<Table>, Vec<Table>) = tables
+                    .into_iter()
+                    .partition(|table| table.on_conflict.is_empty());
+                insert_tables_postgres(new_rows, &mut transaction).await?;
                 let started = stage("journal", started);
+                if !before.await {
+                    transaction.rollback().await?;
+                    return Err(StorageError::PreviousBatchFailed);
+                }
+                let started = stage("wait", started);
+                insert_tables_postgres(upserts, &mut transaction).await?;
                 crate::state::write_state_postgres(&mut transaction, state, checkpoint).await?;
                 let started = stage("state", started);
                 transaction.commit().await?;

@@ -50,6 +50,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("cannot write the outcome")]
     Output(#[from] std::io::Error),
+    #[error("the batch before this one failed to commit; nothing of this one was written")]
+    PreviousBatchFailed,
 }
 
 /// A connection pool to one of the two backends.

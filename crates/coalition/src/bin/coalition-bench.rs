@@ -60,6 +60,10 @@ struct Args {
     /// The writer's member budget (`writer_cache_members_max`); the default is the server's.
     #[arg(long)]
     writer_cache_members_max: Option<usize>,
+    /// The page cache of the writer's SQLite connection in MiB (`sqlite_writer_cache_mib`);
+    /// the default is the server's.
+    #[arg(long)]
+    sqlite_writer_cache_mib: Option<u32>,
     /// Time the ledger core: the mall day's submissions checked beforehand, then handed to
     /// the engine in calls of `--batch-len` by `--clients` concurrent callers.
     #[arg(long)]
@@ -75,6 +79,31 @@ fn memory_mib() -> f64 {
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|kib| kib.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Bytes this process has passed to write and read calls so far (`wchar`, `rchar` of
+/// /proc/self/io): SQLite's WAL, checkpoints and page reads go through them; PostgreSQL's own
+/// processes do not.
+fn io_bytes() -> (u64, u64) {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("wchar:"), field("rchar:"))
+}
+
+/// The process's writes and reads between two readings, per submission.
+fn print_io(before: (u64, u64), after: (u64, u64), submissions: usize) {
+    let per = |bytes: u64| bytes as f64 / submissions.max(1) as f64 / 1024.0;
+    println!(
+        "process I/O   {:.1} KiB written and {:.1} KiB read per submission (write and read calls \
+         of this process; PostgreSQL's own processes not included)",
+        per(after.0.saturating_sub(before.0)),
+        per(after.1.saturating_sub(before.1)),
+    );
 }
 
 fn machine() -> String {
@@ -138,6 +167,7 @@ fn stage_seconds(metrics: &PrometheusHandle) -> Vec<(String, f64)> {
         .filter(|line| {
             line.starts_with("coalition_writer_")
                 || line.starts_with("coalition_write_seconds")
+                || line.starts_with("coalition_write_table_seconds")
                 || line.starts_with("coalition_wal_checkpoint_seconds")
         })
         .filter_map(|line| {
@@ -158,6 +188,9 @@ fn print_stages(before: &[(String, f64)], after: &[(String, f64)], seconds: f64)
             .find(|(other, _)| other == name)
             .map_or(0.0, |(_, value)| *value);
         let spent = total - earlier;
+        if name.starts_with("coalition_write_table_seconds") && spent < 0.01 {
+            continue;
+        }
         println!(
             "  {name:<44} {spent:>8.2} s  {:>5.1}% of the wall time",
             spent / seconds * 100.0
@@ -180,6 +213,9 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
         writer_cache_members_max: args
             .writer_cache_members_max
             .unwrap_or(Config::default().writer_cache_members_max),
+        sqlite_writer_cache_mib: args
+            .sqlite_writer_cache_mib
+            .unwrap_or(Config::default().sqlite_writer_cache_mib),
         ..Config::default()
     };
     let server = RunningServer::start(&config).await?;
@@ -207,6 +243,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     }
     let bar = progress(day.traffic.len(), "mall day", true);
     let stages_before = stage_seconds(&metrics);
+    let io_before = io_bytes();
     let started = Instant::now();
     let mut tally = drive(
         channel,
@@ -219,6 +256,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     let stages_after = stage_seconds(&metrics);
+    let io_after = io_bytes();
     let rss_mib = memory_mib();
     server.shutdown().await?;
 
@@ -276,6 +314,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
          next batch's):"
     );
     print_stages(&stages_before, &stages_after, seconds);
+    print_io(io_before, io_after, day.traffic.len());
     Ok(())
 }
 
@@ -309,6 +348,7 @@ async fn core(
     drop(checked);
     let queue = std::sync::Arc::new(std::sync::Mutex::new(calls.into_iter()));
     let stages_before = stage_seconds(metrics);
+    let io_before = io_bytes();
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
@@ -345,6 +385,7 @@ async fn core(
     }
     let seconds = started.elapsed().as_secs_f64();
     let stages_after = stage_seconds(metrics);
+    let io_after = io_bytes();
     let rss_mib = memory_mib();
     server.shutdown().await?;
     latencies.sort();
@@ -378,5 +419,6 @@ async fn core(
     );
     println!("writer stages during the mall day:");
     print_stages(&stages_before, &stages_after, seconds);
+    print_io(io_before, io_after, submitted);
     Ok(())
 }
