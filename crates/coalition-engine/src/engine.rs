@@ -288,6 +288,7 @@ impl Engine {
             storage: storage.clone(),
             clock: clock.clone(),
             batch_len_max: config.batch_len_max,
+            write_nanos_per_submission: Arc::default(),
             receipt_retention_ms: config.receipt_retention_ms(),
             receiver,
             last_accepted_at_ms,

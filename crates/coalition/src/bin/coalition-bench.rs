@@ -180,6 +180,37 @@ fn stage_seconds(metrics: &PrometheusHandle) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The writer's committed batches so far and the submissions they held (the
+/// `coalition_batch_submissions` histogram's count and sum).
+fn batches(metrics: &PrometheusHandle) -> (f64, f64) {
+    let rendered = metrics.render();
+    let value = |name: &str| {
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("coalition_batch_submissions_count "),
+        value("coalition_batch_submissions_sum "),
+    )
+}
+
+/// Prints how many batches the writer committed between two readings, and their mean size.
+fn print_batches(before: (f64, f64), after: (f64, f64)) {
+    let count = after.0 - before.0;
+    let submissions = after.1 - before.1;
+    println!(
+        "writer batches {count:.0} committed, {:.0} submissions each on average",
+        if count > 0.0 {
+            submissions / count
+        } else {
+            0.0
+        }
+    );
+}
+
 /// Prints where the writer's time went between two readings of the stage sums.
 fn print_stages(before: &[(String, f64)], after: &[(String, f64)], seconds: f64) {
     for (name, total) in after {
@@ -243,6 +274,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     }
     let bar = progress(day.traffic.len(), "mall day", true);
     let stages_before = stage_seconds(&metrics);
+    let batches_before = batches(&metrics);
     let io_before = io_bytes();
     let started = Instant::now();
     let mut tally = drive(
@@ -256,6 +288,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     let stages_after = stage_seconds(&metrics);
+    let batches_after = batches(&metrics);
     let io_after = io_bytes();
     let rss_mib = memory_mib();
     server.shutdown().await?;
@@ -314,6 +347,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
          next batch's):"
     );
     print_stages(&stages_before, &stages_after, seconds);
+    print_batches(batches_before, batches_after);
     print_io(io_before, io_after, day.traffic.len());
     Ok(())
 }
@@ -348,6 +382,7 @@ async fn core(
     drop(checked);
     let queue = std::sync::Arc::new(std::sync::Mutex::new(calls.into_iter()));
     let stages_before = stage_seconds(metrics);
+    let batches_before = batches(metrics);
     let io_before = io_bytes();
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
@@ -385,6 +420,7 @@ async fn core(
     }
     let seconds = started.elapsed().as_secs_f64();
     let stages_after = stage_seconds(metrics);
+    let batches_after = batches(metrics);
     let io_after = io_bytes();
     let rss_mib = memory_mib();
     server.shutdown().await?;
@@ -419,6 +455,7 @@ async fn core(
     );
     println!("writer stages during the mall day:");
     print_stages(&stages_before, &stages_after, seconds);
+    print_batches(batches_before, batches_after);
     print_io(io_before, io_after, submitted);
     Ok(())
 }
