@@ -339,13 +339,14 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
-    /// How many submissions the next batch gathers at most: about `BATCH_WRITE_TARGET_NANOS`
-    /// of write at the recent rate, within `BATCH_LEN_MIN..=batch_len_max`.
+    /// How many submissions the next batch gathers at most: with two writes under way, about
+    /// `BATCH_WRITE_TARGET_NANOS` of write at the recent rate, within
+    /// `BATCH_LEN_MIN..=batch_len_max`; with one, `batch_len_max`.
     fn batch_len_target(&self) -> usize {
         if self.storage.batch_writes_in_flight_max() < 2 {
             // One write at a time (SQLite): nothing to overlap, and the biggest batch spreads
             // the commit's fixed cost widest (paired end to end: batches sized to the target
-            // ×0.81–0.84 of the ceiling's, docs/benchmarks.md).
+            // ×0.84 of the ceiling's in both pairs, docs/benchmarks.md).
             return self.batch_len_max;
         }
         batch_len_for(
