@@ -286,12 +286,7 @@ async fn an_orphan_posting_is_reported(backend: Backend) {
         .await;
     server.enroll(&["m-1"]).await;
     accepted(&server.earn(&tenant, "e-1", "m-1", 10).await);
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
+    let database = stop(server).await;
     let orphan = "INSERT INTO postings (entry_sequence, posting_index, account_id, asset, amount) VALUES (999, 0, 1, 'PTS', 5)";
     match database.backend {
         Backend::Sqlite => {
@@ -349,12 +344,7 @@ async fn a_start_verifies_only_the_entries_after_the_last_checkpoint(backend: Ba
             accepted(result);
         }
     }
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
+    let database = stop(server).await;
     let storage = coalition_storage::Storage::connect(
         &coalition_storage::ConnectOptions::existing(&*database.url),
     )
@@ -585,12 +575,7 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
     );
 
     // The writer's state tables, altered behind its back, are reported.
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
+    let database = stop(server).await;
     // One more point in m-1's first lot (the lots are a JSON array in its state row).
     let one_more_point = match database.backend {
         Backend::Sqlite => {
@@ -629,6 +614,24 @@ async fn the_check_audits_the_writer_state_beside_a_live_server_and_resumes(back
     ] {
         assert!(report.contains(expected), "{expected} in {report}");
     }
+}
+
+/// Shuts the server down and keeps its database, for what a test does with it afterwards.
+async fn stop(server: TestServer) -> TestDatabase {
+    let TestServer {
+        server: running,
+        database,
+        ..
+    } = server;
+    running.shutdown().await.unwrap();
+    database
+}
+
+/// Shuts the server down and requires `coalition check` to find its database sound.
+async fn stop_and_check(server: TestServer) {
+    let database = stop(server).await;
+    let (sound, report) = run_check(&database, &[]);
+    assert!(sound, "{report}");
 }
 
 /// Makes the database refuse to commit a batch with an earn of 777 points (a trigger on
@@ -706,14 +709,7 @@ async fn a_failed_commit_leaves_the_working_set_as_the_database_has_it(backend: 
         accepted(&server.submit(tenant.envelope(&body)).await).member_points_balance,
         847
     );
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
-    let (sound, report) = run_check(&database, &[]);
-    assert!(sound, "{report}");
+    stop_and_check(server).await;
 }
 
 /// The writer prepares the next batch while the one before commits. When that commit fails,
@@ -850,14 +846,7 @@ async fn a_failed_commit_voids_the_batch_prepared_on_top_of_it(backend: Backend)
     assert_eq!(server.balance(&members[0]).await, expected[&members[0]]);
     accept_earns_of_777(&server.database).await;
     accepted(&server.earn(&tenant, "after", &members[0], 1).await);
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
-    let (sound, report) = run_check(&database, &[]);
-    assert!(sound, "{report}");
+    stop_and_check(server).await;
 }
 
 /// Makes the database take about a second over a batch with an earn of 555 points (a trigger
@@ -951,14 +940,7 @@ async fn a_batch_never_commits_before_the_batch_before_it(backend: Backend) {
     }
     assert_eq!(server.balance("m-slow").await, 555);
     assert_eq!(server.balance("m-1").await, 15);
-    let TestServer {
-        server: running,
-        database,
-        ..
-    } = server;
-    running.shutdown().await.unwrap();
-    let (sound, report) = run_check(&database, &[]);
-    assert!(sound, "{report}");
+    stop_and_check(server).await;
 }
 
 on_both_backends!(

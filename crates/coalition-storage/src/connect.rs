@@ -295,27 +295,19 @@ mod tests {
         let Storage::Sqlite(pool, writer) = &storage else {
             panic!("a SQLite URL gives SQLite storage")
         };
-        let cache = |pool: SqlitePool| async move {
-            sqlx::query("PRAGMA cache_size")
+        let pragma = |pool: SqlitePool, name: &'static str| async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
                 .fetch_one(&pool)
                 .await
                 .unwrap()
                 .try_get::<i64, _>(0)
                 .unwrap()
         };
-        assert_eq!(cache(writer.clone()).await, -3 * 1024);
-        assert_eq!(cache(pool.clone()).await, -2000);
-        let temp_store = |pool: SqlitePool| async move {
-            sqlx::query("PRAGMA temp_store")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                .try_get::<i64, _>(0)
-                .unwrap()
-        };
+        assert_eq!(pragma(writer.clone(), "cache_size").await, -3 * 1024);
+        assert_eq!(pragma(pool.clone(), "cache_size").await, -2000);
         // 2 is MEMORY: the batch write's statement journals stay off the disk.
-        assert_eq!(temp_store(writer.clone()).await, 2);
-        assert_eq!(temp_store(pool.clone()).await, 0);
+        assert_eq!(pragma(writer.clone(), "temp_store").await, 2);
+        assert_eq!(pragma(pool.clone(), "temp_store").await, 0);
         storage.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
