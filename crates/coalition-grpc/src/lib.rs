@@ -2,15 +2,8 @@
 //! engine, converts between the wire and the domain by hand, and offers the client-side helpers
 //! a partner (and the demo, benchmark and tests) uses to sign and send transactions.
 
-/// The generated protobuf and gRPC code of `proto/coalition/v1`.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("coalition.v1");
-
-    /// The encoded file descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("coalition_descriptor");
-}
+/// The generated protobuf and gRPC code of `proto/coalition/v1` (from `coalition-wire`).
+pub use coalition_wire::pb;
 
 mod admin;
 pub mod client;

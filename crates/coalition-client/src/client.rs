@@ -1,0 +1,374 @@
+//! The client: connection, signing, submissions with retries, and signed queries.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use coalition_wire::pb;
+use coalition_wire::pb::query_service_client::QueryServiceClient;
+use coalition_wire::pb::submission_service_client::SubmissionServiceClient;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::outcome::{Error, Outcome};
+use crate::retry::{RetryPolicy, is_retryable};
+use crate::stream::StreamSubmitter;
+use crate::transaction::{Location, QUERY_DOMAIN, Signed, Signer, Transaction, now_unix_ms};
+
+/// The server's default limit on envelopes per `SubmitBatch` call (`batch_request_len_max`).
+pub const BATCH_LEN_MAX_DEFAULT: usize = 10_000;
+
+/// How a [`Client`] is set up; [`Client::builder`] starts one.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    address: String,
+    signer: Signer,
+    location: Location,
+    retry: RetryPolicy,
+    batch_len_max: usize,
+    timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// The store and terminal of transactions that do not name their own.
+    pub fn location(mut self, store_id: impl Into<String>, terminal_id: impl Into<String>) -> Self {
+        self.location = Location {
+            store_id: store_id.into(),
+            terminal_id: terminal_id.into(),
+        };
+        self
+    }
+
+    /// The retry policy (default: [`RetryPolicy::default`]).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Envelopes per `SubmitBatch` call at most; [`Client::submit_batch`] splits longer
+    /// batches. Default [`BATCH_LEN_MAX_DEFAULT`], the server's default limit.
+    pub fn batch_len_max(mut self, batch_len_max: usize) -> Self {
+        self.batch_len_max = batch_len_max.max(1);
+        self
+    }
+
+    /// A deadline for each attempt of a call; an attempt past it fails with
+    /// `DEADLINE_EXCEEDED` and is retried. None by default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The client, connecting lazily: the first call connects, and a server that is not up
+    /// yet is a retryable failure of that call.
+    pub fn build(self) -> Result<Client, Error> {
+        let invalid = |message: String| Error::InvalidAddress {
+            address: self.address.clone(),
+            message,
+        };
+        let mut endpoint =
+            Endpoint::from_shared(self.address.clone()).map_err(|e| invalid(e.to_string()))?;
+        if let Some(timeout) = self.timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        let channel = endpoint.connect_lazy();
+        Ok(Client {
+            submissions: SubmissionServiceClient::new(channel.clone()),
+            queries: QueryServiceClient::new(channel),
+            signer: self.signer,
+            location: self.location,
+            retry: self.retry,
+            batch_len_max: self.batch_len_max,
+        })
+    }
+}
+
+/// A merchant's connection to Coalition. Cheap to clone; clones share the connection.
+///
+/// Every submission is signed once and sent as the same bytes on each attempt, so a retry can
+/// never book twice (see [`crate::retry::is_retryable`] for what is retried).
+#[derive(Debug, Clone)]
+pub struct Client {
+    submissions: SubmissionServiceClient<Channel>,
+    queries: QueryServiceClient<Channel>,
+    signer: Signer,
+    location: Location,
+    retry: RetryPolicy,
+    batch_len_max: usize,
+}
+
+/// A member's balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    /// Points in the wallet.
+    pub points: i64,
+    /// The last journal entry included.
+    pub as_of_entry_sequence: u64,
+}
+
+/// One page of a member's history, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The entries; a merchant sees those made at it.
+    pub entries: Vec<pb::JournalEntry>,
+    /// Pass as `before_sequence` for the next (older) page; none when this is the last.
+    pub next_before_sequence: Option<u64>,
+    /// The member's wallet balance now.
+    pub member_points_balance: i64,
+}
+
+impl Client {
+    /// A client for `address` (for example `http://127.0.0.1:50051`) signing as `signer`.
+    pub fn builder(address: impl Into<String>, signer: Signer) -> ClientBuilder {
+        ClientBuilder {
+            address: address.into(),
+            signer,
+            location: Location::default(),
+            retry: RetryPolicy::default(),
+            batch_len_max: BATCH_LEN_MAX_DEFAULT,
+            timeout: None,
+        }
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Signs a transaction as this client would send it; [`Client::submit_signed`] sends it.
+    pub fn sign(&self, transaction: &Transaction) -> Signed {
+        self.signer.sign(transaction, &self.location)
+    }
+
+    /// Signs and submits one transaction, returning once it is committed or refused.
+    pub async fn submit(&self, transaction: &Transaction) -> Result<Outcome, Error> {
+        self.submit_signed(&self.sign(transaction)).await
+    }
+
+    /// Submits a signed transaction (again): the same bytes on every attempt.
+    pub async fn submit_signed(&self, signed: &Signed) -> Result<Outcome, Error> {
+        let request = pb::SubmitRequest {
+            envelope: Some(signed.envelope.clone()),
+        };
+        let response = self
+            .with_retries(|| {
+                let mut submissions = self.submissions.clone();
+                let request = request.clone();
+                async move { submissions.submit(request).await }
+            })
+            .await?;
+        let result = response
+            .result
+            .ok_or_else(|| Error::Protocol("the Submit response carries no result".to_owned()))?;
+        Outcome::from_wire(result)
+    }
+
+    /// Signs and submits many transactions: one result each, in order. Sent in calls of at
+    /// most the batch limit, one after the other; a refused item never affects the others.
+    pub async fn submit_batch(&self, transactions: &[Transaction]) -> Result<Vec<Outcome>, Error> {
+        let signed: Vec<Signed> = transactions.iter().map(|t| self.sign(t)).collect();
+        self.submit_batch_signed(&signed).await
+    }
+
+    /// Submits signed transactions (again), split at the batch limit. If a call fails for
+    /// good, the error is returned and the results of the calls before it are lost to the
+    /// caller, though booked: resend the same `Signed` values to read them.
+    pub async fn submit_batch_signed(&self, signed: &[Signed]) -> Result<Vec<Outcome>, Error> {
+        let mut outcomes = Vec::with_capacity(signed.len());
+        for chunk in signed.chunks(self.batch_len_max) {
+            let request = pb::SubmitBatchRequest {
+                envelopes: chunk.iter().map(|s| s.envelope.clone()).collect(),
+            };
+            let response = self
+                .with_retries(|| {
+                    let mut submissions = self.submissions.clone();
+                    let request = request.clone();
+                    async move { submissions.submit_batch(request).await }
+                })
+                .await?;
+            if response.results.len() != chunk.len() {
+                return Err(Error::Protocol(format!(
+                    "{} results for {} envelopes",
+                    response.results.len(),
+                    chunk.len()
+                )));
+            }
+            for result in response.results {
+                outcomes.push(Outcome::from_wire(result)?);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// A submitter over one long-lived `SubmitStream`, with at most `in_flight_max`
+    /// transactions sent and not yet answered; see [`StreamSubmitter`].
+    pub fn stream(&self, in_flight_max: usize) -> StreamSubmitter {
+        StreamSubmitter::start(
+            self.submissions.clone(),
+            self.signer.clone(),
+            self.location.clone(),
+            self.retry,
+            in_flight_max,
+        )
+    }
+
+    /// A member's points balance (any merchant may ask: a POS shows it before a burn).
+    pub async fn balance(&self, member_id: &str) -> Result<Balance, Error> {
+        let query = pb::BalanceQuery {
+            merchant_id: self.signer.merchant_id().to_owned(),
+            account_kind: pb::AccountKind::MemberWallet as i32,
+            owner_id: member_id.to_owned(),
+            asset: "PTS".to_owned(),
+            ..Default::default()
+        };
+        let response = self
+            .signed_query(query, |mut queries, query, signature| async move {
+                queries
+                    .get_balance(pb::GetBalanceRequest {
+                        query,
+                        signature: Some(signature),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(Balance {
+            points: response.points,
+            as_of_entry_sequence: response.as_of_entry_sequence,
+        })
+    }
+
+    /// A page of a member's history made at this merchant, newest first: `page_len` entries
+    /// (0: the server's default) before `before_sequence` (none: from the newest).
+    pub async fn history(
+        &self,
+        member_id: &str,
+        before_sequence: Option<u64>,
+        page_len: u32,
+    ) -> Result<HistoryPage, Error> {
+        let query = pb::MemberHistoryQuery {
+            merchant_id: self.signer.merchant_id().to_owned(),
+            member_id: member_id.to_owned(),
+            before_sequence,
+            page_len,
+            ..Default::default()
+        };
+        let response = self
+            .signed_query(query, |mut queries, query, signature| async move {
+                queries
+                    .get_member_history(pb::GetMemberHistoryRequest {
+                        query,
+                        signature: Some(signature),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(HistoryPage {
+            entries: response.entries,
+            next_before_sequence: response.next_before_sequence,
+            member_points_balance: response.member_points_balance,
+        })
+    }
+
+    /// The journal entry this merchant's transaction `merchant_transaction_id` made, or none
+    /// if no such transaction was booked.
+    pub async fn transaction(
+        &self,
+        merchant_transaction_id: &str,
+    ) -> Result<Option<pb::JournalEntry>, Error> {
+        let query = pb::TransactionQuery {
+            merchant_id: self.signer.merchant_id().to_owned(),
+            transaction_merchant_id: self.signer.merchant_id().to_owned(),
+            merchant_transaction_id: merchant_transaction_id.to_owned(),
+            ..Default::default()
+        };
+        let answer = self
+            .signed_query(query, |mut queries, query, signature| async move {
+                queries
+                    .get_transaction(pb::GetTransactionRequest {
+                        query,
+                        signature: Some(signature),
+                    })
+                    .await
+            })
+            .await;
+        match answer {
+            Ok(response) => Ok(response.entry),
+            Err(Error::Refused(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Signs a query (stamped with the time now; each attempt signs afresh, since a query
+    /// changes nothing and its stamp must be recent) and calls `call` with retries.
+    async fn signed_query<Q, R, F, Fut>(&self, mut query: Q, call: F) -> Result<R, Error>
+    where
+        Q: Message + QueryStamp,
+        F: Fn(QueryServiceClient<Channel>, Vec<u8>, pb::QuerySignature) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let query = &mut query;
+        let call = &call;
+        let cell = std::sync::Mutex::new(query);
+        self.with_retries(|| {
+            let mut query = cell.lock().expect("one attempt at a time");
+            query.stamp(now_unix_ms());
+            let bytes = query.encode_to_vec();
+            let signature = pb::QuerySignature {
+                merchant_id: self.signer.merchant_id().to_owned(),
+                key_id: self.signer.key_id().to_owned(),
+                signature: self.signer.sign_bytes(QUERY_DOMAIN, &bytes).to_vec(),
+            };
+            call(self.queries.clone(), bytes, signature)
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the policy's attempts are spent.
+    async fn with_retries<R, F, Fut>(&self, mut attempt: F) -> Result<R, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            match attempt().await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if !is_retryable(&status) => return Err(Error::Refused(status)),
+                Err(status) => {
+                    failures += 1;
+                    if failures >= self.retry.attempts_max {
+                        return Err(Error::RetriesExhausted {
+                            attempts: failures,
+                            elapsed: started.elapsed(),
+                            last: status,
+                        });
+                    }
+                    tokio::time::sleep(self.retry.backoff(failures)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Queries carry the time they were made.
+trait QueryStamp {
+    fn stamp(&mut self, unix_ms: i64);
+}
+
+impl QueryStamp for pb::BalanceQuery {
+    fn stamp(&mut self, unix_ms: i64) {
+        self.issued_at_unix_ms = unix_ms;
+    }
+}
+
+impl QueryStamp for pb::MemberHistoryQuery {
+    fn stamp(&mut self, unix_ms: i64) {
+        self.issued_at_unix_ms = unix_ms;
+    }
+}
+
+impl QueryStamp for pb::TransactionQuery {
+    fn stamp(&mut self, unix_ms: i64) {
+        self.issued_at_unix_ms = unix_ms;
+    }
+}
