@@ -441,3 +441,58 @@ fn the_client_signs_the_readme_example_byte_for_byte() {
         line("query signature (hex):")
     );
 }
+
+/// The worked example of docs/entry-hash.md: an earn entry and its hash.
+fn documented_entry() -> pb::JournalEntry {
+    pb::JournalEntry {
+        sequence: 1,
+        entry_kind: pb::EntryKind::Earn as i32,
+        accepted_at_unix_ms: 1_767_225_600_250,
+        merchant_id: "tenant-001".into(),
+        merchant_transaction_id: "pos-7-000123".into(),
+        store_id: "store-12".into(),
+        terminal_id: "pos-7".into(),
+        occurred_at_unix_ms: 1_767_225_600_000,
+        body_hash: vec![0x11; 32],
+        member_id: "member-000042".into(),
+        points: 180,
+        spend_minor: Some(18_000),
+        member_points_balance: 180,
+        terms_version: Some(1),
+        expires_at_unix_ms: Some(1_798_761_600_000),
+        previous_hash: vec![0; 32],
+        postings: vec![
+            pb::Posting {
+                account_kind: pb::AccountKind::MemberWallet as i32,
+                owner_id: "member-000042".into(),
+                asset: "PTS".into(),
+                amount: 180,
+            },
+            pb::Posting {
+                account_kind: pb::AccountKind::MerchantIssued as i32,
+                owner_id: "tenant-001".into(),
+                asset: "PTS".into(),
+                amount: -180,
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_entry_hash_document_s_example_is_what_the_client_computes() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let document =
+        std::fs::read_to_string(std::path::Path::new(&manifest).join("../docs/entry-hash.md"))
+            .expect("docs/entry-hash.md");
+    let documented = document
+        .lines()
+        .find_map(|line| line.strip_prefix("hash (hex):"))
+        .expect("the document gives the example's hash")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        hex::encode(coalition_client::entry_hash(&documented_entry())),
+        documented
+    );
+}

@@ -7,8 +7,13 @@ use coalition_wire::pb;
 use coalition_wire::pb::query_service_client::QueryServiceClient;
 use coalition_wire::pb::submission_service_client::SubmissionServiceClient;
 use prost::Message;
+use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::entries::EntrySubscription;
 use crate::outcome::{Error, Outcome};
 use crate::retry::{RetryPolicy, is_retryable};
 use crate::stream::StreamSubmitter;
@@ -26,9 +31,18 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     batch_len_max: usize,
     timeout: Option<Duration>,
+    admin_token: Option<String>,
 }
 
 impl ClientBuilder {
+    /// Reads as the operator: queries and subscriptions carry the admin token instead of the
+    /// merchant's signature, and a subscription receives every entry whole. Submissions are
+    /// still signed by the merchant.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
     /// The store and terminal of transactions that do not name their own.
     pub fn location(mut self, store_id: impl Into<String>, terminal_id: impl Into<String>) -> Self {
         self.location = Location {
@@ -71,13 +85,27 @@ impl ClientBuilder {
             endpoint = endpoint.timeout(timeout);
         }
         let channel = endpoint.connect_lazy();
+        let bearer = match &self.admin_token {
+            Some(token) => {
+                Some(
+                    format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| Error::InvalidAddress {
+                            address: self.address.clone(),
+                            message: "the admin token must be printable ASCII".to_owned(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Client {
             submissions: SubmissionServiceClient::new(channel.clone()),
-            queries: QueryServiceClient::new(channel),
+            queries: QueryServiceClient::with_interceptor(channel, Bearer(bearer)),
             signer: self.signer,
             location: self.location,
             retry: self.retry,
             batch_len_max: self.batch_len_max,
+            admin: self.admin_token.is_some(),
         })
     }
 }
@@ -89,11 +117,31 @@ impl ClientBuilder {
 #[derive(Debug, Clone)]
 pub struct Client {
     submissions: SubmissionServiceClient<Channel>,
-    queries: QueryServiceClient<Channel>,
+    queries: QueryServiceClient<InterceptedService<Channel, Bearer>>,
     signer: Signer,
     location: Location,
     retry: RetryPolicy,
     batch_len_max: usize,
+    /// Whether queries carry the admin token instead of the merchant's signature.
+    admin: bool,
+}
+
+/// Adds the admin token, when there is one, to every query.
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// A member's balance.
@@ -126,6 +174,44 @@ impl Client {
             retry: RetryPolicy::default(),
             batch_len_max: BATCH_LEN_MAX_DEFAULT,
             timeout: None,
+            admin_token: None,
+        }
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Follows committed entries after `after_sequence` (0: from the first), then live: for a
+    /// merchant, those that concern it; with the admin token, all. See [`EntrySubscription`].
+    pub fn subscribe(&self, after_sequence: u64) -> EntrySubscription {
+        EntrySubscription::new(self.clone(), after_sequence)
+    }
+
+    pub(crate) async fn open_subscription(
+        &self,
+        after_sequence: u64,
+    ) -> Result<Streaming<pb::SubscribeEntriesResponse>, Error> {
+        let subscription = pb::EntriesSubscription {
+            merchant_id: self.reader_id(),
+            after_sequence,
+            ..Default::default()
+        };
+        self.signed_query(subscription, |mut queries, query, signature| async move {
+            queries
+                .subscribe_entries(pb::SubscribeEntriesRequest { query, signature })
+                .await
+        })
+        .await
+    }
+
+    /// The merchant a query names: none when the admin token reads.
+    fn reader_id(&self) -> String {
+        if self.admin {
+            String::new()
+        } else {
+            self.signer.merchant_id().to_owned()
         }
     }
 
@@ -214,7 +300,7 @@ impl Client {
     /// A member's points balance (any merchant may ask: a POS shows it before a burn).
     pub async fn balance(&self, member_id: &str) -> Result<Balance, Error> {
         let query = pb::BalanceQuery {
-            merchant_id: self.signer.merchant_id().to_owned(),
+            merchant_id: self.reader_id(),
             account_kind: pb::AccountKind::MemberWallet as i32,
             owner_id: member_id.to_owned(),
             asset: "PTS".to_owned(),
@@ -223,10 +309,7 @@ impl Client {
         let response = self
             .signed_query(query, |mut queries, query, signature| async move {
                 queries
-                    .get_balance(pb::GetBalanceRequest {
-                        query,
-                        signature: Some(signature),
-                    })
+                    .get_balance(pb::GetBalanceRequest { query, signature })
                     .await
             })
             .await?;
@@ -245,7 +328,7 @@ impl Client {
         page_len: u32,
     ) -> Result<HistoryPage, Error> {
         let query = pb::MemberHistoryQuery {
-            merchant_id: self.signer.merchant_id().to_owned(),
+            merchant_id: self.reader_id(),
             member_id: member_id.to_owned(),
             before_sequence,
             page_len,
@@ -254,10 +337,7 @@ impl Client {
         let response = self
             .signed_query(query, |mut queries, query, signature| async move {
                 queries
-                    .get_member_history(pb::GetMemberHistoryRequest {
-                        query,
-                        signature: Some(signature),
-                    })
+                    .get_member_history(pb::GetMemberHistoryRequest { query, signature })
                     .await
             })
             .await?;
@@ -275,7 +355,7 @@ impl Client {
         merchant_transaction_id: &str,
     ) -> Result<Option<pb::JournalEntry>, Error> {
         let query = pb::TransactionQuery {
-            merchant_id: self.signer.merchant_id().to_owned(),
+            merchant_id: self.reader_id(),
             transaction_merchant_id: self.signer.merchant_id().to_owned(),
             merchant_transaction_id: merchant_transaction_id.to_owned(),
             ..Default::default()
@@ -283,10 +363,7 @@ impl Client {
         let answer = self
             .signed_query(query, |mut queries, query, signature| async move {
                 queries
-                    .get_transaction(pb::GetTransactionRequest {
-                        query,
-                        signature: Some(signature),
-                    })
+                    .get_transaction(pb::GetTransactionRequest { query, signature })
                     .await
             })
             .await;
@@ -302,7 +379,11 @@ impl Client {
     async fn signed_query<Q, R, F, Fut>(&self, mut query: Q, call: F) -> Result<R, Error>
     where
         Q: Message + QueryStamp,
-        F: Fn(QueryServiceClient<Channel>, Vec<u8>, pb::QuerySignature) -> Fut,
+        F: Fn(
+            QueryServiceClient<InterceptedService<Channel, Bearer>>,
+            Vec<u8>,
+            Option<pb::QuerySignature>,
+        ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let query = &mut query;
@@ -312,11 +393,11 @@ impl Client {
             let mut query = cell.lock().expect("one attempt at a time");
             query.stamp(now_unix_ms());
             let bytes = query.encode_to_vec();
-            let signature = pb::QuerySignature {
+            let signature = (!self.admin).then(|| pb::QuerySignature {
                 merchant_id: self.signer.merchant_id().to_owned(),
                 key_id: self.signer.key_id().to_owned(),
                 signature: self.signer.sign_bytes(QUERY_DOMAIN, &bytes).to_vec(),
-            };
+            });
             call(self.queries.clone(), bytes, signature)
         })
         .await
@@ -362,6 +443,12 @@ impl QueryStamp for pb::BalanceQuery {
 }
 
 impl QueryStamp for pb::MemberHistoryQuery {
+    fn stamp(&mut self, unix_ms: i64) {
+        self.issued_at_unix_ms = unix_ms;
+    }
+}
+
+impl QueryStamp for pb::EntriesSubscription {
     fn stamp(&mut self, unix_ms: i64) {
         self.issued_at_unix_ms = unix_ms;
     }

@@ -107,6 +107,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Following committed entries
+//!
+//! [`Client::subscribe`] follows what was booked for the merchant, from the database first
+//! and then live, in sequence order; keep [`EntrySubscription::last_sequence`] to resume
+//! after your own restart. Each entry's hash can be recomputed ([`entry_hash`]), and each
+//! `previous_hash` links to the hash of the entry before it in the journal.
+//!
+//! ```no_run
+//! # async fn run(client: coalition_client::Client, saved: u64) -> Result<(), coalition_client::Error> {
+//! let mut entries = client.subscribe(saved); // 0: from the first entry
+//! loop {
+//!     let received = entries.next().await?;
+//!     assert_ne!(received.hash_checks(), Some(false), "an entry whose hash does not check");
+//!     println!("#{} {:?} {} points", received.entry.sequence, received.entry.entry_kind(), received.entry.points);
+//!     // persist entries.last_sequence() with what you did with the entry
+//! }
+//! # }
+//! ```
+//!
 //! # What is retried, and why it is safe
 //!
 //! The server books a transaction once per merchant and transaction id, and answers the same
@@ -131,6 +150,7 @@
 //! nothing, so a resend that is accepted later is still booked once.
 
 mod client;
+mod entries;
 mod outcome;
 pub mod retry;
 mod stream;
@@ -138,6 +158,9 @@ mod transaction;
 
 pub use client::{BATCH_LEN_MAX_DEFAULT, Balance, Client, ClientBuilder, HistoryPage};
 pub use coalition_wire::pb;
+pub use entries::{
+    EntrySubscription, ReceivedEntry, account_kind_code, entry_hash, entry_kind_code,
+};
 pub use outcome::{Accepted, Error, Outcome, Rejected, RejectionReason};
 pub use retry::RetryPolicy;
 pub use stream::StreamSubmitter;

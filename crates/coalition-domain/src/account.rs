@@ -193,6 +193,25 @@ impl AccountKey {
         }
     }
 
+    /// The merchant whose account this is, for merchants' accounts.
+    pub fn merchant(&self) -> Option<&MerchantId> {
+        match self {
+            AccountKey::MerchantIssued(merchant)
+            | AccountKey::MerchantRedeemed(merchant)
+            | AccountKey::MerchantSettlement(merchant)
+            | AccountKey::MerchantFees(merchant)
+            | AccountKey::MerchantPayable(merchant)
+            | AccountKey::MerchantBreakage(merchant) => Some(merchant),
+            AccountKey::MemberWallet(_)
+            | AccountKey::MemberHeld(_)
+            | AccountKey::OperatorFloat
+            | AccountKey::OperatorRounding
+            | AccountKey::OperatorFees
+            | AccountKey::OperatorCash
+            | AccountKey::OperatorTrading(_) => None,
+        }
+    }
+
     /// Rebuilds a key from its stored kind and owner.
     pub fn from_parts(kind: &str, owner: &str) -> Option<Self> {
         match kind {

@@ -18,10 +18,11 @@ use coalition_domain::{
 };
 use coalition_storage::{Storage, StorageError, WriterLock};
 use tokio::sync::{Mutex, mpsc, oneshot};
+
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::writer::{Command, Writer};
+use crate::writer::{Command, CommittedEntries, Writer};
 
 /// Limits of the writing path.
 #[derive(Debug, Clone, Copy)]
@@ -234,7 +235,13 @@ struct Inner {
     admin: Mutex<()>,
     /// Released when the writer has stopped.
     writer_lock: Mutex<Option<WriterLock>>,
+    /// Committed batches, for entry subscriptions (`committed_entries`).
+    committed: tokio::sync::broadcast::Sender<Arc<CommittedEntries>>,
 }
+
+/// Committed batches the live feed of entry subscriptions keeps for a subscriber that has
+/// not read them yet; one that falls further behind reads from the database instead.
+pub const COMMITTED_FEED_BATCHES: usize = 16;
 
 /// A cheap, cloneable handle to the running engine.
 #[derive(Clone)]
@@ -282,7 +289,9 @@ impl Engine {
         let last_accepted_at_ms = ledger.last_accepted_at_ms();
         let finalised_periods = storage.finalised_labels().await?.into_iter().collect();
         let committed_through = ledger.head().sequence;
+        let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_FEED_BATCHES);
         let writer = Writer {
+            committed: committed.clone(),
             finalised_periods,
             ledger,
             storage: storage.clone(),
@@ -316,8 +325,17 @@ impl Engine {
                 writer: Mutex::new(Some(handle)),
                 admin: Mutex::new(()),
                 writer_lock: Mutex::new(Some(writer_lock)),
+                committed,
             }),
         })
+    }
+
+    /// The live feed of committed entries: every batch committed after this call, in commit
+    /// order, each once. The feed keeps `COMMITTED_FEED_BATCHES` batches for a receiver that
+    /// has not read them; a receiver further behind is told it lagged (and reads what it
+    /// missed from the database). The writer never waits for a receiver.
+    pub fn committed_entries(&self) -> tokio::sync::broadcast::Receiver<Arc<CommittedEntries>> {
+        self.inner.committed.subscribe()
     }
 
     pub fn storage(&self) -> &Storage {

@@ -13,6 +13,8 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    AdminError, CUTOFF_OFFSET_DEFAULT, CUTOFF_TIME_DEFAULT, Engine, EngineConfig, EngineError,
-    EnrollSummary, Envelope, NewMerchant, PeriodStatus, SettlementView, SubmitOutcome,
+    AdminError, COMMITTED_FEED_BATCHES, CUTOFF_OFFSET_DEFAULT, CUTOFF_TIME_DEFAULT, Engine,
+    EngineConfig, EngineError, EnrollSummary, Envelope, NewMerchant, PeriodStatus, SettlementView,
+    SubmitOutcome,
 };
+pub use writer::CommittedEntries;

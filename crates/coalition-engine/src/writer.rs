@@ -209,6 +209,8 @@ pub(crate) struct Writer {
     /// What the recent batch writes took per submission, in nanoseconds (a moving average;
     /// 0 before the first), written by the commit tasks: it sizes the next batches.
     pub write_nanos_per_submission: Arc<std::sync::atomic::AtomicU64>,
+    /// Where each committed batch's entries go, in commit order, for entry subscriptions.
+    pub committed: tokio::sync::broadcast::Sender<Arc<CommittedEntries>>,
     /// See `EngineConfig::receipt_retention_ms`.
     pub receipt_retention_ms: i64,
     pub receiver: mpsc::Receiver<Command>,
@@ -255,6 +257,13 @@ pub(crate) struct InFlight {
     /// The batch's last entry, if it has any.
     last_sequence: Option<u64>,
     accepted_at_ms: i64,
+}
+
+/// One committed batch's entries, in sequence order, as the writer publishes them after the
+/// commit (`Engine::committed_entries`).
+#[derive(Debug)]
+pub struct CommittedEntries {
+    pub entries: Vec<coalition_domain::Entry>,
 }
 
 /// What `prepare` made of a batch: the callers' answers, waiting for the commit, and the rows.
@@ -808,6 +817,8 @@ impl Writer {
             return;
         }
         let last_sequence = changes.entries.last().map(|entry| entry.sequence);
+        let mut changes = changes;
+        let committed = self.committed.clone();
         let storage = self.storage.clone();
         let before = self.in_flight.back().map(|flight| flight.outcome.clone());
         let (outcome_sender, outcome) = tokio::sync::watch::channel(None);
@@ -827,6 +838,15 @@ impl Writer {
             let written = storage
                 .write_changes_after(&changes, &balances, &state, before)
                 .await;
+            let entries_count = changes.entries.len();
+            if written.is_ok() {
+                // Before the outcome: the next batch's task commits and publishes only after
+                // it, so subscribers see batches in commit order. Nothing is kept when no
+                // one subscribes (the send fails), and the send never waits.
+                let _ = committed.send(Arc::new(CommittedEntries {
+                    entries: std::mem::take(&mut changes.entries),
+                }));
+            }
             outcome_sender.send_replace(Some(written.is_ok()));
             match written {
                 Ok(()) => {
@@ -847,8 +867,7 @@ impl Writer {
                     }
                     metrics::histogram!("coalition_batch_submissions")
                         .record(submissions_count as f64);
-                    metrics::histogram!("coalition_batch_entries")
-                        .record(changes.entries.len() as f64);
+                    metrics::histogram!("coalition_batch_entries").record(entries_count as f64);
                     for reply in pending {
                         reply.acknowledge();
                     }

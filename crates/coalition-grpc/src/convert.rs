@@ -248,6 +248,9 @@ pub fn journal_entry(entry: &Entry) -> pb::JournalEntry {
         terms_version: entry.terms_version,
         refers_to_sequence: entry.refers_to,
         earn_rule_version: entry.earn_rule_version,
+        previous_hash: entry.previous_hash.to_vec(),
+        body_hash: origin.map(|o| o.body_hash.to_vec()).unwrap_or_default(),
+        expires_at_unix_ms: entry.expires_at_ms,
     }
 }
 

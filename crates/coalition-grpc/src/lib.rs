@@ -11,6 +11,7 @@ mod convert;
 mod query;
 mod server;
 mod submission;
+mod subscription;
 
 pub use server::{Incoming, ServerConfig, serve, serve_starting};
 pub use submission::check_envelopes;

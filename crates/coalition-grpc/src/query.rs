@@ -17,6 +17,7 @@ use crate::convert;
 use crate::pb;
 use crate::pb::query_service_server::QueryService;
 use crate::server::ServerConfig;
+use crate::subscription::{EntryStream, Subscriptions};
 
 /// The page length when a query asks for none.
 const HISTORY_PAGE_LEN_DEFAULT: u32 = 50;
@@ -24,6 +25,7 @@ const HISTORY_PAGE_LEN_DEFAULT: u32 = 50;
 pub struct Queries {
     pub engine: Engine,
     pub config: Arc<ServerConfig>,
+    pub subscriptions: Subscriptions,
 }
 
 /// Who is reading.
@@ -127,6 +129,29 @@ impl Queries {
 
 #[tonic::async_trait]
 impl QueryService for Queries {
+    type SubscribeEntriesStream = EntryStream;
+
+    async fn subscribe_entries(
+        &self,
+        request: Request<pb::SubscribeEntriesRequest>,
+    ) -> Result<Response<EntryStream>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let (reader, subscription) = self.authorize(
+            &metadata,
+            &request.query,
+            request.signature,
+            |q: &pb::EntriesSubscription| (q.merchant_id.as_str(), q.issued_at_unix_ms),
+        )?;
+        let merchant = match reader {
+            Reader::Admin => None,
+            Reader::Merchant(merchant) => Some(merchant),
+        };
+        let stream =
+            self.subscriptions
+                .open(self.engine.clone(), merchant, subscription.after_sequence)?;
+        Ok(Response::new(stream))
+    }
+
     async fn get_balance(
         &self,
         request: Request<pb::GetBalanceRequest>,

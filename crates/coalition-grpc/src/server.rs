@@ -20,6 +20,7 @@ use crate::pb::query_service_server::QueryServiceServer;
 use crate::pb::submission_service_server::SubmissionServiceServer;
 use crate::query::Queries;
 use crate::submission::Submissions;
+use crate::subscription::Subscriptions;
 
 /// Limits and credentials of the gRPC server.
 #[derive(Debug, Clone)]
@@ -38,6 +39,12 @@ pub struct ServerConfig {
     pub history_page_len_max: u32,
     /// How far a signed query's issued_at may be from the server clock.
     pub query_freshness_ms: i64,
+    /// The most `SubscribeEntries` streams open at once; further ones are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub subscribers_max: usize,
+    /// Entries waiting to be sent to one subscriber; a subscriber that leaves this many
+    /// unread falls behind the live feed and is caught up from the database.
+    pub subscriber_buffer_len: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +57,8 @@ impl Default for ServerConfig {
             stream_in_flight_max: 1024,
             history_page_len_max: 500,
             query_freshness_ms: 5 * 60_000,
+            subscribers_max: 256,
+            subscriber_buffer_len: 1024,
         }
     }
 }
@@ -296,9 +305,21 @@ pub async fn serve(
     })
     .max_decoding_message_size(size)
     .max_encoding_message_size(size);
+    // Entry subscriptions never end by themselves: they are told when the server stops, so
+    // that the graceful shutdown does not wait for them.
+    let (stopping_sender, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_sender.send(true);
+    };
     let queries = QueryServiceServer::new(Queries {
         engine: engine.clone(),
         config: config.clone(),
+        subscriptions: Subscriptions {
+            open: Arc::new(Semaphore::new(config.subscribers_max)),
+            buffer_len: config.subscriber_buffer_len,
+            stopping,
+        },
     })
     .max_decoding_message_size(size)
     .max_encoding_message_size(size);

@@ -224,6 +224,39 @@ impl Storage {
             None => Ok(None),
         }
     }
+
+    /// The sequence of the last committed entry, 0 for an empty journal.
+    pub async fn last_sequence(&self) -> Result<u64, StorageError> {
+        let last: Option<i64> = with_pool!(self, pool => {
+            sqlx::query("SELECT MAX(sequence) AS last FROM entries")
+                .fetch_one(pool)
+                .await?
+                .try_get("last")?
+        });
+        Ok(last.map_or(0, |last| last as u64))
+    }
+
+    /// The merchant that submitted entry `sequence`, if a merchant did.
+    pub async fn entry_merchant(&self, sequence: u64) -> Result<Option<MerchantId>, StorageError> {
+        let merchant: Option<Option<String>> = with_pool!(self, pool => {
+            sqlx::query("SELECT merchant_id FROM entries WHERE sequence = $1")
+                .bind(crate::batch::to_i64(sequence))
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get("merchant_id"))
+                .transpose()?
+        });
+        merchant
+            .flatten()
+            .map(|id| {
+                MerchantId::new(id.clone()).map_err(|error| {
+                    StorageError::Corrupt(format!(
+                        "entry {sequence} has merchant id {id:?}: {error}"
+                    ))
+                })
+            })
+            .transpose()
+    }
 }
 
 impl Storage {

@@ -42,6 +42,10 @@ pub struct Config {
     pub stream_in_flight_max: usize,
     /// The most entries in a history page.
     pub history_page_len_max: u32,
+    /// The most `SubscribeEntries` streams open at once.
+    pub subscribers_max: usize,
+    /// Entries waiting to be sent to one subscriber before it is caught up from the database.
+    pub subscriber_buffer_len: usize,
     /// How old a transaction may be when submitted (terminals that were offline).
     pub offline_window_ms: i64,
     /// How far in the future `occurred_at` may be (terminal clock skew).
@@ -101,6 +105,8 @@ impl Default for Config {
             connections_max: server.connections_max,
             stream_in_flight_max: server.stream_in_flight_max,
             history_page_len_max: server.history_page_len_max,
+            subscribers_max: server.subscribers_max,
+            subscriber_buffer_len: server.subscriber_buffer_len,
             offline_window_ms: limits.offline_window_ms,
             future_skew_max_ms: limits.future_skew_max_ms,
             points_per_transaction_max: limits.points_per_transaction_max,
@@ -220,6 +226,8 @@ impl Config {
             ("connections_max", self.connections_max as i64),
             ("stream_in_flight_max", self.stream_in_flight_max as i64),
             ("history_page_len_max", i64::from(self.history_page_len_max)),
+            ("subscribers_max", self.subscribers_max as i64),
+            ("subscriber_buffer_len", self.subscriber_buffer_len as i64),
             ("offline_window_ms", self.offline_window_ms),
             (
                 "points_per_transaction_max",
@@ -325,6 +333,8 @@ impl Config {
             stream_in_flight_max: self.stream_in_flight_max,
             history_page_len_max: self.history_page_len_max,
             query_freshness_ms: self.query_freshness_ms,
+            subscribers_max: self.subscribers_max,
+            subscriber_buffer_len: self.subscriber_buffer_len,
         }
     }
 }
