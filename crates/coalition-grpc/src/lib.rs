@@ -15,3 +15,4 @@ mod subscription;
 
 pub use server::{Incoming, ServerConfig, serve, serve_starting};
 pub use submission::check_envelopes;
+pub use subscription::{merchant_view, merchants_concerned, whole_view};

@@ -194,60 +194,84 @@ impl Feed {
         Ok(())
     }
 
-    /// What the subscriber sees of an entry: all of it for the admin token; for a merchant,
-    /// an entry it submitted or that posts to its accounts (or releases its hold), without
-    /// the postings of other merchants' accounts.
+    /// What the subscriber sees of an entry: all of it for the admin token; for a merchant
+    /// the entry does not concern, nothing.
     async fn view(&self, entry: &Entry) -> Result<Option<pb::SubscribeEntriesResponse>, End> {
         let Some(merchant) = &self.merchant else {
-            return Ok(Some(pb::SubscribeEntriesResponse {
-                entry: Some(convert::journal_entry(entry)),
-                postings_withheld: 0,
-            }));
+            return Ok(Some(whole_view(entry)));
         };
-        let mut concerns = entry.merchant_id() == Some(merchant)
-            || entry
-                .postings
-                .iter()
-                .any(|posting| posting.account.merchant() == Some(merchant));
-        if !concerns
-            && entry.kind == EntryKind::HoldExpiry
-            && let Some(hold) = entry.refers_to
-        {
-            let holder = self
-                .engine
-                .storage()
-                .entry_merchant(hold)
-                .await
-                .map_err(unavailable)?;
-            concerns = holder.as_ref() == Some(merchant);
+        let concerned = merchants_concerned(entry, self.engine.storage())
+            .await
+            .map_err(unavailable)?;
+        Ok(concerned
+            .contains(merchant)
+            .then(|| merchant_view(entry, merchant)))
+    }
+}
+
+/// The merchants an entry concerns, without repeats: the one that submitted it, those whose
+/// accounts it posts to, and for a hold released by its timeout, the merchant that held it.
+pub async fn merchants_concerned(
+    entry: &Entry,
+    storage: &coalition_storage::Storage,
+) -> Result<Vec<MerchantId>, coalition_storage::StorageError> {
+    let mut merchants: Vec<MerchantId> = Vec::new();
+    let mut add = |merchant: &MerchantId| {
+        if !merchants.contains(merchant) {
+            merchants.push(merchant.clone());
         }
-        if !concerns {
-            return Ok(None);
+    };
+    if let Some(merchant) = entry.merchant_id() {
+        add(merchant);
+    }
+    for posting in &entry.postings {
+        if let Some(merchant) = posting.account.merchant() {
+            add(merchant);
         }
-        let mut wire = convert::journal_entry(entry);
-        let on_wire = std::mem::take(&mut wire.postings);
-        let mut withheld = 0;
-        wire.postings = entry
-            .postings
-            .iter()
-            .zip(on_wire)
-            .filter_map(|(posting, on_wire)| {
-                if posting
-                    .account
-                    .merchant()
-                    .is_some_and(|owner| owner != merchant)
-                {
-                    withheld += 1;
-                    None
-                } else {
-                    Some(on_wire)
-                }
-            })
-            .collect();
-        Ok(Some(pb::SubscribeEntriesResponse {
-            postings_withheld: withheld,
-            entry: Some(wire),
-        }))
+    }
+    if entry.kind == EntryKind::HoldExpiry
+        && let Some(hold) = entry.refers_to
+        && let Some(holder) = storage.entry_merchant(hold).await?
+    {
+        add(&holder);
+    }
+    Ok(merchants)
+}
+
+/// An entry as the admin token sees it: whole.
+pub fn whole_view(entry: &Entry) -> pb::SubscribeEntriesResponse {
+    pb::SubscribeEntriesResponse {
+        entry: Some(convert::journal_entry(entry)),
+        postings_withheld: 0,
+    }
+}
+
+/// An entry as `merchant` sees it: without the postings of other merchants' accounts, and
+/// how many were left out.
+pub fn merchant_view(entry: &Entry, merchant: &MerchantId) -> pb::SubscribeEntriesResponse {
+    let mut wire = convert::journal_entry(entry);
+    let on_wire = std::mem::take(&mut wire.postings);
+    let mut withheld = 0;
+    wire.postings = entry
+        .postings
+        .iter()
+        .zip(on_wire)
+        .filter_map(|(posting, on_wire)| {
+            if posting
+                .account
+                .merchant()
+                .is_some_and(|owner| owner != merchant)
+            {
+                withheld += 1;
+                None
+            } else {
+                Some(on_wire)
+            }
+        })
+        .collect();
+    pb::SubscribeEntriesResponse {
+        entry: Some(wire),
+        postings_withheld: withheld,
     }
 }
 

@@ -113,6 +113,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "member states",
         include_str!("../../../migrations/sqlite/0012_member_states.sql"),
     ),
+    (
+        13,
+        "reversibles from entries",
+        include_str!("../../../migrations/sqlite/0013_reversibles_from_entries.sql"),
+    ),
+    (
+        14,
+        "relay positions",
+        include_str!("../../../migrations/sqlite/0014_relay_positions.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -175,6 +185,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "member states",
         include_str!("../../../migrations/postgres/0012_member_states.sql"),
+    ),
+    (
+        13,
+        "reversibles from entries",
+        include_str!("../../../migrations/postgres/0013_reversibles_from_entries.sql"),
+    ),
+    (
+        14,
+        "relay positions",
+        include_str!("../../../migrations/postgres/0014_relay_positions.sql"),
     ),
 ];
 
@@ -270,6 +290,36 @@ impl Storage {
 mod tests {
     use super::*;
     use sqlx::sqlite::SqlitePool;
+
+    /// Every file in `migrations/<backend>/` is applied, in the order of its number, with its
+    /// own text: a migration written and never listed here is never run.
+    #[test]
+    fn every_migration_file_is_applied() {
+        let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        for (backend, listed) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let folder = std::path::Path::new(&manifest)
+                .join("../../migrations")
+                .join(backend);
+            let mut files: Vec<(i64, String)> = std::fs::read_dir(&folder)
+                .unwrap()
+                .map(|file| {
+                    let path = file.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    let version = name.split('_').next().unwrap().parse().unwrap();
+                    (version, std::fs::read_to_string(&path).unwrap())
+                })
+                .collect();
+            files.sort();
+            let applied: Vec<(i64, String)> = listed
+                .iter()
+                .map(|&(version, _, sql)| (version, sql.to_owned()))
+                .collect();
+            assert_eq!(applied, files, "{backend}");
+        }
+    }
 
     /// A new SQLite database in a directory of its own (removed by the test), with a writer
     /// cache of 3 MiB.

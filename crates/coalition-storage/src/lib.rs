@@ -14,6 +14,7 @@ mod load;
 mod lock;
 mod query;
 mod reconcile;
+mod relay;
 mod settlement;
 mod state;
 

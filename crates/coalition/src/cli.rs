@@ -45,6 +45,11 @@ pub enum Command {
     },
     /// Start a server on a fresh embedded database and clear a day of mall traffic through it.
     Demo(crate::demo::DemoArgs),
+    /// Publish the journal to NATS JetStream: each committed entry whole on
+    /// `PREFIX.all` and per merchant it concerns on `PREFIX.merchant.MERCHANT`, resuming
+    /// after a crash from the position kept in the database, with message ids so the
+    /// stream drops what it already holds.
+    Relay(crate::relay::RelayArgs),
     /// Audit the books: verify every entry's link, hash and balance, and compare balances,
     /// lots, wallets, member states and open holds with the journal. Runs in bounded
     /// memory on a consistent snapshot, beside a live server. Exits non-zero when the books
@@ -479,6 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Relay(args) => crate::relay::run(&args, shutdown_signal()).await,
         Command::Check {
             database_url,
             since,

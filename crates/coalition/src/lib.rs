@@ -10,6 +10,7 @@ pub mod export;
 pub mod memory;
 pub mod operator_key;
 pub mod reconcile;
+pub mod relay;
 pub mod runtime;
 pub mod settlement;
 pub mod verify;
