@@ -60,7 +60,7 @@ async fn read_subject(
     context: &jetstream::Context,
     stream: &str,
     subject: &str,
-) -> Vec<(u64, pb::SubscribeEntriesResponse)> {
+) -> Vec<(u64, pb::SubscribedEntry)> {
     let Ok(stream) = context.get_stream(stream).await else {
         return Vec::new();
     };
@@ -92,7 +92,7 @@ async fn read_subject(
                 .as_str()
                 .parse()
                 .unwrap();
-            let decoded = pb::SubscribeEntriesResponse::decode(message.payload.as_ref()).unwrap();
+            let decoded = pb::SubscribedEntry::decode(message.payload.as_ref()).unwrap();
             messages.push((sequence, decoded));
         }
         if messages.len() == before {

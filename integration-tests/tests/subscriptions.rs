@@ -369,7 +369,13 @@ async fn a_subscriber_that_does_not_read_holds_up_nothing_and_misses_nothing(bac
             .expect("the entries arrive")
             .unwrap()
             .expect("the stream goes on");
-        sequences.push(message.entry.unwrap().sequence);
+        assert!(!message.entries.is_empty(), "a message is never empty");
+        sequences.extend(
+            message
+                .entries
+                .iter()
+                .map(|e| e.entry.as_ref().unwrap().sequence),
+        );
     }
     assert_eq!(sequences, (1..=total).collect::<Vec<u64>>());
 }

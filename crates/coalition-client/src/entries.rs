@@ -33,6 +33,8 @@ pub struct EntrySubscription {
     client: Client,
     last_sequence: u64,
     stream: Option<Streaming<pb::SubscribeEntriesResponse>>,
+    /// Entries of the last message not returned yet.
+    received: std::collections::VecDeque<pb::SubscribedEntry>,
 }
 
 impl std::fmt::Debug for EntrySubscription {
@@ -49,6 +51,7 @@ impl EntrySubscription {
             client,
             last_sequence: after_sequence,
             stream: None,
+            received: std::collections::VecDeque::new(),
         }
     }
 
@@ -64,6 +67,22 @@ impl EntrySubscription {
         let mut failures = 0_u32;
         let started = std::time::Instant::now();
         loop {
+            if let Some(subscribed) = self.received.pop_front() {
+                let entry = subscribed.entry.ok_or_else(|| {
+                    Error::Protocol("a subscription message carries no entry".to_owned())
+                })?;
+                if entry.sequence <= self.last_sequence {
+                    return Err(Error::Protocol(format!(
+                        "entry {} came after entry {}",
+                        entry.sequence, self.last_sequence
+                    )));
+                }
+                self.last_sequence = entry.sequence;
+                return Ok(ReceivedEntry {
+                    entry,
+                    postings_withheld: subscribed.postings_withheld,
+                });
+            }
             let failure = match self.stream.as_mut() {
                 None => match self.client.open_subscription(self.last_sequence).await {
                     Ok(stream) => {
@@ -76,20 +95,8 @@ impl EntrySubscription {
                 },
                 Some(stream) => match stream.message().await {
                     Ok(Some(response)) => {
-                        let entry = response.entry.ok_or_else(|| {
-                            Error::Protocol("a subscription message carries no entry".to_owned())
-                        })?;
-                        if entry.sequence <= self.last_sequence {
-                            return Err(Error::Protocol(format!(
-                                "entry {} came after entry {}",
-                                entry.sequence, self.last_sequence
-                            )));
-                        }
-                        self.last_sequence = entry.sequence;
-                        return Ok(ReceivedEntry {
-                            entry,
-                            postings_withheld: response.postings_withheld,
-                        });
+                        self.received.extend(response.entries);
+                        continue;
                     }
                     Ok(None) => tonic::Status::unavailable("the server ended the subscription"),
                     Err(status) => status,

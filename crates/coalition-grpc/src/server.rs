@@ -42,8 +42,9 @@ pub struct ServerConfig {
     /// The most `SubscribeEntries` streams open at once; further ones are refused with
     /// RESOURCE_EXHAUSTED.
     pub subscribers_max: usize,
-    /// Entries waiting to be sent to one subscriber; a subscriber that leaves this many
-    /// unread falls behind the live feed and is caught up from the database.
+    /// Messages (a committed batch's entries for the subscriber each) waiting to be sent to
+    /// one subscriber; a subscriber that leaves this many unread falls behind the live feed
+    /// and is caught up from the database.
     pub subscriber_buffer_len: usize,
 }
 
@@ -58,7 +59,7 @@ impl Default for ServerConfig {
             history_page_len_max: 500,
             query_freshness_ms: 5 * 60_000,
             subscribers_max: 256,
-            subscriber_buffer_len: 1024,
+            subscriber_buffer_len: 16,
         }
     }
 }

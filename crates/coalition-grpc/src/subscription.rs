@@ -2,12 +2,13 @@
 //! them), first from the database after the sequence the subscriber names, then from the
 //! writer's live feed, in sequence order, each once.
 //!
-//! Each subscription is one task with a bounded buffer to its client. The writer publishes
-//! every committed batch on a broadcast channel that never waits (`Engine::committed_entries`);
-//! a subscription that reads slowly blocks only on its own buffer, falls behind the feed, is
-//! told so by the channel, and reads what it missed from the database before it rejoins the
-//! feed. The cursor is the last sequence examined (delivered or not concerning the
-//! subscriber), so a catch-up neither repeats nor skips.
+//! Each subscription is one task with a bounded buffer of messages to its client: a message
+//! per committed batch (or database page), with the entries of it that concern the
+//! subscriber. The writer publishes every committed batch on a broadcast channel that never
+//! waits (`Engine::committed_entries`); a subscription that reads slowly blocks only on its
+//! own buffer, falls behind the feed, is told so by the channel, and reads what it missed
+//! from the database before it rejoins the feed. The cursor is the last sequence examined
+//! (delivered or not concerning the subscriber), so a catch-up neither repeats nor skips.
 
 use std::sync::Arc;
 
@@ -136,12 +137,8 @@ impl Feed {
                             // Batches went by unread: they are in the database.
                             break;
                         }
-                        for entry in &batch.entries {
-                            if entry.sequence > self.cursor
-                                && let Err(end) = self.deliver(entry).await
-                            {
-                                return end;
-                            }
+                        if let Err(end) = self.deliver(&batch.entries).await {
+                            return end;
                         }
                     }
                     Err(RecvError::Lagged(_)) => break,
@@ -170,33 +167,38 @@ impl Feed {
                     self.cursor
                 ))));
             }
-            for entry in &page {
-                self.deliver(entry).await?;
-            }
+            self.deliver(&page).await?;
         }
         Ok(())
     }
 
-    /// Sends the entry if it concerns the subscriber, waiting for room in the buffer (or for
-    /// the server to stop), and moves the cursor past it.
-    async fn deliver(&mut self, entry: &Entry) -> Result<(), End> {
-        debug_assert!(
-            entry.sequence > self.cursor,
-            "entries come in sequence order"
-        );
-        if let Some(view) = self.view(entry).await? {
+    /// Sends, as one message, the entries after the cursor that concern the subscriber,
+    /// waiting for room in the buffer (or for the server to stop), and moves the cursor past
+    /// the last of them.
+    async fn deliver(&mut self, entries: &[Entry]) -> Result<(), End> {
+        let mut views = Vec::new();
+        let mut last = self.cursor;
+        for entry in entries.iter().filter(|entry| entry.sequence > self.cursor) {
+            debug_assert!(entry.sequence > last, "entries come in sequence order");
+            last = entry.sequence;
+            if let Some(view) = self.view(entry).await? {
+                views.push(view);
+            }
+        }
+        if !views.is_empty() {
+            let message = pb::SubscribeEntriesResponse { entries: views };
             tokio::select! {
-                sent = self.sender.send(Ok(view)) => sent.map_err(|_| End::ClientGone)?,
+                sent = self.sender.send(Ok(message)) => sent.map_err(|_| End::ClientGone)?,
                 _ = self.stopping.changed() => return Err(End::Failed(self.stopped())),
             }
         }
-        self.cursor = entry.sequence;
+        self.cursor = last;
         Ok(())
     }
 
     /// What the subscriber sees of an entry: all of it for the admin token; for a merchant
     /// the entry does not concern, nothing.
-    async fn view(&self, entry: &Entry) -> Result<Option<pb::SubscribeEntriesResponse>, End> {
+    async fn view(&self, entry: &Entry) -> Result<Option<pb::SubscribedEntry>, End> {
         let Some(merchant) = &self.merchant else {
             return Ok(Some(whole_view(entry)));
         };
@@ -239,8 +241,8 @@ pub async fn merchants_concerned(
 }
 
 /// An entry as the admin token sees it: whole.
-pub fn whole_view(entry: &Entry) -> pb::SubscribeEntriesResponse {
-    pb::SubscribeEntriesResponse {
+pub fn whole_view(entry: &Entry) -> pb::SubscribedEntry {
+    pb::SubscribedEntry {
         entry: Some(convert::journal_entry(entry)),
         postings_withheld: 0,
     }
@@ -248,7 +250,7 @@ pub fn whole_view(entry: &Entry) -> pb::SubscribeEntriesResponse {
 
 /// An entry as `merchant` sees it: without the postings of other merchants' accounts, and
 /// how many were left out.
-pub fn merchant_view(entry: &Entry, merchant: &MerchantId) -> pb::SubscribeEntriesResponse {
+pub fn merchant_view(entry: &Entry, merchant: &MerchantId) -> pb::SubscribedEntry {
     let mut wire = convert::journal_entry(entry);
     let on_wire = std::mem::take(&mut wire.postings);
     let mut withheld = 0;
@@ -269,7 +271,7 @@ pub fn merchant_view(entry: &Entry, merchant: &MerchantId) -> pb::SubscribeEntri
             }
         })
         .collect();
-    pb::SubscribeEntriesResponse {
+    pb::SubscribedEntry {
         entry: Some(wire),
         postings_withheld: withheld,
     }

@@ -44,7 +44,8 @@ pub struct Config {
     pub history_page_len_max: u32,
     /// The most `SubscribeEntries` streams open at once.
     pub subscribers_max: usize,
-    /// Entries waiting to be sent to one subscriber before it is caught up from the database.
+    /// Messages (a batch's entries each) waiting to be sent to one subscriber before it is
+    /// caught up from the database.
     pub subscriber_buffer_len: usize,
     /// How old a transaction may be when submitted (terminals that were offline).
     pub offline_window_ms: i64,

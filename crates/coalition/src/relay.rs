@@ -1,7 +1,7 @@
 //! `coalition relay`: tails the journal in the database and publishes each committed entry to
 //! NATS JetStream, once whole on `PREFIX.all` and once per merchant it concerns on
 //! `PREFIX.merchant.MERCHANT` (the merchant's view, as `SubscribeEntries` gives it), each a
-//! protobuf `SubscribeEntriesResponse`.
+//! protobuf `SubscribedEntry`.
 //!
 //! Exactly once as a consumer sees it: every message carries a `Nats-Msg-Id` (the sequence
 //! for `.all`, `SEQUENCE:MERCHANT` for a merchant's subject), and the relay records its

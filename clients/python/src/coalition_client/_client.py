@@ -356,6 +356,7 @@ class EntrySubscription:
         self._client = client
         self.last_sequence = after_sequence
         self._stream = None
+        self._received: list = []  # entries of the last message not returned yet
 
     def __iter__(self) -> "EntrySubscription":
         return self
@@ -368,6 +369,13 @@ class EntrySubscription:
     def __next__(self) -> ReceivedEntry:
         failures = 0
         while True:
+            if self._received:
+                subscribed = self._received.pop(0)
+                entry = subscribed.entry
+                if entry.sequence <= self.last_sequence:
+                    raise ProtocolError(f"entry {entry.sequence} came after {self.last_sequence}")
+                self.last_sequence = entry.sequence
+                return ReceivedEntry(entry, subscribed.postings_withheld)
             try:
                 if self._stream is None:
                     self._stream = self._open()
@@ -381,11 +389,8 @@ class EntrySubscription:
                     raise Refused(error.code(), error.details()) from None
                 error_code, details = error.code(), error.details()
             else:
-                entry = response.entry
-                if entry.sequence <= self.last_sequence:
-                    raise ProtocolError(f"entry {entry.sequence} came after {self.last_sequence}")
-                self.last_sequence = entry.sequence
-                return ReceivedEntry(entry, response.postings_withheld)
+                self._received.extend(response.entries)
+                continue
             failures += 1
             if failures >= self._client.retry.attempts_max:
                 raise RetriesExhausted(failures, error_code, details)

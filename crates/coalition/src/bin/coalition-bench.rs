@@ -10,7 +10,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -68,6 +69,149 @@ struct Args {
     /// the engine in calls of `--batch-len` by `--clients` concurrent callers.
     #[arg(long)]
     core: bool,
+    /// Entry subscribers (`SubscribeEntries` with the admin token, each on its own
+    /// connection) following the journal while the mall day is cleared.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+}
+
+/// What one subscriber did: the entries it received, the sampled delays after their commits,
+/// and when it caught up with the day's last entry.
+type Followed = anyhow::Result<(u64, Vec<Duration>, Instant)>;
+
+/// Entry subscribers during the mall day: each counts the entries it receives and, for a
+/// sample of them, how long after its batch's commit each arrived (the commit's moment is
+/// when the engine's live feed published the batch, seen by a recorder in this process).
+struct Subscribers {
+    commits: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>>,
+    target: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Followed>>,
+    recorder: tokio::task::JoinHandle<()>,
+}
+
+impl Subscribers {
+    async fn start(
+        count: usize,
+        server: &RunningServer,
+        token: &str,
+        after: u64,
+    ) -> anyhow::Result<Subscribers> {
+        let commits: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>> =
+            Arc::default();
+        let target = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut feed = server.engine.committed_entries();
+        let recorded = commits.clone();
+        let recorder = tokio::spawn(async move {
+            loop {
+                match feed.recv().await {
+                    Ok(batch) => {
+                        if let Some(last) = batch.entries.last() {
+                            recorded
+                                .lock()
+                                .unwrap()
+                                .insert(last.sequence, Instant::now());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        // Every `count`-th entry of each subscriber is timed: the same number of samples
+        // in all whatever the count.
+        let sample = count.max(1) as u64;
+        let mut tasks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let channel = Channel::from_shared(server.endpoint())?.connect().await?;
+            let mut queries = coalition_grpc::client::QueryServiceClient::with_interceptor(
+                channel,
+                coalition_grpc::client::AdminToken::new(token)?,
+            );
+            let mut stream = queries
+                .subscribe_entries(coalition_grpc::pb::SubscribeEntriesRequest {
+                    query: prost::Message::encode_to_vec(
+                        &coalition_grpc::pb::EntriesSubscription {
+                            after_sequence: after,
+                            ..Default::default()
+                        },
+                    ),
+                    signature: None,
+                })
+                .await?
+                .into_inner();
+            let (commits, target) = (commits.clone(), target.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut received, mut last, mut lags) = (0_u64, after, Vec::new());
+                loop {
+                    let reached = target.load(std::sync::atomic::Ordering::Relaxed);
+                    if reached != 0 && last >= reached {
+                        return Ok((received, lags, Instant::now()));
+                    }
+                    let message = tokio::select! {
+                        message = stream.message() => message?,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    };
+                    let Some(message) = message else {
+                        anyhow::bail!("the subscription ended");
+                    };
+                    let now = Instant::now();
+                    for subscribed in message.entries {
+                        let sequence = subscribed.entry.map_or(last, |entry| entry.sequence);
+                        received += 1;
+                        last = sequence;
+                        if received % sample == 0
+                            && let Some((_, committed)) =
+                                commits.lock().unwrap().range(sequence..).next()
+                        {
+                            lags.push(now.saturating_duration_since(*committed));
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Subscribers {
+            commits,
+            target,
+            tasks,
+            recorder,
+        })
+    }
+
+    /// Waits until every subscriber has received entry `last`; what they did, as a line.
+    async fn finish(
+        self,
+        last: u64,
+        day_ended: Instant,
+        day_started: Instant,
+    ) -> anyhow::Result<String> {
+        self.target
+            .store(last.max(1), std::sync::atomic::Ordering::Relaxed);
+        let count = self.tasks.len();
+        let (mut entries, mut lags, mut finished) = (0, Vec::new(), day_ended);
+        for task in self.tasks {
+            let (received, sampled, at) = task.await??;
+            entries += received;
+            lags.extend(sampled);
+            finished = finished.max(at);
+        }
+        self.recorder.abort();
+        drop(self.commits);
+        lags.sort();
+        let millis = |percent| percentile(&lags, percent).as_secs_f64() * 1e3;
+        let seconds = finished.duration_since(day_started).as_secs_f64();
+        Ok(format!(
+            "subscribers   {count} (admin, own connections): {} entries each, {:.0} entries/s \
+             delivered in all; the last caught up {:.2} s after the day ended; delivery after \
+             the batch's commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+            entries / count.max(1) as u64,
+            entries as f64 / seconds,
+            finished.duration_since(day_ended).as_secs_f64(),
+            millis(50),
+            millis(99),
+            lags.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            lags.len()
+        ))
+    }
 }
 
 /// The process's resident memory in MiB, from /proc.
@@ -303,6 +447,12 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     if args.core {
         return core(args, server, day.traffic, &metrics, &config).await;
     }
+    let subscribers = if args.subscribers > 0 {
+        let head = server.engine.storage().last_sequence().await?;
+        Some(Subscribers::start(args.subscribers, &server, &token, head).await?)
+    } else {
+        None
+    };
     let bar = progress(day.traffic.len(), "mall day", true);
     let stages_before = stage_seconds(&metrics);
     let batches_before = batches(&metrics);
@@ -318,10 +468,22 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let day_ended = Instant::now();
     let stages_after = stage_seconds(&metrics);
     let batches_after = batches(&metrics);
     let io_after = io_bytes();
     let rss_mib = memory_mib();
+    let subscribed = match subscribers {
+        Some(subscribers) => {
+            let last = server.engine.storage().last_sequence().await?;
+            Some(subscribers.finish(last, day_ended, started))
+        }
+        None => None,
+    };
+    let subscribed = match subscribed {
+        Some(finishing) => Some(finishing.await),
+        None => None,
+    };
     server.shutdown().await?;
 
     tally.call_latencies.sort();
@@ -381,6 +543,9 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     print_batches(batches_before, batches_after);
     print_io(io_before, io_after, day.traffic.len());
     print_verify_rate(verify_rate(), day.traffic.len() as f64 / seconds);
+    if let Some(line) = subscribed {
+        println!("{}", line?);
+    }
     Ok(())
 }
 
