@@ -150,8 +150,15 @@ pub enum ConfigError {
 /// The prefix of environment variables that set configuration values.
 pub const ENVIRONMENT_PREFIX: &str = "COALITION_";
 
-/// Environment variables with the prefix that are not settings.
-const ENVIRONMENT_NOT_SETTINGS: &[&str] = &["COALITION_CONFIG", "COALITION_TEST_POSTGRES_URL"];
+/// Environment variables with the prefix that are not settings of the server: the
+/// configuration file, `coalition relay`'s broker, and the tests' services. A server started
+/// beside a relay (or by the tests) sees them and must not refuse them.
+const ENVIRONMENT_NOT_SETTINGS: &[&str] = &[
+    "COALITION_CONFIG",
+    "COALITION_NATS_URL",
+    "COALITION_TEST_POSTGRES_URL",
+    "COALITION_TEST_NATS_URL",
+];
 
 impl Config {
     /// Defaults, then the file (if any), then the environment.
@@ -380,6 +387,23 @@ mod tests {
             config.offline_window_ms,
             Limits::default().offline_window_ms
         );
+    }
+
+    #[test]
+    fn the_relay_s_and_the_tests_variables_are_not_settings() {
+        let config = Config::load(
+            None,
+            environment(&[
+                ("COALITION_NATS_URL", "nats://127.0.0.1:4222"),
+                ("COALITION_TEST_NATS_URL", "nats://127.0.0.1:4222"),
+                (
+                    "COALITION_TEST_POSTGRES_URL",
+                    "postgres://postgres@127.0.0.1/test",
+                ),
+            ]),
+        )
+        .expect("not settings, not refused");
+        assert_eq!(config, Config::default());
     }
 
     #[test]
