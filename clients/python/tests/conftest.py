@@ -34,8 +34,9 @@ def server_binary() -> str:
 class Server:
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory(prefix="coalition-python-")
-        env = dict(
-            os.environ,
+        # The server takes every COALITION_* variable as a setting: pass it only ours.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COALITION_")}
+        env.update(
             COALITION_DATABASE_URL=f"sqlite://{self.dir.name}/coalition.db",
             COALITION_LISTEN_ADDRESS="127.0.0.1:0",
             COALITION_METRICS_ADDRESS="off",
