@@ -414,3 +414,31 @@ async fn subscriptions_beyond_the_limit_are_refused_until_one_closes() {
     }
     assert!(opened, "a place frees when a subscriber leaves");
 }
+
+/// A graceful shutdown does not wait for open subscriptions (they never end by themselves):
+/// each ends at once with UNAVAILABLE naming where to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_ends_open_subscriptions_at_once() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut queries = server.admin_queries();
+    let mut stream = queries
+        .subscribe_entries(pb::SubscribeEntriesRequest {
+            query: prost::Message::encode_to_vec(&pb::EntriesSubscription::default()),
+            signature: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server.server.shutdown())
+        .await
+        .expect("the shutdown does not wait for the subscription (its grace is 10 s)")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends");
+    let status = ended.expect_err("it ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("after_sequence"), "{status:?}");
+}
