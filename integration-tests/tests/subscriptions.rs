@@ -36,6 +36,14 @@ fn admin_client(address: &str) -> Client {
         .unwrap()
 }
 
+/// A subscription to every entry from the first, as the admin token asks for it.
+fn every_entry() -> pb::SubscribeEntriesRequest {
+    pb::SubscribeEntriesRequest {
+        query: prost::Message::encode_to_vec(&pb::EntriesSubscription::default()),
+        signature: None,
+    }
+}
+
 /// The next `count` entries of a subscription, failing the test if they do not come.
 async fn take(
     subscription: &mut coalition_client::EntrySubscription,
@@ -341,10 +349,7 @@ async fn a_subscriber_that_does_not_read_holds_up_nothing_and_misses_nothing(bac
         coalition_grpc::client::AdminToken::new(ADMIN_TOKEN).unwrap(),
     );
     let mut stalled = queries
-        .subscribe_entries(pb::SubscribeEntriesRequest {
-            query: prost::Message::encode_to_vec(&pb::EntriesSubscription::default()),
-            signature: None,
-        })
+        .subscribe_entries(every_entry())
         .await
         .unwrap()
         .into_inner();
@@ -395,18 +400,14 @@ async fn subscriptions_beyond_the_limit_are_refused_until_one_closes() {
     };
     let server = TestServer::start_on(database, config).await;
     let mut queries = server.admin_queries();
-    let subscribe = || pb::SubscribeEntriesRequest {
-        query: prost::Message::encode_to_vec(&pb::EntriesSubscription::default()),
-        signature: None,
-    };
-    let first = queries.subscribe_entries(subscribe()).await.unwrap();
-    let refused = queries.subscribe_entries(subscribe()).await.unwrap_err();
+    let first = queries.subscribe_entries(every_entry()).await.unwrap();
+    let refused = queries.subscribe_entries(every_entry()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     drop(first);
     // The server notices the closed stream and frees its place.
     let mut opened = false;
     for _ in 0..50 {
-        if queries.subscribe_entries(subscribe()).await.is_ok() {
+        if queries.subscribe_entries(every_entry()).await.is_ok() {
             opened = true;
             break;
         }
@@ -422,10 +423,7 @@ async fn a_graceful_shutdown_ends_open_subscriptions_at_once() {
     let server = TestServer::start(Backend::Sqlite).await;
     let mut queries = server.admin_queries();
     let mut stream = queries
-        .subscribe_entries(pb::SubscribeEntriesRequest {
-            query: prost::Message::encode_to_vec(&pb::EntriesSubscription::default()),
-            signature: None,
-        })
+        .subscribe_entries(every_entry())
         .await
         .unwrap()
         .into_inner();
