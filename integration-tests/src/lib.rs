@@ -534,6 +534,15 @@ pub async fn register_merchant(
     MerchantSigner::new(merchant_id, "key-1", key)
 }
 
+/// A channel to a server's gRPC endpoint, connected.
+pub async fn connect(endpoint: &str) -> Channel {
+    Channel::from_shared(endpoint.to_owned())
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// A fresh random signing key.
 pub fn new_key() -> SigningKey {
     coalition::cli::generate_key().expect("randomness")

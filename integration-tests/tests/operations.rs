@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use coalition_grpc::client::SubmissionServiceClient;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    Backend, TestDatabase, accepted, new_key, on_both_backends, register_merchant, rejection,
-    spawn_server,
+    Backend, TestDatabase, accepted, connect, new_key, on_both_backends, register_merchant,
+    rejection, spawn_server,
 };
 use tonic::transport::Channel;
 
@@ -43,11 +43,7 @@ async fn metrics_and_json_logs_report_what_happened(backend: Backend) {
             ("COALITION_LOG_FILTER", "info"),
         ],
     );
-    let channel = Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&endpoint).await;
     let signer = register_merchant(
         &channel,
         "tenant-1",
@@ -151,11 +147,7 @@ async fn connections_beyond_the_limit_wait_their_turn(backend: Backend) {
         ..
     } = server;
     drop(channel);
-    let third = Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let third = connect(&endpoint).await;
     let started = std::time::Instant::now();
     loop {
         if health(third.clone()).await.is_ok() {

@@ -10,11 +10,10 @@ use coalition_domain::{MerchantId, MerchantTransactionId};
 use coalition_grpc::client::SubmissionServiceClient;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    Backend, TestDatabase, TestServer, accepted, check_database, new_key, on_both_backends,
-    register_merchant, spawn_server, test_config,
+    Backend, TestDatabase, TestServer, accepted, check_database, connect, new_key,
+    on_both_backends, register_merchant, spawn_server, test_config,
 };
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 const LOAD_CLIENTS: usize = 4;
 const LOAD_BATCH_LEN: usize = 50;
@@ -27,11 +26,7 @@ struct Load {
 /// Registers a merchant and members, then submits earns from several clients until stopped,
 /// recording every acknowledged transaction id with its entry sequence.
 async fn start_load(endpoint: &str) -> Load {
-    let channel = Channel::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(endpoint).await;
     let members: Vec<String> = (0..50).map(|n| format!("m-{n}")).collect();
     let members: Vec<&str> = members.iter().map(String::as_str).collect();
     let signer = register_merchant(
@@ -410,11 +405,7 @@ async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend:
     let starting = tokio::spawn(coalition_grpc::serve_starting(incoming.clone(), async {
         let _ = recovering.await;
     }));
-    let channel = Channel::from_shared(endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&endpoint).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in [
         "",
@@ -460,11 +451,7 @@ async fn while_starting_health_is_not_serving_and_calls_are_unavailable(backend:
             let _ = stopped.await;
         },
     ));
-    let channel = Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&endpoint).await;
     let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: "coalition.v1.SubmissionService".into(),

@@ -10,8 +10,8 @@ use coalition_client::{Client, ReceivedEntry, RetryPolicy, Signer, Transaction};
 use coalition_grpc::client::MerchantSigner;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    ADMIN_TOKEN, Backend, TestDatabase, TestServer, new_key, on_both_backends, register_merchant,
-    spawn_server, test_config,
+    ADMIN_TOKEN, Backend, TestDatabase, TestServer, connect, new_key, on_both_backends,
+    register_merchant, spawn_server, test_config,
 };
 
 fn client(address: &str, signer: &MerchantSigner) -> Client {
@@ -274,11 +274,7 @@ async fn a_subscriber_resumes_across_a_kill_9_with_nothing_lost_or_repeated(back
     let binary = env!("CARGO_BIN_EXE_coalition-under-test");
     let environment = [("COALITION_LISTEN_ADDRESS", listen.as_str())];
     let (mut process, address) = spawn_server(binary, &database.url, &environment);
-    let channel = tonic::transport::Channel::from_shared(address.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&address).await;
     let tenant = register_merchant(
         &channel,
         "tenant-1",
