@@ -86,16 +86,11 @@ impl ClientBuilder {
         }
         let channel = endpoint.connect_lazy();
         let bearer = match &self.admin_token {
-            Some(token) => {
-                Some(
-                    format!("Bearer {token}")
-                        .parse()
-                        .map_err(|_| Error::InvalidAddress {
-                            address: self.address.clone(),
-                            message: "the admin token must be printable ASCII".to_owned(),
-                        })?,
-                )
-            }
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| Error::InvalidAdminToken)?,
+            ),
             None => None,
         };
         Ok(Client {
@@ -189,21 +184,23 @@ impl Client {
         EntrySubscription::new(self.clone(), after_sequence)
     }
 
+    /// Opens the subscription stream, once: `EntrySubscription` owns the retries.
     pub(crate) async fn open_subscription(
         &self,
         after_sequence: u64,
-    ) -> Result<Streaming<pb::SubscribeEntriesResponse>, Error> {
-        let subscription = pb::EntriesSubscription {
+    ) -> Result<Streaming<pb::SubscribeEntriesResponse>, tonic::Status> {
+        let mut subscription = pb::EntriesSubscription {
             merchant_id: self.reader_id(),
             after_sequence,
             ..Default::default()
         };
-        self.signed_query(subscription, |mut queries, query, signature| async move {
-            queries
-                .subscribe_entries(pb::SubscribeEntriesRequest { query, signature })
-                .await
-        })
-        .await
+        let (query, signature) = self.stamped(&mut subscription);
+        let response = self
+            .queries
+            .clone()
+            .subscribe_entries(pb::SubscribeEntriesRequest { query, signature })
+            .await?;
+        Ok(response.into_inner())
     }
 
     /// The merchant a query names: none when the admin token reads.
@@ -386,21 +383,27 @@ impl Client {
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let query = &mut query;
-        let call = &call;
-        let cell = std::sync::Mutex::new(query);
         self.with_retries(|| {
-            let mut query = cell.lock().expect("one attempt at a time");
-            query.stamp(now_unix_ms());
-            let bytes = query.encode_to_vec();
-            let signature = (!self.admin).then(|| pb::QuerySignature {
-                merchant_id: self.signer.merchant_id().to_owned(),
-                key_id: self.signer.key_id().to_owned(),
-                signature: self.signer.sign_bytes(QUERY_DOMAIN, &bytes).to_vec(),
-            });
+            let (bytes, signature) = self.stamped(&mut query);
             call(self.queries.clone(), bytes, signature)
         })
         .await
+    }
+
+    /// Stamps a query with the time now and encodes it, with the merchant's signature over the
+    /// bytes (none when the admin token reads).
+    fn stamped<Q: Message + QueryStamp>(
+        &self,
+        query: &mut Q,
+    ) -> (Vec<u8>, Option<pb::QuerySignature>) {
+        query.stamp(now_unix_ms());
+        let bytes = query.encode_to_vec();
+        let signature = (!self.admin).then(|| pb::QuerySignature {
+            merchant_id: self.signer.merchant_id().to_owned(),
+            key_id: self.signer.key_id().to_owned(),
+            signature: self.signer.sign_bytes(QUERY_DOMAIN, &bytes).to_vec(),
+        });
+        (bytes, signature)
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the policy's attempts are spent.
@@ -457,5 +460,31 @@ impl QueryStamp for pb::EntriesSubscription {
 impl QueryStamp for pb::TransactionQuery {
     fn stamp(&mut self, unix_ms: i64) {
         self.issued_at_unix_ms = unix_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_addresses_and_admin_tokens_are_refused_when_built() {
+        let signer = || Signer::from_seed("tenant-1", "key-1", &[1; 32]);
+        assert!(matches!(
+            Client::builder("not a uri", signer()).build(),
+            Err(Error::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            Client::builder("http://127.0.0.1:1", signer())
+                .admin_token("line\nbreak")
+                .build(),
+            Err(Error::InvalidAdminToken)
+        ));
+        assert!(
+            Client::builder("http://127.0.0.1:1", signer())
+                .admin_token("token-0123456789")
+                .build()
+                .is_ok()
+        );
     }
 }

@@ -89,9 +89,7 @@ impl EntrySubscription {
                         self.stream = Some(stream);
                         continue;
                     }
-                    Err(Error::Refused(status)) => return Err(Error::Refused(status)),
-                    Err(Error::RetriesExhausted { last, .. }) => last,
-                    Err(other) => return Err(other),
+                    Err(status) => status,
                 },
                 Some(stream) => match stream.message().await {
                     Ok(Some(response)) => {

@@ -115,6 +115,9 @@ pub enum Error {
     /// The address is not a valid URI.
     #[error("the address {address:?} is not valid: {message}")]
     InvalidAddress { address: String, message: String },
+    /// The admin token cannot be sent in a header (it must be printable ASCII).
+    #[error("the admin token must be printable ASCII")]
+    InvalidAdminToken,
     /// The server refused the call as a whole, for a reason a retry cannot change (an
     /// oversized batch, a bad query, a missing permission).
     #[error("the server refused the call: {0}")]

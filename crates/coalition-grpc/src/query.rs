@@ -175,19 +175,14 @@ impl QueryService for Queries {
             _ => {}
         }
         if let Reader::Merchant(merchant) = &reader {
-            let allowed = match &account {
-                AccountKey::MemberWallet(_) | AccountKey::MemberHeld(_) => true,
-                AccountKey::MerchantIssued(owner)
-                | AccountKey::MerchantRedeemed(owner)
-                | AccountKey::MerchantSettlement(owner)
-                | AccountKey::MerchantBreakage(owner)
-                | AccountKey::MerchantFees(owner)
-                | AccountKey::MerchantPayable(owner) => owner == merchant,
-                AccountKey::OperatorFloat
-                | AccountKey::OperatorRounding
-                | AccountKey::OperatorFees
-                | AccountKey::OperatorCash
-                | AccountKey::OperatorTrading(_) => false,
+            // Any member's accounts (a POS shows the balance before a burn), a merchant's
+            // own, never the operator's.
+            let allowed = match account.merchant() {
+                Some(owner) => owner == merchant,
+                None => matches!(
+                    account,
+                    AccountKey::MemberWallet(_) | AccountKey::MemberHeld(_)
+                ),
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(
