@@ -165,6 +165,7 @@ pub fn test_config(database_url: &str) -> Config {
     Config {
         listen_address: "127.0.0.1:0".into(),
         metrics_address: "off".into(),
+        console_address: "off".into(),
         database_url: database_url.to_owned(),
         admin_token: Some(ADMIN_TOKEN.into()),
         batch_request_len_max: 1_000,
@@ -610,6 +611,7 @@ pub fn spawn_server(
         .env("COALITION_DATABASE_URL", database_url)
         .env("COALITION_LISTEN_ADDRESS", "127.0.0.1:0")
         .env("COALITION_METRICS_ADDRESS", "off")
+        .env("COALITION_CONSOLE_ADDRESS", "off")
         .env("COALITION_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COALITION_LOG_FILTER", "warn")
         .env_remove("RUST_LOG")

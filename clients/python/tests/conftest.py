@@ -40,6 +40,7 @@ class Server:
             COALITION_DATABASE_URL=f"sqlite://{self.dir.name}/coalition.db",
             COALITION_LISTEN_ADDRESS="127.0.0.1:0",
             COALITION_METRICS_ADDRESS="off",
+            COALITION_CONSOLE_ADDRESS="off",
             COALITION_ADMIN_TOKEN=ADMIN_TOKEN,
             COALITION_LOG_FILTER="warn",
         )

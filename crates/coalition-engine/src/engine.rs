@@ -351,6 +351,11 @@ impl Engine {
         self.registry().merchant(merchant_id).cloned()
     }
 
+    /// Every registered merchant, in the registry's order (by id).
+    pub fn merchants(&self) -> Vec<Merchant> {
+        self.registry().merchants().cloned().collect()
+    }
+
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
         self.inner
             .registry

@@ -10,6 +10,7 @@
 mod audit;
 mod batch;
 mod connect;
+mod console;
 mod load;
 mod lock;
 mod query;
@@ -20,6 +21,7 @@ mod state;
 
 pub use audit::{AuditReport, AuditStart};
 pub use connect::{ConnectOptions, SQLITE_WRITER_CACHE_MIB_DEFAULT};
+pub use console::HourlyCount;
 pub use load::{CheckReport, LoadedState};
 pub use lock::WriterLock;
 pub use query::{

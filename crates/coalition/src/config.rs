@@ -18,6 +18,12 @@ pub struct Config {
     pub listen_address: String,
     /// Where the Prometheus metrics endpoint listens; "off" disables it.
     pub metrics_address: String,
+    /// Where the finance team's web console listens; "off" disables it.
+    pub console_address: String,
+    /// How long a console session lasts without a request before it must sign in again.
+    pub console_session_timeout_ms: i64,
+    /// The most console sessions open at once.
+    pub console_sessions_max: usize,
     /// `sqlite://PATH` (created on first run) or `postgres://...`.
     pub database_url: String,
     /// Database pool size.
@@ -94,6 +100,9 @@ impl Default for Config {
         Self {
             listen_address: "127.0.0.1:50051".into(),
             metrics_address: "127.0.0.1:9464".into(),
+            console_address: "127.0.0.1:8080".into(),
+            console_session_timeout_ms: 30 * 60 * 1000,
+            console_sessions_max: 64,
             database_url: "sqlite://coalition.db".into(),
             database_connections_max: 8,
             sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
@@ -235,6 +244,11 @@ impl Config {
             ("stream_in_flight_max", self.stream_in_flight_max as i64),
             ("history_page_len_max", i64::from(self.history_page_len_max)),
             ("subscribers_max", self.subscribers_max as i64),
+            (
+                "console_session_timeout_ms",
+                self.console_session_timeout_ms,
+            ),
+            ("console_sessions_max", self.console_sessions_max as i64),
             ("subscriber_buffer_len", self.subscriber_buffer_len as i64),
             ("offline_window_ms", self.offline_window_ms),
             (
@@ -329,6 +343,18 @@ impl Config {
             writer_cache_references_max: self.writer_cache_references_max,
             writer_cache_receipts_max: self.writer_cache_receipts_max,
             expiry_members_per_batch_max: self.expiry_members_per_batch_max,
+        }
+    }
+
+    /// What the finance console needs.
+    pub fn console(&self) -> crate::console::ConsoleConfig {
+        crate::console::ConsoleConfig {
+            address: self.console_address.clone(),
+            admin_token: self.admin_token.clone(),
+            session_timeout: std::time::Duration::from_millis(
+                self.console_session_timeout_ms.max(1) as u64,
+            ),
+            sessions_max: self.console_sessions_max,
         }
     }
 

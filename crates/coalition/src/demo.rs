@@ -368,6 +368,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config {
         listen_address: "127.0.0.1:0".into(),
         metrics_address: "off".into(),
+        console_address: "off".into(),
         database_url: database_url.clone(),
         admin_token: Some(token.clone()),
         ..Config::default()

@@ -74,7 +74,7 @@ const ENTRY_COLUMNS: [&str; 20] = [
 ];
 
 /// The columns of a merchant's `statements/M.csv`.
-const STATEMENT_COLUMNS: [&str; 9] = [
+pub const STATEMENT_COLUMNS: [&str; 9] = [
     "sequence",
     "accepted_at",
     "kind",
@@ -638,7 +638,7 @@ pub enum Cell {
 }
 
 impl Cell {
-    fn render(self) -> String {
+    pub fn render(self) -> String {
         match self {
             Cell::Header(name) => name.to_owned(),
             Cell::Text(text) => neutralise(&text),
@@ -648,8 +648,73 @@ impl Cell {
     }
 }
 
-fn text(value: impl Into<String>) -> Cell {
+pub fn text(value: impl Into<String>) -> Cell {
     Cell::Text(value.into())
+}
+
+/// One row of a merchant's statement CSV, in `STATEMENT_COLUMNS` order.
+pub fn statement_cells(line: &settlement::StatementLine, cutoff: &Cutoff) -> Vec<Cell> {
+    vec![
+        Cell::Number(line.sequence as i64),
+        text(cutoff.local_time(line.accepted_at_ms)),
+        text(&line.kind),
+        text(&line.category),
+        text(&line.submitted_by),
+        text(&line.merchant_transaction_id),
+        Cell::Number(line.points),
+        Cell::Number(line.amount_minor),
+        Cell::Number(line.fee_minor),
+    ]
+}
+
+/// A whole CSV file: the header, then each row's cells rendered (text neutralised).
+pub fn csv_bytes(
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<Cell>>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(header)?;
+    for row in rows {
+        writer.write_record(row.into_iter().map(Cell::render))?;
+    }
+    writer.into_inner().context("cannot finish a CSV")
+}
+
+/// `payments.csv` of a finalised period: the export's file, and the console's download.
+pub fn payments_csv(
+    settlement: &Settlement,
+    payments: &[Payment],
+    name_of: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Vec<u8>> {
+    let digits = minor_digits(&settlement.currency);
+    csv_bytes(
+        &[
+            "merchant_id",
+            "merchant_name",
+            "direction",
+            "amount_minor",
+            "amount",
+            "currency",
+            "period_net_minor",
+            "payable_minor",
+            "end_to_end_id",
+            "remittance",
+        ],
+        payments.iter().map(|payment| {
+            vec![
+                text(&payment.merchant_id),
+                text(name_of(&payment.merchant_id)),
+                text(payment.direction.code()),
+                Cell::Number(payment.amount_minor),
+                text(major_amount(payment.amount_minor, digits)),
+                text(&settlement.currency),
+                Cell::Number(payment.period_net_minor),
+                Cell::Number(payment.payable_minor),
+                text(&payment.end_to_end_id),
+                text(format!("Coalition settlement {}", settlement.period)),
+            ]
+        }),
+    )
 }
 
 /// The digits after the decimal point of a currency's major unit (ISO 4217).
@@ -976,17 +1041,7 @@ async fn read_and_write(
             let mut csv = folder.append(csv)?;
             for line in &lines {
                 jsonl.jsonl(line)?;
-                csv.csv(vec![
-                    Cell::Number(line.sequence as i64),
-                    text(options.cutoff.local_time(line.accepted_at_ms)),
-                    text(&line.kind),
-                    text(&line.category),
-                    text(&line.submitted_by),
-                    text(&line.merchant_transaction_id),
-                    Cell::Number(line.points),
-                    Cell::Number(line.amount_minor),
-                    Cell::Number(line.fee_minor),
-                ])?;
+                csv.csv(statement_cells(line, &options.cutoff))?;
             }
             jsonl.finish()?;
             csv.finish()?;
@@ -1167,37 +1222,10 @@ async fn read_and_write(
     // over every finalised period, so that no file pays a merchant what it does not owe it
     // and each transfer is what RecordPayout accepts. Without a closing entry (nothing to
     // close) the position after the period's last entry.
-    let digits = minor_digits(&settlement.currency);
     let payments = period_payments(storage, &settlement, closing_sequence).await?;
-    folder.csv(
+    folder.write(
         "payments.csv",
-        &[
-            "merchant_id",
-            "merchant_name",
-            "direction",
-            "amount_minor",
-            "amount",
-            "currency",
-            "period_net_minor",
-            "payable_minor",
-            "end_to_end_id",
-            "remittance",
-        ],
-        &payments,
-        |payment| {
-            vec![
-                text(&payment.merchant_id),
-                text(name_of(&payment.merchant_id)),
-                text(payment.direction.code()),
-                Cell::Number(payment.amount_minor),
-                text(major_amount(payment.amount_minor, digits)),
-                text(&settlement.currency),
-                Cell::Number(payment.period_net_minor),
-                Cell::Number(payment.payable_minor),
-                text(&payment.end_to_end_id),
-                text(format!("Coalition settlement {}", settlement.period)),
-            ]
-        },
+        &payments_csv(&settlement, &payments, &name_of)?,
     )?;
     // pain.001 has no valid form without a transfer: when the operator pays nobody, the
     // file is left out and the manifest says why.
@@ -1285,7 +1313,7 @@ pub fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
 /// when it makes none (the schema requires at least one transfer). Merchants' bank details
 /// are not part of the ledger: the creditor account is identified by the merchant id, for
 /// the treasury to map to its payee records.
-fn pain_001(
+pub fn pain_001(
     settlement: &Settlement,
     payments: &[Payment],
     cutoff: &Cutoff,

@@ -20,6 +20,9 @@ const STARTING_PHASE_CLOSE: std::time::Duration = std::time::Duration::from_secs
 pub struct RunningServer {
     pub address: SocketAddr,
     pub engine: Engine,
+    /// Where the finance console listens, unless `console_address` is "off".
+    pub console_address: Option<SocketAddr>,
+    console: Option<crate::console::RunningConsole>,
     shutdown_grace: std::time::Duration,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -69,9 +72,16 @@ impl RunningServer {
             },
         ));
         tracing::info!(%address, database = %redacted(&config.database_url), "serving");
+        let console = if config.console_address == "off" {
+            None
+        } else {
+            Some(crate::console::RunningConsole::start(engine.clone(), config.console()).await?)
+        };
         Ok(RunningServer {
             address,
             engine,
+            console_address: console.as_ref().map(|console| console.address),
+            console,
             shutdown_grace: std::time::Duration::from_millis(config.shutdown_grace_ms),
             stop: Some(stop),
             server,
@@ -109,6 +119,9 @@ impl RunningServer {
     /// `shutdown_grace_ms` (a gateway's stream that never ends) are cut; whatever their calls
     /// had handed to the writer is still committed before the writer stops.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(console) = self.console.take() {
+            console.shutdown().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -412,6 +412,7 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     let config = Config {
         listen_address: "127.0.0.1:0".into(),
         metrics_address: "off".into(),
+        console_address: "off".into(),
         database_url: database_url.to_owned(),
         admin_token: Some(token.clone()),
         batch_len_max: args.writer_batch_len_max,

@@ -115,6 +115,7 @@ fn config(database_url: &str, token: &str) -> Config {
     Config {
         listen_address: "127.0.0.1:0".into(),
         metrics_address: "off".into(),
+        console_address: "off".into(),
         database_url: database_url.to_owned(),
         admin_token: Some(token.to_owned()),
         ..Config::default()
