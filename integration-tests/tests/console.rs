@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use coalition::console::percent_encode;
 use coalition::demo::{ClientMix, drive, register};
-use coalition::workload::{MallDayProfile, generate};
+use coalition::workload::{Day, MallDayProfile, generate};
 use coalition_domain::settlement::Period;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    ADMIN_TOKEN, Backend, TestDatabase, TestServer, on_both_backends, test_config,
+    ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, on_both_backends, rejection,
+    test_config,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 use prost::Message;
@@ -121,8 +122,58 @@ async fn screenshot(browser: &Client, backend: Backend, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// Clicks the element `css` names once the page shows it.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("{css}: {error}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits until the browser is at `path` (a click's navigation may still be loading).
+async fn wait_for_path(browser: &Client, path: &str) {
+    for _ in 0..200 {
+        if browser.current_url().await.unwrap().path() == path {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the browser is at {:?}, not {path}",
+        browser.current_url().await.unwrap().path()
+    );
+}
+
+/// Waits until the element `css` names shows `expected` (the page may still be the one
+/// before a click), and fails with what it shows otherwise.
+async fn expect_text(browser: &Client, css: &str, expected: &str) {
+    let mut shown = String::new();
+    for _ in 0..200 {
+        if let Ok(element) = browser.find(Locator::Css(css)).await {
+            shown = element.text().await.unwrap_or_default();
+            if shown == expected {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = browser.current_url().await;
+    panic!("{css} on {url:?} shows {shown:?}, not {expected:?}");
+}
+
+/// The text of the element `css` names, waiting for it while a page loads after a click.
 async fn text_of(browser: &Client, css: &str) -> String {
-    match browser.find(Locator::Css(css)).await {
+    match browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+    {
         Ok(element) => element.text().await.unwrap(),
         Err(error) => {
             let url = browser.current_url().await;
@@ -136,13 +187,7 @@ async fn sign_in(browser: &Client, base: &str, token: &str) {
     browser.goto(&format!("{base}/sign-in")).await.unwrap();
     let field = browser.find(Locator::Id("token")).await.unwrap();
     field.send_keys(token).await.unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, "#sign-in").await;
 }
 
 /// `-123456` minor units of CNY as the console writes them.
@@ -165,7 +210,7 @@ fn yuan(minor: i64) -> String {
 
 /// Books a small mall day through gRPC with the acceptance clock following the day's own
 /// hours, so entries spread over the period's hours as they would.
-async fn book_a_mall_day(server: &TestServer, period: &Period) {
+async fn book_a_mall_day(server: &TestServer, period: &Period) -> Day {
     // The mall closes at 22:00, 18 hours after the period's start at the default 04:00
     // cut-off; the parking's follow-ups come half an hour later, all inside the period.
     let day_end_ms = period.start_ms + 18 * HOUR_MS;
@@ -227,6 +272,7 @@ async fn book_a_mall_day(server: &TestServer, period: &Period) {
     )
     .await
     .unwrap();
+    day
 }
 
 async fn preview(server: &TestServer, period: &str) -> pb::Settlement {
@@ -246,6 +292,12 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let mut config = test_config(&database.url);
     config.console_address = "127.0.0.1:0".into();
+    let files = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("console-files-{backend:?}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&files);
+    let operator_key = coalition::operator_key::generate(&files.join("operator-keys")).unwrap();
+    config.console_operator_keys_dir = files.join("operator-keys").display().to_string();
+    config.console_exports_dir = files.join("exports").display().to_string();
     let server = TestServer::start_on(database, config).await;
     let base = format!(
         "http://{}",
@@ -253,7 +305,7 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     );
     let cutoff = server.config.engine().settlement_cutoff;
     let period = cutoff.next(&cutoff.period_at(server.now_ms()));
-    book_a_mall_day(&server, &period).await;
+    let day = book_a_mall_day(&server, &period).await;
 
     let chromedriver = Chromedriver::start().await;
     let browser = chromedriver.browser().await;
@@ -267,18 +319,20 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     // A wrong token is refused and opens nothing.
     sign_in(&browser, &base, "not-the-admin-token-at-all").await;
     assert_eq!(browser.current_url().await.unwrap().path(), "/sign-in");
-    assert_eq!(
-        text_of(&browser, "#notice").await,
-        "That is not the admin token. Nothing was opened."
-    );
+    expect_text(
+        &browser,
+        "#notice",
+        "That is not the admin token. Nothing was opened.",
+    )
+    .await;
     browser.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(browser.current_url().await.unwrap().path(), "/sign-in");
     screenshot(&browser, backend, "sign-in").await;
 
     // Signed in, the overview shows the open period with the ledger's figures.
     sign_in(&browser, &base, ADMIN_TOKEN).await;
-    assert_eq!(browser.current_url().await.unwrap().path(), "/");
-    assert_eq!(text_of(&browser, "#period").await, period.label);
+    wait_for_path(&browser, "/").await;
+    expect_text(&browser, "#period", &period.label).await;
     let settlement = preview(&server, &period.label).await;
     let issuance: i64 = settlement
         .merchants
@@ -286,18 +340,20 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         .map(|net| -net.issuance_minor)
         .sum();
     assert!(issuance > 0, "the day issued points");
-    assert_eq!(text_of(&browser, "#total-issuance").await, yuan(issuance));
+    expect_text(&browser, "#total-issuance", &yuan(issuance)).await;
     let to_pay: i64 = settlement
         .merchants
         .iter()
         .map(|net| net.net_minor)
         .filter(|net| *net > 0)
         .sum();
-    assert_eq!(text_of(&browser, "#total-to-pay").await, yuan(to_pay));
-    assert_eq!(
-        text_of(&browser, "#entries").await,
-        (settlement.last_sequence - settlement.first_sequence + 1).to_string()
-    );
+    expect_text(&browser, "#total-to-pay", &yuan(to_pay)).await;
+    expect_text(
+        &browser,
+        "#entries",
+        &(settlement.last_sequence - settlement.first_sequence + 1).to_string(),
+    )
+    .await;
     // Outstanding points are the members' wallets and holds, summed here the long way.
     let in_wallets = sum_of_member_points(&server).await;
     assert_eq!(
@@ -315,44 +371,23 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     screenshot(&browser, backend, "overview").await;
 
     // The language switch: Chinese, remembered across pages, then back.
-    browser
-        .find(Locator::Id("language-switch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    assert_eq!(text_of(&browser, "header nav a.active").await, "概览");
-    assert_eq!(text_of(&browser, "#total-issuance").await, yuan(issuance));
+    click(&browser, "#language-switch").await;
+    expect_text(&browser, "header nav a.active", "概览").await;
+    expect_text(&browser, "#total-issuance", &yuan(issuance)).await;
     screenshot(&browser, backend, "overview-zh").await;
     browser.goto(&format!("{base}/settlement")).await.unwrap();
-    assert_eq!(text_of(&browser, "header nav a.active").await, "结算");
-    browser
-        .find(Locator::Id("language-switch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    assert_eq!(text_of(&browser, "header nav a.active").await, "Settlement");
+    expect_text(&browser, "header nav a.active", "结算").await;
+    click(&browser, "#language-switch").await;
+    expect_text(&browser, "header nav a.active", "Settlement").await;
 
     // The day is over: its period is closed and can be finalised.
     server.clock.set(period.end_ms + HOUR_MS);
     let settlement_url = format!("{base}/settlement?period={}", percent_encode(&period.label));
     browser.goto(&settlement_url).await.unwrap();
-    assert_eq!(text_of(&browser, "#status").await, "closed, not finalised");
-    browser
-        .find(Locator::Id("finalise"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    assert_eq!(
-        browser.current_url().await.unwrap().path(),
-        "/settlement/finalise"
-    );
-    assert_eq!(text_of(&browser, "#total-issuance").await, yuan(issuance));
+    expect_text(&browser, "#status", "closed, not finalised").await;
+    click(&browser, "#finalise").await;
+    wait_for_path(&browser, "/settlement/finalise").await;
+    expect_text(&browser, "#total-issuance", &yuan(issuance)).await;
     screenshot(&browser, backend, "finalise-confirmation").await;
     // A form whose CSRF token was taken out is refused, and nothing is finalised.
     browser
@@ -387,25 +422,21 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         ))
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("confirm-finalise"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    assert_eq!(
-        text_of(&browser, "#notice").await,
-        "The period is finalised: its closing entry is booked."
-    );
-    assert_eq!(text_of(&browser, "#status").await, "finalised");
+    click(&browser, "#confirm-finalise").await;
+    expect_text(
+        &browser,
+        "#notice",
+        "The period is finalised: its closing entry is booked.",
+    )
+    .await;
+    expect_text(&browser, "#status", "finalised").await;
     let finalised = preview(&server, &period.label).await;
     assert_eq!(finalised.status, pb::SettlementStatus::Finalised as i32);
 
     // Each merchant's net on the page is the ledger's.
     for net in &finalised.merchants {
         let row = format!("#nets tr[data-merchant='{}'] td.net", net.merchant_id);
-        assert_eq!(text_of(&browser, &row).await, yuan(net.net_minor), "{row}");
+        expect_text(&browser, &row, &yuan(net.net_minor)).await;
     }
     // The matrix shows every cell's value once: its cells add up to the whole matrix.
     let matrix_total: i64 = finalised.matrix.iter().map(|cell| cell.value_minor).sum();
@@ -448,10 +479,12 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(
-        text_of(&browser, "#statement-lines-net").await,
-        yuan(cinema.net_minor - cinema.breakage_share_minor)
-    );
+    expect_text(
+        &browser,
+        "#statement-lines-net",
+        &yuan(cinema.net_minor - cinema.breakage_share_minor),
+    )
+    .await;
     screenshot(&browser, backend, "statement").await;
 
     // The payments: the file and the bank file are the export's, and a payout is booked.
@@ -491,13 +524,7 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         .send_keys("BANK-REF-0001")
         .await
         .unwrap();
-    browser
-        .find(Locator::Css(&format!("{payout_row} button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, &format!("{payout_row} button")).await;
     let notice = text_of(&browser, "#notice").await;
     assert!(
         notice.starts_with(&format!(
@@ -513,20 +540,363 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         "the payout cleared what was payable"
     );
 
-    // Sign-out ends the session: the next page asks to sign in again.
+    // Reconciliation: a tenant's own record with one difference of each kind planted.
+    let storage = server.server.engine.storage();
+    let mut best: Option<(String, Vec<coalition_storage::ClearedTransaction>)> = None;
+    for merchant in &day.merchants {
+        let id = coalition_domain::MerchantId::new(merchant.signer.merchant_id.clone()).unwrap();
+        let cleared: Vec<_> = storage
+            .merchant_transactions(&id, period.start_ms, period.end_ms)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|transaction| transaction.kind == "earn" && transaction.spend_minor.is_some())
+            .collect();
+        if best
+            .as_ref()
+            .is_none_or(|(_, most)| cleared.len() > most.len())
+        {
+            best = Some((merchant.signer.merchant_id.clone(), cleared));
+        }
+    }
+    let (record_merchant, cleared) = best.unwrap();
+    assert!(
+        cleared.len() >= 5,
+        "{record_merchant} has {} earns",
+        cleared.len()
+    );
+    let mut record = String::from("merchant_transaction_id,kind,points,amount_minor\n");
+    for (index, transaction) in cleared.iter().enumerate() {
+        let spend = transaction.spend_minor.unwrap();
+        let line = match index {
+            0 => format!(
+                "{},earn,{},{spend}\n",
+                transaction.merchant_transaction_id,
+                transaction.points + 1
+            ),
+            1 => format!(
+                "{},earn,{},{}\n",
+                transaction.merchant_transaction_id,
+                transaction.points,
+                spend + 100
+            ),
+            2 => continue,
+            3 => format!(
+                "{0},earn,{1},{spend}\n{0},earn,{1},{spend}\n",
+                transaction.merchant_transaction_id, transaction.points
+            ),
+            _ => format!(
+                "{},earn,{},{spend}\n",
+                transaction.merchant_transaction_id, transaction.points
+            ),
+        };
+        record.push_str(&line);
+    }
+    record.push_str("ghost-transaction-1,earn,50,5000\nmalformed-row,earn,not-a-number,1\n");
+    let record_path = files.join("record.csv");
+    std::fs::write(&record_path, &record).unwrap();
     browser
-        .find(Locator::Id("sign-out"))
+        .goto(&format!("{base}/reconciliation"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(&format!(
+            "#merchant-select option[value='{record_merchant}']"
+        )))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    assert_eq!(browser.current_url().await.unwrap().path(), "/sign-in");
+    let period_field = browser.find(Locator::Id("period-input")).await.unwrap();
+    period_field.clear().await.unwrap();
+    period_field.send_keys(&period.label).await.unwrap();
+    browser
+        .find(Locator::Id("file-input"))
+        .await
+        .unwrap()
+        .send_keys(&record_path.display().to_string())
+        .await
+        .unwrap();
+    screenshot(&browser, backend, "reconciliation-upload").await;
+    click(&browser, "#reconcile").await;
+    wait_for_path(&browser, "/reconciliation/result").await;
+    // Whatever else the merchant booked in the period (refunds, say) is missing from its
+    // record too.
+    let all_booked = storage
+        .merchant_transactions(
+            &coalition_domain::MerchantId::new(record_merchant.clone()).unwrap(),
+            period.start_ms,
+            period.end_ms,
+        )
+        .await
+        .unwrap()
+        .len();
+    let missing_at_merchant = 1 + all_booked - cleared.len();
+    for (status, count) in [
+        ("matched", cleared.len() - 3),
+        ("points_mismatch", 1),
+        ("amount_mismatch", 1),
+        ("missing_at_merchant", missing_at_merchant),
+        ("duplicated", 1),
+        ("missing_in_clearing", 1),
+    ] {
+        expect_text(
+            &browser,
+            &format!(".count[data-status='{status}'] strong"),
+            &count.to_string(),
+        )
+        .await;
+    }
+    expect_text(&browser, "#malformed-rows", "1").await;
+    expect_text(
+        &browser,
+        "#differences-total",
+        &(4 + missing_at_merchant).to_string(),
+    )
+    .await;
+    expect_text(&browser, "#clearing-transactions", &all_booked.to_string()).await;
+    screenshot(&browser, backend, "reconciliation-result").await;
+    click(&browser, ".count[data-status='missing_in_clearing']").await;
+    expect_text(&browser, "#differences-total", "1").await;
+    expect_text(
+        &browser,
+        "#differences tbody td:nth-child(2)",
+        "ghost-transaction-1",
+    )
+    .await;
+
+    // Exports: the finalised period's signed folder, made here and downloaded as one archive
+    // that verifies with nothing but the operator's public key.
+    browser.goto(&format!("{base}/exports")).await.unwrap();
+    click(
+        &browser,
+        &format!("#exports tr[data-period='{}'] button.make", period.label),
+    )
+    .await;
+    expect_text(
+        &browser,
+        "#notice",
+        &format!("Export made for period {}", period.label),
+    )
+    .await;
+    screenshot(&browser, backend, "exports").await;
+    let session = browser
+        .get_named_cookie("coalition_session")
+        .await
+        .expect("the session cookie")
+        .value()
+        .to_owned();
+    let (status, headers, archive) = http_get(
+        &base,
+        &format!("/exports/download?period={}", period.label),
+        Some(&session),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/x-tar");
+    let unpacked = files.join("unpacked");
+    tar::Archive::new(archive.as_slice())
+        .unpack(&unpacked)
+        .unwrap();
+    coalition::verify::verify_folder(
+        &unpacked.join(format!("export-{}", period.label)),
+        &[operator_key.public_key],
+    )
+    .expect("the downloaded export verifies");
+    // Without the session the same download is refused (sent to sign in), and a form posted
+    // without a session or its CSRF token changes nothing.
+    let (status, headers, _) = http_get(
+        &base,
+        &format!("/exports/download?period={}", period.label),
+        None,
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/sign-in");
+    let (status, _, body) = http_post(
+        &base,
+        "/settlement/payout",
+        &session,
+        &format!(
+            "period={}&merchant={paid_merchant}&amount_minor=1&reference=forged",
+            period.label
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+
+    // Merchants: every partner listed; a key revoked behind its confirmation is refused from
+    // then on; a merchant suspended and reactivated, each behind a confirmation.
+    browser.goto(&format!("{base}/merchants")).await.unwrap();
+    let rows = browser
+        .find_all(Locator::Css("#merchants tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), day.merchants.len());
+    screenshot(&browser, backend, "merchants").await;
+    let tenant = day
+        .merchants
+        .iter()
+        .find(|merchant| merchant.category == pb::MerchantCategory::MallTenant)
+        .expect("the day has tenants");
+    let member = day.members[0].clone();
+    let tenant_id = &tenant.signer.merchant_id;
+    click(
+        &browser,
+        &format!("#merchants tr[data-merchant='{tenant_id}'] a"),
+    )
+    .await;
+    expect_text(&browser, "#merchant-status", "active").await;
+    let key_row = format!("#keys tr[data-key='{}']", tenant.signer.key_id);
+    expect_text(&browser, &format!("{key_row} .key-state"), "in force").await;
+    screenshot(&browser, backend, "merchant").await;
+    click(&browser, &format!("{key_row} a.revoke")).await;
+    expect_text(&browser, "#change-key", &tenant.signer.key_id).await;
+    // Until confirmed, the key still signs.
+    let before = server
+        .earn(&tenant.signer, "console-before-revoke", &member, 10)
+        .await;
+    accepted(&before);
+    click(&browser, "#confirm-change").await;
+    expect_text(&browser, "#notice", "Key revoked.").await;
+    expect_text(&browser, &format!("{key_row} .key-state"), "revoked").await;
+    let after = server
+        .earn(&tenant.signer, "console-after-revoke", &member, 10)
+        .await;
+    assert_eq!(rejection(&after), pb::RejectionReason::KeyRevoked);
+
+    let restaurant = day
+        .merchants
+        .iter()
+        .find(|merchant| merchant.category == pb::MerchantCategory::Restaurant)
+        .expect("the day has restaurants");
+    browser
+        .goto(&format!(
+            "{base}/merchants/detail?merchant={}",
+            restaurant.signer.merchant_id
+        ))
+        .await
+        .unwrap();
+    click(&browser, "#suspend").await;
+    click(&browser, "#confirm-change").await;
+    expect_text(&browser, "#notice", "Merchant suspended.").await;
+    expect_text(&browser, "#merchant-status", "suspended").await;
+    let suspended = server
+        .earn(&restaurant.signer, "console-while-suspended", &member, 10)
+        .await;
+    assert_eq!(
+        rejection(&suspended),
+        pb::RejectionReason::MerchantSuspended
+    );
+    click(&browser, "#reactivate").await;
+    click(&browser, "#confirm-change").await;
+    expect_text(&browser, "#notice", "Merchant reactivated.").await;
+    let reactivated = server
+        .earn(
+            &restaurant.signer,
+            "console-after-reactivation",
+            &member,
+            10,
+        )
+        .await;
+    accepted(&reactivated);
+
+    // Members: the balance the ledger holds, its lots with their issuers, the history.
+    browser
+        .goto(&format!("{base}/members?member={member}"))
+        .await
+        .unwrap();
+    let wallet = server.balance(&member).await;
+    assert_eq!(
+        text_of(&browser, "#member-wallet").await.replace(',', ""),
+        wallet.to_string()
+    );
+    let lots = browser
+        .find_all(Locator::Css("#lots tbody tr td:nth-child(2)"))
+        .await
+        .unwrap();
+    let mut lot_points = 0i64;
+    for lot in lots {
+        lot_points += lot
+            .text()
+            .await
+            .unwrap()
+            .replace(',', "")
+            .parse::<i64>()
+            .unwrap();
+    }
+    assert_eq!(lot_points, wallet, "a wallet without debt is its lots");
+    let history = browser
+        .find_all(Locator::Css("#history tbody tr"))
+        .await
+        .unwrap();
+    assert!(
+        history.len() >= 3,
+        "carry-in and the two earns of this test"
+    );
+    screenshot(&browser, backend, "member").await;
+    browser
+        .goto(&format!("{base}/members?member=nobody-at-all"))
+        .await
+        .unwrap();
+    expect_text(
+        &browser,
+        "#member-unknown",
+        "No member is enrolled under this id.",
+    )
+    .await;
+
+    // Sign-out ends the session: the next page asks to sign in again.
+    click(&browser, "#sign-out").await;
+    wait_for_path(&browser, "/sign-in").await;
     browser.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(browser.current_url().await.unwrap().path(), "/sign-in");
 
     browser.close().await.unwrap();
     server.server.shutdown().await.unwrap();
+}
+
+/// A GET from outside the browser, with the session's cookie when given.
+async fn http_get(
+    base: &str,
+    path: &str,
+    session: Option<&str>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let mut request = http::Request::get(format!("{base}{path}"));
+    if let Some(session) = session {
+        request = request.header("cookie", format!("coalition_session={session}"));
+    }
+    send(request.body(String::new()).unwrap()).await
+}
+
+/// A form POST from outside the browser with the session's cookie (and whatever `form`
+/// holds, which here is never the CSRF token).
+async fn http_post(
+    base: &str,
+    path: &str,
+    session: &str,
+    form: &str,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let request = http::Request::post(format!("{base}{path}"))
+        .header("cookie", format!("coalition_session={session}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .unwrap();
+    send(request).await
+}
+
+async fn send(request: http::Request<String>) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let (parts, body) = request.into_parts();
+    let request =
+        http::Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
+    let response = client.request(request).await.expect("the console answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status.as_u16(), parts.headers, bytes)
 }
 
 /// The text of a same-origin GET made by the page (with the session's cookie).

@@ -92,3 +92,30 @@ impl Storage {
         Ok(-outside)
     }
 }
+
+impl Storage {
+    /// Each merchant's money position with the operator, as the credit limit reads it: the
+    /// balances of its settlement, fees and payable accounts in `currency` (positive: the
+    /// operator owes it). Merchants never posted to are absent.
+    pub async fn merchant_positions(
+        &self,
+        currency: Asset,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StorageError> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT a.owner AS owner, CAST(SUM(b.balance) AS BIGINT) AS position \
+                 FROM accounts a JOIN account_balances b ON b.account_id = a.account_id \
+                 WHERE a.kind IN ('merchant_settlement', 'merchant_fees', 'merchant_payable') \
+                   AND b.asset = $1 \
+                 GROUP BY a.owner",
+            )
+            .bind(currency.code())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("owner")?, row.try_get("position")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows.into_iter().collect())
+    }
+}

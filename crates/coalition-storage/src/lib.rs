@@ -30,7 +30,7 @@ pub use query::{
 };
 pub use reconcile::Reconciliation;
 pub use settlement::PeriodPages;
-pub use state::{CHECKPOINT_INTERVAL, StartState};
+pub use state::{CHECKPOINT_INTERVAL, MemberSummary, StartState};
 
 use sqlx::{PgPool, SqlitePool};
 

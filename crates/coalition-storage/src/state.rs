@@ -428,3 +428,69 @@ pub(crate) async fn write_state_postgres(
     }
     Ok(())
 }
+
+/// A member's committed state as the finance console shows it: points in the wallet and on
+/// hold, debt, tier, and the wallet's lots in the order burns take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    pub member_id: MemberId,
+    pub enrolled: bool,
+    pub tier: Option<String>,
+    pub debt: i64,
+    pub wallet_points: i64,
+    pub held_points: i64,
+    pub lots: Vec<Lot>,
+}
+
+impl Storage {
+    /// The member `member_id` names (aliases followed), from its one state row; `None` for an
+    /// id never enrolled.
+    pub async fn member_summary(
+        &self,
+        member_id: &MemberId,
+    ) -> Result<Option<MemberSummary>, StorageError> {
+        let member = self.resolve_member(member_id).await?;
+        type Row = (i64, Option<String>, i64, Option<i64>, Option<i64>, String);
+        let row: Option<Row> = crate::with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT enrolled, tier, debt, wallet_points, held_points, lots \
+                 FROM member_states WHERE member_id = $1",
+            )
+            .bind(member.as_str())
+            .fetch_optional(pool)
+            .await?
+            .map(|row| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get("enrolled")?,
+                    row.try_get("tier")?,
+                    row.try_get("debt")?,
+                    row.try_get("wallet_points")?,
+                    row.try_get("held_points")?,
+                    row.try_get("lots")?,
+                ))
+            })
+            .transpose()?
+        });
+        let Some((enrolled, tier, debt, wallet_points, held_points, lots)) = row else {
+            return Ok(None);
+        };
+        let lots = decode_lots(member.as_str(), &lots)?;
+        let wallet_points = wallet_points.unwrap_or(0);
+        let lot_points: i64 = lots.iter().map(|lot| lot.points).sum();
+        // The wallet is its lots less what the member owes (a refund after points were spent).
+        if lot_points - debt != wallet_points {
+            return Err(corrupt(format!(
+                "member {member}: lots hold {lot_points} points, debt {debt}, wallet {wallet_points}"
+            )));
+        }
+        Ok(Some(MemberSummary {
+            member_id: member,
+            enrolled: enrolled != 0,
+            tier,
+            debt,
+            wallet_points,
+            held_points: held_points.unwrap_or(0),
+            lots,
+        }))
+    }
+}

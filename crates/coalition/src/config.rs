@@ -24,6 +24,13 @@ pub struct Config {
     pub console_session_timeout_ms: i64,
     /// The most console sessions open at once.
     pub console_sessions_max: usize,
+    /// Where the console writes the exports it makes (one folder per period).
+    pub console_exports_dir: String,
+    /// The operator's key directory the console signs exports with (see `coalition
+    /// operator-key`).
+    pub console_operator_keys_dir: String,
+    /// The largest merchant file the console accepts for reconciliation, in bytes.
+    pub console_upload_bytes_max: usize,
     /// `sqlite://PATH` (created on first run) or `postgres://...`.
     pub database_url: String,
     /// Database pool size.
@@ -103,6 +110,9 @@ impl Default for Config {
             console_address: "127.0.0.1:8080".into(),
             console_session_timeout_ms: 30 * 60 * 1000,
             console_sessions_max: 64,
+            console_exports_dir: "exports".into(),
+            console_operator_keys_dir: "operator-keys".into(),
+            console_upload_bytes_max: 256 * 1024 * 1024,
             database_url: "sqlite://coalition.db".into(),
             database_connections_max: 8,
             sqlite_writer_cache_mib: coalition_storage::SQLITE_WRITER_CACHE_MIB_DEFAULT,
@@ -249,6 +259,10 @@ impl Config {
                 self.console_session_timeout_ms,
             ),
             ("console_sessions_max", self.console_sessions_max as i64),
+            (
+                "console_upload_bytes_max",
+                self.console_upload_bytes_max as i64,
+            ),
             ("subscriber_buffer_len", self.subscriber_buffer_len as i64),
             ("offline_window_ms", self.offline_window_ms),
             (
@@ -355,6 +369,12 @@ impl Config {
                 self.console_session_timeout_ms.max(1) as u64,
             ),
             sessions_max: self.console_sessions_max,
+            exports_dir: self.console_exports_dir.clone().into(),
+            operator_keys_dir: self.console_operator_keys_dir.clone().into(),
+            upload_bytes_max: self.console_upload_bytes_max,
+            database_url: self.database_url.clone(),
+            currency: CurrencyCode::new(&self.settlement_currency)
+                .expect("check() refuses a settlement_currency that is not a currency code"),
         }
     }
 

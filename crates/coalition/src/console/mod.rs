@@ -8,6 +8,8 @@
 //! session's CSRF token. The console calls the same engine and storage functions as the gRPC
 //! admin service, the CLI and the exports, so it shows the same figures.
 
+mod directory;
+mod files;
 mod format;
 mod pages;
 pub mod session;
@@ -43,6 +45,11 @@ pub struct ConsoleConfig {
     pub admin_token: Option<String>,
     pub session_timeout: Duration,
     pub sessions_max: usize,
+    pub currency: coalition_domain::CurrencyCode,
+    pub exports_dir: std::path::PathBuf,
+    pub operator_keys_dir: std::path::PathBuf,
+    pub upload_bytes_max: usize,
+    pub database_url: String,
 }
 
 pub struct ConsoleState {
@@ -50,6 +57,8 @@ pub struct ConsoleState {
     sessions: Sessions,
     admin_token: Option<String>,
     cutoff: Cutoff,
+    currency: coalition_domain::CurrencyCode,
+    files: files::Files,
 }
 
 /// A console listening on its address.
@@ -70,7 +79,9 @@ impl RunningConsole {
             cutoff: engine.settlement_cutoff(),
             engine,
             sessions: Sessions::new(config.session_timeout, config.sessions_max),
+            files: files::Files::new(&config),
             admin_token: config.admin_token,
+            currency: config.currency,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -103,12 +114,15 @@ impl RunningConsole {
 }
 
 fn router(state: Arc<ConsoleState>) -> Router {
+    let upload_bytes_max = state.files.upload_bytes_max;
     Router::new()
         .route("/assets/console.css", get(stylesheet))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-out", post(sign_out))
         .route("/language", get(switch_language))
         .merge(pages::routes())
+        .merge(directory::routes())
+        .merge(files::routes(upload_bytes_max))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -186,6 +200,23 @@ impl Signed {
             Some(self.session.csrf_token.clone()),
             active,
             &self.here,
+        )
+    }
+
+    /// A page that says what went wrong, with a link back.
+    pub fn refuse(
+        &self,
+        active: &'static str,
+        status: StatusCode,
+        error: impl Into<String>,
+        back: &str,
+    ) -> Response {
+        message(
+            self.page(active),
+            status,
+            self.language.texts().error,
+            error,
+            back,
         )
     }
 

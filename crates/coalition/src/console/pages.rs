@@ -193,16 +193,8 @@ struct OverviewPage {
 }
 
 async fn overview(State(state): State<Arc<ConsoleState>>, signed: Signed) -> Response {
-    let t = signed.language.texts();
-    let failed = |error: String| {
-        message(
-            signed.page("overview"),
-            StatusCode::INTERNAL_SERVER_ERROR,
-            t.error,
-            error,
-            "/",
-        )
-    };
+    let failed =
+        |error: String| signed.refuse("overview", StatusCode::INTERNAL_SERVER_ERROR, error, "/");
     let view = match state.engine.preview_settlement(None).await {
         Ok(view) => view,
         Err(error) => return failed(error.to_string()),
@@ -446,13 +438,7 @@ async fn settlement_page(
     let view = match state.settlement_view(query.period.as_deref()).await {
         Ok(view) => view,
         Err(error) => {
-            return message(
-                signed.page("settlement"),
-                StatusCode::BAD_REQUEST,
-                t.error,
-                error,
-                "/settlement",
-            );
+            return signed.refuse("settlement", StatusCode::BAD_REQUEST, error, "/settlement");
         }
     };
     let settlement = &view.settlement;
@@ -462,10 +448,9 @@ async fn settlement_page(
         match state.payments(&view).await {
             Ok(payments) => payments,
             Err(error) => {
-                return message(
-                    signed.page("settlement"),
+                return signed.refuse(
+                    "settlement",
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    t.error,
                     error,
                     "/settlement",
                 );
@@ -601,13 +586,7 @@ async fn finalise_confirmation(
     let view = match state.settlement_view(Some(period)).await {
         Ok(view) => view,
         Err(error) => {
-            return message(
-                signed.page("settlement"),
-                StatusCode::BAD_REQUEST,
-                t.error,
-                error,
-                "/settlement",
-            );
+            return signed.refuse("settlement", StatusCode::BAD_REQUEST, error, "/settlement");
         }
     };
     let back = format!(
@@ -616,10 +595,9 @@ async fn finalise_confirmation(
     );
     match view.status {
         PeriodStatus::Finalised => Redirect::to(&back).into_response(),
-        PeriodStatus::Open => message(
-            signed.page("settlement"),
+        PeriodStatus::Open => signed.refuse(
+            "settlement",
             StatusCode::CONFLICT,
-            t.error,
             t.finalise_not_closed,
             &back,
         ),
@@ -649,7 +627,6 @@ async fn finalise(
     if !signed.form_is_genuine(&form.csrf) {
         return forged_form(&signed);
     }
-    let t = signed.language.texts();
     match state.engine.finalise_settlement(form.period.trim()).await {
         Ok((view, newly)) => {
             tracing::info!(period = %view.settlement.period, newly, "period finalised from the console");
@@ -660,10 +637,9 @@ async fn finalise(
             ))
             .into_response()
         }
-        Err(error) => message(
-            signed.page("settlement"),
+        Err(error) => signed.refuse(
+            "settlement",
             StatusCode::CONFLICT,
-            t.error,
             error.to_string(),
             &format!("/settlement?period={}", percent_encode(&form.period)),
         ),
@@ -749,17 +725,10 @@ async fn statement_page(
     signed: Signed,
     Query(query): Query<StatementQuery>,
 ) -> Response {
-    let t = signed.language.texts();
     let (settlement, merchant, lines) = match statement_lines(&state, &query).await {
         Ok(found) => found,
         Err(error) => {
-            return message(
-                signed.page("settlement"),
-                StatusCode::BAD_REQUEST,
-                t.error,
-                error,
-                "/settlement",
-            );
+            return signed.refuse("settlement", StatusCode::BAD_REQUEST, error, "/settlement");
         }
     };
     let currency = settlement.currency.as_str();
@@ -827,7 +796,6 @@ async fn statement_csv(
     signed: Signed,
     Query(query): Query<StatementQuery>,
 ) -> Response {
-    let t = signed.language.texts();
     let result = match statement_lines(&state, &query).await {
         Ok((settlement, merchant, lines)) => export::csv_bytes(
             &export::STATEMENT_COLUMNS,
@@ -849,13 +817,7 @@ async fn statement_csv(
             ),
             bytes,
         ),
-        Err(error) => message(
-            signed.page("settlement"),
-            StatusCode::BAD_REQUEST,
-            t.error,
-            error,
-            "/settlement",
-        ),
+        Err(error) => signed.refuse("settlement", StatusCode::BAD_REQUEST, error, "/settlement"),
     }
 }
 
@@ -867,13 +829,7 @@ async fn finalised_payments(
 ) -> Result<(SettlementView, Vec<Payment>), Response> {
     let t = signed.language.texts();
     let refuse = |status: StatusCode, error: String| {
-        message(
-            signed.page("settlement"),
-            status,
-            t.error,
-            error,
-            "/settlement",
-        )
+        signed.refuse("settlement", status, error, "/settlement")
     };
     let view = state
         .settlement_view(period)
@@ -971,17 +927,8 @@ async fn payout(
     if !signed.form_is_genuine(&form.csrf) {
         return forged_form(&signed);
     }
-    let t = signed.language.texts();
     let back = format!("/settlement?period={}", percent_encode(form.period.trim()));
-    let refuse = |error: String| {
-        message(
-            signed.page("settlement"),
-            StatusCode::BAD_REQUEST,
-            t.error,
-            error,
-            &back,
-        )
-    };
+    let refuse = |error: String| signed.refuse("settlement", StatusCode::BAD_REQUEST, error, &back);
     let merchant = match MerchantId::new(form.merchant.trim()) {
         Ok(merchant) => merchant,
         Err(error) => return refuse(error.to_string()),
