@@ -689,3 +689,78 @@ pub fn validate_pain_001(packages: &std::path::Path, files: &[&std::path::Path])
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A GET from outside the browser, with the console session's cookie when given: status,
+/// headers and body.
+pub async fn http_get(
+    base: &str,
+    path: &str,
+    session: Option<&str>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let mut request = http::Request::get(format!("{base}{path}"));
+    if let Some(session) = session {
+        request = request.header("cookie", format!("coalition_session={session}"));
+    }
+    http_send(request.body(String::new()).unwrap()).await
+}
+
+/// A form POST from outside the browser with the console session's cookie and exactly the
+/// fields `form` holds.
+pub async fn http_post(
+    base: &str,
+    path: &str,
+    session: &str,
+    form: &str,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let request = http::Request::post(format!("{base}{path}"))
+        .header("cookie", format!("coalition_session={session}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .unwrap();
+    http_send(request).await
+}
+
+/// Sends one HTTP/1 request and reads the whole answer.
+pub async fn http_send(request: http::Request<String>) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let (parts, body) = request.into_parts();
+    let request =
+        http::Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
+    let response = client.request(request).await.expect("the console answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status.as_u16(), parts.headers, bytes)
+}
+
+/// Signs in to the console at `base` (`http://host:port`) with `token` as a browser does
+/// (the sign-in form's token, echoed in its cookie) and returns the session id.
+pub async fn console_sign_in(base: &str, token: &str) -> String {
+    let cookie_value = |headers: &http::HeaderMap, name: &str| {
+        headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(|value| value.strip_prefix(&format!("{name}=")))
+            .and_then(|rest| rest.split(';').next())
+            .map(str::to_owned)
+    };
+    let (status, headers, body) = http_get(base, "/sign-in", None).await;
+    assert_eq!(status, 200);
+    let form = String::from_utf8(body).unwrap();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the sign-in form carries its token");
+    let sign_in_cookie = cookie_value(&headers, "coalition_sign_in").expect("the form's cookie");
+    let request = http::Request::post(format!("{base}/sign-in"))
+        .header("cookie", format!("coalition_sign_in={sign_in_cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&token={token}"))
+        .unwrap();
+    let (status, headers, _) = http_send(request).await;
+    assert_eq!(status, 303, "signed in and sent to the overview");
+    cookie_value(&headers, "coalition_session").expect("a session cookie")
+}

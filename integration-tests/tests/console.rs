@@ -20,8 +20,8 @@ use coalition::workload::{Day, MallDayProfile, generate};
 use coalition_domain::settlement::Period;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, on_both_backends, rejection,
-    test_config,
+    ADMIN_TOKEN, Backend, TestDatabase, TestServer, accepted, http_get, http_post,
+    on_both_backends, rejection, test_config,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 use prost::Message;
@@ -855,48 +855,6 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
 
     browser.close().await.unwrap();
     server.server.shutdown().await.unwrap();
-}
-
-/// A GET from outside the browser, with the session's cookie when given.
-async fn http_get(
-    base: &str,
-    path: &str,
-    session: Option<&str>,
-) -> (u16, http::HeaderMap, Vec<u8>) {
-    let mut request = http::Request::get(format!("{base}{path}"));
-    if let Some(session) = session {
-        request = request.header("cookie", format!("coalition_session={session}"));
-    }
-    send(request.body(String::new()).unwrap()).await
-}
-
-/// A form POST from outside the browser with the session's cookie (and whatever `form`
-/// holds, which here is never the CSRF token).
-async fn http_post(
-    base: &str,
-    path: &str,
-    session: &str,
-    form: &str,
-) -> (u16, http::HeaderMap, Vec<u8>) {
-    let request = http::Request::post(format!("{base}{path}"))
-        .header("cookie", format!("coalition_session={session}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form.to_owned())
-        .unwrap();
-    send(request).await
-}
-
-async fn send(request: http::Request<String>) -> (u16, http::HeaderMap, Vec<u8>) {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let (parts, body) = request.into_parts();
-    let request =
-        http::Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
-    let response = client.request(request).await.expect("the console answers");
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
-    (parts.status.as_u16(), parts.headers, bytes)
 }
 
 /// The text of a same-origin GET made by the page (with the session's cookie).

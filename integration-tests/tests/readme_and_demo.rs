@@ -6,7 +6,7 @@ use std::process::Command;
 use coalition_domain::signing;
 use coalition_grpc::pb;
 use coalition_integration_tests::{
-    Backend, TestDatabase, TestServer, accepted, on_both_backends, register_merchant,
+    Backend, ServerProcess, TestDatabase, TestServer, accepted, on_both_backends, register_merchant,
 };
 use ed25519_dalek::SigningKey;
 
@@ -120,18 +120,76 @@ async fn the_demo_clears_a_mall_day(backend: Backend) {
     ));
     let mut command = Command::new(env!("CARGO_BIN_EXE_coalition-under-test"));
     command
-        .args(["demo", "--scale", "0.02", "--quiet", "--dir"])
+        .args(["demo", "--scale", "0.02", "--quiet", "--serve"])
+        .args(["--console-address", "127.0.0.1:0", "--dir"])
         .arg(&dir);
     if backend == Backend::Postgres {
         command.args(["--database-url", &database.url]);
     }
-    let output = command.env("RUST_LOG", "warn").output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    // With --serve the demo keeps its server and console running after the summary, until
+    // it is interrupted: the console answers on the address the summary names, with the
+    // day's settlement behind the admin token it prints.
+    let mut demo = ServerProcess(
+        command
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let reader = std::io::BufReader::new(demo.stdout.take().unwrap());
+    let mut stdout = String::new();
+    let mut lines = std::io::BufRead::lines(reader);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line.starts_with("admin token") {
+            break;
+        }
+    }
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| panic!("the summary names its {name}:\n{stdout}"))
+    };
+    let console = field("console               ");
+    let token = field("admin token           ");
+    let period = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("settlement period "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the summary shows a settled period:\n{stdout}"))
+        .to_owned();
+    let base = console.trim_end_matches('/');
+    let session = coalition_integration_tests::console_sign_in(base, &token).await;
+    let (status, _, page) = coalition_integration_tests::http_get(
+        base,
+        &format!("/settlement?period={period}"),
+        Some(&session),
+    )
+    .await;
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(status, 200);
+    // No Accept-Language: the console speaks Chinese first.
+    assert!(page.contains("id=\"status\">已定稿"), "{page}");
+    let interrupted = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    for line in lines {
+        stdout.push_str(&line.unwrap());
+        stdout.push('\n');
+    }
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "demo failed:\n{stdout}");
     assert!(stdout.contains("ledger check          OK"), "{stdout}");
     // The day's payments file pays the redeemers: its pain.001 is valid.
     let export = std::fs::read_dir(&dir)

@@ -51,6 +51,13 @@ pub struct DemoArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// After the demo, keep the server and its finance console running on the demo's books
+    /// until Ctrl-C, to look at the day's settlement in the browser.
+    #[arg(long)]
+    pub serve: bool,
+    /// Where the console listens with --serve.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub console_address: String,
 }
 
 /// Outcomes as the clients saw them.
@@ -871,7 +878,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the outcomes differ from what the generator planted");
     }
     println!("outcomes              exactly as planted");
-    Ok(())
+    if !args.serve {
+        println!(
+            "console               `coalition demo --serve` keeps this day's books open in the browser at http://{}/",
+            args.console_address
+        );
+        return Ok(());
+    }
+    // The server again, on the same books and the same clock a year on, with the finance
+    // console; the console's exports are the demo's folders.
+    let serve_config = Config {
+        console_address: args.console_address.clone(),
+        console_exports_dir: args.dir.display().to_string(),
+        console_operator_keys_dir: args.dir.join("operator-keys").display().to_string(),
+        ..expiry_config
+    };
+    let server =
+        RunningServer::start_with_clock(&serve_config, Arc::new(year_later_clock.clone())).await?;
+    let console = server
+        .console_address
+        .context("the console listens with --serve")?;
+    println!();
+    println!("== Serving the demo's books until Ctrl-C ==");
+    println!("gRPC                  {}", server.endpoint());
+    println!("console               http://{console}/");
+    println!("admin token           {token}   (sign in to the console with it)");
+    println!(
+        "clock                 {} (a year after the day, past its expiry run; the day's periods are under Settlement)",
+        cutoff.local_time(year_later_clock.now_ms())
+    );
+    crate::cli::shutdown_signal().await;
+    server.shutdown().await
 }
 
 /// Minor units as a decimal amount with two places (the demo's currency has two).

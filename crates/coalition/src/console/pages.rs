@@ -959,3 +959,103 @@ async fn payout(
         Err(error) => refuse(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(issuer: &str, redeemer: &str, value_minor: i64) -> MatrixCell {
+        MatrixCell {
+            issuer: issuer.into(),
+            redeemer: redeemer.into(),
+            points: value_minor * 10,
+            value_minor,
+        }
+    }
+
+    #[test]
+    fn the_heat_map_names_the_largest_parties_and_sums_the_rest_exactly() {
+        // 20 issuers redeeming at 15 redeemers: more than the map names on each side.
+        let mut matrix = Vec::new();
+        for issuer in 0..20 {
+            for redeemer in 0..15 {
+                matrix.push(cell(
+                    &format!("tenant-{issuer:02}"),
+                    &format!("shop-{redeemer:02}"),
+                    (issuer + 1) * 100 + redeemer + 1,
+                ));
+            }
+        }
+        let map = heatmap(&matrix, "CNY", "others");
+        assert_eq!(map.rows.len(), MATRIX_PARTIES_SHOWN_MAX + 1);
+        assert_eq!(map.redeemers.len(), MATRIX_PARTIES_SHOWN_MAX + 1);
+        assert_eq!(map.rows[0].issuer, "tenant-19", "the largest issuer first");
+        assert_eq!(map.redeemers[0], "shop-14", "the largest redeemer first");
+        assert_eq!(map.rows.last().unwrap().issuer, "others");
+        let shown: i64 = map
+            .rows
+            .iter()
+            .flat_map(|row| &row.cells)
+            .filter(|cell| !cell.value.is_empty())
+            .map(|cell| {
+                cell.value
+                    .replace(['¥', ',', '.'], "")
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum();
+        let whole: i64 = matrix.iter().map(|cell| cell.value_minor).sum();
+        assert_eq!(shown, whole, "no value lost or counted twice");
+        let levels: Vec<i64> = map
+            .rows
+            .iter()
+            .flat_map(|row| row.cells.iter().map(|cell| cell.level))
+            .collect();
+        assert!(levels.iter().all(|level| (1..=HEAT_LEVELS).contains(level)));
+        assert!(
+            levels.contains(&HEAT_LEVELS),
+            "the largest cell is the hottest"
+        );
+    }
+
+    #[test]
+    fn an_empty_matrix_draws_nothing_and_small_ones_name_everyone() {
+        assert!(heatmap(&[], "CNY", "others").rows.is_empty());
+        let map = heatmap(
+            &[cell("a", "x", 5), cell("b", "x", 0), cell("a", "y", 1)],
+            "CNY",
+            "others",
+        );
+        assert_eq!(map.redeemers, ["x", "y"]);
+        assert_eq!(map.rows.len(), 2);
+        assert_eq!(map.rows[1].cells[0].level, 0, "a zero cell is cold");
+        assert!(map.rows[1].cells[0].value.is_empty());
+    }
+
+    #[test]
+    fn hour_bars_stack_by_kind_and_scale_to_the_busiest_hour() {
+        let count = |hour, kind: &str, entries| coalition_storage::HourlyCount {
+            hour,
+            kind: kind.into(),
+            entries,
+        };
+        let (bars, peak) = hour_bars(
+            &[
+                count(0, "earn", 30),
+                count(0, "burn", 10),
+                count(2, "capture", 5),
+                count(2, "reversal", 5),
+                count(30, "earn", 1),
+            ],
+            3,
+            |hour| hour.to_string(),
+        );
+        assert_eq!(peak, 40);
+        assert_eq!(bars.len(), 3);
+        assert_eq!((bars[0].earns, bars[0].burns, bars[0].others), (30, 10, 0));
+        assert_eq!(bars[0].earns_height + bars[0].burns_height, CHART_HEIGHT);
+        assert_eq!(bars[0].burns_y, 0, "the busiest hour reaches the top");
+        assert_eq!((bars[2].burns, bars[2].others), (5, 5));
+        assert_eq!(bars[1].earns + bars[1].burns + bars[1].others, 0);
+    }
+}
