@@ -704,6 +704,28 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         &[operator_key.public_key],
     )
     .expect("the downloaded export verifies");
+    // The console's statement download is the export's statement, byte for byte.
+    let (status, _, statement) = http_get(
+        &base,
+        &format!(
+            "/settlement/statement.csv?period={}&merchant={}",
+            period.label, cinema.merchant_id
+        ),
+        Some(&session),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let exported = std::fs::read(
+        unpacked
+            .join(format!("export-{}", period.label))
+            .join(format!("statements/{}.csv", cinema.merchant_id)),
+    )
+    .unwrap();
+    assert!(statement.len() > 100, "the cinema's statement has lines");
+    assert_eq!(
+        String::from_utf8_lossy(&statement),
+        String::from_utf8_lossy(&exported)
+    );
     // Without the session the same download is refused (sent to sign in), and a form posted
     // without a session or its CSRF token changes nothing.
     let (status, headers, _) = http_get(

@@ -119,3 +119,100 @@ impl Storage {
         Ok(rows.into_iter().collect())
     }
 }
+
+/// Entries read per query when entries are fetched by their sequence numbers.
+const ENTRIES_BY_SEQUENCE_PAGE_LEN: usize = 2_000;
+
+impl Storage {
+    /// The entries with sequence in `[first, last]` that post to any of `accounts`, in
+    /// sequence order, found through `postings_by_account` (one range per account) rather
+    /// than by reading the whole range: a merchant's statement reads its own entries only.
+    pub async fn entries_posting_to(
+        &self,
+        accounts: &[coalition_domain::AccountKey],
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<coalition_domain::Entry>, StorageError> {
+        let first = crate::batch::to_i64(first);
+        let last = crate::batch::to_i64(last);
+        let mut sequences = std::collections::BTreeSet::new();
+        for account in accounts {
+            let account_id: Option<i64> = with_pool!(self, pool => {
+                sqlx::query("SELECT account_id FROM accounts WHERE kind = $1 AND owner = $2")
+                    .bind(account.kind())
+                    .bind(account.owner())
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|row| row.try_get("account_id"))
+                    .transpose()?
+            });
+            let Some(account_id) = account_id else {
+                continue;
+            };
+            let found: Vec<i64> = with_pool!(self, pool => {
+                sqlx::query(
+                    "SELECT entry_sequence FROM postings WHERE account_id = $1 \
+                     AND entry_sequence >= $2 AND entry_sequence <= $3",
+                )
+                .bind(account_id)
+                .bind(first)
+                .bind(last)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get("entry_sequence"))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            sequences.extend(found);
+        }
+        let sequences: Vec<i64> = sequences.into_iter().collect();
+        let mut entries = Vec::with_capacity(sequences.len());
+        for page in sequences.chunks(ENTRIES_BY_SEQUENCE_PAGE_LEN) {
+            let entry_rows = match self {
+                Storage::Sqlite(pool, _) => {
+                    let list = page
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    // Built only from integers.
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        concat!(
+                            "SELECT ",
+                            crate::load::entry_columns!(),
+                            " FROM entries WHERE sequence IN ({}) ORDER BY sequence"
+                        ),
+                        list
+                    )))
+                    .persistent(false)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| Ok(crate::load::entry_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+                }
+                Storage::Postgres(pool) => sqlx::query(concat!(
+                    "SELECT ",
+                    crate::load::entry_columns!(),
+                    " FROM entries WHERE sequence = ANY($1::BIGINT[]) ORDER BY sequence"
+                ))
+                .bind(page)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok(crate::load::entry_row!(row)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+            };
+            if entry_rows.len() != page.len() {
+                return Err(StorageError::Corrupt(format!(
+                    "postings name {} entries of which {} exist",
+                    page.len(),
+                    entry_rows.len()
+                )));
+            }
+            let posting_rows = self.postings_of(page).await?;
+            entries.extend(crate::load::assemble(entry_rows, posting_rows)?);
+        }
+        Ok(entries)
+    }
+}

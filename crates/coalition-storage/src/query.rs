@@ -160,7 +160,10 @@ impl Storage {
     /// subqueries, as `account_by_key!`): a join or an `IN` over `postings` was planned as a
     /// scan of all of it without fresh statistics (8 s for a member's page of history at 12
     /// million entries).
-    async fn postings_of(&self, sequences: &[i64]) -> Result<Vec<PostingRow>, StorageError> {
+    pub(crate) async fn postings_of(
+        &self,
+        sequences: &[i64],
+    ) -> Result<Vec<PostingRow>, StorageError> {
         if sequences.is_empty() {
             return Ok(Vec::new());
         }

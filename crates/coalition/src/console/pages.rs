@@ -8,8 +8,8 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use coalition_domain::MerchantId;
 use coalition_domain::settlement::{MatrixCell, Payment, PaymentDirection, Settlement};
+use coalition_domain::{AccountKey, MerchantId};
 use coalition_engine::{PeriodStatus, SettlementView};
 use serde::Deserialize;
 
@@ -17,8 +17,6 @@ use super::format::{minute, money, points, second};
 use super::{ConsoleState, Page, Signed, forged_form, message, percent_encode, render};
 use crate::export;
 
-/// Entries read at a time when a statement is drawn.
-const STATEMENT_PAGE_LEN: u64 = 5_000;
 /// The most statement lines a page shows; the CSV has them all.
 const STATEMENT_LINES_SHOWN_MAX: usize = 1_000;
 /// Issuers (rows) and redeemers (columns) the heat map shows by name; the rest are summed.
@@ -652,8 +650,8 @@ struct StatementQuery {
     merchant: String,
 }
 
-/// A merchant's statement lines of a period and their sums, read a page of entries at a
-/// time.
+/// A merchant's statement lines of a period: the entries that posted to its settlement or
+/// fee account.
 async fn statement_lines(
     state: &ConsoleState,
     query: &StatementQuery,
@@ -672,22 +670,28 @@ async fn statement_lines(
     let view = state.settlement_view(Some(&query.period)).await?;
     let currency = coalition_domain::CurrencyCode::new(&view.settlement.currency)
         .ok_or_else(|| format!("currency {:?}", view.settlement.currency))?;
-    let mut pages = state
-        .engine
-        .storage()
-        .period_pages(
-            view.settlement.start_ms,
-            view.settlement.end_ms,
-            STATEMENT_PAGE_LEN,
-        )
+    // Only the entries that moved the merchant's money: found through its two accounts'
+    // postings, not by reading the whole period.
+    let storage = state.engine.storage();
+    let range = storage
+        .period_range(view.settlement.start_ms, view.settlement.end_ms)
         .await
         .map_err(|error| error.to_string())?;
-    let mut lines = Vec::new();
-    while let Some((entries, _)) = pages.next_page().await.map_err(|error| error.to_string())? {
-        lines.extend(coalition_domain::settlement::statement_lines(
-            &entries, &merchant, currency,
-        ));
-    }
+    let entries = match range {
+        Some((first, last)) => storage
+            .entries_posting_to(
+                &[
+                    AccountKey::MerchantSettlement(merchant.clone()),
+                    AccountKey::MerchantFees(merchant.clone()),
+                ],
+                first,
+                last,
+            )
+            .await
+            .map_err(|error| error.to_string())?,
+        None => Vec::new(),
+    };
+    let lines = coalition_domain::settlement::statement_lines(&entries, &merchant, currency);
     Ok((view.settlement, merchant, lines))
 }
 
