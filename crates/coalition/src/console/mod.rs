@@ -489,6 +489,19 @@ async fn sign_out(
     response
 }
 
+/// Where the language switch may send the browser back to: a path on this console, never
+/// another site (`//host`, `/\\host`, or one that a browser's removal of tabs and line
+/// breaks would turn into `//host`), and never a value that is no valid header.
+fn place_to_return_to(next: Option<String>) -> String {
+    next.filter(|next| {
+        next.starts_with('/')
+            && !next.starts_with("//")
+            && !next.contains('\\')
+            && next.chars().all(|c| c.is_ascii_graphic())
+    })
+    .unwrap_or_else(|| "/".to_owned())
+}
+
 #[derive(Deserialize)]
 struct LanguageQuery {
     to: String,
@@ -499,11 +512,7 @@ struct LanguageQuery {
 /// path on this console is a place to go back to.
 async fn switch_language(Query(query): Query<LanguageQuery>) -> Response {
     let language = Language::from_tag(&query.to).unwrap_or(Language::Chinese);
-    let next = query
-        .next
-        .filter(|next| next.starts_with('/') && !next.starts_with("//") && !next.contains('\\'))
-        .unwrap_or_else(|| "/".to_owned());
-    let mut response = Redirect::to(&next).into_response();
+    let mut response = Redirect::to(&place_to_return_to(query.next)).into_response();
     if let Ok(value) = HeaderValue::from_str(&set_cookie(
         LANGUAGE_COOKIE,
         language.tag(),
@@ -512,4 +521,37 @@ async fn switch_language(Query(query): Query<LanguageQuery>) -> Response {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_language_switch_returns_only_to_a_path_of_the_console() {
+        let check = |next: &str, expected: &str| {
+            assert_eq!(
+                place_to_return_to(Some(next.to_owned())),
+                expected,
+                "{next:?}"
+            );
+        };
+        check(
+            "/settlement?period=2026-12-04",
+            "/settlement?period=2026-12-04",
+        );
+        check("/", "/");
+        check("//evil.example", "/");
+        check("/\\evil.example", "/");
+        check("/\t/evil.example", "/");
+        check("/\n/evil.example", "/");
+        check("https://evil.example/", "/");
+        check("/caf\u{e9}", "/");
+        assert_eq!(place_to_return_to(None), "/");
+        // Whatever it returns is a valid Location header.
+        for next in ["/a b", "/\r\nSet-Cookie: x=1"] {
+            let place = place_to_return_to(Some(next.to_owned()));
+            assert!(HeaderValue::from_str(&place).is_ok(), "{next:?}");
+        }
+    }
 }
