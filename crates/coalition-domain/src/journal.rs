@@ -142,6 +142,10 @@ pub struct Entry {
 pub enum BalanceError {
     #[error("entry {sequence} has {count} postings; an entry needs at least two")]
     TooFewPostings { sequence: u64, count: usize },
+    #[error(
+        "entry {sequence} names member {member} but posts to neither its wallet nor its held account"
+    )]
+    MemberNotPosted { sequence: u64, member: String },
     #[error("entry {sequence} does not balance in {asset}: postings sum to {sum}")]
     Unbalanced {
         sequence: u64,
@@ -153,8 +157,26 @@ pub enum BalanceError {
 impl Entry {
     /// Checks the double-entry invariant: at least two postings, and for each asset the
     /// postings sum to exactly zero. Called when an entry is made and when it is read back.
+    ///
+    /// Also: an entry that names a member posts to that member's wallet or held account. A
+    /// member's history is read through those accounts' postings (no index of entries by
+    /// member is kept), so an entry that broke this would be missing from it.
     pub fn check_balanced(&self) -> Result<(), BalanceError> {
-        check_postings_balance(self.sequence, &self.postings)
+        check_postings_balance(self.sequence, &self.postings)?;
+        if let Some(member) = &self.member_id {
+            let posts_to_member = self.postings.iter().any(|posting| {
+                matches!(&posting.account,
+                    AccountKey::MemberWallet(owner) | AccountKey::MemberHeld(owner)
+                        if owner == member)
+            });
+            if !posts_to_member {
+                return Err(BalanceError::MemberNotPosted {
+                    sequence: self.sequence,
+                    member: member.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn merchant_id(&self) -> Option<&MerchantId> {

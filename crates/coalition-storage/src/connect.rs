@@ -123,6 +123,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "relay positions",
         include_str!("../../../migrations/sqlite/0014_relay_positions.sql"),
     ),
+    (
+        15,
+        "member history from postings",
+        include_str!("../../../migrations/sqlite/0015_member_history_from_postings.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -195,6 +200,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "relay positions",
         include_str!("../../../migrations/postgres/0014_relay_positions.sql"),
+    ),
+    (
+        15,
+        "member history from postings",
+        include_str!("../../../migrations/postgres/0015_member_history_from_postings.sql"),
     ),
 ];
 

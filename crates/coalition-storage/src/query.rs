@@ -114,12 +114,31 @@ impl Storage {
         let before = before_sequence.map_or(i64::MAX, |sequence| sequence as i64);
         let merchant = merchant_id.map(|merchant| merchant.to_string());
         let limit = i64::from(limit);
-        let entry_rows = with_pool!(self, pool => {
-            sqlx::query(concat!(
-                "SELECT ", entry_columns!(), " FROM entries \
-                 WHERE member_id = $1 AND sequence < $2 AND (CAST($3 AS TEXT) IS NULL OR merchant_id = $3) \
+        // Every entry that names a member posts to its wallet or held account, so the
+        // member's entries are found through those accounts' postings (no index of entries by
+        // member is kept: it cost the writer a random insert per entry); the member condition
+        // keeps out entries of other members that posted there (a merge's alias).
+        let sql = self.by_key(
+            concat!(
+                "SELECT ", entry_columns!(), " FROM entries WHERE sequence IN ( \
+                   SELECT p.entry_sequence FROM accounts a JOIN postings p ON p.account_id = a.account_id \
+                   WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner = $1 AND p.entry_sequence < $2) \
+                 AND member_id = $1 AND (CAST($3 AS TEXT) IS NULL OR merchant_id = $3) \
                  ORDER BY sequence DESC LIMIT $4"
-            ))
+            ),
+            concat!(
+                "SELECT ", entry_columns!(), " FROM ( \
+                   SELECT DISTINCT p.entry_sequence AS candidate FROM accounts a \
+                   CROSS JOIN LATERAL (SELECT entry_sequence FROM postings \
+                     WHERE account_id = a.account_id AND entry_sequence < $2 OFFSET 0) p \
+                   WHERE a.kind IN ('member_wallet', 'member_held') AND a.owner = $1) s \
+                 CROSS JOIN LATERAL (SELECT * FROM entries WHERE sequence = s.candidate OFFSET 0) e \
+                 WHERE member_id = $1 AND (CAST($3 AS TEXT) IS NULL OR merchant_id = $3) \
+                 ORDER BY sequence DESC LIMIT $4"
+            ),
+        );
+        let entry_rows = with_pool!(self, pool => {
+            sqlx::query(sql)
             .bind(member_id.to_string())
             .bind(before)
             .bind(merchant.clone())
