@@ -281,4 +281,66 @@ mod tests {
             check_postings_balance(3, &[posting(i64::MAX), posting(i64::MAX), posting(2)]).is_err()
         );
     }
+
+    fn entry_of(member: Option<&str>, postings: Vec<Posting>) -> Entry {
+        Entry {
+            sequence: 7,
+            kind: EntryKind::Earn,
+            accepted_at_ms: 0,
+            origin: None,
+            member_id: member.map(|member| MemberId::new(member).unwrap()),
+            points: 5,
+            spend_minor: None,
+            member_points_after: 5,
+            memo: String::new(),
+            terms_version: None,
+            refers_to: None,
+            expires_at_ms: None,
+            earn_rule_version: None,
+            postings,
+            previous_hash: [0; 32],
+            hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn an_entry_naming_a_member_posts_to_one_of_its_accounts() {
+        let issued = |amount| Posting {
+            account: AccountKey::MerchantIssued(MerchantId::new("tenant-1").unwrap()),
+            asset: Asset::Points,
+            amount,
+        };
+        let held = |member: &str, amount| Posting {
+            account: AccountKey::MemberHeld(MemberId::new(member).unwrap()),
+            asset: Asset::Points,
+            amount,
+        };
+        // The wallet or the held account of the member named: sound.
+        assert_eq!(
+            entry_of(Some("m"), vec![issued(-5), posting(5)]).check_balanced(),
+            Ok(())
+        );
+        assert_eq!(
+            entry_of(Some("m"), vec![posting(-5), held("m", 5)]).check_balanced(),
+            Ok(())
+        );
+        // No member named: nothing to post to.
+        assert_eq!(
+            entry_of(None, vec![issued(-5), issued(5)]).check_balanced(),
+            Ok(())
+        );
+        // Balanced, but the member's history would not show it.
+        let unposted = BalanceError::MemberNotPosted {
+            sequence: 7,
+            member: "m".into(),
+        };
+        assert_eq!(
+            entry_of(Some("m"), vec![issued(-5), issued(5)]).check_balanced(),
+            Err(unposted.clone())
+        );
+        assert_eq!(
+            entry_of(Some("m"), vec![held("other", -5), held("other", 5)]).check_balanced(),
+            Err(unposted)
+        );
+    }
 }
