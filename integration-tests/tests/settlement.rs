@@ -867,7 +867,57 @@ async fn a_report_that_cannot_be_written_leaves_nothing_behind(backend: Backend)
     );
 }
 
+/// A preview reads only what was committed since the last preview of its period; what it
+/// shows after several rounds must be exactly the settlement computed from the whole period
+/// (finalising computes it whole), across merchants, the operator and the matrix.
+async fn a_preview_built_in_rounds_equals_the_settlement_computed_whole(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, cinema) = server.tenant_and_cinema().await;
+    server.enroll(&["m-1", "m-2", "m-3"]).await;
+    set_terms(&server, "tenant-1", "0.01", "0.2").await;
+    set_terms(&server, "cinema-1", "0.01", "0.5").await;
+    let period = start_of_next_period(&server);
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        for (member, points) in [("m-1", 700), ("m-2", 300), ("m-3", 90)] {
+            accepted(
+                &server
+                    .earn(&tenant, &format!("e-{round}-{member}"), member, points)
+                    .await,
+            );
+        }
+        accepted(&server.earn(&cinema, &format!("c-{round}"), "m-2", 40).await);
+        accepted(
+            &server
+                .burn(&cinema, &format!("b-{round}"), "m-1", 250)
+                .await,
+        );
+        accepted(&server.burn(&tenant, &format!("t-{round}"), "m-2", 30).await);
+        rounds.push(preview(&server, &period.label).await);
+    }
+    assert_ne!(
+        rounds[0].merchants, rounds[2].merchants,
+        "each round moved the nets"
+    );
+    assert_ne!(rounds[1].matrix, rounds[2].matrix, "and the matrix");
+    let last = rounds.pop().unwrap();
+    server.clock.set(period.end_ms + HOUR_MS);
+    let whole = finalise(&server, &period.label)
+        .await
+        .expect("finalise")
+        .settlement
+        .expect("a settlement");
+    assert_eq!(last.merchants, whole.merchants);
+    assert_eq!(last.operator, whole.operator);
+    assert_eq!(last.matrix, whole.matrix);
+    assert_eq!(
+        (last.first_sequence, last.last_sequence, &last.head_hash),
+        (whole.first_sequence, whole.last_sequence, &whole.head_hash)
+    );
+}
+
 on_both_backends!(
+    a_preview_built_in_rounds_equals_the_settlement_computed_whole,
     a_large_record_reconciles_as_the_definition_says,
     a_report_that_cannot_be_written_leaves_nothing_behind,
     a_period_settles_once_nets_to_zero_and_clears_the_accounts,

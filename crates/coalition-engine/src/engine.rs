@@ -237,6 +237,17 @@ struct Inner {
     writer_lock: Mutex<Option<WriterLock>>,
     /// Committed batches, for entry subscriptions (`committed_entries`).
     committed: tokio::sync::broadcast::Sender<Arc<CommittedEntries>>,
+    /// The last previewed period's settlement as far as it was read, so that the next
+    /// preview of it reads only the entries committed since (`preview_settlement`).
+    preview: Mutex<Option<PreviewProgress>>,
+}
+
+/// A period's settlement built through entry `through` (0: none yet). Committed entries never
+/// change and a period's entries are a run of sequences, so what was added stays right.
+struct PreviewProgress {
+    label: String,
+    builder: SettlementBuilder,
+    through: u64,
 }
 
 /// Committed batches the live feed of entry subscriptions keeps for a subscriber that has
@@ -326,6 +337,7 @@ impl Engine {
                 admin: Mutex::new(()),
                 writer_lock: Mutex::new(Some(writer_lock)),
                 committed,
+                preview: Mutex::new(None),
             }),
         })
     }
@@ -649,6 +661,42 @@ impl Engine {
         builder.finish(&shares).map_err(failed)
     }
 
+    /// What `compute_settlement` gives, reading only the entries committed since the last
+    /// preview of the same period (the finance console's overview previews the open period
+    /// on every view). Finalising always computes from the whole period.
+    async fn preview_from_progress(&self, period: &Period) -> Result<Settlement, AdminError> {
+        let storage = self.storage();
+        let failed = |error| AdminError::Settlement {
+            period: period.label.clone(),
+            error,
+        };
+        let mut progress = self.inner.preview.lock().await;
+        let mut pages = storage
+            .period_pages(period.start_ms, period.end_ms, SETTLEMENT_PAGE_LEN)
+            .await?;
+        let (mut builder, through) = match progress.take() {
+            Some(done) if done.label == period.label => (done.builder, done.through),
+            _ => (
+                SettlementBuilder::new(period, self.inner.config.currency, pages.previous_hash),
+                0,
+            ),
+        };
+        pages.resume_after(through);
+        let mut through = through;
+        while let Some((entries, attributions)) = pages.next_page().await? {
+            builder.add_page(&entries, &attributions).map_err(failed)?;
+            through = entries.last().map_or(through, |entry| entry.sequence);
+        }
+        *progress = Some(PreviewProgress {
+            label: period.label.clone(),
+            builder: builder.clone(),
+            through,
+        });
+        drop(progress);
+        let shares = storage.breakage_shares_at(period.end_ms - 1).await?;
+        builder.finish(&shares).map_err(failed)
+    }
+
     /// A period's settlement, booking nothing: what was recorded for a finalised period,
     /// what it would be for one that is open or closed.
     pub async fn preview_settlement(
@@ -659,7 +707,7 @@ impl Engine {
         if let Some(record) = self.storage().finalised_period(&period.label).await? {
             return Ok(SettlementView::finalised(record));
         }
-        let settlement = self.compute_settlement(&period).await?;
+        let settlement = self.preview_from_progress(&period).await?;
         let status = if self.now_ms() >= period.end_ms {
             PeriodStatus::Closed
         } else {

@@ -24,6 +24,11 @@ pub struct PeriodPages<'a> {
 }
 
 impl PeriodPages<'_> {
+    /// Skips the period's entries through `sequence` (those a caller has already read).
+    pub fn resume_after(&mut self, sequence: u64) {
+        self.after = self.after.max(sequence);
+    }
+
     /// The next page, or `None` after the period's last entry.
     pub async fn next_page(
         &mut self,
