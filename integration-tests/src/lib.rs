@@ -407,6 +407,19 @@ impl TestServer {
         self.submit(signer.envelope(&body)).await
     }
 
+    /// A period's settlement as the admin preview answers it (`""`: the open period).
+    pub async fn preview(&self, period: &str) -> pb::Settlement {
+        self.admin()
+            .preview_settlement(pb::PreviewSettlementRequest {
+                period: period.into(),
+            })
+            .await
+            .expect("preview")
+            .into_inner()
+            .settlement
+            .expect("a settlement")
+    }
+
     /// A member's balance read with the admin token.
     pub async fn balance(&self, member: &str) -> i64 {
         self.account_balance(pb::AccountKind::MemberWallet, member, "")

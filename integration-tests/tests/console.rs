@@ -275,19 +275,6 @@ async fn book_a_mall_day(server: &TestServer, period: &Period) -> Day {
     day
 }
 
-async fn preview(server: &TestServer, period: &str) -> pb::Settlement {
-    server
-        .admin()
-        .preview_settlement(pb::PreviewSettlementRequest {
-            period: period.into(),
-        })
-        .await
-        .expect("preview")
-        .into_inner()
-        .settlement
-        .expect("a settlement")
-}
-
 async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let mut config = test_config(&database.url);
@@ -333,7 +320,7 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     sign_in(&browser, &base, ADMIN_TOKEN).await;
     wait_for_path(&browser, "/").await;
     expect_text(&browser, "#period", &period.label).await;
-    let settlement = preview(&server, &period.label).await;
+    let settlement = server.preview(&period.label).await;
     let issuance: i64 = settlement
         .merchants
         .iter()
@@ -408,7 +395,7 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
         "This form is no longer valid (its security token is missing or wrong). Nothing was \
          changed; reload the page and try again."
     );
-    let unchanged = preview(&server, &period.label).await;
+    let unchanged = server.preview(&period.label).await;
     assert_eq!(
         unchanged.status,
         pb::SettlementStatus::Closed as i32,
@@ -430,7 +417,7 @@ async fn the_finance_team_settles_a_day_in_the_browser(backend: Backend) {
     )
     .await;
     expect_text(&browser, "#status", "finalised").await;
-    let finalised = preview(&server, &period.label).await;
+    let finalised = server.preview(&period.label).await;
     assert_eq!(finalised.status, pb::SettlementStatus::Finalised as i32);
 
     // Each merchant's net on the page is the ledger's.

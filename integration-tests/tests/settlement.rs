@@ -45,19 +45,6 @@ fn start_of_next_period(server: &TestServer) -> Period {
     next
 }
 
-async fn preview(server: &TestServer, period: &str) -> pb::Settlement {
-    server
-        .admin()
-        .preview_settlement(pb::PreviewSettlementRequest {
-            period: period.into(),
-        })
-        .await
-        .expect("preview")
-        .into_inner()
-        .settlement
-        .expect("a settlement")
-}
-
 async fn finalise(
     server: &TestServer,
     period: &str,
@@ -122,11 +109,11 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
     accepted(&server.burn(&tenant, "b-2", "m-2", 50).await);
 
     // Preview while open: as often as wanted, nothing booked.
-    let open = preview(&server, &period.label).await;
+    let open = server.preview(&period.label).await;
     assert_eq!(open.status, pb::SettlementStatus::Open as i32);
     assert_eq!(
         open,
-        preview(&server, "").await,
+        server.preview("").await,
         "empty names the open period"
     );
     assert_eq!(nets_sum(&open), 0);
@@ -144,7 +131,7 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
     // Past the cut-off: a late earn falls into the next period.
     server.clock.set(period.end_ms + 1_000);
     let late = accepted(&server.earn(&cinema, "e-late", "m-2", 10).await).entry_sequence;
-    let closed = preview(&server, &period.label).await;
+    let closed = server.preview(&period.label).await;
     assert_eq!(closed.status, pb::SettlementStatus::Closed as i32);
     assert!(closed.last_sequence < late);
 
@@ -220,10 +207,10 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
     let again = finalise(&server, &period.label).await.expect("again");
     assert!(again.already_finalised);
     assert_eq!(again.settlement.as_ref(), Some(&settlement));
-    assert_eq!(preview(&server, &period.label).await, settlement);
+    assert_eq!(server.preview(&period.label).await, settlement);
 
     // The next period holds the late earn and the closing entry, which it does not net again.
-    let next = preview(&server, &cutoff(&server).next(&period).label).await;
+    let next = server.preview(&cutoff(&server).next(&period).label).await;
     assert_eq!(next.first_sequence, late);
     assert_eq!(next.last_sequence, closing);
     assert_eq!(line(&next, "cinema-1").points_issued, 10);
@@ -268,7 +255,7 @@ async fn a_period_settles_once_nets_to_zero_and_clears_the_accounts(backend: Bac
     assert_eq!(paid.payable_minor, 0);
     assert_eq!(money(&server, MerchantPayable, "cinema-1").await, 0);
     // A payout settles an earlier period: it is not business of the open one.
-    let with_payout = preview(&server, &cutoff(&server).next(&period).label).await;
+    let with_payout = server.preview(&cutoff(&server).next(&period).label).await;
     assert_eq!(with_payout.last_sequence, paid.entry_sequence);
     assert_eq!(with_payout.merchants, next.merchants);
     assert_eq!(nets_sum(&with_payout), 0);
@@ -893,7 +880,7 @@ async fn a_preview_built_in_rounds_equals_the_settlement_computed_whole(backend:
                 .await,
         );
         accepted(&server.burn(&tenant, &format!("t-{round}"), "m-2", 30).await);
-        rounds.push(preview(&server, &period.label).await);
+        rounds.push(server.preview(&period.label).await);
     }
     assert_ne!(
         rounds[0].merchants, rounds[2].merchants,

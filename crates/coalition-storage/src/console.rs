@@ -18,23 +18,6 @@ pub struct HourlyCount {
 
 const HOUR_MS: i64 = 3_600_000;
 
-/// The account kinds that hold points outside members' wallets. Every asset sums to zero
-/// across all accounts, so the points in wallets and holds are minus these accounts' sum:
-/// a few rows per merchant, where summing the wallets would read a row per member.
-const POINTS_ACCOUNT_KINDS_OUTSIDE_WALLETS: [&str; 11] = [
-    "merchant_issued",
-    "merchant_redeemed",
-    "merchant_settlement",
-    "merchant_fees",
-    "merchant_payable",
-    "merchant_breakage",
-    "operator_float",
-    "operator_rounding",
-    "operator_fees",
-    "operator_cash",
-    "operator_trading",
-];
-
 impl Storage {
     /// Entries accepted in `[start_ms, end_ms)`, counted by hour since `start_ms` and kind,
     /// from the acceptance-time index.
@@ -72,7 +55,10 @@ impl Storage {
     /// The points in members' wallets and holds now: minus the points of every other
     /// account, since points sum to zero across the ledger.
     pub async fn points_in_wallets(&self) -> Result<i64, StorageError> {
-        let kinds = POINTS_ACCOUNT_KINDS_OUTSIDE_WALLETS
+        // Every asset sums to zero across all accounts, so the points in wallets and holds
+        // are minus the points of every other account: the merchants' and the operator's,
+        // a few per merchant, where summing the wallets would read a row per member.
+        let kinds = coalition_domain::AccountKey::RESIDENT_KINDS
             .iter()
             .map(|kind| format!("'{kind}'"))
             .collect::<Vec<_>>()
