@@ -6,6 +6,9 @@
 
 use std::process::{Command, Output};
 
+use ed25519_dalek::Signer;
+use sha2::Digest;
+
 use coalition_integration_tests::{
     ADMIN_TOKEN, Backend, TestDatabase, on_both_backends, spawn_server,
 };
@@ -598,6 +601,87 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
             "{file}: {printed}"
         );
     }
+    // Every signed file, one digit changed and the manifest signed again by another key
+    // (its digest and key updated): verify, given that key, names the file. So a signature
+    // vouches only for files that follow from the entries and the export's inputs.
+    let throwaway = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let throwaway_public = hex::encode(throwaway.verifying_key().as_bytes());
+    let manifest: coalition::export::Manifest =
+        serde_json::from_str(&read(second_dir.join("manifest.json"))).unwrap();
+    // Writes the manifest into `copy`, signs it with the throwaway key and runs verify
+    // with that key.
+    let sign_and_verify = |copy: &std::path::Path, manifest_bytes: &[u8]| {
+        std::fs::write(copy.join("manifest.json"), manifest_bytes).unwrap();
+        let signature = throwaway.sign(&coalition::export::signed_message(manifest_bytes));
+        std::fs::write(
+            copy.join("manifest.sig"),
+            format!("{}\n", hex::encode(signature.to_bytes())),
+        )
+        .unwrap();
+        coalition(&[
+            "verify",
+            copy.to_str().unwrap(),
+            "--operator-key",
+            &throwaway_public,
+        ])
+    };
+    let mut edited_files = 0;
+    let mut skipped = Vec::new();
+    for file in &manifest.files {
+        let mut bytes = std::fs::read(second_dir.join(&file.path)).unwrap();
+        // Past a CSV file's header.
+        let from = if file.path.ends_with(".csv") {
+            bytes
+                .iter()
+                .position(|byte| *byte == b'\n')
+                .map_or(0, |at| at + 1)
+        } else {
+            0
+        };
+        let Some(at) = bytes[from..].iter().position(u8::is_ascii_digit) else {
+            skipped.push(file.path.clone());
+            continue;
+        };
+        let at = from + at;
+        bytes[at] = b'0' + (bytes[at] - b'0' + 1) % 10;
+        let copy = dir.join("resigned");
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_dir(&second_dir, &copy);
+        std::fs::write(copy.join(&file.path), &bytes).unwrap();
+        let mut resigned = manifest.clone();
+        resigned.operator_public_key = throwaway_public.clone();
+        for digest in &mut resigned.files {
+            if digest.path == file.path {
+                digest.sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+                digest.bytes = bytes.len() as u64;
+            }
+        }
+        let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !output.status.success(),
+            "{} edited and signed again must not verify: {printed}",
+            file.path
+        );
+        assert!(printed.contains(&file.path), "{}: {printed}", file.path);
+        assert!(!printed.contains("signature does not verify"), "{printed}");
+        edited_files += 1;
+    }
+    assert!(
+        edited_files >= 19 && skipped.is_empty(),
+        "{edited_files} files edited, {skipped:?} without a digit"
+    );
+    // The manifest unchanged but signed by another key than the one it names.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let output = sign_and_verify(&copy, read(copy.join("manifest.json")).as_bytes());
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("names the operator key"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     // A manifest naming a path outside its folder is refused, and that path is not read.
     let escaping = dir.join("escaping");
     copy_dir(&second_dir, &escaping);

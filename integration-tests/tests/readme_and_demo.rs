@@ -191,15 +191,26 @@ async fn the_demo_clears_a_mall_day(backend: Backend) {
     let status = demo.wait().unwrap();
     assert!(status.success(), "demo failed:\n{stdout}");
     assert!(stdout.contains("ledger check          OK"), "{stdout}");
-    // The day's payments file pays the redeemers: its pain.001 is valid.
-    let export = std::fs::read_dir(&dir)
+    // Every finalised period is exported: the day's, and the expiry run's a year later
+    // (which holds the day's closing entries; they verified as a chain above).
+    let mut exports: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|item| item.unwrap().path())
-        .find(|path| {
+        .filter(|path| {
             path.file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with("export-"))
         })
-        .expect("the demo leaves its export");
+        .collect();
+    exports.sort();
+    assert!(exports.len() >= 2, "{exports:?}");
+    assert!(
+        stdout.contains("continues the period before it, whose closing entries it checks"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("entries of period"), "{stdout}");
+    assert!(dir.join("member.proof.json").exists());
+    // The day's payments file pays the redeemers: its pain.001 is valid.
+    let export = &exports[0];
     coalition_integration_tests::validate_pain_001(
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-xsd"),
         &[&export.join("payments.pain.001.xml")],

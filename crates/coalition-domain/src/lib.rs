@@ -14,6 +14,7 @@ pub mod journal;
 pub mod ledger;
 pub mod limits;
 mod lots;
+pub mod merkle;
 pub mod policy;
 pub mod reconciliation;
 pub mod registry;

@@ -132,6 +132,19 @@ fn merchant_key(key: pb::MerchantKey, now_ms: i64) -> Result<MerchantKey, Status
     })
 }
 
+/// Makes inclusion proofs from signed exports for `ProveEntries`. The export format and its
+/// proofs belong to the binary's crate, which gives the server one of these.
+pub trait Prover: Send + Sync + 'static {
+    /// The proof document asked for, and how many entries it proves.
+    fn prove(&self, request: &pb::ProveEntriesRequest) -> Result<(Vec<u8>, u32), Status>;
+}
+
+impl std::fmt::Debug for dyn Prover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prover")
+    }
+}
+
 pub struct Admin {
     pub engine: Engine,
     pub config: Arc<ServerConfig>,
@@ -663,6 +676,33 @@ impl AdminService for Admin {
         Ok(Response::new(pb::AliasMemberResponse {
             merge_entry_sequence: receipt.as_ref().map(|r| r.sequence),
             points_moved: receipt.map_or(0, |r| r.points),
+        }))
+    }
+
+    async fn prove_entries(
+        &self,
+        request: Request<pb::ProveEntriesRequest>,
+    ) -> Result<Response<pb::ProveEntriesResponse>, Status> {
+        require_admin(request.metadata(), &self.config)?;
+        let Some(prover) = self.config.prover.clone() else {
+            return Err(Status::unimplemented(
+                "this server has no exports folder to prove entries from",
+            ));
+        };
+        let request = request.into_inner();
+        if request.subject.is_none() {
+            return Err(invalid(
+                "subject",
+                "name a transaction, a merchant_id or a member_id",
+            ));
+        }
+        // Reading an export's entries is file work: off the async workers.
+        let (proof_json, entries) = tokio::task::spawn_blocking(move || prover.prove(&request))
+            .await
+            .map_err(|error| Status::internal(format!("the proof was not made: {error}")))??;
+        Ok(Response::new(pb::ProveEntriesResponse {
+            proof_json,
+            entries,
         }))
     }
 }

@@ -13,6 +13,7 @@ mod server;
 mod submission;
 mod subscription;
 
+pub use admin::Prover;
 pub use server::{Incoming, ServerConfig, serve, serve_starting};
 pub use submission::check_envelopes;
 pub use subscription::{merchant_view, merchants_concerned, whole_view};

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// one subscriber; a subscriber that leaves this many unread falls behind the live feed
     /// and is caught up from the database.
     pub subscriber_buffer_len: usize,
+    /// Makes the inclusion proofs of `ProveEntries`; without one the call is UNIMPLEMENTED.
+    pub prover: Option<Arc<dyn crate::admin::Prover>>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             query_freshness_ms: 5 * 60_000,
             subscribers_max: 256,
             subscriber_buffer_len: 16,
+            prover: None,
         }
     }
 }

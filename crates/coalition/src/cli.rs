@@ -141,6 +141,36 @@ pub enum Command {
         #[arg(long = "operator-key", required = true)]
         operator_keys: Vec<String>,
     },
+    /// Prove that entries are in a finalised period, from its signed export: one transaction,
+    /// or every entry of a merchant or of a member, each with its audit path to the Merkle
+    /// root the signed manifest carries. The proof verifies with `coalition verify-proof` and
+    /// the operator's public key alone. (`coalition admin prove` asks the server instead.)
+    Prove {
+        /// The export folder; or name the period and the folder it is kept in.
+        #[arg(long, required_unless_present = "period", conflicts_with = "period")]
+        export: Option<PathBuf>,
+        /// The period, YYYY-MM-DD, whose export is `EXPORTS_DIR/export-PERIOD`.
+        #[arg(long)]
+        period: Option<String>,
+        /// Where the console keeps exports.
+        #[arg(long, env = "COALITION_CONSOLE_EXPORTS_DIR", default_value = "exports")]
+        exports_dir: PathBuf,
+        #[command(flatten)]
+        subject: ProofSubjectArgs,
+        /// Write the proof here instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an inclusion proof with nothing but the operator's public key: the manifest's
+    /// signature, each entry's hash from its fields, and its path to the signed root. Exits
+    /// non-zero on any problem.
+    VerifyProof {
+        /// The proof file (from `coalition prove` or the admin call ProveEntries).
+        proof: PathBuf,
+        /// The operator's public key: a `.pub` file or 64 hex digits.
+        #[arg(long = "operator-key")]
+        operator_key: String,
+    },
     /// Generate an ed25519 key: the secret seed goes to a file, the public key is printed.
     Keygen {
         /// Where to write the secret key (hex); refused if the file exists.
@@ -194,6 +224,37 @@ impl PeriodArgs {
         };
         let cutoff = coalition_domain::settlement::Cutoff::parse(&self.cutoff, &self.utc_offset)?;
         Ok(Some(cutoff.period(label)?))
+    }
+}
+
+/// What a proof is about: exactly one of these.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ProofSubjectArgs {
+    /// One merchant transaction, MERCHANT/TRANSACTION_ID.
+    #[arg(long)]
+    transaction: Option<String>,
+    /// Every entry the merchant submitted or that posts to one of its accounts.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// Every entry that names the member.
+    #[arg(long)]
+    member: Option<String>,
+}
+
+impl ProofSubjectArgs {
+    pub fn subject(&self) -> anyhow::Result<crate::proof::Subject> {
+        use crate::proof::Subject;
+        match (&self.transaction, &self.merchant, &self.member) {
+            (Some(transaction), None, None) => Subject::transaction(transaction),
+            (None, Some(merchant), None) => Subject::checked(Subject::Merchant {
+                merchant_id: merchant.clone(),
+            }),
+            (None, None, Some(member)) => Subject::checked(Subject::Member {
+                member_id: member.clone(),
+            }),
+            _ => bail!("name one of --transaction, --merchant or --member"),
+        }
     }
 }
 
@@ -366,6 +427,18 @@ pub enum AdminCommand {
     Settle {
         #[command(subcommand)]
         command: SettleCommand,
+    },
+    /// Ask the server for an inclusion proof from its signed export of a period (the call
+    /// ProveEntries); check it with `coalition verify-proof`.
+    Prove {
+        /// The period, YYYY-MM-DD.
+        #[arg(long)]
+        period: String,
+        #[command(flatten)]
+        subject: ProofSubjectArgs,
+        /// Write the proof here instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Make one member id an alias of another, moving its points.
     Alias {
@@ -546,6 +619,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => verify(&folders, &operator_keys),
         Command::Keygen { out } => keygen(&out),
         Command::OperatorKey { command } => operator_key(command),
+        Command::Prove {
+            export,
+            period,
+            exports_dir,
+            subject,
+            out,
+        } => {
+            let folder = match (export, period) {
+                (Some(folder), _) => folder,
+                (None, Some(period)) => crate::proof::export_folder(&exports_dir, &period),
+                (None, None) => bail!("name --export or --period"),
+            };
+            let proof = crate::proof::prove(&folder, &subject.subject()?)?;
+            write_proof(&serde_json::to_vec_pretty(&proof)?, out.as_deref())
+        }
+        Command::VerifyProof {
+            proof,
+            operator_key,
+        } => verify_proof(&proof, &operator_key),
         Command::SignExample => {
             print!("{}", sign_example());
             Ok(())
@@ -623,28 +715,91 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// An operator public key given as 64 hex digits or as a `.pub` file.
+fn operator_public_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    match hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+    {
+        Some(bytes) => coalition_domain::signing::parse_public_key(&bytes)
+            .context("--operator-key is not a usable ed25519 public key"),
+        None => crate::operator_key::read_public_key(Path::new(text)),
+    }
+}
+
+/// Writes a proof document to `out`, or to standard output.
+pub(crate) fn write_proof(json: &[u8], out: Option<&Path>) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(json)?;
+            stdout.write_all(b"\n")?;
+            Ok(())
+        }
+    }
+}
+
+/// Checks a proof and prints what it proves, or every problem.
+fn verify_proof(path: &Path, operator_key: &str) -> anyhow::Result<()> {
+    let key = operator_public_key(operator_key)?;
+    let proof = crate::proof::read_proof(path)?;
+    match crate::proof::verify_proof(&proof, &key) {
+        Ok(checked) => {
+            println!(
+                "{}: {} of period {}: {} entries proved in the period signed by the operator key (root {})",
+                path.display(),
+                proof.subject,
+                checked.manifest.period,
+                checked.entries,
+                &checked.manifest.entries_root[..16.min(checked.manifest.entries_root.len())]
+            );
+            for proved in &proof.entries {
+                println!(
+                    "  entry {} {} {} points {}",
+                    proved.entry.sequence,
+                    proved.entry.kind,
+                    proved
+                        .entry
+                        .merchant_transaction_id
+                        .as_deref()
+                        .unwrap_or("-"),
+                    proved.entry.points
+                );
+            }
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{}: {problem}", path.display());
+            }
+            bail!(
+                "{} problems found: the proof does not verify",
+                problems.len()
+            )
+        }
+    }
+}
+
 /// Verifies export folders and prints every problem; an error when there is any.
 fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
     let mut keys = Vec::with_capacity(operator_keys.len());
     for operator_key in operator_keys {
-        keys.push(
-            match hex::decode(operator_key.trim())
-                .ok()
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            {
-                Some(bytes) => coalition_domain::signing::parse_public_key(&bytes)
-                    .context("--operator-key is not a usable ed25519 public key")?,
-                None => crate::operator_key::read_public_key(Path::new(operator_key))?,
-            },
-        );
+        keys.push(operator_public_key(operator_key)?);
     }
     let mut problems = 0usize;
-    let mut previous: Option<crate::verify::Verified> = None;
+    let mut earlier: Vec<crate::verify::Verified> = Vec::new();
     for folder in folders {
         let verified = crate::verify::verify_folder(folder, &keys)?;
         let mut found = verified.problems.clone();
-        if let Some(earlier) = &previous {
-            found.extend(crate::verify::chain_problems(earlier, &verified));
+        if let Some(previous) = earlier.last() {
+            found.extend(crate::verify::chain_problems(previous, &verified));
+        }
+        for before in &earlier {
+            found.extend(crate::verify::closing_problems(before, &verified));
         }
         match (&verified.manifest, found.is_empty()) {
             (Some(manifest), true) => println!(
@@ -664,7 +819,13 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
             }
         }
         problems += found.len();
-        previous = Some(verified);
+        // Only the last period's balances are chained to; the earlier ones keep what their
+        // closing entries are checked by.
+        if let Some(previous) = earlier.last_mut() {
+            previous.closing = Vec::new();
+            previous.opening = Vec::new();
+        }
+        earlier.push(verified);
     }
     if problems > 0 {
         bail!("{problems} problems found: the export does not verify");

@@ -389,6 +389,9 @@ impl Config {
             query_freshness_ms: self.query_freshness_ms,
             subscribers_max: self.subscribers_max,
             subscriber_buffer_len: self.subscriber_buffer_len,
+            prover: Some(std::sync::Arc::new(crate::proof::ExportsProver {
+                exports_dir: self.console_exports_dir.clone().into(),
+            })),
         }
     }
 }

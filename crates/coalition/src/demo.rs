@@ -595,10 +595,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // operator's, except the share the terms give back to the issuer (a fifth, for tenants).
     let expiry_period = cutoff.period_at(year_later_ms);
     year_later_clock.set(expiry_period.end_ms);
-    let expiry_settlement = demo_settlement::finalise(&mut admin, &[expiry_period])
-        .await?
-        .pop()
-        .context("the expiry period's settlement")?;
+    let expiry_settlement =
+        demo_settlement::finalise(&mut admin, std::slice::from_ref(&expiry_period))
+            .await?
+            .pop()
+            .context("the expiry period's settlement")?;
     server.shutdown().await?;
 
     let expected = &day.expected;
@@ -823,11 +824,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("== Export and proof ==");
     let exporting = Instant::now();
+    // Every period finalised: the day's, and the expiry run's a year later, which holds the
+    // day's closing entries and continues its hash chain (nothing was booked in between).
+    let finalised_periods: Vec<_> = periods
+        .iter()
+        .cloned()
+        .chain(std::iter::once(expiry_period))
+        .collect();
     let trail = demo_settlement::export_periods(
         &database_url_for_export,
         &args.dir,
         cutoff,
-        &periods,
+        &finalised_periods,
         crate::export::ReconcileInput {
             merchant: tenant_id.clone(),
             file: record_path.clone(),
@@ -837,12 +845,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let key = crate::operator_key::read_public_key(&trail.public_key)?;
     let exported_in = exporting.elapsed();
     let verifying = Instant::now();
-    let mut previous: Option<crate::verify::Verified> = None;
+    let mut earlier: Vec<crate::verify::Verified> = Vec::new();
     for folder in &trail.exports {
         let verified = crate::verify::verify_folder(folder, std::slice::from_ref(&key))?;
         let mut problems = verified.problems.clone();
-        if let Some(earlier) = &previous {
-            problems.extend(crate::verify::chain_problems(earlier, &verified));
+        if let Some(previous) = earlier.last() {
+            problems.extend(crate::verify::chain_problems(previous, &verified));
+        }
+        for before in &earlier {
+            problems.extend(crate::verify::closing_problems(before, &verified));
         }
         for problem in &problems {
             println!("problem: {}: {problem}", folder.display());
@@ -851,15 +862,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             bail!("the export {} does not verify", folder.display());
         }
         println!(
-            "export                {} verified: signature, file digests, hash chain, balanced entries, trial balance, settlement",
-            folder.display()
+            "export                {} verified: signature, file digests, hash chain, Merkle root, balanced entries, settlement recomputed, every signed file made again{}",
+            folder.display(),
+            if earlier.is_empty() {
+                String::new()
+            } else {
+                "; continues the period before it, whose closing entries it checks".to_owned()
+            }
         );
-        previous = Some(verified);
+        // Only the last period's balances are chained to; the earlier ones keep what their
+        // closing entries are checked by.
+        if let Some(previous) = earlier.last_mut() {
+            previous.closing = Vec::new();
+            previous.opening = Vec::new();
+        }
+        earlier.push(verified);
     }
     println!(
         "export and verify     exported in {:.2} s, verified in {:.2} s",
         exported_in.as_secs_f64(),
         verifying.elapsed().as_secs_f64()
+    );
+    // A member's own proof: every entry of the day naming the first member the day's
+    // export lists, each with its path to the signed root; checked with the public key alone.
+    let day_export = trail.exports.first().context("the day is exported")?;
+    let member = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(
+        day_export.join("entries.jsonl"),
+    )?))
+    .map_while(Result::ok)
+    .find_map(|line| {
+        serde_json::from_str::<crate::export::EntryRecord>(&line)
+            .ok()
+            .and_then(|record| record.member_id)
+    })
+    .context("the day's export names a member")?;
+    let subject = crate::proof::Subject::Member { member_id: member };
+    let proof = crate::proof::prove(day_export, &subject)?;
+    let proof_path = args.dir.join("member.proof.json");
+    std::fs::write(&proof_path, serde_json::to_vec_pretty(&proof)?)
+        .with_context(|| format!("cannot write {}", proof_path.display()))?;
+    let checked = crate::proof::verify_proof(&proof, &key)
+        .map_err(|problems| anyhow::anyhow!("the member's proof does not verify: {problems:?}"))?;
+    println!(
+        "proof                 {subject}: {} entries of period {} proved against its signed Merkle root ({} bytes, {})",
+        checked.entries,
+        checked.manifest.period,
+        std::fs::metadata(&proof_path)?.len(),
+        proof_path.display()
     );
     println!("operator public key   {}", trail.public_key.display());
     println!("merchant record       {}", record_path.display());
@@ -874,6 +923,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             folder.join("journal.hledger").display()
         );
     }
+    println!(
+        "                      coalition verify-proof {} --operator-key {}",
+        proof_path.display(),
+        trail.public_key.display()
+    );
     if !as_planted {
         bail!("the outcomes differ from what the generator planted");
     }

@@ -13,9 +13,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use coalition_domain::journal::{Entry, EntryKind, MerchantOrigin, Posting};
+use coalition_domain::merkle;
 use coalition_domain::settlement::{self, Cutoff, Payment, PaymentDirection, Period, Settlement};
 use coalition_domain::{
     AccountKey, Asset, CurrencyCode, FinalisedPeriod, MemberId, MerchantId, MerchantTransactionId,
@@ -35,15 +37,25 @@ pub async fn period_payments(
     settlement: &Settlement,
     closing_sequence: Option<u64>,
 ) -> anyhow::Result<Vec<Payment>> {
+    let payables = period_payables(storage, settlement, closing_sequence).await?;
+    Ok(settlement::payments(settlement, &payables))
+}
+
+/// What is payable to each merchant (negative: owed by it) after the period's closing entry,
+/// or without one after its last entry, over every finalised period.
+pub async fn period_payables(
+    storage: &Storage,
+    settlement: &Settlement,
+    closing_sequence: Option<u64>,
+) -> anyhow::Result<BTreeMap<String, i64>> {
     let currency = CurrencyCode::new(&settlement.currency)
         .with_context(|| format!("currency {:?}", settlement.currency))?;
-    let payables = storage
+    Ok(storage
         .merchant_payables_through(
             closing_sequence.unwrap_or(settlement.last_sequence),
             Asset::Currency(currency),
         )
-        .await?;
-    Ok(settlement::payments(settlement, &payables))
+        .await?)
 }
 
 /// Entries per page when an export reads its period.
@@ -115,7 +127,7 @@ fn entry_cells(record: &EntryRecord, cutoff: &Cutoff) -> Vec<Cell> {
 /// What the operator's signature over the manifest is domain-separated by.
 pub const MANIFEST_SIGNATURE_DOMAIN: &[u8] = b"coalition.v1.export-manifest\0";
 /// The manifest's format name.
-pub const MANIFEST_FORMAT: &str = "coalition-export/1";
+pub const MANIFEST_FORMAT: &str = "coalition-export/2";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The ISO 20022 credit transfers, present only when the operator pays someone.
@@ -421,6 +433,13 @@ pub struct Manifest {
     /// The chain hash before the period's first entry, and after its last (the head).
     pub previous_hash: String,
     pub head_hash: String,
+    /// The root of the Merkle tree over the period's entry hashes (`coalition_domain::merkle`),
+    /// hex: what an inclusion proof of one entry leads to.
+    pub entries_root: String,
+    /// The daily cut-off the period was cut at (minutes after local midnight) and the local
+    /// offset from UTC (minutes) that the files' local times are written in.
+    pub cutoff_minute_of_day: u32,
+    pub utc_offset_minutes: i32,
     /// Where the period's own closing entry was booked (in the next period), if any.
     pub closing_sequence: Option<u64>,
     pub finalised_at_ms: i64,
@@ -472,10 +491,35 @@ pub struct ExportOptions {
     pub reconcile: Vec<ReconcileInput>,
 }
 
-/// Writes files into the export folder and remembers them for the manifest.
-struct Folder {
+/// Where the export's files go: into the folder on disk (the export), or through SHA-256
+/// only (verify, which makes every file again from the folder's inputs and compares the
+/// digests with the signed ones). Remembers what was written, for the manifest.
+pub(crate) struct Folder {
     root: PathBuf,
     written: Vec<String>,
+    digests: Option<BTreeMap<String, Arc<Mutex<Digesting>>>>,
+}
+
+/// A file made only to be digested.
+#[derive(Default)]
+struct Digesting {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+struct DigestWriter(Arc<Mutex<Digesting>>);
+
+impl std::io::Write for DigestWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut digesting = self.0.lock().expect("a digest is never left mid-update");
+        digesting.hasher.update(bytes);
+        digesting.bytes += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `relative` names a file inside a folder: `/`-separated plain names, none empty,
@@ -495,18 +539,20 @@ struct Streamed {
     writer: StreamedWriter,
 }
 
+type Sink = Box<dyn std::io::Write + Send>;
+
 enum StreamedWriter {
-    Raw(std::io::BufWriter<std::fs::File>),
-    Csv(Box<csv::Writer<std::fs::File>>),
+    Raw(std::io::BufWriter<Sink>),
+    Csv(Box<csv::Writer<Sink>>),
 }
 
 impl Streamed {
-    fn new(path: PathBuf, file: std::fs::File, is_csv: bool) -> Self {
+    fn new(path: PathBuf, sink: Sink, is_csv: bool) -> Self {
         let writer = if is_csv {
             // The CSV writer buffers on its own.
-            StreamedWriter::Csv(Box::new(csv::Writer::from_writer(file)))
+            StreamedWriter::Csv(Box::new(csv::Writer::from_writer(sink)))
         } else {
-            StreamedWriter::Raw(std::io::BufWriter::new(file))
+            StreamedWriter::Raw(std::io::BufWriter::new(sink))
         };
         Streamed { path, writer }
     }
@@ -546,6 +592,42 @@ impl Streamed {
 }
 
 impl Folder {
+    /// Files written into `root` on disk.
+    fn on_disk(root: PathBuf) -> Folder {
+        Folder {
+            root,
+            written: Vec::new(),
+            digests: None,
+        }
+    }
+
+    /// Files only digested, never written.
+    pub(crate) fn digesting() -> Folder {
+        Folder {
+            root: PathBuf::new(),
+            written: Vec::new(),
+            digests: Some(BTreeMap::new()),
+        }
+    }
+
+    /// The SHA-256 (hex) and length of each file made, in digest mode.
+    pub(crate) fn digests(&self) -> BTreeMap<String, (String, u64)> {
+        self.digests
+            .iter()
+            .flatten()
+            .map(|(path, digesting)| {
+                let digesting = digesting.lock().expect("a digest is never left mid-update");
+                (
+                    path.clone(),
+                    (
+                        hex::encode(digesting.hasher.clone().finalize()),
+                        digesting.bytes,
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// The path of a new file inside the folder, its parent created.
     fn path_of(&self, relative: &str) -> anyhow::Result<PathBuf> {
         // File names come from identifiers (statements, reconciliations): refuse anything
@@ -556,18 +638,52 @@ impl Folder {
             );
         }
         let path = self.root.join(relative);
-        if let Some(parent) = path.parent() {
+        if self.digests.is_none()
+            && let Some(parent) = path.parent()
+        {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         Ok(path)
     }
 
-    fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    /// Where a file's bytes go: a new file (`create`) or the end of one made before.
+    fn sink(&mut self, relative: &str, create: bool) -> anyhow::Result<(PathBuf, Sink)> {
         let path = self.path_of(relative)?;
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        self.written.push(relative.to_owned());
-        Ok(())
+        if create {
+            self.written.push(relative.to_owned());
+        }
+        let sink: Sink = match (&mut self.digests, create) {
+            (Some(digests), true) => {
+                let digesting = Arc::new(Mutex::new(Digesting::default()));
+                digests.insert(relative.to_owned(), digesting.clone());
+                Box::new(DigestWriter(digesting))
+            }
+            (Some(digests), false) => Box::new(DigestWriter(
+                digests
+                    .get(relative)
+                    .with_context(|| format!("{relative} was not made before"))?
+                    .clone(),
+            )),
+            (None, true) => Box::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            (None, false) => Box::new(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+        };
+        Ok((path, sink))
+    }
+
+    fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let (path, mut sink) = self.sink(relative, true)?;
+        std::io::Write::write_all(&mut sink, bytes)
+            .and_then(|()| std::io::Write::flush(&mut sink))
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Creates a file to be written piece by piece; with a CSV header when given.
@@ -576,11 +692,8 @@ impl Folder {
         relative: &str,
         csv_header: Option<&[&'static str]>,
     ) -> anyhow::Result<Streamed> {
-        let path = self.path_of(relative)?;
-        let file = std::fs::File::create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        self.written.push(relative.to_owned());
-        let mut streamed = Streamed::new(path, file, csv_header.is_some());
+        let (path, sink) = self.sink(relative, true)?;
+        let mut streamed = Streamed::new(path, sink, csv_header.is_some());
         if let Some(header) = csv_header {
             streamed.csv(header.iter().copied().map(Cell::Header).collect())?;
         }
@@ -588,13 +701,9 @@ impl Folder {
     }
 
     /// Opens a file created before to add to its end.
-    fn append(&self, relative: &str) -> anyhow::Result<Streamed> {
-        let path = self.path_of(relative)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Streamed::new(path, file, relative.ends_with(".csv")))
+    fn append(&mut self, relative: &str) -> anyhow::Result<Streamed> {
+        let (path, sink) = self.sink(relative, false)?;
+        Ok(Streamed::new(path, sink, relative.ends_with(".csv")))
     }
 
     fn csv<R>(
@@ -868,6 +977,375 @@ fn hledger_closing(
     out
 }
 
+/// The subfolder of an export that holds reconciliation reports (not signed: see `export`).
+pub const RECONCILIATION_DIR: &str = "reconciliation";
+
+/// A merchant's name as `merchants.jsonl` holds it (the payments files name merchants).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantName {
+    pub merchant_id: String,
+    pub name: String,
+}
+
+/// What was payable to a merchant after the period's closing entry, over every finalised
+/// period (negative: what it owed), as `payables.jsonl` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payable {
+    pub merchant_id: String,
+    pub payable_minor: i64,
+}
+
+/// What a period's files are made from besides its entries and attributions: the export
+/// reads them from the database, `verify` from the export's own files.
+pub(crate) struct PeriodInputs {
+    pub record: SettlementRecord,
+    pub cutoff: Cutoff,
+    /// Every account's balance before the period's first entry.
+    pub opening: BTreeMap<BalanceKey, i64>,
+    /// The sequence the period's first entry must have.
+    pub first_sequence: u64,
+    pub merchants: Vec<MerchantName>,
+    pub payables: Vec<Payable>,
+}
+
+/// Makes every signed file of a period, page by page as the entries come, so its memory is
+/// bounded by a page and the number of merchants and accounts, never by the period's length.
+/// The export runs it onto the disk; `verify` runs it again from the export's inputs into
+/// digests, so every file that follows from others is checked byte for byte.
+pub(crate) struct PeriodWriter<'a> {
+    folder: Folder,
+    inputs: &'a PeriodInputs,
+    currency: CurrencyCode,
+    entries_jsonl: Streamed,
+    entries_csv: Streamed,
+    postings_jsonl: Streamed,
+    postings_csv: Streamed,
+    attributions_jsonl: Streamed,
+    attributions_csv: Streamed,
+    journal: Streamed,
+    statements: Vec<(MerchantId, String, String)>,
+    balance: TrialBalance,
+    tree: merkle::RootBuilder,
+    pub entry_count: u64,
+}
+
+/// What a `PeriodWriter` made.
+pub(crate) struct Written {
+    pub folder: Folder,
+    pub entry_count: u64,
+    pub entries_root: String,
+    pub omitted: Vec<OmittedFile>,
+}
+
+impl<'a> PeriodWriter<'a> {
+    pub fn begin(mut folder: Folder, inputs: &'a PeriodInputs) -> anyhow::Result<Self> {
+        let settlement = &inputs.record.settlement;
+        let currency = CurrencyCode::new(&settlement.currency)
+            .with_context(|| format!("currency {:?}", settlement.currency))?;
+        let entries_jsonl = folder.create("entries.jsonl", None)?;
+        let entries_csv = folder.create("entries.csv", Some(&ENTRY_COLUMNS))?;
+        let postings_jsonl = folder.create("postings.jsonl", None)?;
+        let postings_csv = folder.create(
+            "postings.csv",
+            Some(&["entry_sequence", "account_kind", "owner", "asset", "amount"]),
+        )?;
+        let attributions_jsonl = folder.create("attributions.jsonl", None)?;
+        let attributions_csv = folder.create(
+            "attributions.csv",
+            Some(&["entry_sequence", "issuer", "points"]),
+        )?;
+        let mut journal = folder.create("journal.hledger", None)?;
+        journal.write(hledger_opening(settlement, &inputs.cutoff, &inputs.opening).as_bytes())?;
+        // A statement per merchant, every one created now (a merchant may have no line) and
+        // added to as the pages come.
+        let mut statements = Vec::with_capacity(settlement.merchants.len());
+        for net in &settlement.merchants {
+            let merchant = MerchantId::new(net.merchant_id.clone())
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+            let jsonl = format!("statements/{}.jsonl", merchant.file_name_stem());
+            let csv = format!("statements/{}.csv", merchant.file_name_stem());
+            folder.create(&jsonl, None)?.finish()?;
+            folder.create(&csv, Some(&STATEMENT_COLUMNS))?.finish()?;
+            statements.push((merchant, jsonl, csv));
+        }
+        Ok(PeriodWriter {
+            folder,
+            inputs,
+            currency,
+            entries_jsonl,
+            entries_csv,
+            postings_jsonl,
+            postings_csv,
+            attributions_jsonl,
+            attributions_csv,
+            journal,
+            statements,
+            balance: TrialBalance::new(&inputs.opening),
+            tree: merkle::RootBuilder::new(),
+            entry_count: 0,
+        })
+    }
+
+    /// The next entries of the period, in sequence order, and the lot attribution of their
+    /// redemptions.
+    pub fn add_page(
+        &mut self,
+        page: &[Entry],
+        attributions: &[settlement::Attribution],
+    ) -> anyhow::Result<()> {
+        let cutoff = &self.inputs.cutoff;
+        for entry in page {
+            if entry.sequence != self.inputs.first_sequence + self.entry_count {
+                bail!(
+                    "entry {} is not where period {} continues",
+                    entry.sequence,
+                    self.inputs.record.settlement.period
+                );
+            }
+            self.entry_count += 1;
+            self.tree.push(&entry.hash);
+            let record = EntryRecord::from_entry(entry);
+            self.entries_jsonl.jsonl(&record)?;
+            self.entries_csv.csv(entry_cells(&record, cutoff))?;
+            for posting in &record.postings {
+                self.postings_jsonl.jsonl(posting)?;
+                self.postings_csv.csv(vec![
+                    Cell::Number(posting.entry_sequence as i64),
+                    text(&posting.account_kind),
+                    text(&posting.owner),
+                    text(&posting.asset),
+                    Cell::Number(posting.amount),
+                ])?;
+            }
+        }
+        for attribution in attributions {
+            self.attributions_jsonl.jsonl(attribution)?;
+            self.attributions_csv.csv(vec![
+                Cell::Number(attribution.entry_sequence as i64),
+                text(&attribution.issuer),
+                Cell::Number(attribution.points),
+            ])?;
+        }
+        self.balance.add(page)?;
+        self.journal
+            .write(hledger_entries(cutoff, page).as_bytes())?;
+        for (merchant, jsonl, csv) in &self.statements {
+            let lines = settlement::statement_lines(page, merchant, self.currency);
+            if lines.is_empty() {
+                continue;
+            }
+            let mut jsonl = self.folder.append(jsonl)?;
+            let mut csv = self.folder.append(csv)?;
+            for line in &lines {
+                jsonl.jsonl(line)?;
+                csv.csv(statement_cells(line, cutoff))?;
+            }
+            jsonl.finish()?;
+            csv.finish()?;
+        }
+        Ok(())
+    }
+
+    /// The files made from the whole period: trial balance, the journal's closing,
+    /// settlement, matrix, the inputs of the payments and the payments.
+    pub fn finish(self) -> anyhow::Result<Written> {
+        let PeriodWriter {
+            mut folder,
+            inputs,
+            entries_jsonl,
+            entries_csv,
+            postings_jsonl,
+            postings_csv,
+            attributions_jsonl,
+            attributions_csv,
+            mut journal,
+            balance,
+            tree,
+            entry_count,
+            ..
+        } = self;
+        for streamed in [
+            entries_jsonl,
+            entries_csv,
+            postings_jsonl,
+            postings_csv,
+            attributions_jsonl,
+            attributions_csv,
+        ] {
+            streamed.finish()?;
+        }
+        let settlement = &inputs.record.settlement;
+        let cutoff = &inputs.cutoff;
+        // The trial balance, and the journal's closing assertions from it.
+        let balance = balance.finish()?;
+        for (asset, (opening_sum, closing_sum)) in trial_balance_sums(&balance) {
+            if opening_sum != 0 || closing_sum != 0 {
+                bail!(
+                    "the trial balance of {asset} does not sum to zero: opening {opening_sum}, closing {closing_sum}"
+                );
+            }
+        }
+        journal.write(hledger_closing(settlement, cutoff, &balance).as_bytes())?;
+        journal.finish()?;
+        folder.jsonl("trial_balance.jsonl", &balance)?;
+        folder.csv(
+            "trial_balance.csv",
+            &[
+                "account_kind",
+                "owner",
+                "asset",
+                "opening",
+                "debits",
+                "credits",
+                "closing",
+            ],
+            &balance,
+            |line| {
+                vec![
+                    text(&line.account_kind),
+                    text(&line.owner),
+                    text(&line.asset),
+                    Cell::Number(line.opening),
+                    Cell::Number(line.debits),
+                    Cell::Number(line.credits),
+                    Cell::Number(line.closing),
+                ]
+            },
+        )?;
+        write_settlement(&mut folder, &inputs.record)?;
+
+        // What the payments are made from, then the payments for the treasury: what is
+        // payable after this period's closing entry, netted over every finalised period, so
+        // that no file pays a merchant what it does not owe it and each transfer is what
+        // RecordPayout accepts.
+        folder.jsonl("merchants.jsonl", &inputs.merchants)?;
+        folder.jsonl("payables.jsonl", &inputs.payables)?;
+        let payables: BTreeMap<String, i64> = inputs
+            .payables
+            .iter()
+            .map(|payable| (payable.merchant_id.clone(), payable.payable_minor))
+            .collect();
+        let payments = settlement::payments(settlement, &payables);
+        let names: BTreeMap<&str, &str> = inputs
+            .merchants
+            .iter()
+            .map(|merchant| (merchant.merchant_id.as_str(), merchant.name.as_str()))
+            .collect();
+        let name_of = |merchant: &str| {
+            names
+                .get(merchant)
+                .map_or_else(|| merchant.to_owned(), |name| (*name).to_owned())
+        };
+        folder.write(
+            "payments.csv",
+            &payments_csv(settlement, &payments, &name_of)?,
+        )?;
+        // pain.001 has no valid form without a transfer: when the operator pays nobody, the
+        // file is left out and the manifest says why.
+        let mut omitted = Vec::new();
+        match pain_001(
+            settlement,
+            &payments,
+            cutoff,
+            inputs.record.finalised_at_ms,
+            &name_of,
+        ) {
+            Some(pain) => folder.write(PAIN_001_FILE, pain.as_bytes())?,
+            None => omitted.push(OmittedFile {
+                path: PAIN_001_FILE.to_owned(),
+                reason: "the operator pays no merchant after this period's closing".to_owned(),
+            }),
+        }
+        Ok(Written {
+            folder,
+            entry_count,
+            entries_root: hex::encode(tree.root()),
+            omitted,
+        })
+    }
+}
+
+/// The settlement in its three forms and its matrix in two.
+fn write_settlement(folder: &mut Folder, record: &SettlementRecord) -> anyhow::Result<()> {
+    let settlement = &record.settlement;
+    folder.write(
+        "settlement.json",
+        serde_json::to_string_pretty(record)?.as_bytes(),
+    )?;
+    folder.jsonl("settlement.jsonl", &settlement.merchants)?;
+    let operator = &settlement.operator;
+    let mut settlement_rows: Vec<Vec<Cell>> = settlement
+        .merchants
+        .iter()
+        .map(|net| {
+            vec![
+                text(&net.merchant_id),
+                Cell::Number(net.points_issued),
+                Cell::Number(net.points_redeemed),
+                Cell::Number(net.issuance_minor),
+                Cell::Number(net.issuance_reversed_minor),
+                Cell::Number(net.redemptions_minor),
+                Cell::Number(net.redemptions_reversed_minor),
+                Cell::Number(net.fees_minor),
+                Cell::Number(net.funding_minor),
+                Cell::Number(net.breakage_minor),
+                text(&net.breakage_share),
+                Cell::Number(net.breakage_share_minor),
+                Cell::Number(net.net_minor),
+            ]
+        })
+        .collect();
+    settlement_rows.push(vec![
+        text("operator"),
+        Cell::Number(0),
+        Cell::Number(0),
+        Cell::Number(operator.float_minor),
+        Cell::Number(0),
+        Cell::Number(operator.rounding_minor),
+        Cell::Number(0),
+        Cell::Number(operator.fees_minor),
+        Cell::Number(operator.cash_minor),
+        Cell::Number(operator.breakage_kept_minor),
+        text(""),
+        Cell::Number(0),
+        Cell::Number(operator.net_minor),
+    ]);
+    folder.csv(
+        "settlement.csv",
+        &[
+            "party",
+            "points_issued",
+            "points_redeemed",
+            "issuance_minor",
+            "issuance_reversed_minor",
+            "redemptions_minor",
+            "redemptions_reversed_minor",
+            "fees_minor",
+            "funding_minor",
+            "breakage_minor",
+            "breakage_share",
+            "breakage_share_minor",
+            "net_minor",
+        ],
+        settlement_rows,
+        |row| row,
+    )?;
+    folder.jsonl("matrix.jsonl", &settlement.matrix)?;
+    folder.csv(
+        "matrix.csv",
+        &["issuer", "redeemer", "points", "value_minor"],
+        &settlement.matrix,
+        |cell| {
+            vec![
+                text(&cell.issuer),
+                text(&cell.redeemer),
+                Cell::Number(cell.points),
+                Cell::Number(cell.value_minor),
+            ]
+        },
+    )
+}
+
 /// Exports a finalised period. Reads the database only.
 pub async fn export(options: &ExportOptions) -> anyhow::Result<Manifest> {
     let period = &options.period;
@@ -953,248 +1431,75 @@ async fn read_and_write(
         );
     }
     let registry = storage.load_registry().await?;
-    let name_of = |merchant: &str| {
-        MerchantId::new(merchant)
-            .ok()
-            .and_then(|id| registry.merchant(&id).map(|merchant| merchant.name.clone()))
-            .unwrap_or_else(|| merchant.to_owned())
+    let payables = period_payables(storage, &settlement, closing_sequence).await?;
+    // The names of the merchants the payments files name, and only those: every name the
+    // export carries is then one that `verify` checks through those files.
+    let paid: std::collections::BTreeSet<String> = settlement::payments(&settlement, &payables)
+        .into_iter()
+        .map(|payment| payment.merchant_id)
+        .collect();
+    let mut merchants: Vec<MerchantName> = registry
+        .merchants()
+        .filter(|merchant| paid.contains(merchant.merchant_id.as_str()))
+        .map(|merchant| MerchantName {
+            merchant_id: merchant.merchant_id.as_str().to_owned(),
+            name: merchant.name.clone(),
+        })
+        .collect();
+    merchants.sort_by(|left, right| left.merchant_id.cmp(&right.merchant_id));
+    let payables = payables
+        .into_iter()
+        .map(|(merchant_id, payable_minor)| Payable {
+            merchant_id,
+            payable_minor,
+        })
+        .collect();
+    let inputs = PeriodInputs {
+        record: SettlementRecord {
+            closing_sequence,
+            finalised_at_ms,
+            settlement: settlement.clone(),
+        },
+        cutoff: options.cutoff,
+        opening,
+        first_sequence,
+        merchants,
+        payables,
     };
-    let currency = CurrencyCode::new(&settlement.currency)
-        .with_context(|| format!("currency {:?}", settlement.currency))?;
-
-    let mut folder = Folder {
-        root: options.out.clone(),
-        written: Vec::new(),
-    };
-    std::fs::create_dir_all(&folder.root)
-        .with_context(|| format!("cannot create {}", folder.root.display()))?;
-
-    // Entries, postings, attributions, statements and the journal, page by page.
-    let mut entries_jsonl = folder.create("entries.jsonl", None)?;
-    let mut entries_csv = folder.create("entries.csv", Some(&ENTRY_COLUMNS))?;
-    let mut postings_jsonl = folder.create("postings.jsonl", None)?;
-    let mut postings_csv = folder.create(
-        "postings.csv",
-        Some(&["entry_sequence", "account_kind", "owner", "asset", "amount"]),
-    )?;
-    let mut attributions_jsonl = folder.create("attributions.jsonl", None)?;
-    let mut attributions_csv = folder.create(
-        "attributions.csv",
-        Some(&["entry_sequence", "issuer", "points"]),
-    )?;
-    let mut journal = folder.create("journal.hledger", None)?;
-    journal.write(hledger_opening(&settlement, &options.cutoff, &opening).as_bytes())?;
-    // A statement per merchant, every one created now (a merchant may have no line) and
-    // added to as the pages come.
-    let mut statements = Vec::with_capacity(settlement.merchants.len());
-    for net in &settlement.merchants {
-        let merchant =
-            MerchantId::new(net.merchant_id.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
-        let jsonl = format!("statements/{}.jsonl", merchant.file_name_stem());
-        let csv = format!("statements/{}.csv", merchant.file_name_stem());
-        folder.create(&jsonl, None)?.finish()?;
-        folder.create(&csv, Some(&STATEMENT_COLUMNS))?.finish()?;
-        statements.push((merchant, jsonl, csv));
-    }
-    let mut balance = TrialBalance::new(&opening);
-    let mut entry_count = 0u64;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    let mut writer = PeriodWriter::begin(Folder::on_disk(options.out.clone()), &inputs)?;
     while let Some((page, attributions)) = pages.next_page().await? {
-        for entry in &page {
-            if entry.sequence != first_sequence + entry_count {
-                bail!(
-                    "entry {} is not where period {} continues",
-                    entry.sequence,
-                    period.label
-                );
-            }
-            entry_count += 1;
-            let record = EntryRecord::from_entry(entry);
-            entries_jsonl.jsonl(&record)?;
-            entries_csv.csv(entry_cells(&record, &options.cutoff))?;
-            for posting in &record.postings {
-                postings_jsonl.jsonl(posting)?;
-                postings_csv.csv(vec![
-                    Cell::Number(posting.entry_sequence as i64),
-                    text(&posting.account_kind),
-                    text(&posting.owner),
-                    text(&posting.asset),
-                    Cell::Number(posting.amount),
-                ])?;
-            }
-        }
-        for attribution in &attributions {
-            attributions_jsonl.jsonl(attribution)?;
-            attributions_csv.csv(vec![
-                Cell::Number(attribution.entry_sequence as i64),
-                text(&attribution.issuer),
-                Cell::Number(attribution.points),
-            ])?;
-        }
-        balance.add(&page)?;
-        journal.write(hledger_entries(&options.cutoff, &page).as_bytes())?;
-        for (merchant, jsonl, csv) in &statements {
-            let lines = settlement::statement_lines(&page, merchant, currency);
-            if lines.is_empty() {
-                continue;
-            }
-            let mut jsonl = folder.append(jsonl)?;
-            let mut csv = folder.append(csv)?;
-            for line in &lines {
-                jsonl.jsonl(line)?;
-                csv.csv(statement_cells(line, &options.cutoff))?;
-            }
-            jsonl.finish()?;
-            csv.finish()?;
-        }
+        writer.add_page(&page, &attributions)?;
     }
     let expected_count = if range.is_some() {
         last_sequence - first_sequence + 1
     } else {
         0
     };
-    if entry_count != expected_count {
+    if writer.entry_count != expected_count {
         bail!(
-            "period {} holds {expected_count} entries but {entry_count} were read",
-            period.label
+            "period {} holds {expected_count} entries but {} were read",
+            period.label,
+            writer.entry_count
         );
     }
-    for streamed in [
-        entries_jsonl,
-        entries_csv,
-        postings_jsonl,
-        postings_csv,
-        attributions_jsonl,
-        attributions_csv,
-    ] {
-        streamed.finish()?;
-    }
+    let Written {
+        mut folder,
+        entry_count,
+        entries_root,
+        omitted,
+    } = writer.finish()?;
 
-    // The trial balance, and the journal's closing assertions from it.
-    let balance = balance.finish()?;
-    for (asset, (opening_sum, closing_sum)) in trial_balance_sums(&balance) {
-        if opening_sum != 0 || closing_sum != 0 {
-            bail!(
-                "the trial balance of {asset} does not sum to zero: opening {opening_sum}, closing {closing_sum}"
-            );
-        }
-    }
-    journal.write(hledger_closing(&settlement, &options.cutoff, &balance).as_bytes())?;
-    journal.finish()?;
-    folder.jsonl("trial_balance.jsonl", &balance)?;
-    folder.csv(
-        "trial_balance.csv",
-        &[
-            "account_kind",
-            "owner",
-            "asset",
-            "opening",
-            "debits",
-            "credits",
-            "closing",
-        ],
-        &balance,
-        |line| {
-            vec![
-                text(&line.account_kind),
-                text(&line.owner),
-                text(&line.asset),
-                Cell::Number(line.opening),
-                Cell::Number(line.debits),
-                Cell::Number(line.credits),
-                Cell::Number(line.closing),
-            ]
-        },
-    )?;
-
-    // The settlement, its matrix, and the attribution it was computed from.
-    let record = SettlementRecord {
-        closing_sequence,
-        finalised_at_ms,
-        settlement: settlement.clone(),
-    };
-    folder.write(
-        "settlement.json",
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-    )?;
-    folder.jsonl("settlement.jsonl", &settlement.merchants)?;
-    let operator = &settlement.operator;
-    let mut settlement_rows: Vec<Vec<Cell>> = settlement
-        .merchants
-        .iter()
-        .map(|net| {
-            vec![
-                text(&net.merchant_id),
-                Cell::Number(net.points_issued),
-                Cell::Number(net.points_redeemed),
-                Cell::Number(net.issuance_minor),
-                Cell::Number(net.issuance_reversed_minor),
-                Cell::Number(net.redemptions_minor),
-                Cell::Number(net.redemptions_reversed_minor),
-                Cell::Number(net.fees_minor),
-                Cell::Number(net.funding_minor),
-                Cell::Number(net.breakage_minor),
-                text(&net.breakage_share),
-                Cell::Number(net.breakage_share_minor),
-                Cell::Number(net.net_minor),
-            ]
-        })
-        .collect();
-    settlement_rows.push(vec![
-        text("operator"),
-        Cell::Number(0),
-        Cell::Number(0),
-        Cell::Number(operator.float_minor),
-        Cell::Number(0),
-        Cell::Number(operator.rounding_minor),
-        Cell::Number(0),
-        Cell::Number(operator.fees_minor),
-        Cell::Number(operator.cash_minor),
-        Cell::Number(operator.breakage_kept_minor),
-        text(""),
-        Cell::Number(0),
-        Cell::Number(operator.net_minor),
-    ]);
-    folder.csv(
-        "settlement.csv",
-        &[
-            "party",
-            "points_issued",
-            "points_redeemed",
-            "issuance_minor",
-            "issuance_reversed_minor",
-            "redemptions_minor",
-            "redemptions_reversed_minor",
-            "fees_minor",
-            "funding_minor",
-            "breakage_minor",
-            "breakage_share",
-            "breakage_share_minor",
-            "net_minor",
-        ],
-        settlement_rows,
-        |row| row,
-    )?;
-    folder.jsonl("matrix.jsonl", &settlement.matrix)?;
-    folder.csv(
-        "matrix.csv",
-        &["issuer", "redeemer", "points", "value_minor"],
-        &settlement.matrix,
-        |cell| {
-            vec![
-                text(&cell.issuer),
-                text(&cell.redeemer),
-                Cell::Number(cell.points),
-                Cell::Number(cell.value_minor),
-            ]
-        },
-    )?;
-    // Reconciliations of merchants' own records.
+    // Reconciliations of merchants' own records: reports beside the export, outside what
+    // the manifest signs, since their input (the merchant's file) is not in the export and
+    // `verify` could not make them again.
     for input in &options.reconcile {
         let reader = std::io::BufReader::new(
             std::fs::File::open(&input.file)
                 .with_context(|| format!("cannot open {}", input.file.display()))?,
         );
-        let relative = format!("reconciliation/{}", input.merchant.file_name_stem());
+        let relative = format!("{RECONCILIATION_DIR}/{}", input.merchant.file_name_stem());
         if !is_inside_path(&relative) {
             bail!("refusing to write {relative:?}: it does not name a folder inside the export");
         }
@@ -1208,40 +1513,6 @@ async fn read_and_write(
             |_| {},
         )
         .await?;
-        for file in [
-            "differences.csv",
-            "differences.jsonl",
-            "malformed.csv",
-            "summary.json",
-        ] {
-            folder.written.push(format!("{relative}/{file}"));
-        }
-    }
-
-    // Payments for the treasury: what is payable after this period's closing entry, netted
-    // over every finalised period, so that no file pays a merchant what it does not owe it
-    // and each transfer is what RecordPayout accepts. Without a closing entry (nothing to
-    // close) the position after the period's last entry.
-    let payments = period_payments(storage, &settlement, closing_sequence).await?;
-    folder.write(
-        "payments.csv",
-        &payments_csv(&settlement, &payments, &name_of)?,
-    )?;
-    // pain.001 has no valid form without a transfer: when the operator pays nobody, the
-    // file is left out and the manifest says why.
-    let mut omitted = Vec::new();
-    match pain_001(
-        &settlement,
-        &payments,
-        &options.cutoff,
-        finalised_at_ms,
-        &name_of,
-    ) {
-        Some(pain) => folder.write(PAIN_001_FILE, pain.as_bytes())?,
-        None => omitted.push(OmittedFile {
-            path: PAIN_001_FILE.to_owned(),
-            reason: "the operator pays no merchant after this period's closing".to_owned(),
-        }),
     }
 
     // The manifest, signed.
@@ -1280,6 +1551,9 @@ async fn read_and_write(
         last_sequence,
         previous_hash: settlement.previous_hash.clone(),
         head_hash: settlement.head_hash.clone(),
+        entries_root,
+        cutoff_minute_of_day: options.cutoff.minute_of_day,
+        utc_offset_minutes: options.cutoff.offset_minutes,
         closing_sequence,
         finalised_at_ms,
         created_at_ms: std::time::SystemTime::now()

@@ -10,6 +10,7 @@ pub mod demo_settlement;
 pub mod export;
 pub mod memory;
 pub mod operator_key;
+pub mod proof;
 pub mod reconcile;
 pub mod relay;
 pub mod runtime;

@@ -328,6 +328,33 @@ pub(super) async fn admin(
                 response.points, response.entries, response.breakage_minor
             );
         }
+        AdminCommand::Prove {
+            period,
+            subject,
+            out,
+        } => {
+            use crate::proof::Subject;
+            use pb::prove_entries_request::Subject as Wire;
+            let subject = match subject.subject()? {
+                Subject::Transaction {
+                    merchant_id,
+                    transaction_id,
+                } => Wire::Transaction(pb::MerchantTransaction {
+                    merchant_id,
+                    transaction_id,
+                }),
+                Subject::Merchant { merchant_id } => Wire::MerchantId(merchant_id),
+                Subject::Member { member_id } => Wire::MemberId(member_id),
+            };
+            let response = admin
+                .prove_entries(pb::ProveEntriesRequest {
+                    period,
+                    subject: Some(subject),
+                })
+                .await?
+                .into_inner();
+            super::write_proof(&response.proof_json, out.as_deref())?;
+        }
         AdminCommand::Alias { alias, target } => {
             let response = admin
                 .alias_member(pb::AliasMemberRequest {
