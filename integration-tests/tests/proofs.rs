@@ -27,10 +27,9 @@ fn coalition(arguments: &[&str]) -> Output {
 }
 
 fn entry_records(folder: &Path) -> Vec<coalition::export::EntryRecord> {
-    std::fs::read_to_string(folder.join("entries.jsonl"))
+    coalition::export::read_lines(folder, coalition::export::ENTRIES_FILE)
         .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
+        .map(|line| serde_json::from_str(&line.unwrap()).unwrap())
         .collect()
 }
 
@@ -126,6 +125,7 @@ async fn proofs_of_every_entry_verify_and_altered_ones_do_not(backend: Backend) 
             out: export_folder(&exports, &period.label),
             operator_keys: keys.clone(),
             reconcile: Vec::new(),
+            formats: coalition::export::Formats::default(),
         })
         .await
         .expect("export");

@@ -128,6 +128,11 @@ pub enum Command {
         /// Reconcile a merchant's own record into the export, MERCHANT=FILE; repeat for more.
         #[arg(long = "reconcile")]
         reconcile: Vec<crate::export::ReconcileInput>,
+        /// Add optional copies: `csv` (spreadsheet copies of every file) and `hledger` (the
+        /// accounting journal); repeat or separate by commas. Without it the export holds
+        /// what an auditor verifies: compressed JSON lines, the settlement and the payments.
+        #[arg(long = "with", value_enum, value_delimiter = ',')]
+        with: Vec<ExportFormat>,
     },
     /// Verify exports with nothing but the folders and the operator's public key: signature,
     /// file digests, hash chain, balanced entries, trial balance, settlement. Several folders
@@ -225,6 +230,13 @@ impl PeriodArgs {
         let cutoff = coalition_domain::settlement::Cutoff::parse(&self.cutoff, &self.utc_offset)?;
         Ok(Some(cutoff.period(label)?))
     }
+}
+
+/// An optional copy an export can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Hledger,
 }
 
 /// What a proof is about: exactly one of these.
@@ -586,6 +598,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             operator_keys,
             reconcile,
+            with,
         } => {
             let Some(named) = period.period()? else {
                 bail!("name the period to export with --period YYYY-MM-DD");
@@ -599,6 +612,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out: out.clone(),
                 operator_keys,
                 reconcile,
+                formats: crate::export::Formats {
+                    csv: with.contains(&ExportFormat::Csv),
+                    hledger: with.contains(&ExportFormat::Hledger),
+                },
             })
             .await?;
             println!(

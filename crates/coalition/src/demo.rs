@@ -886,16 +886,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // A member's own proof: every entry of the day naming the first member the day's
     // export lists, each with its path to the signed root; checked with the public key alone.
     let day_export = trail.exports.first().context("the day is exported")?;
-    let member = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(
-        day_export.join("entries.jsonl"),
-    )?))
-    .map_while(Result::ok)
-    .find_map(|line| {
-        serde_json::from_str::<crate::export::EntryRecord>(&line)
-            .ok()
-            .and_then(|record| record.member_id)
-    })
-    .context("the day's export names a member")?;
+    let member = crate::export::read_lines(day_export, crate::export::ENTRIES_FILE)?
+        .map_while(Result::ok)
+        .find_map(|line| {
+            serde_json::from_str::<crate::export::EntryRecord>(&line)
+                .ok()
+                .and_then(|record| record.member_id)
+        })
+        .context("the day's export names a member")?;
     let subject = crate::proof::Subject::Member { member_id: member };
     let proof = crate::proof::prove(day_export, &subject)?;
     let proof_path = args.dir.join("member.proof.json");

@@ -250,6 +250,11 @@ pub async fn export_periods(
             out: out.clone(),
             operator_keys: keys.clone(),
             reconcile: vec![reconcile.clone()],
+            // What an auditor verifies, and the journal for `hledger check`.
+            formats: crate::export::Formats {
+                csv: false,
+                hledger: true,
+            },
         })
         .await?;
         exports.push(out);

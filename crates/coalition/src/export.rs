@@ -8,7 +8,7 @@
 //! Amounts are exact integers: points, and money in minor units of the settlement currency.
 //! Signed amounts follow the ledger: positive is a debit. CSV text cells that a spreadsheet
 //! would read as a formula are neutralised; amount columns never are. The JSON lines files
-//! carry the same data unaltered, and `entries.jsonl` every field the hash chain covers.
+//! carry the same data unaltered, and the entries file every field the hash chain covers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -132,6 +132,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The ISO 20022 credit transfers, present only when the operator pays someone.
 pub const PAIN_001_FILE: &str = "payments.pain.001.xml";
+/// The accounting journal, on request.
+pub const JOURNAL_FILE: &str = "journal.hledger";
 
 /// A file the format has that this export leaves out, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,8 +416,15 @@ pub fn trial_balance_sums(lines: &[TrialBalanceLine]) -> BTreeMap<String, (i128,
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {
     pub path: String,
+    /// The file as stored.
     pub bytes: u64,
     pub sha256: String,
+    /// For a compressed file (`.gz`), its content once decompressed: what `verify` makes
+    /// again and compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
 }
 
 /// What the operator signs: the period, its place in the hash chain, and every file's digest.
@@ -450,6 +459,8 @@ pub struct Manifest {
     /// Files of the format this export leaves out, with why (pain.001 when nobody is paid).
     #[serde(default)]
     pub omitted: Vec<OmittedFile>,
+    /// The optional copies it holds: `csv`, `hledger`.
+    pub formats: Vec<String>,
 }
 
 /// The finalised period's record as `settlement.json` holds it.
@@ -489,36 +500,76 @@ pub struct ExportOptions {
     pub out: PathBuf,
     pub operator_keys: PathBuf,
     pub reconcile: Vec<ReconcileInput>,
+    /// The optional copies to add.
+    pub formats: Formats,
 }
 
-/// Where the export's files go: into the folder on disk (the export), or through SHA-256
-/// only (verify, which makes every file again from the folder's inputs and compares the
-/// digests with the signed ones). Remembers what was written, for the manifest.
+/// Where the export's files go: into the folder on disk (the export), or nowhere (verify,
+/// which makes every file again from the folder's inputs and compares digests). Either way
+/// the SHA-256 of each file's content (before any compression) is kept, and what was
+/// written is remembered for the manifest. A file whose name ends in `.gz` is written
+/// gzip-compressed; appending to it adds a gzip member, which decompresses to the
+/// concatenation (RFC 1952).
 pub(crate) struct Folder {
     root: PathBuf,
+    on_disk: bool,
     written: Vec<String>,
-    digests: Option<BTreeMap<String, Arc<Mutex<Digesting>>>>,
+    content: BTreeMap<String, Arc<Mutex<Digesting>>>,
 }
 
-/// A file made only to be digested.
+/// The digest of a file's content as it is made.
 #[derive(Default)]
 struct Digesting {
     hasher: Sha256,
     bytes: u64,
 }
 
-struct DigestWriter(Arc<Mutex<Digesting>>);
+/// The end of a file's bytes: hashed as content, then written to the file (compressed or
+/// not) or nowhere.
+struct Sink {
+    content: Arc<Mutex<Digesting>>,
+    out: SinkOut,
+}
 
-impl std::io::Write for DigestWriter {
+enum SinkOut {
+    File(std::fs::File),
+    Gzip(flate2::write::GzEncoder<std::fs::File>),
+    Nowhere,
+}
+
+impl std::io::Write for Sink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut digesting = self.0.lock().expect("a digest is never left mid-update");
-        digesting.hasher.update(bytes);
-        digesting.bytes += bytes.len() as u64;
-        Ok(bytes.len())
+        let written = match &mut self.out {
+            SinkOut::File(file) => file.write(bytes)?,
+            SinkOut::Gzip(encoder) => encoder.write(bytes)?,
+            SinkOut::Nowhere => bytes.len(),
+        };
+        let mut digesting = self
+            .content
+            .lock()
+            .expect("a digest is never left mid-update");
+        digesting.hasher.update(&bytes[..written]);
+        digesting.bytes += written as u64;
+        Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        match &mut self.out {
+            SinkOut::File(file) => file.flush(),
+            SinkOut::Gzip(encoder) => encoder.flush(),
+            SinkOut::Nowhere => Ok(()),
+        }
+    }
+}
+
+impl Sink {
+    /// Ends the file: a compressed one gets its gzip trailer.
+    fn finish(self) -> std::io::Result<()> {
+        match self.out {
+            SinkOut::File(mut file) => std::io::Write::flush(&mut file),
+            SinkOut::Gzip(encoder) => encoder.finish().map(drop),
+            SinkOut::Nowhere => Ok(()),
+        }
     }
 }
 
@@ -538,8 +589,6 @@ struct Streamed {
     path: PathBuf,
     writer: StreamedWriter,
 }
-
-type Sink = Box<dyn std::io::Write + Send>;
 
 enum StreamedWriter {
     Raw(std::io::BufWriter<Sink>),
@@ -582,12 +631,14 @@ impl Streamed {
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
-    fn finish(mut self) -> anyhow::Result<()> {
-        let flushed = match &mut self.writer {
-            StreamedWriter::Raw(writer) => std::io::Write::flush(writer),
-            StreamedWriter::Csv(writer) => writer.flush(),
+    fn finish(self) -> anyhow::Result<()> {
+        let path = self.path;
+        let sink = match self.writer {
+            StreamedWriter::Raw(writer) => writer.into_inner().map_err(|error| error.into_error()),
+            StreamedWriter::Csv(writer) => writer.into_inner().map_err(|error| error.into_error()),
         };
-        flushed.with_context(|| format!("cannot write {}", self.path.display()))
+        sink.and_then(Sink::finish)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
@@ -596,8 +647,9 @@ impl Folder {
     fn on_disk(root: PathBuf) -> Folder {
         Folder {
             root,
+            on_disk: true,
             written: Vec::new(),
-            digests: None,
+            content: BTreeMap::new(),
         }
     }
 
@@ -605,16 +657,16 @@ impl Folder {
     pub(crate) fn digesting() -> Folder {
         Folder {
             root: PathBuf::new(),
+            on_disk: false,
             written: Vec::new(),
-            digests: Some(BTreeMap::new()),
+            content: BTreeMap::new(),
         }
     }
 
-    /// The SHA-256 (hex) and length of each file made, in digest mode.
+    /// The SHA-256 (hex) and length of each file's content (uncompressed).
     pub(crate) fn digests(&self) -> BTreeMap<String, (String, u64)> {
-        self.digests
+        self.content
             .iter()
-            .flatten()
             .map(|(path, digesting)| {
                 let digesting = digesting.lock().expect("a digest is never left mid-update");
                 (
@@ -628,7 +680,7 @@ impl Folder {
             .collect()
     }
 
-    /// The path of a new file inside the folder, its parent created.
+    /// The path of a file inside the folder, its parent created.
     fn path_of(&self, relative: &str) -> anyhow::Result<PathBuf> {
         // File names come from identifiers (statements, reconciliations): refuse anything
         // that could leave the folder, whatever made it.
@@ -638,7 +690,7 @@ impl Folder {
             );
         }
         let path = self.root.join(relative);
-        if self.digests.is_none()
+        if self.on_disk
             && let Some(parent) = path.parent()
         {
             std::fs::create_dir_all(parent)
@@ -650,39 +702,45 @@ impl Folder {
     /// Where a file's bytes go: a new file (`create`) or the end of one made before.
     fn sink(&mut self, relative: &str, create: bool) -> anyhow::Result<(PathBuf, Sink)> {
         let path = self.path_of(relative)?;
-        if create {
+        let content = if create {
             self.written.push(relative.to_owned());
-        }
-        let sink: Sink = match (&mut self.digests, create) {
-            (Some(digests), true) => {
-                let digesting = Arc::new(Mutex::new(Digesting::default()));
-                digests.insert(relative.to_owned(), digesting.clone());
-                Box::new(DigestWriter(digesting))
-            }
-            (Some(digests), false) => Box::new(DigestWriter(
-                digests
-                    .get(relative)
-                    .with_context(|| format!("{relative} was not made before"))?
-                    .clone(),
-            )),
-            (None, true) => Box::new(
+            let content = Arc::new(Mutex::new(Digesting::default()));
+            self.content.insert(relative.to_owned(), content.clone());
+            content
+        } else {
+            self.content
+                .get(relative)
+                .with_context(|| format!("{relative} was not made before"))?
+                .clone()
+        };
+        let out = if !self.on_disk {
+            SinkOut::Nowhere
+        } else {
+            let file = if create {
                 std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?,
-            ),
-            (None, false) => Box::new(
+                    .with_context(|| format!("cannot create {}", path.display()))?
+            } else {
                 std::fs::OpenOptions::new()
                     .append(true)
                     .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?,
-            ),
+                    .with_context(|| format!("cannot open {}", path.display()))?
+            };
+            if relative.ends_with(".gz") {
+                SinkOut::Gzip(flate2::write::GzEncoder::new(
+                    file,
+                    flate2::Compression::default(),
+                ))
+            } else {
+                SinkOut::File(file)
+            }
         };
-        Ok((path, sink))
+        Ok((path, Sink { content, out }))
     }
 
     fn write(&mut self, relative: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let (path, mut sink) = self.sink(relative, true)?;
         std::io::Write::write_all(&mut sink, bytes)
-            .and_then(|()| std::io::Write::flush(&mut sink))
+            .and_then(|()| sink.finish())
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
@@ -735,6 +793,22 @@ impl Folder {
         }
         self.write(relative, &bytes)
     }
+}
+
+/// The lines of a file of an export, decompressed when its name ends in `.gz` (every gzip
+/// member, in order).
+pub fn read_lines(
+    folder: &std::path::Path,
+    relative: &str,
+) -> anyhow::Result<std::io::Lines<std::io::BufReader<Box<dyn std::io::Read>>>> {
+    let file = std::fs::File::open(folder.join(relative))
+        .with_context(|| format!("{relative}: missing"))?;
+    let reader: Box<dyn std::io::Read> = if relative.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    Ok(std::io::BufRead::lines(std::io::BufReader::new(reader)))
 }
 
 /// A CSV cell: text is neutralised against formula injection, numbers are written as is.
@@ -980,6 +1054,65 @@ fn hledger_closing(
 /// The subfolder of an export that holds reconciliation reports (not signed: see `export`).
 pub const RECONCILIATION_DIR: &str = "reconciliation";
 
+/// The entries with every field their hashes cover: the export's main input.
+pub const ENTRIES_FILE: &str = "entries.jsonl.gz";
+/// The lot attribution of the period's redemptions.
+pub const ATTRIBUTIONS_FILE: &str = "attributions.jsonl.gz";
+/// The trial balance, whose openings are an input.
+pub const TRIAL_BALANCE_FILE: &str = "trial_balance.jsonl.gz";
+/// The payments' inputs.
+pub const MERCHANTS_FILE: &str = "merchants.jsonl";
+pub const PAYABLES_FILE: &str = "payables.jsonl";
+
+/// A merchant's statement as JSON lines.
+pub fn statement_jsonl(merchant: &MerchantId) -> String {
+    format!("statements/{}.jsonl.gz", merchant.file_name_stem())
+}
+
+/// What an export holds beside what every export holds (the compressed JSON lines, the
+/// settlement, the payments and their inputs): the spreadsheet copies and the accounting
+/// journal, on request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Formats {
+    /// CSV copies: `entries.csv`, `postings.csv`, `attributions.csv`, `trial_balance.csv`,
+    /// `settlement.csv`, `matrix.csv`, `statements/M.csv`.
+    pub csv: bool,
+    /// The plain-text accounting journal `journal.hledger`.
+    pub hledger: bool,
+}
+
+impl Formats {
+    pub const ALL: Formats = Formats {
+        csv: true,
+        hledger: true,
+    };
+
+    /// The names the manifest lists them by.
+    pub fn names(self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.csv {
+            names.push("csv".to_owned());
+        }
+        if self.hledger {
+            names.push("hledger".to_owned());
+        }
+        names
+    }
+
+    /// From the manifest's names; an unknown name is an error.
+    pub fn from_names(names: &[String]) -> anyhow::Result<Formats> {
+        let mut formats = Formats::default();
+        for name in names {
+            match name.as_str() {
+                "csv" => formats.csv = true,
+                "hledger" => formats.hledger = true,
+                other => bail!("format {other:?} is not one this version knows"),
+            }
+        }
+        Ok(formats)
+    }
+}
+
 /// A merchant's name as `merchants.jsonl` holds it (the payments files name merchants).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantName {
@@ -1006,6 +1139,7 @@ pub(crate) struct PeriodInputs {
     pub first_sequence: u64,
     pub merchants: Vec<MerchantName>,
     pub payables: Vec<Payable>,
+    pub formats: Formats,
 }
 
 /// Makes every signed file of a period, page by page as the entries come, so its memory is
@@ -1017,13 +1151,13 @@ pub(crate) struct PeriodWriter<'a> {
     inputs: &'a PeriodInputs,
     currency: CurrencyCode,
     entries_jsonl: Streamed,
-    entries_csv: Streamed,
-    postings_jsonl: Streamed,
-    postings_csv: Streamed,
     attributions_jsonl: Streamed,
-    attributions_csv: Streamed,
-    journal: Streamed,
-    statements: Vec<(MerchantId, String, String)>,
+    entries_csv: Option<Streamed>,
+    postings_csv: Option<Streamed>,
+    attributions_csv: Option<Streamed>,
+    journal: Option<Streamed>,
+    /// Per merchant: its JSON lines statement, and its CSV one when CSV is asked for.
+    statements: Vec<(MerchantId, String, Option<String>)>,
     balance: TrialBalance,
     tree: merkle::RootBuilder,
     pub entry_count: u64,
@@ -1042,30 +1176,47 @@ impl<'a> PeriodWriter<'a> {
         let settlement = &inputs.record.settlement;
         let currency = CurrencyCode::new(&settlement.currency)
             .with_context(|| format!("currency {:?}", settlement.currency))?;
-        let entries_jsonl = folder.create("entries.jsonl", None)?;
-        let entries_csv = folder.create("entries.csv", Some(&ENTRY_COLUMNS))?;
-        let postings_jsonl = folder.create("postings.jsonl", None)?;
-        let postings_csv = folder.create(
-            "postings.csv",
-            Some(&["entry_sequence", "account_kind", "owner", "asset", "amount"]),
-        )?;
-        let attributions_jsonl = folder.create("attributions.jsonl", None)?;
-        let attributions_csv = folder.create(
-            "attributions.csv",
-            Some(&["entry_sequence", "issuer", "points"]),
-        )?;
-        let mut journal = folder.create("journal.hledger", None)?;
-        journal.write(hledger_opening(settlement, &inputs.cutoff, &inputs.opening).as_bytes())?;
+        let formats = inputs.formats;
+        let entries_jsonl = folder.create(ENTRIES_FILE, None)?;
+        let attributions_jsonl = folder.create(ATTRIBUTIONS_FILE, None)?;
+        let (entries_csv, postings_csv, attributions_csv) = if formats.csv {
+            (
+                Some(folder.create("entries.csv", Some(&ENTRY_COLUMNS))?),
+                Some(folder.create(
+                    "postings.csv",
+                    Some(&["entry_sequence", "account_kind", "owner", "asset", "amount"]),
+                )?),
+                Some(folder.create(
+                    "attributions.csv",
+                    Some(&["entry_sequence", "issuer", "points"]),
+                )?),
+            )
+        } else {
+            (None, None, None)
+        };
+        let journal = if formats.hledger {
+            let mut journal = folder.create(JOURNAL_FILE, None)?;
+            journal
+                .write(hledger_opening(settlement, &inputs.cutoff, &inputs.opening).as_bytes())?;
+            Some(journal)
+        } else {
+            None
+        };
         // A statement per merchant, every one created now (a merchant may have no line) and
         // added to as the pages come.
         let mut statements = Vec::with_capacity(settlement.merchants.len());
         for net in &settlement.merchants {
             let merchant = MerchantId::new(net.merchant_id.clone())
                 .map_err(|error| anyhow::anyhow!("{error}"))?;
-            let jsonl = format!("statements/{}.jsonl", merchant.file_name_stem());
-            let csv = format!("statements/{}.csv", merchant.file_name_stem());
+            let jsonl = statement_jsonl(&merchant);
             folder.create(&jsonl, None)?.finish()?;
-            folder.create(&csv, Some(&STATEMENT_COLUMNS))?.finish()?;
+            let csv = if formats.csv {
+                let csv = format!("statements/{}.csv", merchant.file_name_stem());
+                folder.create(&csv, Some(&STATEMENT_COLUMNS))?.finish()?;
+                Some(csv)
+            } else {
+                None
+            };
             statements.push((merchant, jsonl, csv));
         }
         Ok(PeriodWriter {
@@ -1073,10 +1224,9 @@ impl<'a> PeriodWriter<'a> {
             inputs,
             currency,
             entries_jsonl,
-            entries_csv,
-            postings_jsonl,
-            postings_csv,
             attributions_jsonl,
+            entries_csv,
+            postings_csv,
             attributions_csv,
             journal,
             statements,
@@ -1106,42 +1256,52 @@ impl<'a> PeriodWriter<'a> {
             self.tree.push(&entry.hash);
             let record = EntryRecord::from_entry(entry);
             self.entries_jsonl.jsonl(&record)?;
-            self.entries_csv.csv(entry_cells(&record, cutoff))?;
-            for posting in &record.postings {
-                self.postings_jsonl.jsonl(posting)?;
-                self.postings_csv.csv(vec![
-                    Cell::Number(posting.entry_sequence as i64),
-                    text(&posting.account_kind),
-                    text(&posting.owner),
-                    text(&posting.asset),
-                    Cell::Number(posting.amount),
-                ])?;
+            if let Some(entries_csv) = &mut self.entries_csv {
+                entries_csv.csv(entry_cells(&record, cutoff))?;
+            }
+            if let Some(postings_csv) = &mut self.postings_csv {
+                for posting in &record.postings {
+                    postings_csv.csv(vec![
+                        Cell::Number(posting.entry_sequence as i64),
+                        text(&posting.account_kind),
+                        text(&posting.owner),
+                        text(&posting.asset),
+                        Cell::Number(posting.amount),
+                    ])?;
+                }
             }
         }
         for attribution in attributions {
             self.attributions_jsonl.jsonl(attribution)?;
-            self.attributions_csv.csv(vec![
-                Cell::Number(attribution.entry_sequence as i64),
-                text(&attribution.issuer),
-                Cell::Number(attribution.points),
-            ])?;
+            if let Some(attributions_csv) = &mut self.attributions_csv {
+                attributions_csv.csv(vec![
+                    Cell::Number(attribution.entry_sequence as i64),
+                    text(&attribution.issuer),
+                    Cell::Number(attribution.points),
+                ])?;
+            }
         }
         self.balance.add(page)?;
-        self.journal
-            .write(hledger_entries(cutoff, page).as_bytes())?;
+        if let Some(journal) = &mut self.journal {
+            journal.write(hledger_entries(cutoff, page).as_bytes())?;
+        }
         for (merchant, jsonl, csv) in &self.statements {
             let lines = settlement::statement_lines(page, merchant, self.currency);
             if lines.is_empty() {
                 continue;
             }
             let mut jsonl = self.folder.append(jsonl)?;
-            let mut csv = self.folder.append(csv)?;
             for line in &lines {
                 jsonl.jsonl(line)?;
-                csv.csv(statement_cells(line, cutoff))?;
             }
             jsonl.finish()?;
-            csv.finish()?;
+            if let Some(csv) = csv {
+                let mut csv = self.folder.append(csv)?;
+                for line in &lines {
+                    csv.csv(statement_cells(line, cutoff))?;
+                }
+                csv.finish()?;
+            }
         }
         Ok(())
     }
@@ -1153,25 +1313,22 @@ impl<'a> PeriodWriter<'a> {
             mut folder,
             inputs,
             entries_jsonl,
-            entries_csv,
-            postings_jsonl,
-            postings_csv,
             attributions_jsonl,
+            entries_csv,
+            postings_csv,
             attributions_csv,
-            mut journal,
+            journal,
             balance,
             tree,
             entry_count,
             ..
         } = self;
-        for streamed in [
-            entries_jsonl,
-            entries_csv,
-            postings_jsonl,
-            postings_csv,
-            attributions_jsonl,
-            attributions_csv,
-        ] {
+        for streamed in [entries_jsonl, attributions_jsonl]
+            .into_iter()
+            .chain(entries_csv)
+            .chain(postings_csv)
+            .chain(attributions_csv)
+        {
             streamed.finish()?;
         }
         let settlement = &inputs.record.settlement;
@@ -1185,41 +1342,45 @@ impl<'a> PeriodWriter<'a> {
                 );
             }
         }
-        journal.write(hledger_closing(settlement, cutoff, &balance).as_bytes())?;
-        journal.finish()?;
-        folder.jsonl("trial_balance.jsonl", &balance)?;
-        folder.csv(
-            "trial_balance.csv",
-            &[
-                "account_kind",
-                "owner",
-                "asset",
-                "opening",
-                "debits",
-                "credits",
-                "closing",
-            ],
-            &balance,
-            |line| {
-                vec![
-                    text(&line.account_kind),
-                    text(&line.owner),
-                    text(&line.asset),
-                    Cell::Number(line.opening),
-                    Cell::Number(line.debits),
-                    Cell::Number(line.credits),
-                    Cell::Number(line.closing),
-                ]
-            },
-        )?;
-        write_settlement(&mut folder, &inputs.record)?;
+        if let Some(mut journal) = journal {
+            journal.write(hledger_closing(settlement, cutoff, &balance).as_bytes())?;
+            journal.finish()?;
+        }
+        folder.jsonl(TRIAL_BALANCE_FILE, &balance)?;
+        if inputs.formats.csv {
+            folder.csv(
+                "trial_balance.csv",
+                &[
+                    "account_kind",
+                    "owner",
+                    "asset",
+                    "opening",
+                    "debits",
+                    "credits",
+                    "closing",
+                ],
+                &balance,
+                |line| {
+                    vec![
+                        text(&line.account_kind),
+                        text(&line.owner),
+                        text(&line.asset),
+                        Cell::Number(line.opening),
+                        Cell::Number(line.debits),
+                        Cell::Number(line.credits),
+                        Cell::Number(line.closing),
+                    ]
+                },
+            )?;
+        }
+        write_settlement(&mut folder, &inputs.record, inputs.formats)?;
 
         // What the payments are made from, then the payments for the treasury: what is
         // payable after this period's closing entry, netted over every finalised period, so
         // that no file pays a merchant what it does not owe it and each transfer is what
         // RecordPayout accepts.
-        folder.jsonl("merchants.jsonl", &inputs.merchants)?;
-        folder.jsonl("payables.jsonl", &inputs.payables)?;
+        folder.jsonl(MERCHANTS_FILE, &inputs.merchants)?;
+        folder.jsonl(PAYABLES_FILE, &inputs.payables)?;
         let payables: BTreeMap<String, i64> = inputs
             .payables
             .iter()
@@ -1265,14 +1426,22 @@ impl<'a> PeriodWriter<'a> {
     }
 }
 
-/// The settlement in its three forms and its matrix in two.
-fn write_settlement(folder: &mut Folder, record: &SettlementRecord) -> anyhow::Result<()> {
+/// The settlement in its three forms and its matrix in two (the CSV ones on request).
+fn write_settlement(
+    folder: &mut Folder,
+    record: &SettlementRecord,
+    formats: Formats,
+) -> anyhow::Result<()> {
     let settlement = &record.settlement;
     folder.write(
         "settlement.json",
         serde_json::to_string_pretty(record)?.as_bytes(),
     )?;
     folder.jsonl("settlement.jsonl", &settlement.merchants)?;
+    folder.jsonl("matrix.jsonl", &settlement.matrix)?;
+    if !formats.csv {
+        return Ok(());
+    }
     let operator = &settlement.operator;
     let mut settlement_rows: Vec<Vec<Cell>> = settlement
         .merchants
@@ -1330,7 +1499,6 @@ fn write_settlement(folder: &mut Folder, record: &SettlementRecord) -> anyhow::R
         settlement_rows,
         |row| row,
     )?;
-    folder.jsonl("matrix.jsonl", &settlement.matrix)?;
     folder.csv(
         "matrix.csv",
         &["issuer", "redeemer", "points", "value_minor"],
@@ -1465,6 +1633,7 @@ async fn read_and_write(
         first_sequence,
         merchants,
         payables,
+        formats: options.formats,
     };
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create {}", options.out.display()))?;
@@ -1518,6 +1687,7 @@ async fn read_and_write(
     // The manifest, signed.
     let mut files = Vec::with_capacity(folder.written.len());
     folder.written.sort();
+    let content = folder.digests();
     for relative in &folder.written {
         // Read back a buffer at a time: a file is never held whole.
         let mut file = std::fs::File::open(folder.root.join(relative))
@@ -1534,10 +1704,20 @@ async fn read_and_write(
             hasher.update(&buffer[..read]);
             bytes += read as u64;
         }
+        let (content_sha256, content_bytes) = if relative.ends_with(".gz") {
+            let (sha256, bytes) = content
+                .get(relative)
+                .with_context(|| format!("{relative} has no content digest"))?;
+            (Some(sha256.clone()), Some(*bytes))
+        } else {
+            (None, None)
+        };
         files.push(FileDigest {
             path: relative.clone(),
             bytes,
             sha256: hex::encode(hasher.finalize()),
+            content_bytes,
+            content_sha256,
         });
     }
     let manifest = Manifest {
@@ -1563,6 +1743,7 @@ async fn read_and_write(
         operator_public_key: hex::encode(signing_key.verifying_key().as_bytes()),
         files,
         omitted,
+        formats: options.formats.names(),
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
     std::fs::write(folder.root.join(MANIFEST_FILE), &manifest_bytes)

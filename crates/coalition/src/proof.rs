@@ -7,7 +7,6 @@
 //! A proof shows that each entry it lists is in the signed period. It does not show that it
 //! lists all of a merchant's or a member's entries: that needs the period's files.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -18,7 +17,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::export::{
-    EntryRecord, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, SIGNATURE_FILE, signed_message,
+    ENTRIES_FILE, EntryRecord, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, SIGNATURE_FILE,
+    signed_message,
 };
 
 /// The proof document's format name.
@@ -114,7 +114,7 @@ pub struct ProvedEntry {
     /// The entry's place among the period's entries, from 0: its sequence less the
     /// manifest's `first_sequence`.
     pub leaf_index: u64,
-    /// Every field the entry's hash covers, as `entries.jsonl` holds it.
+    /// Every field the entry's hash covers, as the export's entries file holds it.
     pub entry: EntryRecord,
     /// The sibling hashes from the leaf up, hex.
     pub path: Vec<String>,
@@ -149,7 +149,7 @@ pub fn export_folder(exports_dir: &Path, period: &str) -> PathBuf {
     exports_dir.join(format!("export-{period}"))
 }
 
-/// Makes the proof of `subject` from a signed export folder. Reads `entries.jsonl` once, a
+/// Makes the proof of `subject` from a signed export folder. Reads its entries once, a
 /// line at a time, keeping 32 bytes per entry of the period (the tree's leaves) and the
 /// entries the subject concerns.
 pub fn prove(folder: &Path, subject: &Subject) -> Result<Proof, ProveError> {
@@ -175,21 +175,16 @@ pub fn prove(folder: &Path, subject: &Subject) -> Result<Proof, ProveError> {
         )
         .into());
     }
-    let entries_path = folder.join("entries.jsonl");
-    let reader = std::io::BufReader::new(
-        std::fs::File::open(&entries_path)
-            .with_context(|| format!("cannot open {}", entries_path.display()))?,
-    );
     let mut leaves: Vec<Hash> = Vec::with_capacity(manifest.entries as usize);
     let mut wanted: Vec<(usize, EntryRecord)> = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", entries_path.display()))?;
+    for (index, line) in crate::export::read_lines(folder, ENTRIES_FILE)?.enumerate() {
+        let line = line.with_context(|| format!("cannot read {ENTRIES_FILE}"))?;
         let record: EntryRecord = serde_json::from_str(&line)
-            .with_context(|| format!("entries.jsonl line {}", index + 1))?;
+            .with_context(|| format!("{ENTRIES_FILE} line {}", index + 1))?;
         let hash: Hash = hex::decode(&record.hash)
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
-            .with_context(|| format!("entries.jsonl line {}: hash is not 32 bytes", index + 1))?;
+            .with_context(|| format!("{ENTRIES_FILE} line {}: hash is not 32 bytes", index + 1))?;
         leaves.push(hash);
         if subject.concerns(&record) {
             wanted.push((index, record));

@@ -14,8 +14,9 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::export::{
-    BalanceKey, EntryRecord, Folder, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, MerchantName,
-    Payable, PeriodInputs, PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE, SettlementRecord,
+    ATTRIBUTIONS_FILE, BalanceKey, ENTRIES_FILE, EntryRecord, Folder, Formats, MANIFEST_FILE,
+    MANIFEST_FORMAT, MERCHANTS_FILE, Manifest, MerchantName, PAYABLES_FILE, Payable, PeriodInputs,
+    PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE, SettlementRecord, TRIAL_BALANCE_FILE,
     TrialBalanceLine, signed_message, trial_balance_sums,
 };
 
@@ -56,15 +57,24 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(
     name: &str,
     problems: &mut Vec<String>,
 ) -> Vec<T> {
-    let Ok(text) = std::fs::read_to_string(folder.join(name)) else {
-        problems.push(format!("{name}: missing or not UTF-8"));
-        return Vec::new();
+    let lines = match crate::export::read_lines(folder, name) {
+        Ok(lines) => lines,
+        Err(error) => {
+            problems.push(format!("{error:#}"));
+            return Vec::new();
+        }
     };
     let mut rows = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        match serde_json::from_str(line) {
+    for (index, line) in lines.enumerate() {
+        let parsed = line
+            .map_err(anyhow::Error::from)
+            .and_then(|line| Ok(serde_json::from_str(&line)?));
+        match parsed {
             Ok(row) => rows.push(row),
-            Err(error) => problems.push(format!("{name} line {}: {error}", index + 1)),
+            Err(error) => {
+                problems.push(format!("{name} line {}: {error}", index + 1));
+                break;
+            }
         }
     }
     rows
@@ -218,13 +228,20 @@ fn check_folder(
                 .into(),
         );
     }
-    let lines: Vec<TrialBalanceLine> = read_jsonl(folder, "trial_balance.jsonl", problems);
+    let lines: Vec<TrialBalanceLine> = read_jsonl(folder, TRIAL_BALANCE_FILE, problems);
     let opening: BTreeMap<BalanceKey, i64> = lines
         .iter()
         .map(|line| (line.key(), line.opening))
         .collect();
-    let merchants: Vec<MerchantName> = read_jsonl(folder, "merchants.jsonl", problems);
-    let payables: Vec<Payable> = read_jsonl(folder, "payables.jsonl", problems);
+    let merchants: Vec<MerchantName> = read_jsonl(folder, MERCHANTS_FILE, problems);
+    let payables: Vec<Payable> = read_jsonl(folder, PAYABLES_FILE, problems);
+    let formats = match Formats::from_names(&manifest.formats) {
+        Ok(formats) => formats,
+        Err(error) => {
+            problems.push(format!("{MANIFEST_FILE}: {error}"));
+            return Ok(());
+        }
+    };
     let mut shares = BTreeMap::new();
     for net in &record.settlement.merchants {
         match Decimal::from_str_exact(&net.breakage_share) {
@@ -249,6 +266,7 @@ fn check_folder(
         first_sequence: manifest.first_sequence,
         merchants,
         payables,
+        formats,
     };
 
     // The entries a page at a time: the chain, each entry balanced and inside the period,
@@ -280,7 +298,7 @@ fn check_folder(
         match verify_chain(head, &page) {
             Ok(next) => head = next,
             Err(error) => {
-                problems.push(format!("entries.jsonl: hash chain broken: {error}"));
+                problems.push(format!("{ENTRIES_FILE}: hash chain broken: {error}"));
                 readable = false;
                 break;
             }
@@ -292,24 +310,24 @@ fn check_folder(
         );
         for entry in &page {
             if let Err(error) = entry.check_balanced() {
-                problems.push(format!("entries.jsonl: {error}"));
+                problems.push(format!("{ENTRIES_FILE}: {error}"));
             }
             if entry.accepted_at_ms < manifest.start_ms || entry.accepted_at_ms >= manifest.end_ms {
                 problems.push(format!(
-                    "entries.jsonl: entry {} was accepted outside the period",
+                    "{ENTRIES_FILE}: entry {} was accepted outside the period",
                     entry.sequence
                 ));
             }
         }
         if let Err(error) = settlement.add_page(&page, &attributions) {
             problems.push(format!(
-                "settlement.json: cannot be recomputed from entries.jsonl and attributions.jsonl: {error}"
+                "settlement.json: cannot be recomputed from {ENTRIES_FILE} and {ATTRIBUTIONS_FILE}: {error}"
             ));
             readable = false;
             break;
         }
         if let Err(error) = writer.add_page(&page, &attributions) {
-            problems.push(format!("entries.jsonl: {error:#}"));
+            problems.push(format!("{ENTRIES_FILE}: {error:#}"));
             readable = false;
             break;
         }
@@ -319,30 +337,30 @@ fn check_folder(
     }
     if hex::encode(head.hash) != manifest.head_hash {
         problems.push(format!(
-            "entries.jsonl: the chain ends at {}, the manifest's head is {}",
+            "{ENTRIES_FILE}: the chain ends at {}, the manifest's head is {}",
             hex::encode(head.hash),
             manifest.head_hash
         ));
     }
     if writer.entry_count > 0 && head.sequence != manifest.last_sequence {
         problems.push(format!(
-            "entries.jsonl: the last entry is {}, the manifest says {}",
+            "{ENTRIES_FILE}: the last entry is {}, the manifest says {}",
             head.sequence, manifest.last_sequence
         ));
     }
     if writer.entry_count != manifest.entries {
         problems.push(format!(
-            "entries.jsonl: {} entries, the manifest says {}",
+            "{ENTRIES_FILE}: {} entries, the manifest says {}",
             writer.entry_count, manifest.entries
         ));
     }
     match settlement.finish(&shares) {
         Ok(recomputed) if recomputed == inputs.record.settlement => {}
         Ok(_) => problems.push(
-            "settlement.json: does not follow from entries.jsonl and attributions.jsonl".into(),
+            format!("settlement.json: does not follow from {ENTRIES_FILE} and {ATTRIBUTIONS_FILE}"),
         ),
         Err(error) => problems.push(format!(
-            "settlement.json: cannot be recomputed from entries.jsonl and attributions.jsonl: {error}"
+            "settlement.json: cannot be recomputed from {ENTRIES_FILE} and {ATTRIBUTIONS_FILE}: {error}"
         )),
     }
     match writer.finish() {
@@ -352,7 +370,7 @@ fn check_folder(
         Ok(written) => {
             if written.entries_root != manifest.entries_root {
                 problems.push(format!(
-                    "entries.jsonl: the Merkle root of its entries is {}, the manifest says {}",
+                    "{ENTRIES_FILE}: the Merkle root of its entries is {}, the manifest says {}",
                     written.entries_root, manifest.entries_root
                 ));
             }
@@ -364,8 +382,13 @@ fn check_folder(
             // Every signed file is one the entries and the inputs make, byte for byte.
             let made = written.folder.digests();
             for file in &manifest.files {
+                // A compressed file is compared by its content: compressors may differ.
+                let signed = match (&file.content_sha256, file.content_bytes) {
+                    (Some(sha256), Some(bytes)) => (sha256, bytes),
+                    _ => (&file.sha256, file.bytes),
+                };
                 match made.get(&file.path) {
-                    Some((sha256, bytes)) if *sha256 == file.sha256 && *bytes == file.bytes => {}
+                    Some((sha256, bytes)) if sha256 == signed.0 && *bytes == signed.1 => {}
                     Some(_) => problems.push(format!(
                         "{}: is not what {} make",
                         file.path,
@@ -392,7 +415,7 @@ fn check_folder(
     for (asset, (opening_sum, closing_sum)) in trial_balance_sums(&lines) {
         if opening_sum != 0 || closing_sum != 0 {
             problems.push(format!(
-                "trial_balance.jsonl: {asset} sums to {opening_sum} opening and {closing_sum} closing, not zero"
+                "{TRIAL_BALANCE_FILE}: {asset} sums to {opening_sum} opening and {closing_sum} closing, not zero"
             ));
         }
     }
@@ -461,27 +484,23 @@ pub fn chain_problems(earlier: &Verified, later: &Verified) -> Vec<String> {
 /// Entries per page when `verify` reads an export.
 const PAGE_LEN: usize = 5_000;
 
-/// `entries.jsonl` and `attributions.jsonl` read a page at a time, each page with the
+/// The entries and attributions files read a page at a time, each page with the
 /// attributions of exactly its entries (attributions come in entry order).
 struct Pages {
-    entries: std::io::Lines<std::io::BufReader<std::fs::File>>,
-    attributions: std::iter::Peekable<std::io::Lines<std::io::BufReader<std::fs::File>>>,
+    entries: Lines,
+    attributions: std::iter::Peekable<Lines>,
     entry_line: usize,
     attribution_line: usize,
     last_attributed: u64,
 }
 
+type Lines = std::io::Lines<std::io::BufReader<Box<dyn std::io::Read>>>;
+
 impl Pages {
     fn open(folder: &Path) -> anyhow::Result<Pages> {
-        let lines = |name: &str| -> anyhow::Result<_> {
-            Ok(std::io::BufRead::lines(std::io::BufReader::new(
-                std::fs::File::open(folder.join(name))
-                    .with_context(|| format!("{name}: missing"))?,
-            )))
-        };
         Ok(Pages {
-            entries: lines("entries.jsonl")?,
-            attributions: lines("attributions.jsonl")?.peekable(),
+            entries: crate::export::read_lines(folder, ENTRIES_FILE)?,
+            attributions: crate::export::read_lines(folder, ATTRIBUTIONS_FILE)?.peekable(),
             entry_line: 0,
             attribution_line: 0,
             last_attributed: 0,
@@ -492,16 +511,16 @@ impl Pages {
         let mut page = Vec::with_capacity(PAGE_LEN);
         for line in self.entries.by_ref().take(PAGE_LEN) {
             self.entry_line += 1;
-            let line = line.context("entries.jsonl: not UTF-8")?;
+            let line = line.context("{ENTRIES_FILE}: not readable")?;
             let record: EntryRecord = serde_json::from_str(&line)
-                .with_context(|| format!("entries.jsonl line {}", self.entry_line))?;
-            page.push(record.to_entry().context("entries.jsonl")?);
+                .with_context(|| format!("{ENTRIES_FILE} line {}", self.entry_line))?;
+            page.push(record.to_entry().context(ENTRIES_FILE)?);
         }
         let Some(last) = page.last().map(|entry| entry.sequence) else {
             if let Some(line) = self.attributions.next() {
-                line.context("attributions.jsonl: not UTF-8")?;
+                line.with_context(|| format!("{ATTRIBUTIONS_FILE}: not readable"))?;
                 bail!(
-                    "attributions.jsonl line {}: attributes an entry the period does not have",
+                    "{ATTRIBUTIONS_FILE} line {}: attributes an entry the period does not have",
                     self.attribution_line + 1
                 );
             }
@@ -511,17 +530,17 @@ impl Pages {
         while let Some(line) = self.attributions.peek() {
             let line = match line {
                 Ok(line) => line,
-                Err(_) => bail!("attributions.jsonl: not UTF-8"),
+                Err(_) => bail!("{ATTRIBUTIONS_FILE}: not readable"),
             };
             let attribution: Attribution = serde_json::from_str(line).with_context(|| {
-                format!("attributions.jsonl line {}", self.attribution_line + 1)
+                format!("{ATTRIBUTIONS_FILE} line {}", self.attribution_line + 1)
             })?;
             if attribution.entry_sequence > last {
                 break;
             }
             if attribution.entry_sequence < self.last_attributed {
                 bail!(
-                    "attributions.jsonl line {}: not in entry order",
+                    "{ATTRIBUTIONS_FILE} line {}: not in entry order",
                     self.attribution_line + 1
                 );
             }
@@ -537,18 +556,18 @@ impl Pages {
 /// What `verify` makes a signed file from, for its report when the file is not that.
 fn made_from(path: &str) -> &'static str {
     match path {
-        "entries.csv" | "postings.jsonl" | "postings.csv" => "the entries of entries.jsonl",
-        "journal.hledger" | "trial_balance.jsonl" | "trial_balance.csv" => {
-            "entries.jsonl and the opening balances of trial_balance.jsonl"
+        "entries.csv" | "postings.csv" => "the entries of entries.jsonl.gz",
+        "journal.hledger" | "trial_balance.jsonl.gz" | "trial_balance.csv" => {
+            "entries.jsonl.gz and the opening balances of trial_balance.jsonl.gz"
         }
-        "attributions.csv" => "the rows of attributions.jsonl",
+        "attributions.csv" => "the rows of attributions.jsonl.gz",
         "settlement.jsonl" | "settlement.csv" | "matrix.jsonl" | "matrix.csv" => {
             "the settlement of settlement.json"
         }
         "payments.csv" | crate::export::PAIN_001_FILE => {
             "settlement.json, merchants.jsonl and payables.jsonl"
         }
-        path if path.starts_with("statements/") => "the entries of entries.jsonl",
+        path if path.starts_with("statements/") => "the entries of entries.jsonl.gz",
         // The inputs themselves, written again from what was read: a difference is a file
         // not in the format's own form (reordered fields, spacing).
         _ => "its own rows in the export format's form",

@@ -629,6 +629,8 @@ async fn make_export(
                 out: folder.clone(),
                 operator_keys: files.operator_keys_dir.clone(),
                 reconcile: Vec::new(),
+                // The finance team's download: every copy, spreadsheets and journal too.
+                formats: export::Formats::ALL,
             })
             .await
             .map(|_| ())
