@@ -917,7 +917,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             trail.public_key.display()
         );
         println!(
-            "                      hledger check -f {}",
+            "                      hledger check --strict -f {}",
             folder.join("journal.hledger").display()
         );
     }

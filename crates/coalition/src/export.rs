@@ -1048,6 +1048,21 @@ fn hledger_closing(
             commodity(&line.asset)
         );
     }
+    // Every account and commodity the journal uses, declared (after their use, which
+    // hledger allows), so that `hledger check --strict` accepts it.
+    out.push('\n');
+    let mut accounts = std::collections::BTreeSet::new();
+    let mut commodities = std::collections::BTreeSet::new();
+    for line in closing {
+        accounts.insert(hledger_account(&line.account_kind, &line.owner));
+        commodities.insert(commodity(&line.asset));
+    }
+    for account in accounts {
+        let _ = writeln!(out, "account {account}");
+    }
+    for commodity in commodities {
+        let _ = writeln!(out, "commodity {commodity}");
+    }
     out
 }
 
