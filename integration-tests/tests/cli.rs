@@ -721,6 +721,33 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         edited_files >= 18 && skipped.is_empty(),
         "{edited_files} files edited, {skipped:?} without a digit"
     );
+    // A price in the terms changed (not its first digit) and signed again: the earns and
+    // burns priced by it no longer follow.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let terms = read(copy.join("terms.jsonl"));
+    let repriced = terms.replace(
+        "\"issue_price_minor_per_point\":\"1.05\"",
+        "\"issue_price_minor_per_point\":\"1.06\"",
+    );
+    assert_ne!(terms, repriced);
+    std::fs::write(copy.join("terms.jsonl"), &repriced).unwrap();
+    let mut resigned = manifest.clone();
+    resigned.operator_public_key = throwaway_public.clone();
+    for digest in &mut resigned.files {
+        if digest.path == "terms.jsonl" {
+            digest.sha256 = hex::encode(sha2::Sha256::digest(repriced.as_bytes()));
+            digest.bytes = repriced.len() as u64;
+        }
+    }
+    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains("moves (-126, -2) (settlement, fee), terms.jsonl's version 2 of tenant-1 gives Some((-128, -2))"),
+        "{printed}"
+    );
     // The manifest unchanged but signed by another key than the one it names.
     let copy = dir.join("resigned");
     let _ = std::fs::remove_dir_all(&copy);

@@ -820,7 +820,7 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
         }
         match (&verified.manifest, found.is_empty()) {
             (Some(manifest), true) => println!(
-                "{}: period {} verified: signature, {} files, entries {}..{} chained from {} to {}, balanced, trial balance and settlement recomputed",
+                "{}: period {} verified: signature, {} files, entries {}..{} chained from {} to {}, balanced, priced by their terms, Merkle root, settlement recomputed, every signed file made again",
                 folder.display(),
                 manifest.period,
                 manifest.files.len(),

@@ -862,7 +862,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             bail!("the export {} does not verify", folder.display());
         }
         println!(
-            "export                {} verified: signature, file digests, hash chain, Merkle root, balanced entries, settlement recomputed, every signed file made again{}",
+            "export                {} verified: signature, file digests, hash chain, Merkle root, balanced entries priced by their terms, settlement recomputed, every signed file made again{}",
             folder.display(),
             if earlier.is_empty() {
                 String::new()

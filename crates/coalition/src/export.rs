@@ -1128,6 +1128,103 @@ impl Formats {
     }
 }
 
+/// The merchants' terms the period's netting used, by version.
+pub const TERMS_FILE: &str = "terms.jsonl";
+
+/// One version of a merchant's terms as `terms.jsonl` holds it: what the netting takes from
+/// it (the prices of the money legs, the fee, the breakage share). Decimals are strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermsRecord {
+    pub merchant_id: String,
+    pub version: u32,
+    pub effective_from_ms: i64,
+    pub issue_price_minor_per_point: String,
+    pub redeem_price_minor_per_point: String,
+    pub fee_minor_per_point: String,
+    pub breakage_share: String,
+}
+
+impl TermsRecord {
+    pub fn from_terms(terms: &coalition_domain::terms::MerchantTerms) -> TermsRecord {
+        TermsRecord {
+            merchant_id: terms.merchant_id.as_str().to_owned(),
+            version: terms.version,
+            effective_from_ms: terms.effective_from_ms,
+            issue_price_minor_per_point: terms.issue_price_minor_per_point.to_string(),
+            redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
+            fee_minor_per_point: terms.fee_minor_per_point.to_string(),
+            breakage_share: terms.breakage_share.to_string(),
+        }
+    }
+}
+
+/// Merchants' terms by version, to find the version in force at a time.
+#[derive(Debug, Clone, Default)]
+pub struct TermsBook {
+    by_merchant: BTreeMap<String, Vec<TermsRecord>>,
+}
+
+impl TermsBook {
+    pub fn new(records: impl IntoIterator<Item = TermsRecord>) -> TermsBook {
+        let mut book = TermsBook::default();
+        for record in records {
+            book.by_merchant
+                .entry(record.merchant_id.clone())
+                .or_default()
+                .push(record);
+        }
+        for versions in book.by_merchant.values_mut() {
+            versions.sort_by_key(|record| record.version);
+        }
+        book
+    }
+
+    /// The version of `merchant`'s terms in force at `at_ms`: the highest version effective
+    /// by then (as the ledger picks it).
+    pub fn in_force(&self, merchant: &str, at_ms: i64) -> Option<&TermsRecord> {
+        self.by_merchant
+            .get(merchant)?
+            .iter()
+            .rev()
+            .find(|record| record.effective_from_ms <= at_ms)
+    }
+
+    /// The versions `used` names and, per merchant of the settlement, the version in force
+    /// at the period's last instant (its breakage share is the settlement's), sorted.
+    fn needed(
+        &self,
+        used: &std::collections::BTreeSet<(String, u32)>,
+        settlement: &Settlement,
+    ) -> Vec<TermsRecord> {
+        let mut wanted = used.clone();
+        for net in &settlement.merchants {
+            if let Some(record) = self.in_force(&net.merchant_id, settlement.end_ms - 1) {
+                wanted.insert((record.merchant_id.clone(), record.version));
+            }
+        }
+        wanted
+            .iter()
+            .filter_map(|(merchant, version)| {
+                self.by_merchant
+                    .get(merchant)?
+                    .iter()
+                    .find(|record| record.version == *version)
+                    .cloned()
+            })
+            .collect()
+    }
+}
+
+/// Whether an entry's money legs are priced by its merchant's terms, and on which side:
+/// `Some(true)` for an issue (earn), `Some(false)` for a redemption (burn).
+pub fn priced_side(kind: EntryKind) -> Option<bool> {
+    match kind {
+        EntryKind::Earn => Some(true),
+        EntryKind::Burn => Some(false),
+        _ => None,
+    }
+}
+
 /// A merchant's name as `merchants.jsonl` holds it (the payments files name merchants).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantName {
@@ -1154,6 +1251,8 @@ pub(crate) struct PeriodInputs {
     pub first_sequence: u64,
     pub merchants: Vec<MerchantName>,
     pub payables: Vec<Payable>,
+    /// Merchants' terms by version (every version the database has, or the export's own).
+    pub terms: TermsBook,
     pub formats: Formats,
 }
 
@@ -1175,6 +1274,8 @@ pub(crate) struct PeriodWriter<'a> {
     statements: Vec<(MerchantId, String, Option<String>)>,
     balance: TrialBalance,
     tree: merkle::RootBuilder,
+    /// The terms versions the period's priced entries record.
+    terms_used: std::collections::BTreeSet<(String, u32)>,
     pub entry_count: u64,
 }
 
@@ -1247,6 +1348,7 @@ impl<'a> PeriodWriter<'a> {
             statements,
             balance: TrialBalance::new(&inputs.opening),
             tree: merkle::RootBuilder::new(),
+            terms_used: std::collections::BTreeSet::new(),
             entry_count: 0,
         })
     }
@@ -1269,6 +1371,12 @@ impl<'a> PeriodWriter<'a> {
             }
             self.entry_count += 1;
             self.tree.push(&entry.hash);
+            if priced_side(entry.kind).is_some()
+                && let (Some(origin), Some(version)) = (&entry.origin, entry.terms_version)
+            {
+                self.terms_used
+                    .insert((origin.merchant_id.as_str().to_owned(), version));
+            }
             let record = EntryRecord::from_entry(entry);
             self.entries_jsonl.jsonl(&record)?;
             if let Some(entries_csv) = &mut self.entries_csv {
@@ -1335,6 +1443,7 @@ impl<'a> PeriodWriter<'a> {
             journal,
             balance,
             tree,
+            terms_used,
             entry_count,
             ..
         } = self;
@@ -1394,6 +1503,10 @@ impl<'a> PeriodWriter<'a> {
         // payable after this period's closing entry, netted over every finalised period, so
         // that no file pays a merchant what it does not owe it and each transfer is what
         // RecordPayout accepts.
+        folder.jsonl(
+            TERMS_FILE,
+            inputs.terms.needed(&terms_used, &inputs.record.settlement),
+        )?;
         folder.jsonl(MERCHANTS_FILE, &inputs.merchants)?;
         folder.jsonl(PAYABLES_FILE, &inputs.payables)?;
         let payables: BTreeMap<String, i64> = inputs
@@ -1648,6 +1761,13 @@ async fn read_and_write(
         first_sequence,
         merchants,
         payables,
+        terms: TermsBook::new(
+            storage
+                .load_terms()
+                .await?
+                .iter()
+                .map(TermsRecord::from_terms),
+        ),
         formats: options.formats,
     };
     std::fs::create_dir_all(&options.out)

@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use crate::export::{
     ATTRIBUTIONS_FILE, BalanceKey, ENTRIES_FILE, EntryRecord, Folder, Formats, MANIFEST_FILE,
     MANIFEST_FORMAT, MERCHANTS_FILE, Manifest, MerchantName, PAYABLES_FILE, Payable, PeriodInputs,
-    PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE, SettlementRecord, TRIAL_BALANCE_FILE,
-    TrialBalanceLine, signed_message, trial_balance_sums,
+    PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE, SettlementRecord, TERMS_FILE,
+    TRIAL_BALANCE_FILE, TermsBook, TermsRecord, TrialBalanceLine, priced_side, signed_message,
+    trial_balance_sums,
 };
 
 /// What verifying one folder found.
@@ -235,6 +236,7 @@ fn check_folder(
         .collect();
     let merchants: Vec<MerchantName> = read_jsonl(folder, MERCHANTS_FILE, problems);
     let payables: Vec<Payable> = read_jsonl(folder, PAYABLES_FILE, problems);
+    let terms = TermsBook::new(read_jsonl::<TermsRecord>(folder, TERMS_FILE, problems));
     let formats = match Formats::from_names(&manifest.formats) {
         Ok(formats) => formats,
         Err(error) => {
@@ -266,6 +268,7 @@ fn check_folder(
         first_sequence: manifest.first_sequence,
         merchants,
         payables,
+        terms,
         formats,
     };
 
@@ -312,6 +315,9 @@ fn check_folder(
             if let Err(error) = entry.check_balanced() {
                 problems.push(format!("{ENTRIES_FILE}: {error}"));
             }
+            if let Some(problem) = priced_problem(entry, &inputs.terms, currency) {
+                problems.push(problem);
+            }
             if entry.accepted_at_ms < manifest.start_ms || entry.accepted_at_ms >= manifest.end_ms {
                 problems.push(format!(
                     "{ENTRIES_FILE}: entry {} was accepted outside the period",
@@ -353,6 +359,21 @@ fn check_folder(
             "{ENTRIES_FILE}: {} entries, the manifest says {}",
             writer.entry_count, manifest.entries
         ));
+    }
+    // Each merchant's breakage share is the one of its terms in force at the period's end.
+    for net in &inputs.record.settlement.merchants {
+        let in_force = inputs
+            .terms
+            .in_force(&net.merchant_id, manifest.end_ms - 1)
+            .map_or(Ok(Decimal::ZERO), |record| {
+                Decimal::from_str_exact(&record.breakage_share)
+            });
+        if in_force.ok() != shares.get(&net.merchant_id).copied() {
+            problems.push(format!(
+                "settlement.json: {}'s breakage share {} is not its share in {TERMS_FILE}",
+                net.merchant_id, net.breakage_share
+            ));
+        }
     }
     match settlement.finish(&shares) {
         Ok(recomputed) if recomputed == inputs.record.settlement => {}
@@ -614,4 +635,60 @@ pub fn closing_problems(earlier: &Verified, later: &Verified) -> Vec<String> {
         )];
     }
     Vec::new()
+}
+
+/// What is wrong with an earn's or a burn's money legs, if anything: the entry must record
+/// its merchant's terms version in force at its acceptance, and move the merchant's
+/// settlement and fee accounts by exactly what that version's prices give under the
+/// rounding rule (`terms::money_leg`: the payer charged the exact amount rounded up, the
+/// payee paid it rounded down).
+fn priced_problem(entry: &Entry, terms: &TermsBook, currency: CurrencyCode) -> Option<String> {
+    let issue = priced_side(entry.kind)?;
+    let origin = entry.origin.as_ref()?;
+    let merchant = origin.merchant_id.as_str();
+    let sequence = entry.sequence;
+    let Some(record) = terms.in_force(merchant, entry.accepted_at_ms) else {
+        return Some(format!(
+            "{ENTRIES_FILE}: entry {sequence} has no terms of {merchant} in force in {TERMS_FILE}"
+        ));
+    };
+    if entry.terms_version != Some(record.version) {
+        return Some(format!(
+            "{ENTRIES_FILE}: entry {sequence} records terms version {:?}, {TERMS_FILE} has {} in force",
+            entry.terms_version, record.version
+        ));
+    }
+    let price = if issue {
+        &record.issue_price_minor_per_point
+    } else {
+        &record.redeem_price_minor_per_point
+    };
+    let legs = Decimal::from_str_exact(price)
+        .ok()
+        .zip(Decimal::from_str_exact(&record.fee_minor_per_point).ok())
+        .and_then(|(price, fee)| {
+            let (charged, paid) = coalition_domain::terms::money_leg(entry.points, price)?;
+            let (fee_charged, _) = coalition_domain::terms::money_leg(entry.points, fee)?;
+            Some((if issue { -charged } else { paid }, -fee_charged))
+        });
+    let money = coalition_domain::Asset::Currency(currency);
+    let moved = |kind: &str| -> i64 {
+        entry
+            .postings
+            .iter()
+            .filter(|posting| {
+                posting.asset == money
+                    && posting.account.kind() == kind
+                    && posting.account.owner() == merchant
+            })
+            .map(|posting| posting.amount)
+            .sum()
+    };
+    let recorded = (moved("merchant_settlement"), moved("merchant_fees"));
+    (legs != Some(recorded)).then(|| {
+        format!(
+            "{ENTRIES_FILE}: entry {sequence} moves {recorded:?} (settlement, fee), {TERMS_FILE}'s version {} of {merchant} gives {legs:?}",
+            record.version
+        )
+    })
 }

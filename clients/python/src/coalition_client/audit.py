@@ -8,7 +8,8 @@ from what the server writes: CI runs it on the demo's exports.
 It checks the manifest's signature and that the manifest names the key, every file's
 digest (and a compressed file's content), no file the manifest does not name (beside the
 unsigned reconciliation reports), the hash chain, the Merkle root, that every entry
-balances per asset and lies in the period, the trial balance, and the settlement
+balances per asset and lies in the period, every earn's and burn's money legs against the
+merchant's terms in force, the trial balance, and the settlement
 recomputed from the entries and the attribution; given several periods, that they chain.
 Exit status 0 when everything verifies, 1 otherwise.
 """
@@ -284,6 +285,20 @@ def verify_export(folder: str, key: bytes) -> Export:
         balances[key_][0] = line["opening"]
         result.opening[key_] = line["opening"]
         result.closing[key_] = line["closing"]
+    terms = defaultdict(list)
+    for version in _lines(folder, "terms.jsonl"):
+        terms[version["merchant_id"]].append(version)
+
+    def in_force(merchant: str, at_ms: int):
+        versions = [v for v in terms.get(merchant, []) if v["effective_from_ms"] <= at_ms]
+        return max(versions, key=lambda v: v["version"]) if versions else None
+
+    for net in settlement["merchants"]:
+        version = in_force(net["merchant_id"], manifest["end_ms"] - 1)
+        share = decimal.Decimal(version["breakage_share"]) if version else decimal.Decimal(0)
+        if share != decimal.Decimal(net["breakage_share"]):
+            result.problem(f"settlement.json: {net['merchant_id']}'s breakage share is not "
+                           "the one of its terms in force (terms.jsonl)")
     previous = bytes.fromhex(manifest["previous_hash"])
     sequence = manifest["first_sequence"] - 1
     tree = RootBuilder()
@@ -312,6 +327,32 @@ def verify_export(folder: str, key: bytes) -> Export:
                 line_[2] -= posting["amount"]
         if any(sums.values()):
             result.problem(f"entries.jsonl.gz: entry {sequence} does not balance")
+        if entry["kind"] in ("earn", "burn") and entry["merchant_id"] is not None:
+            merchant = entry["merchant_id"]
+            version = in_force(merchant, entry["accepted_at_ms"])
+            if version is None or version["version"] != entry["terms_version"]:
+                result.problem(f"entries.jsonl.gz: entry {sequence} does not record the terms "
+                               "in force in terms.jsonl")
+            else:
+                points = decimal.Decimal(entry["points"])
+                price = decimal.Decimal(version["issue_price_minor_per_point"
+                                                 if entry["kind"] == "earn"
+                                                 else "redeem_price_minor_per_point"])
+                exact = points * price
+                expected_settlement = (
+                    -int(exact.to_integral_value(rounding=decimal.ROUND_CEILING))
+                    if entry["kind"] == "earn"
+                    else int(exact.to_integral_value(rounding=decimal.ROUND_FLOOR)))
+                fee = points * decimal.Decimal(version["fee_minor_per_point"])
+                expected_fee = -int(fee.to_integral_value(rounding=decimal.ROUND_CEILING))
+                moved = defaultdict(int)
+                for posting in entry["postings"]:
+                    if posting["owner"] == merchant and posting["asset"] == currency:
+                        moved[posting["account_kind"]] += posting["amount"]
+                if (moved["merchant_settlement"], moved["merchant_fees"]) != (
+                        expected_settlement, expected_fee):
+                    result.problem(f"entries.jsonl.gz: entry {sequence}'s money legs are not "
+                                   "what its terms in terms.jsonl give")
         if entry["kind"] in ("settlement", "payout"):
             continue
         redeemed_value = 0
