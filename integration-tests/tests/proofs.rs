@@ -154,6 +154,18 @@ async fn proofs_of_every_entry_verify_and_altered_ones_do_not(backend: Backend) 
             .any(|entry| entry.sequence == closing)
     );
     assert!(coalition::verify::closing_problems(&verified[0], &verified[1]).is_empty());
+    // What payables.jsonl says was payable after the closing entry is checked against the
+    // first period's closing balances and the second's payable postings up to it.
+    assert!(!verified[0].payables.is_empty());
+    let mut wrong = coalition::verify::verify_folder(&first_dir, &[key]).unwrap();
+    *wrong.payables.values_mut().next().unwrap() += 1;
+    let found = coalition::verify::closing_problems(&wrong, &verified[1]);
+    assert!(
+        found
+            .iter()
+            .any(|problem| problem.contains("payables.jsonl is not what was payable")),
+        "{found:?}"
+    );
     // A settlement whose nets differ from what its closing entry moved is reported.
     let mut different = coalition::verify::verify_folder(&first_dir, &[key]).unwrap();
     let settlement = different.settlement.as_mut().unwrap();

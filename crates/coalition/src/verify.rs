@@ -33,6 +33,11 @@ pub struct Verified {
     pub settlement: Option<coalition_domain::settlement::Settlement>,
     /// The closing entries of earlier periods that this period holds.
     pub closings: Vec<Entry>,
+    /// Every posting of the period to a merchant's payable account, in the settlement
+    /// currency: (sequence, merchant, amount). Only closing entries and payouts post there.
+    pub payable_postings: Vec<(u64, String, i64)>,
+    /// What `payables.jsonl` says was payable after the period's closing entry (non-zero).
+    pub payables: BTreeMap<String, i64>,
     pub problems: Vec<String>,
 }
 
@@ -311,7 +316,19 @@ fn check_folder(
                 .filter(|entry| entry.kind == coalition_domain::EntryKind::Settlement)
                 .cloned(),
         );
+        let money = coalition_domain::Asset::Currency(currency);
         for entry in &page {
+            for posting in &entry.postings {
+                if let coalition_domain::AccountKey::MerchantPayable(merchant) = &posting.account
+                    && posting.asset == money
+                {
+                    verified.payable_postings.push((
+                        entry.sequence,
+                        merchant.as_str().to_owned(),
+                        posting.amount,
+                    ));
+                }
+            }
             if let Err(error) = entry.check_balanced() {
                 problems.push(format!("{ENTRIES_FILE}: {error}"));
             }
@@ -450,9 +467,34 @@ fn check_folder(
         .filter(|line| line.opening != 0)
         .cloned()
         .collect();
+    verified.payables = inputs
+        .payables
+        .iter()
+        .filter(|payable| payable.payable_minor != 0)
+        .map(|payable| (payable.merchant_id.clone(), payable.payable_minor))
+        .collect();
+    // Without a closing entry, what was payable is the payable accounts' closing balances.
+    if manifest.closing_sequence.is_none()
+        && verified.payables != payables_at_close(&verified.closing, &manifest.currency)
+    {
+        problems.push(format!(
+            "{PAYABLES_FILE}: not the payable balances of {TRIAL_BALANCE_FILE}"
+        ));
+    }
     verified.settlement = Some(inputs.record.settlement.clone());
     verified.manifest = Some(manifest);
     Ok(())
+}
+
+/// The merchants' payable balances among a trial balance's closing lines (non-zero).
+fn payables_at_close(closing: &[TrialBalanceLine], currency: &str) -> BTreeMap<String, i64> {
+    closing
+        .iter()
+        .filter(|line| {
+            line.account_kind == "merchant_payable" && line.asset == currency && line.closing != 0
+        })
+        .map(|line| (line.owner.clone(), line.closing))
+        .collect()
 }
 
 /// Problems joining `later` onto `earlier`: the second period must start where the first
@@ -633,6 +675,24 @@ pub fn closing_problems(earlier: &Verified, later: &Verified) -> Vec<String> {
             "period {}: its closing entry {sequence} in period {} does not move its settlement's nets into the payables",
             first.period, second.period
         )];
+    }
+    // When `later` follows `earlier` directly, what was payable after the closing entry is
+    // the earlier closing balances plus what the later period posted to payables up to and
+    // including the closing entry: `payables.jsonl`, which the payments come from.
+    if second.previous_hash == first.head_hash && !earlier.closing.is_empty() {
+        let mut payable = payables_at_close(&earlier.closing, &settlement.currency);
+        for (at, merchant, amount) in &later.payable_postings {
+            if *at <= sequence {
+                *payable.entry(merchant.clone()).or_default() += amount;
+            }
+        }
+        payable.retain(|_, amount| *amount != 0);
+        if payable != earlier.payables {
+            return vec![format!(
+                "period {}: {PAYABLES_FILE} is not what was payable after its closing entry {sequence} in period {}",
+                first.period, second.period
+            )];
+        }
     }
     Vec::new()
 }
