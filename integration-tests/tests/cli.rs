@@ -748,6 +748,21 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         printed.contains("moves (-126, -2) (settlement, fee), terms.jsonl's version 2 of tenant-1 gives Some((-128, -2))"),
         "{printed}"
     );
+    // An export of an earlier format is named as such, not read field by field.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let older = read(copy.join("manifest.json"))
+        .replace("\"coalition-export/2\"", "\"coalition-export/1\"");
+    let output = sign_and_verify(&copy, older.as_bytes());
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(
+            "format \"coalition-export/1\"; this version verifies \"coalition-export/2\""
+        ),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     // The manifest unchanged but signed by another key than the one it names.
     let copy = dir.join("resigned");
     let _ = std::fs::remove_dir_all(&copy);
