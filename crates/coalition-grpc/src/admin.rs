@@ -132,6 +132,9 @@ fn merchant_key(key: pb::MerchantKey, now_ms: i64) -> Result<MerchantKey, Status
     })
 }
 
+/// The largest piece of a proof document one `ProveEntries` message carries.
+const PROOF_PIECE_BYTES: usize = 1 << 20;
+
 /// Makes inclusion proofs from signed exports for `ProveEntries`. The export format and its
 /// proofs belong to the binary's crate, which gives the server one of these.
 pub trait Prover: Send + Sync + 'static {
@@ -679,10 +682,14 @@ impl AdminService for Admin {
         }))
     }
 
+    type ProveEntriesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ProveEntriesResponse, Status>> + Send>,
+    >;
+
     async fn prove_entries(
         &self,
         request: Request<pb::ProveEntriesRequest>,
-    ) -> Result<Response<pb::ProveEntriesResponse>, Status> {
+    ) -> Result<Response<Self::ProveEntriesStream>, Status> {
         require_admin(request.metadata(), &self.config)?;
         let Some(prover) = self.config.prover.clone() else {
             return Err(Status::unimplemented(
@@ -700,9 +707,16 @@ impl AdminService for Admin {
         let (proof_json, entries) = tokio::task::spawn_blocking(move || prover.prove(&request))
             .await
             .map_err(|error| Status::internal(format!("the proof was not made: {error}")))??;
-        Ok(Response::new(pb::ProveEntriesResponse {
-            proof_json,
-            entries,
-        }))
+        // Pieces well under the message limit: a busy merchant's proof is tens of megabytes.
+        let pieces: Vec<Result<pb::ProveEntriesResponse, Status>> = proof_json
+            .chunks(PROOF_PIECE_BYTES)
+            .map(|piece| {
+                Ok(pb::ProveEntriesResponse {
+                    proof_json_piece: piece.to_vec(),
+                    entries,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
     }
 }

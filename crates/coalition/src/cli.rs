@@ -649,7 +649,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => bail!("name --export or --period"),
             };
             let proof = crate::proof::prove(&folder, &subject.subject()?)?;
-            write_proof(&serde_json::to_vec_pretty(&proof)?, out.as_deref())
+            write_proof(&serde_json::to_vec(&proof)?, out.as_deref())
         }
         Command::VerifyProof {
             proof,

@@ -897,7 +897,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let subject = crate::proof::Subject::Member { member_id: member };
     let proof = crate::proof::prove(day_export, &subject)?;
     let proof_path = args.dir.join("member.proof.json");
-    std::fs::write(&proof_path, serde_json::to_vec_pretty(&proof)?)
+    std::fs::write(&proof_path, serde_json::to_vec(&proof)?)
         .with_context(|| format!("cannot write {}", proof_path.display()))?;
     let checked = crate::proof::verify_proof(&proof, &key)
         .map_err(|problems| anyhow::anyhow!("the member's proof does not verify: {problems:?}"))?;

@@ -413,7 +413,7 @@ impl coalition_grpc::Prover for ExportsProver {
             ProveError::Other(error) => tonic::Status::internal(format!("{error:#}")),
         })?;
         let entries = u32::try_from(proof.entries.len()).unwrap_or(u32::MAX);
-        let json = serde_json::to_vec_pretty(&proof)
+        let json = serde_json::to_vec(&proof)
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
         Ok((json, entries))
     }

@@ -346,14 +346,18 @@ pub(super) async fn admin(
                 Subject::Merchant { merchant_id } => Wire::MerchantId(merchant_id),
                 Subject::Member { member_id } => Wire::MemberId(member_id),
             };
-            let response = admin
+            let mut pieces = admin
                 .prove_entries(pb::ProveEntriesRequest {
                     period,
                     subject: Some(subject),
                 })
                 .await?
                 .into_inner();
-            super::write_proof(&response.proof_json, out.as_deref())?;
+            let mut proof = Vec::new();
+            while let Some(piece) = pieces.message().await? {
+                proof.extend_from_slice(&piece.proof_json_piece);
+            }
+            super::write_proof(&proof, out.as_deref())?;
         }
         AdminCommand::Alias { alias, target } => {
             let response = admin
