@@ -561,6 +561,13 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     assert!(payments.contains("\ntenant-1,"), "{payments}");
     assert!(!payments.contains("operator_pays"), "{payments}");
 
+    // Every merchant entry's signed envelope is kept, and verify checks each.
+    for file in ["envelopes.jsonl.gz", "keys.jsonl"] {
+        assert!(
+            lean.files.iter().any(|digest| digest.path == file),
+            "{file}"
+        );
+    }
     // Each alone, and both together in order: they chain.
     let verified = stdout(&coalition(&[
         "verify",
@@ -573,6 +580,10 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     ]));
     assert!(
         verified.contains("2 consecutive periods chain"),
+        "{verified}"
+    );
+    assert!(
+        verified.contains("partners' signed envelopes checked for 3 of 3 merchant entries"),
         "{verified}"
     );
     // The old export stays verifiable with the retired key; not with the new one.
@@ -746,6 +757,43 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     assert!(!output.status.success(), "{printed}");
     assert!(
         printed.contains("moves (-126, -2) (settlement, fee), terms.jsonl's version 2 of tenant-1 gives Some((-128, -2))"),
+        "{printed}"
+    );
+    // A partner's signature changed in the kept envelopes and the manifest signed again:
+    // the envelope no longer verifies with the merchant's key.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let stored = std::fs::read(copy.join("envelopes.jsonl.gz")).unwrap();
+    let mut content = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::MultiGzDecoder::new(&stored[..]),
+        &mut content,
+    )
+    .unwrap();
+    let at = content.find("\"signature\":\"").unwrap() + "\"signature\":\"".len();
+    let digit = content.as_bytes()[at];
+    let flipped = if digit == b'0' { "1" } else { "0" };
+    content.replace_range(at..at + 1, flipped);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, content.as_bytes()).unwrap();
+    let written = encoder.finish().unwrap();
+    std::fs::write(copy.join("envelopes.jsonl.gz"), &written).unwrap();
+    let mut resigned = manifest.clone();
+    resigned.operator_public_key = throwaway_public.clone();
+    for digest in &mut resigned.files {
+        if digest.path == "envelopes.jsonl.gz" {
+            digest.sha256 = hex::encode(sha2::Sha256::digest(&written));
+            digest.bytes = written.len() as u64;
+            digest.content_sha256 = Some(hex::encode(sha2::Sha256::digest(content.as_bytes())));
+            digest.content_bytes = Some(content.len() as u64);
+        }
+    }
+    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains("the signature does not verify with key key-1 of"),
         "{printed}"
     );
     // An export of an earlier format is named as such, not read field by field.

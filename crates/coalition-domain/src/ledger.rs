@@ -159,6 +159,8 @@ pub struct Changes {
     pub settlements: Vec<FinalisedPeriod>,
     /// The account of every posting of `entries`, in the same order as the postings.
     pub posting_account_ids: Vec<AccountId>,
+    /// The partners' signed envelopes of the batch's submissions, by entry sequence.
+    pub envelopes: Vec<(u64, std::sync::Arc<crate::submission::SignedEnvelope>)>,
     touched_balances: BTreeSet<(AccountId, Asset)>,
     /// Wallets, reversibles and holds the batch changed, for `state_rows`.
     touched: working_set::Touched,
@@ -563,6 +565,11 @@ impl Ledger {
             self.receipts.get(&receipt_key).cloned().ok_or_else(|| {
                 ApplyError::InvariantViolated("receipt missing after commit".into())
             })?;
+        if let Some(envelope) = &submission.envelope {
+            changes
+                .envelopes
+                .push((receipt.sequence, std::sync::Arc::clone(envelope)));
+        }
         Ok(Outcome::Applied(receipt))
     }
 

@@ -41,5 +41,5 @@ pub use lots::Lot;
 pub use policy::{ExpiryBoundary, LedgerPolicy};
 pub use registry::{Merchant, MerchantCategory, MerchantKey, MerchantStatus, Registry};
 pub use rejection::{Rejection, RejectionReason};
-pub use submission::{RawSubmission, Submission, TransactionKind};
+pub use submission::{RawSubmission, SignedEnvelope, Submission, TransactionKind};
 pub use terms::{MerchantTerms, Prices, TermsError};

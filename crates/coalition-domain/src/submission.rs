@@ -78,6 +78,19 @@ pub struct Submission {
     /// its original result however old it is, so the writer decides this after the
     /// idempotency lookup, never before.
     pub refused_if_new: Option<Rejection>,
+    /// The partner's signed envelope, kept with the entry so that an auditor can check the
+    /// partner's signature from the books (none for submissions made without one, as by
+    /// tests that drive the ledger directly).
+    pub envelope: Option<std::sync::Arc<SignedEnvelope>>,
+}
+
+/// What a partner signed: the body's exact bytes, the key that signed them and the
+/// signature over `"coalition.v1.submission\0" || body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEnvelope {
+    pub key_id: String,
+    pub body: Vec<u8>,
+    pub signature: [u8; 64],
 }
 
 impl Submission {
@@ -231,6 +244,7 @@ impl Submission {
             legacy_units: raw.legacy_units,
             body_hash,
             refused_if_new,
+            envelope: None,
         })
     }
 }

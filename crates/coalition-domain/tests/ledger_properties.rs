@@ -159,6 +159,7 @@ fn submission(
         legacy_units: 0,
         body_hash: coalition_domain::body_hash(format!("{id}/{points}/{member_index}").as_bytes()),
         refused_if_new: None,
+        envelope: None,
     }
 }
 

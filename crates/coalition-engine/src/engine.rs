@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use coalition_domain::SignedEnvelope;
 use coalition_domain::ledger::ExpirySummary;
 use coalition_domain::ledger::Outcome;
 use coalition_domain::registry::RegistryError;
@@ -411,13 +412,22 @@ impl Engine {
         raw: RawSubmission,
         envelope: &Envelope,
     ) -> Result<Submission, Rejection> {
-        Submission::check(
+        let mut submission = Submission::check(
             raw,
             &envelope.merchant_id,
             coalition_domain::body_hash(&envelope.body),
             self.now_ms(),
             &self.inner.config.limits,
-        )
+        )?;
+        // Kept with the entry (an authenticated envelope's signature is 64 bytes).
+        if let Ok(signature) = <[u8; 64]>::try_from(envelope.signature.as_slice()) {
+            submission.envelope = Some(std::sync::Arc::new(SignedEnvelope {
+                key_id: envelope.key_id.clone(),
+                body: envelope.body.clone(),
+                signature,
+            }));
+        }
+        Ok(submission)
     }
 
     async fn send(&self, command: Command) -> Result<(), EngineError> {

@@ -791,6 +791,52 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         ],
         on_conflict: "",
     };
+    let envelopes = Table {
+        name: "envelopes",
+        columns: vec![
+            (
+                "entry_sequence",
+                Column::BigInt(
+                    changes
+                        .envelopes
+                        .iter()
+                        .map(|(sequence, _)| to_i64(*sequence))
+                        .collect(),
+                ),
+            ),
+            (
+                "key_id",
+                Column::Text(
+                    changes
+                        .envelopes
+                        .iter()
+                        .map(|(_, envelope)| envelope.key_id.clone())
+                        .collect(),
+                ),
+            ),
+            (
+                "body",
+                Column::Bytes(
+                    changes
+                        .envelopes
+                        .iter()
+                        .map(|(_, envelope)| envelope.body.clone())
+                        .collect(),
+                ),
+            ),
+            (
+                "signature",
+                Column::Bytes(
+                    changes
+                        .envelopes
+                        .iter()
+                        .map(|(_, envelope)| envelope.signature.to_vec())
+                        .collect(),
+                ),
+            ),
+        ],
+        on_conflict: "",
+    };
     vec![
         terms_table,
         earn_rules,
@@ -799,6 +845,7 @@ fn tables(changes: &Changes, balances: &[(AccountId, Asset, i64)]) -> Vec<Table>
         members,
         aliases,
         entry_table,
+        envelopes,
         postings,
         lots,
         lot_consumptions,

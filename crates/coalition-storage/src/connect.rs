@@ -128,6 +128,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "member history from postings",
         include_str!("../../../migrations/sqlite/0015_member_history_from_postings.sql"),
     ),
+    (
+        16,
+        "partners' signed envelopes",
+        include_str!("../../../migrations/sqlite/0016_envelopes.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -205,6 +210,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "member history from postings",
         include_str!("../../../migrations/postgres/0015_member_history_from_postings.sql"),
+    ),
+    (
+        16,
+        "partners' signed envelopes",
+        include_str!("../../../migrations/postgres/0016_envelopes.sql"),
     ),
 ];
 

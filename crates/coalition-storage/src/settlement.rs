@@ -77,6 +77,37 @@ impl Storage {
         })
     }
 
+    /// The partners' signed envelopes kept for entries `first..=last`, by sequence: (entry
+    /// sequence, key id, body, signature). Entries without one (operator entries, and those
+    /// booked before envelopes were kept) are absent.
+    pub async fn envelopes_between(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, String, Vec<u8>, Vec<u8>)>, StorageError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT entry_sequence, key_id, body, signature FROM envelopes \
+                 WHERE entry_sequence >= $1 AND entry_sequence <= $2 ORDER BY entry_sequence",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>("entry_sequence")? as u64,
+                    row.try_get::<String, _>("key_id")?,
+                    row.try_get::<Vec<u8>, _>("body")?,
+                    row.try_get::<Vec<u8>, _>("signature")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
     /// The range of sequence numbers accepted in `[start_ms, end_ms)`, if any.
     pub async fn period_range(
         &self,

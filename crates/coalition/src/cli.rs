@@ -835,6 +835,19 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
                 }
             }
         }
+        if found.is_empty() && verified.merchant_entries > 0 {
+            println!(
+                "{}: partners' signed envelopes checked for {} of {} merchant entries{}",
+                folder.display(),
+                verified.merchant_entries - verified.without_envelope,
+                verified.merchant_entries,
+                if verified.without_envelope > 0 {
+                    " (the rest were booked before envelopes were kept)"
+                } else {
+                    ""
+                }
+            );
+        }
         problems += found.len();
         // Only the last period's balances are chained to; the earlier ones keep what their
         // closing entries are checked by.

@@ -14,11 +14,11 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::export::{
-    ATTRIBUTIONS_FILE, BalanceKey, ENTRIES_FILE, EntryRecord, Folder, Formats, MANIFEST_FILE,
-    MANIFEST_FORMAT, MERCHANTS_FILE, Manifest, MerchantName, PAYABLES_FILE, Payable, PeriodInputs,
-    PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE, SettlementRecord, TERMS_FILE,
-    TRIAL_BALANCE_FILE, TermsBook, TermsRecord, TrialBalanceLine, priced_side, signed_message,
-    trial_balance_sums,
+    ATTRIBUTIONS_FILE, BalanceKey, ENTRIES_FILE, ENVELOPES_FILE, EntryRecord, EnvelopeRecord,
+    Folder, Formats, KEYS_FILE, KeyRecord, MANIFEST_FILE, MANIFEST_FORMAT, MERCHANTS_FILE,
+    Manifest, MerchantName, PAYABLES_FILE, Payable, PeriodInputs, PeriodWriter, RECONCILIATION_DIR,
+    SIGNATURE_FILE, SettlementRecord, TERMS_FILE, TRIAL_BALANCE_FILE, TermsBook, TermsRecord,
+    TrialBalanceLine, priced_side, signed_message, trial_balance_sums,
 };
 
 /// What verifying one folder found.
@@ -33,6 +33,10 @@ pub struct Verified {
     pub settlement: Option<coalition_domain::settlement::Settlement>,
     /// The closing entries of earlier periods that this period holds.
     pub closings: Vec<Entry>,
+    /// Merchants' entries of the period, and how many of them have no kept envelope (booked
+    /// before envelopes were kept): their partners' signatures cannot be checked.
+    pub merchant_entries: u64,
+    pub without_envelope: u64,
     /// Every posting of the period to a merchant's payable account, in the settlement
     /// currency: (sequence, merchant, amount). Only closing entries and payouts post there.
     pub payable_postings: Vec<(u64, String, i64)>,
@@ -248,6 +252,8 @@ fn check_folder(
     let merchants: Vec<MerchantName> = read_jsonl(folder, MERCHANTS_FILE, problems);
     let payables: Vec<Payable> = read_jsonl(folder, PAYABLES_FILE, problems);
     let terms = TermsBook::new(read_jsonl::<TermsRecord>(folder, TERMS_FILE, problems));
+    let key_records: Vec<KeyRecord> = read_jsonl(folder, KEYS_FILE, problems);
+    let keys = key_book(&key_records, problems);
     let formats = match Formats::from_names(&manifest.formats) {
         Ok(formats) => formats,
         Err(error) => {
@@ -280,6 +286,7 @@ fn check_folder(
         merchants,
         payables,
         terms,
+        keys: key_records,
         formats,
     };
 
@@ -300,7 +307,7 @@ fn check_folder(
     };
     let mut readable = true;
     loop {
-        let (page, attributions) = match pages.next_page() {
+        let (page, attributions, envelopes) = match pages.next_page() {
             Ok(Some(page)) => page,
             Ok(None) => break,
             Err(error) => {
@@ -355,7 +362,18 @@ fn check_folder(
             readable = false;
             break;
         }
-        if let Err(error) = writer.add_page(&page, &attributions) {
+        problems.extend(envelope_problems(&page, &envelopes, &keys));
+        let enveloped: BTreeSet<u64> = envelopes
+            .iter()
+            .map(|envelope| envelope.entry_sequence)
+            .collect();
+        verified.without_envelope += page
+            .iter()
+            .filter(|entry| entry.origin.is_some() && !enveloped.contains(&entry.sequence))
+            .count() as u64;
+        verified.merchant_entries +=
+            page.iter().filter(|entry| entry.origin.is_some()).count() as u64;
+        if let Err(error) = writer.add_page(&page, &attributions, &envelopes) {
             problems.push(format!("{ENTRIES_FILE}: {error:#}"));
             readable = false;
             break;
@@ -553,73 +571,232 @@ pub fn chain_problems(earlier: &Verified, later: &Verified) -> Vec<String> {
 /// Entries per page when `verify` reads an export.
 const PAGE_LEN: usize = 5_000;
 
-/// The entries and attributions files read a page at a time, each page with the
-/// attributions of exactly its entries (attributions come in entry order).
+/// The entries read a page at a time, each page with the attributions and the envelopes of
+/// exactly its entries (both files come in entry order).
 struct Pages {
     entries: Lines,
-    attributions: std::iter::Peekable<Lines>,
     entry_line: usize,
-    attribution_line: usize,
-    last_attributed: u64,
+    attributions: ByEntry<Attribution>,
+    envelopes: ByEntry<EnvelopeRecord>,
 }
 
 type Lines = std::io::Lines<std::io::BufReader<Box<dyn std::io::Read>>>;
+
+/// A JSON lines file whose rows name entries in order, read along with the entries.
+struct ByEntry<T> {
+    name: &'static str,
+    lines: std::iter::Peekable<Lines>,
+    line: usize,
+    last: u64,
+    sequence_of: fn(&T) -> u64,
+}
+
+impl<T: serde::de::DeserializeOwned> ByEntry<T> {
+    fn open(folder: &Path, name: &'static str, sequence_of: fn(&T) -> u64) -> anyhow::Result<Self> {
+        Ok(ByEntry {
+            name,
+            lines: crate::export::read_lines(folder, name)?.peekable(),
+            line: 0,
+            last: 0,
+            sequence_of,
+        })
+    }
+
+    /// The rows for entries up to `last`.
+    fn through(&mut self, last: u64) -> anyhow::Result<Vec<T>> {
+        let mut rows = Vec::new();
+        while let Some(line) = self.lines.peek() {
+            let Ok(line) = line else {
+                bail!("{}: not readable", self.name);
+            };
+            let row: T = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}", self.name, self.line + 1))?;
+            let sequence = (self.sequence_of)(&row);
+            if sequence > last {
+                break;
+            }
+            if sequence < self.last {
+                bail!("{} line {}: not in entry order", self.name, self.line + 1);
+            }
+            self.last = sequence;
+            self.line += 1;
+            self.lines.next();
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// An error when rows remain after the last entry.
+    fn finished(&mut self) -> anyhow::Result<()> {
+        if self.lines.next().is_some() {
+            bail!(
+                "{} line {}: names an entry the period does not have",
+                self.name,
+                self.line + 1
+            );
+        }
+        Ok(())
+    }
+}
 
 impl Pages {
     fn open(folder: &Path) -> anyhow::Result<Pages> {
         Ok(Pages {
             entries: crate::export::read_lines(folder, ENTRIES_FILE)?,
-            attributions: crate::export::read_lines(folder, ATTRIBUTIONS_FILE)?.peekable(),
             entry_line: 0,
-            attribution_line: 0,
-            last_attributed: 0,
+            attributions: ByEntry::open(folder, ATTRIBUTIONS_FILE, |row: &Attribution| {
+                row.entry_sequence
+            })?,
+            envelopes: ByEntry::open(folder, ENVELOPES_FILE, |row: &EnvelopeRecord| {
+                row.entry_sequence
+            })?,
         })
     }
 
-    fn next_page(&mut self) -> anyhow::Result<Option<(Vec<Entry>, Vec<Attribution>)>> {
+    #[allow(clippy::type_complexity)]
+    fn next_page(
+        &mut self,
+    ) -> anyhow::Result<Option<(Vec<Entry>, Vec<Attribution>, Vec<EnvelopeRecord>)>> {
         let mut page = Vec::with_capacity(PAGE_LEN);
         for line in self.entries.by_ref().take(PAGE_LEN) {
             self.entry_line += 1;
-            let line = line.context("{ENTRIES_FILE}: not readable")?;
+            let line = line.with_context(|| format!("{ENTRIES_FILE}: not readable"))?;
             let record: EntryRecord = serde_json::from_str(&line)
                 .with_context(|| format!("{ENTRIES_FILE} line {}", self.entry_line))?;
             page.push(record.to_entry().context(ENTRIES_FILE)?);
         }
         let Some(last) = page.last().map(|entry| entry.sequence) else {
-            if let Some(line) = self.attributions.next() {
-                line.with_context(|| format!("{ATTRIBUTIONS_FILE}: not readable"))?;
-                bail!(
-                    "{ATTRIBUTIONS_FILE} line {}: attributes an entry the period does not have",
-                    self.attribution_line + 1
-                );
-            }
+            self.attributions.finished()?;
+            self.envelopes.finished()?;
             return Ok(None);
         };
-        let mut attributions = Vec::new();
-        while let Some(line) = self.attributions.peek() {
-            let line = match line {
-                Ok(line) => line,
-                Err(_) => bail!("{ATTRIBUTIONS_FILE}: not readable"),
-            };
-            let attribution: Attribution = serde_json::from_str(line).with_context(|| {
-                format!("{ATTRIBUTIONS_FILE} line {}", self.attribution_line + 1)
-            })?;
-            if attribution.entry_sequence > last {
-                break;
-            }
-            if attribution.entry_sequence < self.last_attributed {
-                bail!(
-                    "{ATTRIBUTIONS_FILE} line {}: not in entry order",
-                    self.attribution_line + 1
+        let attributions = self.attributions.through(last)?;
+        let envelopes = self.envelopes.through(last)?;
+        Ok(Some((page, attributions, envelopes)))
+    }
+}
+
+/// The keys of `keys.jsonl`: per (merchant, key id), the public key and since when it may
+/// sign.
+fn key_book(
+    records: &[KeyRecord],
+    problems: &mut Vec<String>,
+) -> BTreeMap<(String, String), (VerifyingKey, i64)> {
+    let mut book = BTreeMap::new();
+    for record in records {
+        let key = hex::decode(&record.public_key)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .and_then(|bytes| coalition_domain::signing::parse_public_key(&bytes).ok());
+        match key {
+            Some(key) => {
+                book.insert(
+                    (record.merchant_id.clone(), record.key_id.clone()),
+                    (key, record.valid_from_ms),
                 );
             }
-            self.last_attributed = attribution.entry_sequence;
-            self.attribution_line += 1;
-            self.attributions.next();
-            attributions.push(attribution);
+            None => problems.push(format!(
+                "{KEYS_FILE}: key {} of {} is not an ed25519 public key",
+                record.key_id, record.merchant_id
+            )),
         }
-        Ok(Some((page, attributions)))
     }
+    book
+}
+
+/// Problems with a page's envelopes: each must belong to a merchant's entry of the page,
+/// its body must hash to the entry's body hash, and its signature must verify (strictly,
+/// as the server checked it) with a key of that merchant in `keys.jsonl` that could sign by
+/// the entry's acceptance. Checked on every core: this is a signature per entry.
+fn envelope_problems(
+    page: &[Entry],
+    envelopes: &[EnvelopeRecord],
+    keys: &BTreeMap<(String, String), (VerifyingKey, i64)>,
+) -> Vec<String> {
+    let check = |envelope: &EnvelopeRecord| -> Option<String> {
+        let sequence = envelope.entry_sequence;
+        let entry = page
+            .first()
+            .and_then(|first| sequence.checked_sub(first.sequence))
+            .and_then(|index| page.get(index as usize))
+            .filter(|entry| entry.sequence == sequence);
+        let Some(origin) = entry.and_then(|entry| entry.origin.as_ref()) else {
+            return Some(format!(
+                "{ENVELOPES_FILE}: entry {sequence} is no merchant's entry"
+            ));
+        };
+        let body = hex::decode(&envelope.body).ok()?;
+        if coalition_domain::body_hash(&body) != origin.body_hash {
+            return Some(format!(
+                "{ENVELOPES_FILE}: entry {sequence}: the body does not hash to the entry's body hash"
+            ));
+        }
+        let merchant = origin.merchant_id.as_str().to_owned();
+        let Some((key, valid_from_ms)) = keys.get(&(merchant.clone(), envelope.key_id.clone()))
+        else {
+            return Some(format!(
+                "{ENVELOPES_FILE}: entry {sequence}: {KEYS_FILE} has no key {} of {merchant}",
+                envelope.key_id
+            ));
+        };
+        let accepted_at_ms = entry.map_or(0, |entry| entry.accepted_at_ms);
+        if *valid_from_ms > accepted_at_ms {
+            return Some(format!(
+                "{ENVELOPES_FILE}: entry {sequence}: key {} of {merchant} in {KEYS_FILE} could not sign before {valid_from_ms}",
+                envelope.key_id
+            ));
+        }
+        let signature = hex::decode(&envelope.signature)
+            .ok()
+            .and_then(|bytes| coalition_domain::signing::parse_signature(&bytes).ok());
+        let verified = signature.is_some_and(|signature| {
+            coalition_domain::signing::verify(
+                key,
+                coalition_domain::signing::SUBMISSION_DOMAIN,
+                &body,
+                &signature,
+            )
+            .is_ok()
+        });
+        (!verified).then(|| {
+            format!(
+                "{ENVELOPES_FILE}: entry {sequence}: the signature does not verify with key {} of {merchant} in {KEYS_FILE}",
+                envelope.key_id
+            )
+        })
+    };
+    let malformed = |envelope: &EnvelopeRecord| {
+        format!(
+            "{ENVELOPES_FILE}: entry {}: the body is not hex",
+            envelope.entry_sequence
+        )
+    };
+    let halves = envelopes.split_at(envelopes.len() / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| {
+            halves
+                .1
+                .iter()
+                .filter_map(|envelope| {
+                    hex::decode(&envelope.body)
+                        .map_or_else(|_| Some(malformed(envelope)), |_| check(envelope))
+                })
+                .collect::<Vec<_>>()
+        });
+        let first: Vec<String> = halves
+            .0
+            .iter()
+            .filter_map(|envelope| {
+                hex::decode(&envelope.body)
+                    .map_or_else(|_| Some(malformed(envelope)), |_| check(envelope))
+            })
+            .collect();
+        (
+            first,
+            second.join().expect("the envelope checks do not panic"),
+        )
+    });
+    first.into_iter().chain(second).collect()
 }
 
 /// What `verify` makes a signed file from, for its report when the file is not that.

@@ -8,8 +8,9 @@ from what the server writes: CI runs it on the demo's exports.
 It checks the manifest's signature and that the manifest names the key, every file's
 digest (and a compressed file's content), no file the manifest does not name (beside the
 unsigned reconciliation reports), the hash chain, the Merkle root, that every entry
-balances per asset and lies in the period, every earn's and burn's money legs against the
-merchant's terms in force, the trial balance, and the settlement
+balances per asset and lies in the period, the partners' signed envelopes (body hash and
+signature), every earn's and burn's money legs against the merchant's terms in force, the
+trial balance, and the settlement
 recomputed from the entries and the attribution; given several periods, that they chain.
 Exit status 0 when everything verifies, 1 otherwise.
 """
@@ -34,6 +35,7 @@ MANIFEST_FORMAT = "coalition-export/2"
 PROOF_FORMAT = "coalition-proof/1"
 SIGNATURE_DOMAIN = b"coalition.v1.export-manifest\0"
 ENTRY_DOMAIN = b"coalition.v1.entry\0"
+SUBMISSION_DOMAIN = b"coalition.v1.submission\0"
 
 
 # --- encodings (docs/entry-hash.md, docs/export-format.md) ---------------------------------
@@ -299,6 +301,8 @@ def verify_export(folder: str, key: bytes) -> Export:
         if share != decimal.Decimal(net["breakage_share"]):
             result.problem(f"settlement.json: {net['merchant_id']}'s breakage share is not "
                            "the one of its terms in force (terms.jsonl)")
+    keys = {(k["merchant_id"], k["key_id"]): k for k in _lines(folder, "keys.jsonl")}
+    envelopes = {e["entry_sequence"]: e for e in _lines(folder, "envelopes.jsonl.gz")}
     previous = bytes.fromhex(manifest["previous_hash"])
     sequence = manifest["first_sequence"] - 1
     tree = RootBuilder()
@@ -327,6 +331,21 @@ def verify_export(folder: str, key: bytes) -> Export:
                 line_[2] -= posting["amount"]
         if any(sums.values()):
             result.problem(f"entries.jsonl.gz: entry {sequence} does not balance")
+        envelope = envelopes.pop(sequence, None)
+        if envelope is not None:
+            body = bytes.fromhex(envelope["body"])
+            key = keys.get((entry["merchant_id"], envelope["key_id"]))
+            if hashlib.sha256(body).hexdigest() != entry["body_hash"]:
+                result.problem(f"envelopes.jsonl.gz: entry {sequence}'s body is not the one hashed")
+            elif key is None or key["valid_from_ms"] > entry["accepted_at_ms"]:
+                result.problem(f"envelopes.jsonl.gz: entry {sequence}'s key is not in keys.jsonl")
+            else:
+                try:
+                    Ed25519PublicKey.from_public_bytes(bytes.fromhex(key["public_key"])).verify(
+                        bytes.fromhex(envelope["signature"]), SUBMISSION_DOMAIN + body)
+                except (InvalidSignature, ValueError):
+                    result.problem(f"envelopes.jsonl.gz: entry {sequence}'s partner signature "
+                                   "does not verify")
         if entry["kind"] in ("earn", "burn") and entry["merchant_id"] is not None:
             merchant = entry["merchant_id"]
             version = in_force(merchant, entry["accepted_at_ms"])
@@ -382,6 +401,8 @@ def verify_export(folder: str, key: bytes) -> Export:
                 operator[_OPERATOR[kind]] += amount
         if entry["kind"] in _REDEMPTIONS and entry["merchant_id"] is not None:
             redemptions[sequence] = (entry["merchant_id"], entry["points"], redeemed_value)
+    if envelopes:
+        result.problem("envelopes.jsonl.gz: names entries the period does not have")
     if previous.hex() != manifest["head_hash"] or count != manifest["entries"]:
         result.problem("entries.jsonl.gz: does not end at the manifest's head")
     if tree.root().hex() != manifest["entries_root"]:

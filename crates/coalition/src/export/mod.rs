@@ -190,6 +190,9 @@ pub const ENTRIES_FILE: &str = "entries.jsonl.gz";
 pub const ATTRIBUTIONS_FILE: &str = "attributions.jsonl.gz";
 /// The trial balance, whose openings are an input.
 pub const TRIAL_BALANCE_FILE: &str = "trial_balance.jsonl.gz";
+/// The partners' signed envelopes of the period's entries, and the keys that signed them.
+pub const ENVELOPES_FILE: &str = "envelopes.jsonl.gz";
+pub const KEYS_FILE: &str = "keys.jsonl";
 /// The payments' inputs.
 pub const MERCHANTS_FILE: &str = "merchants.jsonl";
 pub const PAYABLES_FILE: &str = "payables.jsonl";
@@ -325,13 +328,38 @@ async fn read_and_write(
                 .iter()
                 .map(TermsRecord::from_terms),
         ),
+        keys: registry
+            .merchants()
+            .flat_map(|merchant| {
+                merchant.keys.iter().map(|key| KeyRecord {
+                    merchant_id: merchant.merchant_id.as_str().to_owned(),
+                    key_id: key.key_id.as_str().to_owned(),
+                    public_key: hex::encode(key.public_key.as_bytes()),
+                    valid_from_ms: key.valid_from_ms,
+                })
+            })
+            .collect(),
         formats: options.formats,
     };
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create {}", options.out.display()))?;
     let mut writer = PeriodWriter::begin(Folder::on_disk(options.out.clone()), &inputs)?;
     while let Some((page, attributions)) = pages.next_page().await? {
-        writer.add_page(&page, &attributions)?;
+        let envelopes: Vec<EnvelopeRecord> = match (page.first(), page.last()) {
+            (Some(first), Some(last)) => storage
+                .envelopes_between(first.sequence, last.sequence)
+                .await?
+                .into_iter()
+                .map(|(entry_sequence, key_id, body, signature)| EnvelopeRecord {
+                    entry_sequence,
+                    key_id,
+                    body: hex::encode(body),
+                    signature: hex::encode(signature),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        writer.add_page(&page, &attributions, &envelopes)?;
     }
     let expected_count = if range.is_some() {
         last_sequence - first_sequence + 1

@@ -385,3 +385,24 @@ pub struct Payable {
     pub merchant_id: String,
     pub payable_minor: i64,
 }
+
+/// A partner's signed envelope as `envelopes.jsonl.gz` holds it: the entry it made, the key
+/// that signed, the body's exact bytes and the signature over
+/// `"coalition.v1.submission\0" || body` (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeRecord {
+    pub entry_sequence: u64,
+    pub key_id: String,
+    pub body: String,
+    pub signature: String,
+}
+
+/// A merchant's key that signed an envelope of the period, as `keys.jsonl` holds it: what
+/// `verify` checks the signatures with, and since when the key may sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub merchant_id: String,
+    pub key_id: String,
+    pub public_key: String,
+    pub valid_from_ms: i64,
+}

@@ -60,6 +60,8 @@ pub(crate) struct PeriodInputs {
     pub payables: Vec<Payable>,
     /// Merchants' terms by version (every version the database has, or the export's own).
     pub terms: TermsBook,
+    /// Merchants' keys (every key the registry has, or the export's own).
+    pub keys: Vec<KeyRecord>,
     pub formats: Formats,
 }
 
@@ -73,6 +75,9 @@ pub(crate) struct PeriodWriter<'a> {
     currency: CurrencyCode,
     entries_jsonl: Streamed,
     attributions_jsonl: Streamed,
+    envelopes_jsonl: Streamed,
+    /// The (merchant, key) of every envelope written.
+    keys_used: std::collections::BTreeSet<(String, String)>,
     entries_csv: Option<Streamed>,
     postings_csv: Option<Streamed>,
     attributions_csv: Option<Streamed>,
@@ -102,6 +107,7 @@ impl<'a> PeriodWriter<'a> {
         let formats = inputs.formats;
         let entries_jsonl = folder.create(ENTRIES_FILE, None)?;
         let attributions_jsonl = folder.create(ATTRIBUTIONS_FILE, None)?;
+        let envelopes_jsonl = folder.create(ENVELOPES_FILE, None)?;
         let (entries_csv, postings_csv, attributions_csv) = if formats.csv {
             (
                 Some(folder.create("entries.csv", Some(&ENTRY_COLUMNS))?),
@@ -148,6 +154,8 @@ impl<'a> PeriodWriter<'a> {
             currency,
             entries_jsonl,
             attributions_jsonl,
+            envelopes_jsonl,
+            keys_used: std::collections::BTreeSet::new(),
             entries_csv,
             postings_csv,
             attributions_csv,
@@ -166,7 +174,27 @@ impl<'a> PeriodWriter<'a> {
         &mut self,
         page: &[Entry],
         attributions: &[settlement::Attribution],
+        envelopes: &[EnvelopeRecord],
     ) -> anyhow::Result<()> {
+        for envelope in envelopes {
+            let merchant = page
+                .first()
+                .and_then(|first| envelope.entry_sequence.checked_sub(first.sequence))
+                .and_then(|index| page.get(index as usize))
+                .filter(|entry| entry.sequence == envelope.entry_sequence)
+                .and_then(|entry| entry.origin.as_ref())
+                .with_context(|| {
+                    format!(
+                        "an envelope names entry {}, which is no merchant's entry of this page",
+                        envelope.entry_sequence
+                    )
+                })?;
+            self.keys_used.insert((
+                merchant.merchant_id.as_str().to_owned(),
+                envelope.key_id.clone(),
+            ));
+            self.envelopes_jsonl.jsonl(envelope)?;
+        }
         let cutoff = &self.inputs.cutoff;
         for entry in page {
             if entry.sequence != self.inputs.first_sequence + self.entry_count {
@@ -244,6 +272,8 @@ impl<'a> PeriodWriter<'a> {
             inputs,
             entries_jsonl,
             attributions_jsonl,
+            envelopes_jsonl,
+            keys_used,
             entries_csv,
             postings_csv,
             attributions_csv,
@@ -254,7 +284,7 @@ impl<'a> PeriodWriter<'a> {
             entry_count,
             ..
         } = self;
-        for streamed in [entries_jsonl, attributions_jsonl]
+        for streamed in [entries_jsonl, attributions_jsonl, envelopes_jsonl]
             .into_iter()
             .chain(entries_csv)
             .chain(postings_csv)
@@ -314,6 +344,16 @@ impl<'a> PeriodWriter<'a> {
             TERMS_FILE,
             inputs.terms.needed(&terms_used, &inputs.record.settlement),
         )?;
+        let mut keys: Vec<&KeyRecord> = inputs
+            .keys
+            .iter()
+            .filter(|key| keys_used.contains(&(key.merchant_id.clone(), key.key_id.clone())))
+            .collect();
+        keys.sort_by(|left, right| {
+            (&left.merchant_id, &left.key_id).cmp(&(&right.merchant_id, &right.key_id))
+        });
+        keys.dedup();
+        folder.jsonl(KEYS_FILE, keys)?;
         folder.jsonl(MERCHANTS_FILE, &inputs.merchants)?;
         folder.jsonl(PAYABLES_FILE, &inputs.payables)?;
         let payables: BTreeMap<String, i64> = inputs
