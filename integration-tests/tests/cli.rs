@@ -403,8 +403,13 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
             "0.01",
             "--breakage-share",
             share,
+            "--earn-points-per-minor",
+            "0.01",
         ]));
     }
+    // Earn rules: gold members earn half as much again on earns by spend.
+    stdout(&admin(&["set-earn-rules", "--tier", "gold=1.5"]));
+    stdout(&admin(&["enroll", "--tier", "gold", "m-gold"]));
     let cutoff = server.config.engine().settlement_cutoff;
     let first = cutoff.next(&cutoff.period_at(server.now_ms()));
     let second = cutoff.next(&first);
@@ -419,6 +424,16 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         ..server.body(&tenant, pb::TransactionKind::Earn, "e-3", "m-2", 120)
     };
     accepted(&server.submit(tenant.envelope(&body)).await);
+    // ¥179.99 at one point per yuan for a gold member: 179.99 × 1.5 = 269.985 → 269.
+    let by_spend = pb::TransactionBody {
+        points: 0,
+        spend_minor: Some(17_999),
+        ..server.body(&tenant, pb::TransactionKind::Earn, "e-gold", "m-gold", 0)
+    };
+    assert_eq!(
+        accepted(&server.submit(tenant.envelope(&by_spend)).await).points,
+        269
+    );
     server.clock.set(second.end_ms + 3_600_000);
 
     let preview = stdout(&admin(&["settle", "preview", "--period", &first.label]));
@@ -687,12 +702,21 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         } else {
             0
         };
-        let Some(at) = bytes[from..].iter().position(u8::is_ascii_digit) else {
-            skipped.push(file.path.clone());
-            continue;
-        };
-        let at = from + at;
-        bytes[at] = b'0' + (bytes[at] - b'0' + 1) % 10;
+        match bytes[from..].iter().position(u8::is_ascii_digit) {
+            Some(at) => {
+                let at = from + at;
+                bytes[at] = b'0' + (bytes[at] - b'0' + 1) % 10;
+            }
+            // A file without digits (member tiers): its first value's first letter.
+            None => {
+                let Some(at) = bytes.windows(3).position(|window| window == b"\":\"") else {
+                    skipped.push(file.path.clone());
+                    continue;
+                };
+                let at = at + 3;
+                bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+            }
+        }
         let copy = dir.join("resigned");
         let _ = std::fs::remove_dir_all(&copy);
         copy_dir(&second_dir, &copy);
@@ -794,6 +818,30 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     assert!(!output.status.success(), "{printed}");
     assert!(
         printed.contains("the signature does not verify with key key-1 of"),
+        "{printed}"
+    );
+    // A gold multiplier changed in the earn rules and signed again: the earn by spend no
+    // longer follows.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let rules = read(copy.join("earn_rules.jsonl"));
+    let richer = rules.replace("\"gold\":\"1.5\"", "\"gold\":\"1.6\"");
+    assert_ne!(rules, richer);
+    std::fs::write(copy.join("earn_rules.jsonl"), &richer).unwrap();
+    let mut resigned = manifest.clone();
+    resigned.operator_public_key = throwaway_public.clone();
+    for digest in &mut resigned.files {
+        if digest.path == "earn_rules.jsonl" {
+            digest.sha256 = hex::encode(sha2::Sha256::digest(richer.as_bytes()));
+            digest.bytes = richer.len() as u64;
+        }
+    }
+    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains("earned 269 points, earn_rules.jsonl version 1, member_tiers.jsonl and terms.jsonl give Some(287)"),
         "{printed}"
     );
     // An export of an earlier format is named as such, not read field by field.

@@ -108,6 +108,66 @@ impl Storage {
         Ok(rows)
     }
 
+    /// The members of the earns among entries `first..=last` whose points the earn rules
+    /// gave (they record an earn rule version).
+    pub async fn members_earning_by_rules(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<String>, StorageError> {
+        let members = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT DISTINCT member_id FROM entries \
+                 WHERE sequence >= $1 AND sequence <= $2 AND earn_rule_version IS NOT NULL",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("member_id"))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(members)
+    }
+
+    /// The tier each of `members` was enrolled with (`None`: no tier); members not enrolled
+    /// are absent. Tiers never change after enrolment, so this is the tier of every earn.
+    pub async fn member_tiers(
+        &self,
+        members: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Option<String>>, StorageError> {
+        let mut tiers = std::collections::BTreeMap::new();
+        for chunk in members.chunks(500) {
+            let placeholders = (1..=chunk.len())
+                .map(|index| format!("${index}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("SELECT member_id, tier FROM members WHERE member_id IN ({placeholders})");
+            let rows = with_pool!(self, pool => {
+                // Only numbered placeholders are formatted into the text; the ids are bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for member in chunk {
+                    query = query.bind(member.as_str());
+                }
+                query
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<String, _>("member_id")?,
+                            row.try_get::<Option<String>, _>("tier")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            tiers.extend(rows);
+        }
+        Ok(tiers)
+    }
+
     /// The range of sequence numbers accepted in `[start_ms, end_ms)`, if any.
     pub async fn period_range(
         &self,

@@ -14,11 +14,12 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::export::{
-    ATTRIBUTIONS_FILE, BalanceKey, ENTRIES_FILE, ENVELOPES_FILE, EntryRecord, EnvelopeRecord,
-    Folder, Formats, KEYS_FILE, KeyRecord, MANIFEST_FILE, MANIFEST_FORMAT, MERCHANTS_FILE,
-    Manifest, MerchantName, PAYABLES_FILE, Payable, PeriodInputs, PeriodWriter, RECONCILIATION_DIR,
-    SIGNATURE_FILE, SettlementRecord, TERMS_FILE, TRIAL_BALANCE_FILE, TermsBook, TermsRecord,
-    TrialBalanceLine, priced_side, signed_message, trial_balance_sums,
+    ATTRIBUTIONS_FILE, BalanceKey, EARN_RULES_FILE, ENTRIES_FILE, ENVELOPES_FILE, EarnRulesRecord,
+    EntryRecord, EnvelopeRecord, Folder, Formats, KEYS_FILE, KeyRecord, MANIFEST_FILE,
+    MANIFEST_FORMAT, MEMBER_TIERS_FILE, MERCHANTS_FILE, Manifest, MemberTier, MerchantName,
+    PAYABLES_FILE, Payable, PeriodInputs, PeriodWriter, RECONCILIATION_DIR, SIGNATURE_FILE,
+    SettlementRecord, TERMS_FILE, TRIAL_BALANCE_FILE, TermsBook, TermsRecord, TrialBalanceLine,
+    priced_side, signed_message, trial_balance_sums,
 };
 
 /// What verifying one folder found.
@@ -253,6 +254,25 @@ fn check_folder(
     let payables: Vec<Payable> = read_jsonl(folder, PAYABLES_FILE, problems);
     let terms = TermsBook::new(read_jsonl::<TermsRecord>(folder, TERMS_FILE, problems));
     let key_records: Vec<KeyRecord> = read_jsonl(folder, KEYS_FILE, problems);
+    let earn_rules: Vec<EarnRulesRecord> = read_jsonl(folder, EARN_RULES_FILE, problems);
+    let member_tiers: BTreeMap<String, Option<String>> =
+        read_jsonl::<MemberTier>(folder, MEMBER_TIERS_FILE, problems)
+            .into_iter()
+            .map(|row| (row.member_id, row.tier))
+            .collect();
+    let rules_by_version: BTreeMap<u32, coalition_domain::EarnRules> = earn_rules
+        .iter()
+        .filter_map(|record| {
+            let rules = record.to_rules();
+            if rules.is_none() {
+                problems.push(format!(
+                    "{EARN_RULES_FILE}: version {} does not parse",
+                    record.version
+                ));
+            }
+            rules.map(|rules| (record.version, rules))
+        })
+        .collect();
     let keys = key_book(&key_records, problems);
     let formats = match Formats::from_names(&manifest.formats) {
         Ok(formats) => formats,
@@ -287,6 +307,8 @@ fn check_folder(
         payables,
         terms,
         keys: key_records,
+        earn_rules,
+        member_tiers,
         formats,
     };
 
@@ -346,6 +368,14 @@ fn check_folder(
                 problems.push(format!("{ENTRIES_FILE}: {error}"));
             }
             if let Some(problem) = priced_problem(entry, &inputs.terms, currency) {
+                problems.push(problem);
+            }
+            if let Some(problem) = rules_problem(
+                entry,
+                &inputs.terms,
+                &rules_by_version,
+                &inputs.member_tiers,
+            ) {
                 problems.push(problem);
             }
             if entry.accepted_at_ms < manifest.start_ms || entry.accepted_at_ms >= manifest.end_ms {
@@ -932,6 +962,56 @@ fn priced_problem(entry: &Entry, terms: &TermsBook, currency: CurrencyCode) -> O
         format!(
             "{ENTRIES_FILE}: entry {sequence} moves {recorded:?} (settlement, fee), {TERMS_FILE}'s version {} of {merchant} gives {legs:?}",
             record.version
+        )
+    })
+}
+
+/// What is wrong with an earn whose points the earn rules gave, if anything: the version it
+/// records must be the one in force at its acceptance, and its points must be its spend
+/// times its merchant's base rate (the terms in force) times the multiplier of that version
+/// for the member's tier, the merchant and the purchase time, rounded down
+/// (`earn_rules::points_for_spend`).
+fn rules_problem(
+    entry: &Entry,
+    terms: &TermsBook,
+    rules: &BTreeMap<u32, coalition_domain::EarnRules>,
+    tiers: &BTreeMap<String, Option<String>>,
+) -> Option<String> {
+    let version = entry.earn_rule_version?;
+    let sequence = entry.sequence;
+    let (Some(origin), Some(member)) = (&entry.origin, &entry.member_id) else {
+        return Some(format!(
+            "{ENTRIES_FILE}: entry {sequence} records earn rules but is no merchant's earn"
+        ));
+    };
+    let in_force = rules
+        .values()
+        .rev()
+        .find(|rules| rules.effective_from_ms <= entry.accepted_at_ms);
+    let Some(rules_in_force) = in_force.filter(|rules| rules.version == version) else {
+        return Some(format!(
+            "{ENTRIES_FILE}: entry {sequence} records earn rules version {version}, {EARN_RULES_FILE} has {:?} in force",
+            in_force.map(|rules| rules.version)
+        ));
+    };
+    let Some(tier) = tiers.get(member.as_str()) else {
+        return Some(format!(
+            "{ENTRIES_FILE}: entry {sequence}: {MEMBER_TIERS_FILE} does not name member {member}"
+        ));
+    };
+    let base = terms
+        .in_force(origin.merchant_id.as_str(), entry.accepted_at_ms)
+        .and_then(|record| record.earn_points_per_minor.as_deref())
+        .and_then(|rate| Decimal::from_str_exact(rate).ok());
+    let multiplier =
+        rules_in_force.multiplier(tier.as_deref(), &origin.merchant_id, origin.occurred_at_ms);
+    let expected = base.and_then(|base| {
+        coalition_domain::earn_rules::points_for_spend(entry.spend_minor?, base, multiplier)
+    });
+    (expected != Some(entry.points)).then(|| {
+        format!(
+            "{ENTRIES_FILE}: entry {sequence} earned {} points, {EARN_RULES_FILE} version {version}, {MEMBER_TIERS_FILE} and {TERMS_FILE} give {expected:?}",
+            entry.points
         )
     })
 }

@@ -193,6 +193,9 @@ pub const TRIAL_BALANCE_FILE: &str = "trial_balance.jsonl.gz";
 /// The partners' signed envelopes of the period's entries, and the keys that signed them.
 pub const ENVELOPES_FILE: &str = "envelopes.jsonl.gz";
 pub const KEYS_FILE: &str = "keys.jsonl";
+/// The earn rules the period's earns by spend were priced by, and their members' tiers.
+pub const EARN_RULES_FILE: &str = "earn_rules.jsonl";
+pub const MEMBER_TIERS_FILE: &str = "member_tiers.jsonl";
 /// The payments' inputs.
 pub const MERCHANTS_FILE: &str = "merchants.jsonl";
 pub const PAYABLES_FILE: &str = "payables.jsonl";
@@ -339,6 +342,19 @@ async fn read_and_write(
                 })
             })
             .collect(),
+        earn_rules: storage
+            .load_earn_rules()
+            .await?
+            .iter()
+            .map(EarnRulesRecord::from_rules)
+            .collect(),
+        member_tiers: storage
+            .member_tiers(
+                &storage
+                    .members_earning_by_rules(first_sequence, last_sequence)
+                    .await?,
+            )
+            .await?,
         formats: options.formats,
     };
     std::fs::create_dir_all(&options.out)

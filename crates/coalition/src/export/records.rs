@@ -288,6 +288,8 @@ pub struct TermsRecord {
     pub redeem_price_minor_per_point: String,
     pub fee_minor_per_point: String,
     pub breakage_share: String,
+    /// The base earn rate, points per minor unit of spend, for earns sent with a spend.
+    pub earn_points_per_minor: Option<String>,
 }
 
 impl TermsRecord {
@@ -300,6 +302,7 @@ impl TermsRecord {
             redeem_price_minor_per_point: terms.redeem_price_minor_per_point.to_string(),
             fee_minor_per_point: terms.fee_minor_per_point.to_string(),
             breakage_share: terms.breakage_share.to_string(),
+            earn_points_per_minor: terms.earn_points_per_minor.map(|rate| rate.to_string()),
         }
     }
 }
@@ -405,4 +408,91 @@ pub struct KeyRecord {
     pub key_id: String,
     pub public_key: String,
     pub valid_from_ms: i64,
+}
+
+/// One version of the alliance's earn rules as `earn_rules.jsonl` holds it (decimals as
+/// strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarnRulesRecord {
+    pub version: u32,
+    pub effective_from_ms: i64,
+    pub tier_multipliers: BTreeMap<String, String>,
+    pub campaigns: Vec<CampaignRecord>,
+}
+
+/// A time-boxed multiplier of an earn rules version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub name: String,
+    pub merchant_id: Option<String>,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub multiplier: String,
+}
+
+impl EarnRulesRecord {
+    pub fn from_rules(rules: &coalition_domain::EarnRules) -> EarnRulesRecord {
+        EarnRulesRecord {
+            version: rules.version,
+            effective_from_ms: rules.effective_from_ms,
+            tier_multipliers: rules
+                .tier_multipliers
+                .iter()
+                .map(|(tier, multiplier)| (tier.clone(), multiplier.to_string()))
+                .collect(),
+            campaigns: rules
+                .campaigns
+                .iter()
+                .map(|campaign| CampaignRecord {
+                    name: campaign.name.clone(),
+                    merchant_id: campaign
+                        .merchant_id
+                        .as_ref()
+                        .map(|merchant| merchant.as_str().to_owned()),
+                    starts_at_ms: campaign.starts_at_ms,
+                    ends_at_ms: campaign.ends_at_ms,
+                    multiplier: campaign.multiplier.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The rules back, for computing an earn's multiplier; `None` when a decimal or a
+    /// merchant id does not parse.
+    pub fn to_rules(&self) -> Option<coalition_domain::EarnRules> {
+        let decimal = |text: &str| rust_decimal::Decimal::from_str_exact(text).ok();
+        Some(coalition_domain::EarnRules {
+            version: self.version,
+            effective_from_ms: self.effective_from_ms,
+            tier_multipliers: self
+                .tier_multipliers
+                .iter()
+                .map(|(tier, multiplier)| Some((tier.clone(), decimal(multiplier)?)))
+                .collect::<Option<_>>()?,
+            campaigns: self
+                .campaigns
+                .iter()
+                .map(|campaign| {
+                    Some(coalition_domain::Campaign {
+                        name: campaign.name.clone(),
+                        merchant_id: match &campaign.merchant_id {
+                            Some(merchant) => Some(MerchantId::new(merchant.clone()).ok()?),
+                            None => None,
+                        },
+                        starts_at_ms: campaign.starts_at_ms,
+                        ends_at_ms: campaign.ends_at_ms,
+                        multiplier: decimal(&campaign.multiplier)?,
+                    })
+                })
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// The tier a member was enrolled with, as `member_tiers.jsonl` holds it: the members of the
+/// period's earns whose points came from a spend and the earn rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberTier {
+    pub member_id: String,
+    pub tier: Option<String>,
 }

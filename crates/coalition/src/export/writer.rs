@@ -62,6 +62,10 @@ pub(crate) struct PeriodInputs {
     pub terms: TermsBook,
     /// Merchants' keys (every key the registry has, or the export's own).
     pub keys: Vec<KeyRecord>,
+    /// The earn rules by version (every version, or the export's own).
+    pub earn_rules: Vec<EarnRulesRecord>,
+    /// The tiers of (at least) the members of the period's earns priced by the earn rules.
+    pub member_tiers: BTreeMap<String, Option<String>>,
     pub formats: Formats,
 }
 
@@ -88,6 +92,9 @@ pub(crate) struct PeriodWriter<'a> {
     tree: merkle::RootBuilder,
     /// The terms versions the period's priced entries record.
     terms_used: std::collections::BTreeSet<(String, u32)>,
+    /// The earn rules versions the period's earns record, and their members.
+    rules_used: std::collections::BTreeSet<u32>,
+    rule_members: std::collections::BTreeSet<String>,
     pub entry_count: u64,
 }
 
@@ -164,6 +171,8 @@ impl<'a> PeriodWriter<'a> {
             balance: TrialBalance::new(&inputs.opening),
             tree: merkle::RootBuilder::new(),
             terms_used: std::collections::BTreeSet::new(),
+            rules_used: std::collections::BTreeSet::new(),
+            rule_members: std::collections::BTreeSet::new(),
             entry_count: 0,
         })
     }
@@ -206,6 +215,10 @@ impl<'a> PeriodWriter<'a> {
             }
             self.entry_count += 1;
             self.tree.push(&entry.hash);
+            if let (Some(version), Some(member)) = (entry.earn_rule_version, &entry.member_id) {
+                self.rules_used.insert(version);
+                self.rule_members.insert(member.as_str().to_owned());
+            }
             if priced_side(entry.kind).is_some()
                 && let (Some(origin), Some(version)) = (&entry.origin, entry.terms_version)
             {
@@ -281,6 +294,8 @@ impl<'a> PeriodWriter<'a> {
             balance,
             tree,
             terms_used,
+            rules_used,
+            rule_members,
             entry_count,
             ..
         } = self;
@@ -354,6 +369,20 @@ impl<'a> PeriodWriter<'a> {
         });
         keys.dedup();
         folder.jsonl(KEYS_FILE, keys)?;
+        let mut rules: Vec<&EarnRulesRecord> = inputs
+            .earn_rules
+            .iter()
+            .filter(|rules| rules_used.contains(&rules.version))
+            .collect();
+        rules.sort_by_key(|rules| rules.version);
+        folder.jsonl(EARN_RULES_FILE, rules)?;
+        folder.jsonl(
+            MEMBER_TIERS_FILE,
+            rule_members.iter().map(|member| MemberTier {
+                member_id: member.clone(),
+                tier: inputs.member_tiers.get(member).cloned().flatten(),
+            }),
+        )?;
         folder.jsonl(MERCHANTS_FILE, &inputs.merchants)?;
         folder.jsonl(PAYABLES_FILE, &inputs.payables)?;
         let payables: BTreeMap<String, i64> = inputs
