@@ -756,29 +756,37 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         edited_files >= 18 && skipped.is_empty(),
         "{edited_files} files edited, {skipped:?} without a digit"
     );
-    // A price in the terms changed (not its first digit) and signed again: the earns and
-    // burns priced by it no longer follow.
-    let copy = dir.join("resigned");
-    let _ = std::fs::remove_dir_all(&copy);
-    copy_dir(&second_dir, &copy);
-    let terms = read(copy.join("terms.jsonl"));
-    let repriced = terms.replace(
+    // Replaces `from` by `to` in a plain file of a copy of the second export, signs the
+    // manifest again with the throwaway key and runs verify; what it printed, which must be
+    // a failure.
+    let edited_and_resigned = |file: &str, from: &str, to: &str| -> String {
+        let copy = dir.join("resigned");
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_dir(&second_dir, &copy);
+        let before = read(copy.join(file));
+        let after = before.replace(from, to);
+        assert_ne!(before, after, "{file} holds {from}");
+        std::fs::write(copy.join(file), &after).unwrap();
+        let mut resigned = manifest.clone();
+        resigned.operator_public_key = throwaway_public.clone();
+        for digest in &mut resigned.files {
+            if digest.path == file {
+                digest.sha256 = hex::encode(sha2::Sha256::digest(after.as_bytes()));
+                digest.bytes = after.len() as u64;
+            }
+        }
+        let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!output.status.success(), "{printed}");
+        printed
+    };
+    // A price in the terms changed (not its first digit): the earns priced by it no longer
+    // follow.
+    let printed = edited_and_resigned(
+        "terms.jsonl",
         "\"issue_price_minor_per_point\":\"1.05\"",
         "\"issue_price_minor_per_point\":\"1.06\"",
     );
-    assert_ne!(terms, repriced);
-    std::fs::write(copy.join("terms.jsonl"), &repriced).unwrap();
-    let mut resigned = manifest.clone();
-    resigned.operator_public_key = throwaway_public.clone();
-    for digest in &mut resigned.files {
-        if digest.path == "terms.jsonl" {
-            digest.sha256 = hex::encode(sha2::Sha256::digest(repriced.as_bytes()));
-            digest.bytes = repriced.len() as u64;
-        }
-    }
-    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "{printed}");
     assert!(
         printed.contains("moves (-126, -2) (settlement, fee), terms.jsonl's version 2 of tenant-1 gives Some((-128, -2))"),
         "{printed}"
@@ -820,30 +828,15 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
         printed.contains("the signature does not verify with key key-1 of"),
         "{printed}"
     );
-    // A gold multiplier changed in the earn rules and signed again: the earn by spend no
-    // longer follows.
-    let copy = dir.join("resigned");
-    let _ = std::fs::remove_dir_all(&copy);
-    copy_dir(&second_dir, &copy);
-    let rules = read(copy.join("earn_rules.jsonl"));
-    let richer = rules.replace("\"gold\":\"1.5\"", "\"gold\":\"1.6\"");
-    assert_ne!(rules, richer);
-    std::fs::write(copy.join("earn_rules.jsonl"), &richer).unwrap();
-    let mut resigned = manifest.clone();
-    resigned.operator_public_key = throwaway_public.clone();
-    for digest in &mut resigned.files {
-        if digest.path == "earn_rules.jsonl" {
-            digest.sha256 = hex::encode(sha2::Sha256::digest(richer.as_bytes()));
-            digest.bytes = richer.len() as u64;
-        }
-    }
-    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&resigned).unwrap());
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "{printed}");
+    // A gold multiplier changed in the earn rules: the earn by spend no longer follows.
+    let printed = edited_and_resigned("earn_rules.jsonl", "\"gold\":\"1.5\"", "\"gold\":\"1.6\"");
     assert!(
         printed.contains("earned 269 points, earn_rules.jsonl version 1, member_tiers.jsonl and terms.jsonl give Some(287)"),
         "{printed}"
     );
+    // A member's tier changed: the same.
+    let printed = edited_and_resigned("member_tiers.jsonl", "\"gold\"", "null");
+    assert!(printed.contains("earned 269 points"), "{printed}");
     // An export of an earlier format is named as such, not read field by field.
     let copy = dir.join("resigned");
     let _ = std::fs::remove_dir_all(&copy);

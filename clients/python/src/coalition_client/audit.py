@@ -302,7 +302,9 @@ def verify_export(folder: str, key: bytes) -> Export:
             result.problem(f"settlement.json: {net['merchant_id']}'s breakage share is not "
                            "the one of its terms in force (terms.jsonl)")
     keys = {(k["merchant_id"], k["key_id"]): k for k in _lines(folder, "keys.jsonl")}
-    envelopes = {e["entry_sequence"]: e for e in _lines(folder, "envelopes.jsonl.gz")}
+    # Envelopes come in entry order: read along with the entries, one at a time.
+    envelopes = _lines(folder, "envelopes.jsonl.gz")
+    pending = next(envelopes, None)
     previous = bytes.fromhex(manifest["previous_hash"])
     sequence = manifest["first_sequence"] - 1
     tree = RootBuilder()
@@ -331,7 +333,9 @@ def verify_export(folder: str, key: bytes) -> Export:
                 line_[2] -= posting["amount"]
         if any(sums.values()):
             result.problem(f"entries.jsonl.gz: entry {sequence} does not balance")
-        envelope = envelopes.pop(sequence, None)
+        envelope = None
+        if pending is not None and pending["entry_sequence"] == sequence:
+            envelope, pending = pending, next(envelopes, None)
         if envelope is not None:
             body = bytes.fromhex(envelope["body"])
             key = keys.get((entry["merchant_id"], envelope["key_id"]))
@@ -401,8 +405,9 @@ def verify_export(folder: str, key: bytes) -> Export:
                 operator[_OPERATOR[kind]] += amount
         if entry["kind"] in _REDEMPTIONS and entry["merchant_id"] is not None:
             redemptions[sequence] = (entry["merchant_id"], entry["points"], redeemed_value)
-    if envelopes:
-        result.problem("envelopes.jsonl.gz: names entries the period does not have")
+    if pending is not None:
+        result.problem("envelopes.jsonl.gz: names entries the period does not have, "
+                       "or is not in entry order")
     if previous.hex() != manifest["head_hash"] or count != manifest["entries"]:
         result.problem("entries.jsonl.gz: does not end at the manifest's head")
     if tree.root().hex() != manifest["entries_root"]:
