@@ -837,6 +837,22 @@ async fn the_cli_settles_exports_and_verifies_consecutive_periods(backend: Backe
     // A member's tier changed: the same.
     let printed = edited_and_resigned("member_tiers.jsonl", "\"gold\"", "null");
     assert!(printed.contains("earned 269 points"), "{printed}");
+    // A merchant's entry count in the manifest changed and signed again: refused, since
+    // it is what shows a merchant's proof complete.
+    let copy = dir.join("resigned");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&second_dir, &copy);
+    let mut recounted = manifest.clone();
+    recounted.operator_public_key = throwaway_public.clone();
+    *recounted.merchant_entries.get_mut("tenant-1").unwrap() += 1;
+    let output = sign_and_verify(&copy, &serde_json::to_vec_pretty(&recounted).unwrap());
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("its merchant_entries are not the entries' counts per merchant"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     // An export of an earlier format is named as such, not read field by field.
     let copy = dir.join("resigned");
     let _ = std::fs::remove_dir_all(&copy);

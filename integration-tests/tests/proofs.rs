@@ -386,6 +386,22 @@ async fn proofs_of_every_entry_verify_and_altered_ones_do_not(backend: Backend) 
     assert_eq!(proof, from_folder);
     assert!(proof.entries.len() >= 903, "the cinema's earns and burn");
     verify_proof(&proof, &key).expect("the server's proof verifies");
+    // A merchant's proof is complete: one entry left out, or one listed twice, is found.
+    let mut short = proof.clone();
+    short.entries.remove(1);
+    let found = problems(&short, &key);
+    assert!(
+        found.contains("lists 902 of the 903 entries of merchant"),
+        "{found}"
+    );
+    let mut doubled = proof.clone();
+    doubled.entries.insert(1, doubled.entries[0].clone());
+    doubled.entries.remove(2);
+    let found = problems(&doubled, &key);
+    assert!(
+        found.contains("not in order, or one is listed twice"),
+        "{found}"
+    );
     let endpoint = server.server.endpoint();
     let from_server = files.join("member.proof.json");
     let asked = coalition(&[

@@ -4,8 +4,9 @@
 //! signature, so `coalition verify-proof` needs nothing but the proof and the operator's
 //! public key: not the export, not the database, not anyone else's entries.
 //!
-//! A proof shows that each entry it lists is in the signed period. It does not show that it
-//! lists all of a merchant's or a member's entries: that needs the period's files.
+//! A proof shows that each entry it lists is in the signed period. A merchant's proof also
+//! shows that it lists all of the merchant's entries: the manifest counts them per merchant.
+//! A member's does not (the manifest does not count per member).
 
 use std::path::{Path, PathBuf};
 
@@ -83,16 +84,30 @@ impl Subject {
                     && entry.merchant_transaction_id.as_deref() == Some(transaction_id)
             }
             Subject::Merchant { merchant_id } => {
-                entry.merchant_id.as_deref() == Some(merchant_id)
-                    || entry.postings.iter().any(|posting| {
-                        AccountKey::from_parts(&posting.account_kind, &posting.owner).is_some_and(
-                            |account| account.merchant().map(|id| id.as_str()) == Some(merchant_id),
-                        )
-                    })
+                merchants_concerned(entry).contains(merchant_id.as_str())
             }
             Subject::Member { member_id } => entry.member_id.as_deref() == Some(member_id),
         }
     }
+}
+
+/// The merchants an entry concerns: the one that submitted it and every merchant one of
+/// whose accounts it posts to. The manifest counts each merchant's entries by this rule, so
+/// that a merchant's proof can be shown to list all of them.
+pub fn merchants_concerned(entry: &EntryRecord) -> std::collections::BTreeSet<&str> {
+    entry
+        .merchant_id
+        .as_deref()
+        .into_iter()
+        .chain(entry.postings.iter().filter_map(|posting| {
+            AccountKey::from_parts(&posting.account_kind, &posting.owner).and_then(|account| {
+                account
+                    .merchant()
+                    .is_some()
+                    .then_some(posting.owner.as_str())
+            })
+        }))
+        .collect()
 }
 
 impl std::fmt::Display for Subject {
@@ -285,6 +300,27 @@ pub fn verify_proof(proof: &Proof, key: &VerifyingKey) -> Result<ProofChecked, V
     };
     if proof.entries.is_empty() {
         problems.push("the proof lists no entry".into());
+    }
+    if proof
+        .entries
+        .windows(2)
+        .any(|pair| pair[0].leaf_index >= pair[1].leaf_index)
+    {
+        problems.push("the entries are not in order, or one is listed twice".into());
+    }
+    // A merchant's proof is complete when it lists as many entries as the manifest counts.
+    if let Subject::Merchant { merchant_id } = &proof.subject {
+        let counted = manifest
+            .merchant_entries
+            .get(merchant_id)
+            .copied()
+            .unwrap_or(0);
+        if proof.entries.len() as u64 != counted {
+            problems.push(format!(
+                "lists {} of the {counted} entries of merchant {merchant_id} the manifest counts",
+                proof.entries.len()
+            ));
+        }
     }
     for proved in &proof.entries {
         let sequence = proved.entry.sequence;

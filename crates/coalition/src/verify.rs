@@ -466,6 +466,11 @@ fn check_folder(
                     written.entries_root, manifest.entries_root
                 ));
             }
+            if written.merchant_entries != manifest.merchant_entries {
+                problems.push(format!(
+                    "{MANIFEST_FILE}: its merchant_entries are not the entries' counts per merchant"
+                ));
+            }
             if written.omitted != manifest.omitted {
                 problems.push(format!(
                     "{MANIFEST_FILE}: the files it leaves out are not the ones the period leaves out"

@@ -538,6 +538,15 @@ def verify_proof(proof: dict, key: bytes) -> list[str]:
     root = bytes.fromhex(manifest["entries_root"])
     if not proof["entries"]:
         problems.append("the proof lists no entry")
+    indices = [proved["leaf_index"] for proved in proof["entries"]]
+    if any(a >= b for a, b in zip(indices, indices[1:])):
+        problems.append("the entries are not in order, or one is listed twice")
+    subject = proof["subject"]
+    if subject["kind"] == "merchant":
+        counted = manifest.get("merchant_entries", {}).get(subject["merchant_id"], 0)
+        if len(proof["entries"]) != counted:
+            problems.append(f"lists {len(proof['entries'])} of the {counted} entries of the "
+                            "merchant the manifest counts")
     for proved in proof["entries"]:
         entry = proved["entry"]
         if not _concerns(proof["subject"], entry):

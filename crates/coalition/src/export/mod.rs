@@ -138,6 +138,9 @@ pub struct Manifest {
     pub omitted: Vec<OmittedFile>,
     /// The optional copies it holds: `csv`, `hledger`.
     pub formats: Vec<String>,
+    /// Per merchant, how many of the period's entries concern it (it submitted them or they
+    /// post to its accounts): what makes a merchant's proof complete.
+    pub merchant_entries: BTreeMap<String, u64>,
 }
 
 /// The finalised period's record as `settlement.json` holds it.
@@ -394,6 +397,7 @@ async fn read_and_write(
         entry_count,
         entries_root,
         omitted,
+        merchant_entries,
     } = writer.finish()?;
 
     // Reconciliations of merchants' own records: reports beside the export, outside what
@@ -480,6 +484,7 @@ async fn read_and_write(
         files,
         omitted,
         formats: options.formats.names(),
+        merchant_entries,
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
     std::fs::write(folder.root.join(MANIFEST_FILE), &manifest_bytes)

@@ -95,6 +95,8 @@ pub(crate) struct PeriodWriter<'a> {
     /// The earn rules versions the period's earns record, and their members.
     rules_used: std::collections::BTreeSet<u32>,
     rule_members: std::collections::BTreeSet<String>,
+    /// Per merchant, the entries that concern it (`proof::merchants_concerned`).
+    merchant_entries: BTreeMap<String, u64>,
     pub entry_count: u64,
 }
 
@@ -104,6 +106,7 @@ pub(crate) struct Written {
     pub entry_count: u64,
     pub entries_root: String,
     pub omitted: Vec<OmittedFile>,
+    pub merchant_entries: BTreeMap<String, u64>,
 }
 
 impl<'a> PeriodWriter<'a> {
@@ -173,6 +176,7 @@ impl<'a> PeriodWriter<'a> {
             terms_used: std::collections::BTreeSet::new(),
             rules_used: std::collections::BTreeSet::new(),
             rule_members: std::collections::BTreeSet::new(),
+            merchant_entries: BTreeMap::new(),
             entry_count: 0,
         })
     }
@@ -226,6 +230,12 @@ impl<'a> PeriodWriter<'a> {
                     .insert((origin.merchant_id.as_str().to_owned(), version));
             }
             let record = EntryRecord::from_entry(entry);
+            for merchant in crate::proof::merchants_concerned(&record) {
+                *self
+                    .merchant_entries
+                    .entry(merchant.to_owned())
+                    .or_default() += 1;
+            }
             self.entries_jsonl.jsonl(&record)?;
             if let Some(entries_csv) = &mut self.entries_csv {
                 entries_csv.csv(entry_cells(&record, cutoff))?;
@@ -296,6 +306,7 @@ impl<'a> PeriodWriter<'a> {
             terms_used,
             rules_used,
             rule_members,
+            merchant_entries,
             entry_count,
             ..
         } = self;
@@ -426,6 +437,7 @@ impl<'a> PeriodWriter<'a> {
             entry_count,
             entries_root: hex::encode(tree.root()),
             omitted,
+            merchant_entries,
         })
     }
 }
