@@ -46,7 +46,7 @@ fn check_envelope(engine: &Engine, envelope: pb::Envelope) -> Checked {
     })?;
     let transaction_id = body.merchant_transaction_id.clone();
     engine
-        .check_submission(convert::raw_submission(body), &envelope)
+        .check_submission(convert::raw_submission(body), envelope)
         .map_err(|rejection| (transaction_id, rejection))
 }
 

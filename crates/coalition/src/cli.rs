@@ -835,12 +835,12 @@ fn verify(folders: &[PathBuf], operator_keys: &[String]) -> anyhow::Result<()> {
                 }
             }
         }
-        if found.is_empty() && verified.merchant_entries > 0 {
+        if found.is_empty() && verified.merchant_entry_count > 0 {
             println!(
                 "{}: partners' signed envelopes checked for {} of {} merchant entries{}",
                 folder.display(),
-                verified.merchant_entries - verified.without_envelope,
-                verified.merchant_entries,
+                verified.merchant_entry_count - verified.without_envelope,
+                verified.merchant_entry_count,
                 if verified.without_envelope > 0 {
                     " (the rest were booked before envelopes were kept)"
                 } else {

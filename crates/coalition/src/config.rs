@@ -391,6 +391,7 @@ impl Config {
             subscriber_buffer_len: self.subscriber_buffer_len,
             prover: Some(std::sync::Arc::new(crate::proof::ExportsProver {
                 exports_dir: self.console_exports_dir.clone().into(),
+                cutoff: self.engine().settlement_cutoff,
             })),
         }
     }

@@ -238,7 +238,7 @@ pub async fn export_periods(
     .with_context(|| format!("cannot write {}", public_key.display()))?;
     let mut exports = Vec::new();
     for period in periods {
-        let out = dir.join(format!("export-{}", period.label));
+        let out = crate::export::export_folder(dir, &period.label);
         if out.exists() {
             std::fs::remove_dir_all(&out)
                 .with_context(|| format!("cannot remove {}", out.display()))?;

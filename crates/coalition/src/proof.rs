@@ -158,11 +158,7 @@ pub enum ProveError {
     Other(#[from] anyhow::Error),
 }
 
-/// The folder an export of `period` is kept in under `exports_dir` (where the console puts
-/// them, and where the admin call `ProveEntries` looks).
-pub fn export_folder(exports_dir: &Path, period: &str) -> PathBuf {
-    exports_dir.join(format!("export-{period}"))
-}
+pub use crate::export::export_folder;
 
 /// Makes the proof of `subject` from a signed export folder. Reads its entries once, a
 /// line at a time, keeping 32 bytes per entry of the period (the tree's leaves) and the
@@ -390,21 +386,13 @@ pub fn read_proof(path: &Path) -> anyhow::Result<Proof> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not a proof", path.display()))
 }
 
-/// Whether `label` reads as a period label, YYYY-MM-DD (so that it names a folder and
-/// nothing else).
-fn is_period_label(label: &str) -> bool {
-    let bytes = label.as_bytes();
-    bytes.len() == 10
-        && bytes.iter().enumerate().all(|(at, byte)| match at {
-            4 | 7 => *byte == b'-',
-            _ => byte.is_ascii_digit(),
-        })
-}
-
 /// The server's maker of `ProveEntries` proofs: from the signed exports in its exports folder.
 #[derive(Debug, Clone)]
 pub struct ExportsProver {
     pub exports_dir: PathBuf,
+    /// The server's cut-off, which reads period labels (so that one names a folder and
+    /// nothing else).
+    pub cutoff: coalition_domain::settlement::Cutoff,
 }
 
 impl coalition_grpc::Prover for ExportsProver {
@@ -413,10 +401,9 @@ impl coalition_grpc::Prover for ExportsProver {
         request: &coalition_grpc::pb::ProveEntriesRequest,
     ) -> Result<(Vec<u8>, u32), tonic::Status> {
         use coalition_grpc::pb::prove_entries_request::Subject as Wire;
-        if !is_period_label(&request.period) {
+        if let Err(error) = self.cutoff.period(&request.period) {
             return Err(tonic::Status::invalid_argument(format!(
-                "invalid period: {:?} is not YYYY-MM-DD",
-                request.period
+                "invalid period: {error}"
             )));
         }
         let subject = match &request.subject {

@@ -36,7 +36,7 @@ pub struct Verified {
     pub closings: Vec<Entry>,
     /// Merchants' entries of the period, and how many of them have no kept envelope (booked
     /// before envelopes were kept): their partners' signatures cannot be checked.
-    pub merchant_entries: u64,
+    pub merchant_entry_count: u64,
     pub without_envelope: u64,
     /// Every posting of the period to a merchant's payable account, in the settlement
     /// currency: (sequence, merchant, amount). Only closing entries and payouts post there.
@@ -401,7 +401,7 @@ fn check_folder(
             .iter()
             .filter(|entry| entry.origin.is_some() && !enveloped.contains(&entry.sequence))
             .count() as u64;
-        verified.merchant_entries +=
+        verified.merchant_entry_count +=
             page.iter().filter(|entry| entry.origin.is_some()).count() as u64;
         if let Err(error) = writer.add_page(&page, &attributions, &envelopes) {
             problems.push(format!("{ENTRIES_FILE}: {error:#}"));
@@ -760,7 +760,11 @@ fn envelope_problems(
                 "{ENVELOPES_FILE}: entry {sequence} is no merchant's entry"
             ));
         };
-        let body = hex::decode(&envelope.body).ok()?;
+        let Ok(body) = hex::decode(&envelope.body) else {
+            return Some(format!(
+                "{ENVELOPES_FILE}: entry {sequence}: the body is not hex"
+            ));
+        };
         if coalition_domain::body_hash(&body) != origin.body_hash {
             return Some(format!(
                 "{ENVELOPES_FILE}: entry {sequence}: the body does not hash to the entry's body hash"
@@ -800,32 +804,10 @@ fn envelope_problems(
             )
         })
     };
-    let malformed = |envelope: &EnvelopeRecord| {
-        format!(
-            "{ENVELOPES_FILE}: entry {}: the body is not hex",
-            envelope.entry_sequence
-        )
-    };
     let halves = envelopes.split_at(envelopes.len() / 2);
     let (first, second) = std::thread::scope(|scope| {
-        let second = scope.spawn(|| {
-            halves
-                .1
-                .iter()
-                .filter_map(|envelope| {
-                    hex::decode(&envelope.body)
-                        .map_or_else(|_| Some(malformed(envelope)), |_| check(envelope))
-                })
-                .collect::<Vec<_>>()
-        });
-        let first: Vec<String> = halves
-            .0
-            .iter()
-            .filter_map(|envelope| {
-                hex::decode(&envelope.body)
-                    .map_or_else(|_| Some(malformed(envelope)), |_| check(envelope))
-            })
-            .collect();
+        let second = scope.spawn(|| halves.1.iter().filter_map(check).collect::<Vec<_>>());
+        let first: Vec<String> = halves.0.iter().filter_map(check).collect();
         (
             first,
             second.join().expect("the envelope checks do not panic"),

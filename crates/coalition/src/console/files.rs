@@ -103,7 +103,7 @@ impl Files {
     }
 
     fn export_dir(&self, period: &str) -> PathBuf {
-        self.exports_dir.join(format!("export-{period}"))
+        export::export_folder(&self.exports_dir, period)
     }
 }
 

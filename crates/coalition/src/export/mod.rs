@@ -68,6 +68,12 @@ pub async fn period_payables(
         .await?)
 }
 
+/// The folder an export of `period` is kept in under `exports_dir`: where the console and
+/// the demo put them, and where `ProveEntries` and `coalition prove --period` look.
+pub fn export_folder(exports_dir: &std::path::Path, period: &str) -> PathBuf {
+    exports_dir.join(format!("export-{period}"))
+}
+
 /// Entries per page when an export reads its period.
 const EXPORT_PAGE_LEN: u64 = 5_000;
 
